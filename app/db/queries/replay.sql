@@ -1,0 +1,70 @@
+-- Replay: fold each stream's event data in id order (pgsched.jsonb_merge) and compare it with, or
+-- write it over, the projection tables. ADR 0005 explains why this rebuilds them exactly.
+
+-- name: diff_schedules
+-- Schedules whose row differs from the fold of their events (either side may be missing).
+WITH expected AS (
+    SELECT e.stream_id AS id,
+           to_jsonb(jsonb_populate_record(NULL::pgsched.schedule,
+                                          pgsched.jsonb_merge(e.data ORDER BY e.id))) AS state
+    FROM pgsched.event e
+    WHERE e.stream = 'schedule'
+    GROUP BY e.stream_id
+), actual AS (
+    SELECT s.id, to_jsonb(s) AS state FROM pgsched.schedule s
+)
+SELECT coalesce(x.id, a.id) AS id, x.state AS expected, a.state AS actual
+FROM expected x
+FULL JOIN actual a ON a.id = x.id
+WHERE x.state IS DISTINCT FROM a.state
+ORDER BY 1;
+
+-- name: diff_runs
+-- Runs whose row differs from the fold of their events. A running run's lease expiry moves with
+-- every heartbeat and is not history, so it is left out of the comparison. Runs whose month was
+-- retired are not expected (their events outlive them by design).
+WITH expected AS (
+    SELECT e.stream_id AS id,
+           to_jsonb(jsonb_populate_record(NULL::pgsched.run,
+                                          pgsched.jsonb_merge(e.data ORDER BY e.id))) AS state
+    FROM pgsched.event e
+    WHERE e.stream = 'run'
+    GROUP BY e.stream_id
+), actual AS (
+    SELECT r.id, to_jsonb(r) AS state FROM pgsched.run r
+), retained AS (
+    SELECT min(month_start) AS since FROM pgsched.month_partitions_v1('pgsched.run')
+)
+SELECT coalesce(x.id, a.id) AS id, x.state AS expected, a.state AS actual
+FROM expected x
+FULL JOIN actual a ON a.id = x.id
+CROSS JOIN retained
+WHERE (x.id IS NULL OR (x.state ->> 'due_at')::timestamptz >= retained.since)
+  AND CASE WHEN x.state ->> 'state' = 'running' THEN x.state - 'lease_expires_at' ELSE x.state END
+      IS DISTINCT FROM
+      CASE WHEN a.state ->> 'state' = 'running' THEN a.state - 'lease_expires_at' ELSE a.state END
+ORDER BY 1;
+
+-- name: clear_projections
+-- Rebuild starts from nothing. Identity sequences keep counting, so new ids never reuse old ones.
+TRUNCATE pgsched.run, pgsched.schedule;
+
+-- name: rebuild_schedules
+-- Write every schedule as the fold of its events.
+INSERT INTO pgsched.schedule OVERRIDING SYSTEM VALUE
+SELECT (jsonb_populate_record(NULL::pgsched.schedule, f.state)).*
+FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
+      FROM pgsched.event e
+      WHERE e.stream = 'schedule'
+      GROUP BY e.stream_id) f;
+
+-- name: rebuild_runs
+-- Write every run whose month is still retained as the fold of its events.
+INSERT INTO pgsched.run OVERRIDING SYSTEM VALUE
+SELECT (jsonb_populate_record(NULL::pgsched.run, f.state)).*
+FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
+      FROM pgsched.event e
+      WHERE e.stream = 'run'
+      GROUP BY e.stream_id) f
+WHERE (f.state ->> 'due_at')::timestamptz
+      >= (SELECT min(month_start) FROM pgsched.month_partitions_v1('pgsched.run'));

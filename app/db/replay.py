@@ -1,0 +1,62 @@
+"""Replay: the event log is the truth; the schedule and run tables are projections of it.
+
+`verify` folds every stream's events and lists where a projection row differs, column by column.
+`rebuild` replaces the projections with the fold. Both rely on one rule the store keeps: an
+event's `data` holds exactly the columns its transition set (ADR 0005).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.db.sql import query
+from app.db.store import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    table: str
+    id: int
+    column: str | None  # None: the whole row is missing on one side
+    expected: Any
+    actual: Any
+
+    def __str__(self) -> str:
+        if self.column is None:
+            side = "row missing from the table" if self.actual is None else "row has no events"
+            return f"{self.table} {self.id}: {side}"
+        return (f"{self.table} {self.id}: {self.column} is {self.actual!r}, "
+                f"events say {self.expected!r}")
+
+
+def _differences(table: str, rows: list[dict[str, Any]]) -> list[Difference]:
+    found: list[Difference] = []
+    for row in rows:
+        expected, actual = row["expected"], row["actual"]
+        if expected is None or actual is None:
+            found.append(Difference(table, row["id"], None, expected, actual))
+            continue
+        for column in sorted(expected.keys() | actual.keys()):
+            if expected.get(column) != actual.get(column):
+                found.append(Difference(table, row["id"], column, expected.get(column),
+                                        actual.get(column)))
+    return found
+
+
+async def verify(conn: Conn) -> list[Difference]:
+    """Every difference between the projections and the fold of the event log."""
+    differences: list[Difference] = []
+    for table, name in (("schedule", "diff_schedules"), ("run", "diff_runs")):
+        cur = await conn.execute(query(name))
+        differences += _differences(table, await cur.fetchall())
+    return differences
+
+
+async def rebuild(conn: Conn) -> dict[str, int]:
+    """Replace the schedule and run tables with the fold of the events, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(query("clear_projections"))
+        schedules = await conn.execute(query("rebuild_schedules"))
+        runs = await conn.execute(query("rebuild_runs"))
+    return {"schedules": schedules.rowcount, "runs": runs.rowcount}

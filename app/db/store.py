@@ -1,0 +1,290 @@
+"""The store: the one module through which every state change of a schedule or run passes.
+
+Each function runs one named statement (app/db/queries) that writes the projection row and appends
+its event together, so a state change and its event commit or roll back as one. Callers own the
+transaction: several store calls in one `async with conn.transaction()` are atomic.
+
+Time is passed in as `now` (None = the database's now(), ADR 0003). Nothing here decides policy
+(defaults, validation, next due times): that belongs to the callers in `app` and `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from app.db.sql import query
+
+Conn: TypeAlias = AsyncConnection[DictRow]
+Row: TypeAlias = dict[str, Any]
+
+# SQLSTATE 23514 with this text is PostgreSQL's "no partition of relation … found for row".
+_NO_PARTITION = "no partition of relation"
+
+
+class PartitionMissing(RuntimeError):
+    """A row's month has no partition: maintenance is behind, or the month was retired."""
+
+
+class NameTaken(RuntimeError):
+    """A live schedule already has this name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a worker holds for one attempt; every completion must present it (fencing)."""
+
+    run_id: int
+    due_at: datetime
+    attempt: int
+    lease_token: UUID
+
+    @classmethod
+    def of(cls, row: Row) -> Lease:
+        return cls(row["id"], row["due_at"], row["attempt"], row["lease_token"])
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError("naive datetime in a JSON value")
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def jsonb(value: object) -> Jsonb:
+    """Adapt a Python value for a `::jsonb` parameter (datetimes as RFC 3339)."""
+    return Jsonb(value, dumps=lambda v: json.dumps(v, default=_json_default))
+
+
+async def _rows(conn: Conn, name: str, params: Mapping[str, object]) -> list[Row]:
+    try:
+        cur = await conn.execute(query(name), params)
+    except psycopg.errors.CheckViolation as exc:
+        if _NO_PARTITION in str(exc):
+            raise PartitionMissing(str(exc).splitlines()[0]) from exc
+        raise
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name == "schedule_name_live":
+            raise NameTaken("a schedule with this name exists") from exc
+        raise
+    return await cur.fetchall()
+
+
+async def _row(conn: Conn, name: str, params: Mapping[str, object]) -> Row | None:
+    rows = await _rows(conn, name, params)
+    return rows[0] if rows else None
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+async def create_schedule(
+    conn: Conn,
+    fields: Mapping[str, object],
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Mapping[str, object] | None = None,
+    trace_id: str | None = None,
+) -> Row:
+    """Insert a schedule (every column given in `fields`) and append schedule.created."""
+    row = await _row(
+        conn,
+        "create_schedule",
+        {"fields": jsonb(fields), "actor": actor, "now": now, "meta": jsonb(meta or {}),
+         "trace_id": trace_id},
+    )
+    assert row is not None  # an INSERT … RETURNING of one row
+    return row
+
+
+async def update_schedule(
+    conn: Conn,
+    schedule_id: int,
+    changes: Mapping[str, object],
+    *,
+    event_type: str,
+    actor: str,
+    now: datetime | None,
+    expected_version: int | None = None,
+    meta: Mapping[str, object] | None = None,
+    trace_id: str | None = None,
+) -> Row | None:
+    """Apply `changes` and append `event_type` with them (old values in meta.old).
+
+    Returns None when the schedule does not exist, is deleted, or its version is not
+    `expected_version` (optimistic concurrency): the caller tells which by reading it.
+    """
+    return await _row(
+        conn,
+        "update_schedule",
+        {"id": schedule_id, "changes": jsonb(changes), "type": event_type, "actor": actor,
+         "now": now, "expected_version": expected_version, "meta": jsonb(meta or {}),
+         "trace_id": trace_id},
+    )
+
+
+async def get_schedule(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row | None:
+    return await _row(conn, "lock_schedule" if lock else "get_schedule", {"id": schedule_id})
+
+
+async def list_schedules(conn: Conn, *, after_id: int = 0, limit: int = 100) -> list[Row]:
+    return await _rows(conn, "list_schedules", {"after_id": after_id, "limit": limit})
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+async def insert_runs(
+    conn: Conn,
+    occurrences: Sequence[tuple[int, datetime, datetime]],
+    *,
+    origin: str,
+    actor: str,
+    now: datetime | None,
+    adhoc: bool = False,
+    idempotency_key: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    meta: Mapping[str, object] | None = None,
+) -> list[Row]:
+    """Materialise (schedule_id, due_at, available_at) occurrences; existing ones are skipped.
+
+    Returns only the runs this call created, so a second ticker's duplicate work returns [].
+    """
+    if not occurrences:
+        return []
+    schedule_ids, due_ats, available_ats = zip(*occurrences, strict=True)
+    return await _rows(
+        conn,
+        "insert_runs",
+        {"schedule_ids": list(schedule_ids), "due_ats": list(due_ats),
+         "available_ats": list(available_ats), "origin": origin, "adhoc": adhoc,
+         "idempotency_key": idempotency_key,
+         "trace_context": jsonb(trace_context) if trace_context else None,
+         "actor": actor, "now": now, "meta": jsonb(meta or {})},
+    )
+
+
+async def claim_runs(
+    conn: Conn,
+    *,
+    worker_id: int,
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    actor: str,
+    now: datetime | None,
+) -> list[Row]:
+    """Claim up to `limit` due runs; each comes back running with a fresh lease and its job."""
+    return await _rows(
+        conn,
+        "claim_runs",
+        {"worker_id": worker_id, "queues": list(queues), "limit": limit,
+         "lease_seconds": lease_seconds, "actor": actor, "now": now},
+    )
+
+
+async def renew_leases(
+    conn: Conn, tokens: Sequence[UUID], *, lease_seconds: float, now: datetime | None
+) -> list[Row]:
+    """Extend the given leases; returns (id, lease_token, cancel_requested) of those still held."""
+    if not tokens:
+        return []
+    return await _rows(
+        conn,
+        "renew_leases",
+        {"lease_tokens": list(tokens), "lease_seconds": lease_seconds, "now": now},
+    )
+
+
+async def _fenced(
+    conn: Conn, name: str, lease: Lease, params: Mapping[str, object], *, actor: str,
+    now: datetime | None,
+) -> Row | None:
+    """Run a fenced transition; when the lease is no longer held, record that and return None."""
+    row = await _row(
+        conn,
+        name,
+        {"id": lease.run_id, "due_at": lease.due_at, "attempt": lease.attempt,
+         "lease_token": lease.lease_token, "actor": actor, "now": now, **params},
+    )
+    if row is None:
+        await _rows(
+            conn,
+            "record_fenced",
+            {"id": lease.run_id, "actor": actor, "now": now,
+             "meta": jsonb({"transition": name, "attempt": lease.attempt,
+                            "lease_token": lease.lease_token})},
+        )
+    return row
+
+
+async def succeed_run(
+    conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
+) -> Row | None:
+    """Mark the attempt succeeded; None means fenced (the lease was lost), recorded as an event."""
+    return await _fenced(conn, "succeed_run", lease, {"outcome": jsonb(outcome)},
+                         actor=actor, now=now)
+
+
+async def fail_run(
+    conn: Conn,
+    lease: Lease,
+    outcome: Mapping[str, object],
+    *,
+    jitter: float,
+    actor: str,
+    now: datetime | None,
+) -> Row | None:
+    """Record a failed attempt: waiting again after the backoff, or dead. None means fenced."""
+    return await _fenced(conn, "fail_run", lease, {"outcome": jsonb(outcome), "jitter": jitter},
+                         actor=actor, now=now)
+
+
+async def cancelled_attempt(
+    conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
+) -> Row | None:
+    """The worker stopped the attempt on request: the run ends cancelled. None means fenced."""
+    return await _fenced(conn, "cancelled_attempt", lease, {"outcome": jsonb(outcome)},
+                         actor=actor, now=now)
+
+
+async def release_run(conn: Conn, lease: Lease, *, actor: str, now: datetime | None) -> Row | None:
+    """Give an unfinished attempt back without consuming it (graceful shutdown)."""
+    return await _fenced(conn, "release_run", lease, {}, actor=actor, now=now)
+
+
+async def cancel_run(
+    conn: Conn,
+    run_id: int,
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Mapping[str, object] | None = None,
+) -> Row | None:
+    """Cancel a waiting run, or ask a running one to stop. None if it is neither."""
+    return await _row(conn, "cancel_run",
+                      {"id": run_id, "actor": actor, "now": now, "meta": jsonb(meta or {})})
+
+
+async def rescue_expired(
+    conn: Conn, *, limit: int, actor: str, now: datetime | None
+) -> list[Row]:
+    """Put runs whose lease expired back to waiting (after backoff) or to dead."""
+    return await _rows(conn, "rescue_expired", {"limit": limit, "actor": actor, "now": now})
+
+
+async def get_run(conn: Conn, run_id: int) -> Row | None:
+    return await _row(conn, "get_run", {"id": run_id})

@@ -1,0 +1,83 @@
+"""Process settings, read once from the environment.
+
+Everything that varies between deployments comes from environment variables; nothing else in the
+code reads `os.environ` (secrets for jobs excepted, which the worker resolves at execution time).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ) if env is None else env
+        url = env.get("DATABASE_URL")
+        if not url:
+            raise SettingsError("DATABASE_URL is not set")
+        return cls(
+            database_url=libpq_url(url),
+            http_host=env.get("PGSCHED_HTTP_HOST", "127.0.0.1"),
+            http_port=_int(env, "PGSCHED_HTTP_PORT", 8000),
+        )
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def libpq_url(url: str) -> str:
+    """The URL as libpq/psycopg wants it (no SQLAlchemy driver suffix)."""
+    for prefix in ("postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url.removeprefix(prefix)
+    return url
+
+
+def sqlalchemy_url(url: str | None = None) -> str:
+    """The URL as SQLAlchemy wants it, for alembic: the psycopg 3 dialect."""
+    url = libpq_url(url or os.environ.get("DATABASE_URL", ""))
+    if not url:
+        raise SettingsError("DATABASE_URL is not set")
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    """`dsn` (a URL or key=value conninfo) as a postgresql:// URL naming database `dbname`."""
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(libpq_url(dsn)).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    params.pop("dbname", None)
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    # A socket directory is a path: it goes in the query string, not the netloc.
+    if host.startswith("/"):
+        params["host"] = host
+        host = ""
+    netloc = f"{auth}{host}{':' + port if port and host else ''}"
+    if port and not host:
+        params["port"] = port
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
