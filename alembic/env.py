@@ -7,9 +7,9 @@ through the driver connection.
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 
+from alembic import context
 from app.settings import sqlalchemy_url
 
 
@@ -23,5 +23,7 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("pgsched migrations run online only: set DATABASE_URL and run `alembic upgrade`")
+    raise SystemExit(
+        "pgsched migrations run online only: set DATABASE_URL and run `alembic upgrade`"
+    )
 run_migrations_online()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -39,8 +40,9 @@ def _database_url(args: argparse.Namespace) -> str:
 
 def migrate(url: str, target: str = "head") -> None:
     """`alembic upgrade <target>` against `url`, as run from the repository root."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
@@ -91,6 +93,83 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return asyncio.run(_with_conn(_database_url(args), _rebuild))
 
 
+def _local_database(data_dir: Path) -> tuple[str, bool]:
+    """Start (or reuse) the local cluster under `data_dir`; make sure database pgsched exists.
+
+    Returns the DSN and whether this call started the server (so it stops it on exit).
+    """
+    from psycopg import sql
+
+    from app import localpg
+
+    try:
+        started = not localpg.is_running(data_dir)
+        server = localpg.start(data_dir)
+    except localpg.LocalPostgresError as exc:
+        raise CommandError(str(exc)) from None
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'pgsched'").fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("pgsched")))
+    return server.dsn("pgsched"), started
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    started_local = False
+    if url:
+        url = libpq_url(url)
+    else:
+        url, started_local = _local_database(Path(args.data_dir))
+        print(f"local PostgreSQL under {args.data_dir} (data kept between runs)")
+    try:
+        return _run_service(url)
+    finally:
+        if started_local:
+            from app import localpg
+
+            localpg.stop(Path(args.data_dir))
+
+
+def _run_service(url: str) -> int:
+    from app.clock import SystemClock
+    from app.service import default_loops, serve
+
+    migrate(url)
+    print(f"database ready at {url}")
+    print(f"  psql '{url}'")
+
+    async def _serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        clock = SystemClock()
+        loops = default_loops(clock)
+        print(
+            "pgsched is running: " + ", ".join(lp.name for lp in loops) + " (Ctrl-C stops)",
+            flush=True,
+        )
+        await serve(url, clock, stop, loops)
+
+    asyncio.run(_serve())
+    print("pgsched stopped")
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from app import maintenance
+
+    async def work(conn: Conn) -> int:
+        created = await maintenance.ensure_partitions(conn, now=None, actor="cli")
+        print(
+            f"created {len(created)} partition(s)" + (": " + ", ".join(created) if created else "")
+        )
+        return 0
+
+    return asyncio.run(_with_conn(_database_url(args), work))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgsched", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
@@ -105,6 +184,21 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rebuild", help="rebuild the schedule and run tables from the event log")
     r.set_defaults(func=cmd_rebuild)
+
+    run = sub.add_parser(
+        "run",
+        help="migrate and run the service (starts a local PostgreSQL "
+        "when no database URL is given)",
+    )
+    run.add_argument(
+        "--data-dir",
+        default=".pgsched/pgdata",
+        help="local PostgreSQL data directory (default: %(default)s)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    mt = sub.add_parser("maintain", help="create the partitions due ahead, once")
+    mt.set_defaults(func=cmd_maintain)
     return p
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from psycopg.conninfo import conninfo_to_dict
 
 
 class SettingsError(ValueError):
@@ -61,10 +64,6 @@ def sqlalchemy_url(url: str | None = None) -> str:
 
 def with_database(dsn: str, dbname: str) -> str:
     """`dsn` (a URL or key=value conninfo) as a postgresql:// URL naming database `dbname`."""
-    from urllib.parse import quote, urlencode
-
-    from psycopg.conninfo import conninfo_to_dict
-
     params = {k: str(v) for k, v in conninfo_to_dict(libpq_url(dsn)).items()}
     user = quote(params.pop("user", ""), safe="")
     password = params.pop("password", None)

@@ -42,13 +42,13 @@ def _docker_answers() -> bool:
         import docker  # type: ignore[import-untyped]
 
         docker.from_env(timeout=2).ping()
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception:
         return False
     return True
 
 
 @contextlib.contextmanager
-def _server(tmp_root: Path) -> Iterator[str]:
+def _server() -> Iterator[str]:
     if dsn := os.environ.get("PGSCHED_TEST_DSN"):
         yield dsn
         return
@@ -61,30 +61,27 @@ def _server(tmp_root: Path) -> Iterator[str]:
     from app import localpg
 
     try:
-        server = localpg.start(tmp_root / "pgdata", fast=True)
+        with localpg.throwaway(fast=True) as server:
+            yield server.dsn()
     except localpg.LocalPostgresUnavailable as exc:
         reason = f"no PostgreSQL for tests: {exc}"
         if os.environ.get("PGSCHED_REQUIRE_DB") == "1":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    try:
-        yield server.dsn()
-    finally:
-        localpg.stop(server, mode="immediate")
 
 
 @pytest.fixture(scope="session")
-def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def admin_dsn() -> Iterator[str]:
     """A superuser DSN on the session's server (any database)."""
-    with _server(tmp_path_factory.mktemp("pg")) as dsn:
+    with _server() as dsn:
         yield dsn
 
 
 def migrate(dsn: str, target: str = "head", *, down: bool = False) -> None:
     """Run alembic against `dsn`, as `alembic upgrade/downgrade` would from the repo root."""
-    from alembic import command
     from alembic.config import Config
 
+    from alembic import command
     from app.settings import sqlalchemy_url
 
     cfg = Config(str(ROOT / "alembic.ini"))

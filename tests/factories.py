@@ -15,7 +15,12 @@ _names = itertools.count(1)
 
 async def make_schedule(conn: Conn, now: datetime | None = None, **over: Any) -> Row:
     fields = schedules.complete(
-        {"name": f"s{next(_names)}", "job_type": "noop", "kind": "interval",
-         "interval_seconds": 60, **over}
+        {
+            "name": f"s{next(_names)}",
+            "job_type": "noop",
+            "kind": "interval",
+            "interval_seconds": 60,
+            **over,
+        }
     )
     return await store.create_schedule(conn, fields, actor="test", now=now)

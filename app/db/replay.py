@@ -26,8 +26,10 @@ class Difference:
         if self.column is None:
             side = "row missing from the table" if self.actual is None else "row has no events"
             return f"{self.table} {self.id}: {side}"
-        return (f"{self.table} {self.id}: {self.column} is {self.actual!r}, "
-                f"events say {self.expected!r}")
+        return (
+            f"{self.table} {self.id}: {self.column} is {self.actual!r}, "
+            f"events say {self.expected!r}"
+        )
 
 
 def _differences(table: str, rows: list[dict[str, Any]]) -> list[Difference]:
@@ -39,8 +41,9 @@ def _differences(table: str, rows: list[dict[str, Any]]) -> list[Difference]:
             continue
         for column in sorted(expected.keys() | actual.keys()):
             if expected.get(column) != actual.get(column):
-                found.append(Difference(table, row["id"], column, expected.get(column),
-                                        actual.get(column)))
+                found.append(
+                    Difference(table, row["id"], column, expected.get(column), actual.get(column))
+                )
     return found
 
 

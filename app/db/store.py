@@ -103,10 +103,16 @@ async def create_schedule(
     row = await _row(
         conn,
         "create_schedule",
-        {"fields": jsonb(fields), "actor": actor, "now": now, "meta": jsonb(meta or {}),
-         "trace_id": trace_id},
+        {
+            "fields": jsonb(fields),
+            "actor": actor,
+            "now": now,
+            "meta": jsonb(meta or {}),
+            "trace_id": trace_id,
+        },
     )
-    assert row is not None  # an INSERT … RETURNING of one row
+    if row is None:  # an INSERT … RETURNING always returns the row
+        raise RuntimeError("create_schedule returned no row")
     return row
 
 
@@ -130,9 +136,16 @@ async def update_schedule(
     return await _row(
         conn,
         "update_schedule",
-        {"id": schedule_id, "changes": jsonb(changes), "type": event_type, "actor": actor,
-         "now": now, "expected_version": expected_version, "meta": jsonb(meta or {}),
-         "trace_id": trace_id},
+        {
+            "id": schedule_id,
+            "changes": jsonb(changes),
+            "type": event_type,
+            "actor": actor,
+            "now": now,
+            "expected_version": expected_version,
+            "meta": jsonb(meta or {}),
+            "trace_id": trace_id,
+        },
     )
 
 
@@ -169,11 +182,18 @@ async def insert_runs(
     return await _rows(
         conn,
         "insert_runs",
-        {"schedule_ids": list(schedule_ids), "due_ats": list(due_ats),
-         "available_ats": list(available_ats), "origin": origin, "adhoc": adhoc,
-         "idempotency_key": idempotency_key,
-         "trace_context": jsonb(trace_context) if trace_context else None,
-         "actor": actor, "now": now, "meta": jsonb(meta or {})},
+        {
+            "schedule_ids": list(schedule_ids),
+            "due_ats": list(due_ats),
+            "available_ats": list(available_ats),
+            "origin": origin,
+            "adhoc": adhoc,
+            "idempotency_key": idempotency_key,
+            "trace_context": jsonb(trace_context) if trace_context else None,
+            "actor": actor,
+            "now": now,
+            "meta": jsonb(meta or {}),
+        },
     )
 
 
@@ -191,8 +211,14 @@ async def claim_runs(
     return await _rows(
         conn,
         "claim_runs",
-        {"worker_id": worker_id, "queues": list(queues), "limit": limit,
-         "lease_seconds": lease_seconds, "actor": actor, "now": now},
+        {
+            "worker_id": worker_id,
+            "queues": list(queues),
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "actor": actor,
+            "now": now,
+        },
     )
 
 
@@ -210,23 +236,40 @@ async def renew_leases(
 
 
 async def _fenced(
-    conn: Conn, name: str, lease: Lease, params: Mapping[str, object], *, actor: str,
+    conn: Conn,
+    name: str,
+    lease: Lease,
+    params: Mapping[str, object],
+    *,
+    actor: str,
     now: datetime | None,
 ) -> Row | None:
     """Run a fenced transition; when the lease is no longer held, record that and return None."""
     row = await _row(
         conn,
         name,
-        {"id": lease.run_id, "due_at": lease.due_at, "attempt": lease.attempt,
-         "lease_token": lease.lease_token, "actor": actor, "now": now, **params},
+        {
+            "id": lease.run_id,
+            "due_at": lease.due_at,
+            "attempt": lease.attempt,
+            "lease_token": lease.lease_token,
+            "actor": actor,
+            "now": now,
+            **params,
+        },
     )
     if row is None:
         await _rows(
             conn,
             "record_fenced",
-            {"id": lease.run_id, "actor": actor, "now": now,
-             "meta": jsonb({"transition": name, "attempt": lease.attempt,
-                            "lease_token": lease.lease_token})},
+            {
+                "id": lease.run_id,
+                "actor": actor,
+                "now": now,
+                "meta": jsonb(
+                    {"transition": name, "attempt": lease.attempt, "lease_token": lease.lease_token}
+                ),
+            },
         )
     return row
 
@@ -235,8 +278,9 @@ async def succeed_run(
     conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
 ) -> Row | None:
     """Mark the attempt succeeded; None means fenced (the lease was lost), recorded as an event."""
-    return await _fenced(conn, "succeed_run", lease, {"outcome": jsonb(outcome)},
-                         actor=actor, now=now)
+    return await _fenced(
+        conn, "succeed_run", lease, {"outcome": jsonb(outcome)}, actor=actor, now=now
+    )
 
 
 async def fail_run(
@@ -249,16 +293,18 @@ async def fail_run(
     now: datetime | None,
 ) -> Row | None:
     """Record a failed attempt: waiting again after the backoff, or dead. None means fenced."""
-    return await _fenced(conn, "fail_run", lease, {"outcome": jsonb(outcome), "jitter": jitter},
-                         actor=actor, now=now)
+    return await _fenced(
+        conn, "fail_run", lease, {"outcome": jsonb(outcome), "jitter": jitter}, actor=actor, now=now
+    )
 
 
 async def cancelled_attempt(
     conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
 ) -> Row | None:
     """The worker stopped the attempt on request: the run ends cancelled. None means fenced."""
-    return await _fenced(conn, "cancelled_attempt", lease, {"outcome": jsonb(outcome)},
-                         actor=actor, now=now)
+    return await _fenced(
+        conn, "cancelled_attempt", lease, {"outcome": jsonb(outcome)}, actor=actor, now=now
+    )
 
 
 async def release_run(conn: Conn, lease: Lease, *, actor: str, now: datetime | None) -> Row | None:
@@ -275,13 +321,12 @@ async def cancel_run(
     meta: Mapping[str, object] | None = None,
 ) -> Row | None:
     """Cancel a waiting run, or ask a running one to stop. None if it is neither."""
-    return await _row(conn, "cancel_run",
-                      {"id": run_id, "actor": actor, "now": now, "meta": jsonb(meta or {})})
+    return await _row(
+        conn, "cancel_run", {"id": run_id, "actor": actor, "now": now, "meta": jsonb(meta or {})}
+    )
 
 
-async def rescue_expired(
-    conn: Conn, *, limit: int, actor: str, now: datetime | None
-) -> list[Row]:
+async def rescue_expired(conn: Conn, *, limit: int, actor: str, now: datetime | None) -> list[Row]:
     """Put runs whose lease expired back to waiting (after backoff) or to dead."""
     return await _rows(conn, "rescue_expired", {"limit": limit, "actor": actor, "now": now})
 

@@ -17,11 +17,16 @@ def _schema_dump(dsn: str) -> str:
     assert pg_dump, "pg_dump is needed to compare schemas"
     out = subprocess.run(
         [pg_dump, "--schema-only", "--no-owner", "--dbname", dsn],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     # pg_dump 15 prints a random \restrict key in newer minors; drop lines that vary per run.
-    return "\n".join(line for line in out.splitlines() if not line.startswith("\\restrict")
-                     and not line.startswith("\\unrestrict"))
+    return "\n".join(
+        line
+        for line in out.splitlines()
+        if not line.startswith("\\restrict") and not line.startswith("\\unrestrict")
+    )
 
 
 def test_single_head() -> None:
@@ -38,8 +43,9 @@ def test_upgrade_downgrade_upgrade_leaves_an_identical_schema(empty_dsn: str) ->
     assert "CREATE TABLE pgsched.event" in first
     migrate(empty_dsn, "base", down=True)
     with psycopg.connect(empty_dsn) as c:
-        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgsched'"
-                         ).fetchone() == (0,)
+        assert c.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgsched'"
+        ).fetchone() == (0,)
     migrate(empty_dsn)
     assert _schema_dump(empty_dsn) == first
 
@@ -49,8 +55,7 @@ def test_alembic_cli_reads_database_url(empty_dsn: str) -> None:
     alembic = shutil.which("alembic", path=env["PATH"])
     if alembic is None:
         pytest.fail("alembic is not installed next to the tests' python")
-    subprocess.run([alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    subprocess.run([alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     with psycopg.connect(empty_dsn) as c:
         (version,) = c.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
     assert version == "0001"

@@ -14,14 +14,17 @@ from tests.factories import make_schedule
 async def _partitions(conn: Conn, table: str) -> list[dict[str, object]]:
     cur = await conn.execute(
         "SELECT partition::text AS name, month_start, month_end "
-        "FROM pgsched.month_partitions_v1(%s::regclass)", [table])
+        "FROM pgsched.month_partitions_v1(%s::regclass)",
+        [table],
+    )
     return await cur.fetchall()
 
 
 @pytest.mark.parametrize("table", ["pgsched.run", "pgsched.event"])
 async def test_tables_are_partitioned_by_month_with_three_ahead(conn: Conn, table: str) -> None:
     cur = await conn.execute(
-        "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = %s::regclass", [table])
+        "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = %s::regclass", [table]
+    )
     assert await cur.fetchone() == {"partstrat": "r"}
     parts = await _partitions(conn, table)
     cur = await conn.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS m")
@@ -29,7 +32,8 @@ async def test_tables_are_partitioned_by_month_with_three_ahead(conn: Conn, tabl
     assert row is not None
     this_month = row["m"].replace(tzinfo=UTC)
     assert [p["month_start"] for p in parts] == [
-        (this_month + timedelta(days=32 * k)).replace(day=1) for k in range(4)]
+        (this_month + timedelta(days=32 * k)).replace(day=1) for k in range(4)
+    ]
     for p in parts:
         start = p["month_start"]
         assert isinstance(start, datetime)
@@ -39,8 +43,9 @@ async def test_tables_are_partitioned_by_month_with_three_ahead(conn: Conn, tabl
 async def test_create_month_partition_is_idempotent(conn: Conn) -> None:
     before = await _partitions(conn, "pgsched.run")
     cur = await conn.execute(
-        "SELECT pgsched.create_month_partition_v1('pgsched.run', (now() + interval '1 month')::date)"
-        " AS name")
+        "SELECT pgsched.create_month_partition_v1("
+        "'pgsched.run', (now() + interval '1 month')::date) AS name"
+    )
     row = await cur.fetchone()
     assert row is not None and row["name"].startswith("run_y")
     assert await _partitions(conn, "pgsched.run") == before
@@ -49,10 +54,12 @@ async def test_create_month_partition_is_idempotent(conn: Conn) -> None:
 async def test_duplicate_occurrence_is_a_no_op(conn: Conn) -> None:
     s = await make_schedule(conn)
     due = datetime.now(UTC).replace(second=0, microsecond=0)
-    first = await store.insert_runs(conn, [(s["id"], due, due)], origin="schedule",
-                                    actor="test", now=None)
-    again = await store.insert_runs(conn, [(s["id"], due, due), (s["id"], due, due)],
-                                    origin="backfill", actor="test", now=None)
+    first = await store.insert_runs(
+        conn, [(s["id"], due, due)], origin="schedule", actor="test", now=None
+    )
+    again = await store.insert_runs(
+        conn, [(s["id"], due, due), (s["id"], due, due)], origin="backfill", actor="test", now=None
+    )
     assert len(first) == 1 and again == []
     cur = await conn.execute("SELECT count(*) AS n FROM pgsched.run")
     assert await cur.fetchone() == {"n": 1}
@@ -64,8 +71,9 @@ async def test_ad_hoc_run_does_not_collide_with_the_occurrence(conn: Conn) -> No
     s = await make_schedule(conn)
     due = datetime.now(UTC).replace(second=0, microsecond=0)
     await store.insert_runs(conn, [(s["id"], due, due)], origin="schedule", actor="t", now=None)
-    adhoc = await store.insert_runs(conn, [(s["id"], due, due)], origin="trigger", adhoc=True,
-                                    actor="t", now=None)
+    adhoc = await store.insert_runs(
+        conn, [(s["id"], due, due)], origin="trigger", adhoc=True, actor="t", now=None
+    )
     assert len(adhoc) == 1
 
 
@@ -73,15 +81,15 @@ async def test_a_month_without_partition_is_a_clear_error(conn: Conn) -> None:
     s = await make_schedule(conn)
     far = datetime(2031, 5, 1, tzinfo=UTC)
     with pytest.raises(store.PartitionMissing, match='no partition of relation "run"'):
-        await store.insert_runs(conn, [(s["id"], far, far)], origin="backfill", actor="t",
-                                now=None)
+        await store.insert_runs(conn, [(s["id"], far, far)], origin="backfill", actor="t", now=None)
     cur = await conn.execute("SELECT count(*) AS n FROM pgsched.event WHERE type = 'run.created'")
     assert await cur.fetchone() == {"n": 0}, "nothing half-written"
 
 
 async def test_partition_horizon_alarms_below_two_months_ahead(conn: Conn) -> None:
-    cur = await conn.execute("SELECT table_name, months_ahead, alarm FROM pgsched.partition_horizon"
-                             " ORDER BY 1")
+    cur = await conn.execute(
+        "SELECT table_name, months_ahead, alarm FROM pgsched.partition_horizon ORDER BY 1"
+    )
     assert await cur.fetchall() == [
         {"table_name": "pgsched.event", "months_ahead": 3, "alarm": False},
         {"table_name": "pgsched.run", "months_ahead": 3, "alarm": False},
@@ -91,7 +99,8 @@ async def test_partition_horizon_alarms_below_two_months_ahead(conn: Conn) -> No
     for p in parts[-2:]:
         await conn.execute(f"DROP TABLE {p['name']}")  # test-only DDL on known names
     cur = await conn.execute(
-        "SELECT months_ahead, alarm FROM pgsched.partition_horizon WHERE table_name = 'pgsched.run'")
+        "SELECT months_ahead, alarm FROM pgsched.partition_horizon WHERE table_name = 'pgsched.run'"
+    )
     assert await cur.fetchone() == {"months_ahead": 1, "alarm": True}
 
 
@@ -101,7 +110,10 @@ async def test_drop_months_before_a_date(conn: Conn) -> None:
     assert isinstance(cutoff, datetime)
     cur = await conn.execute(
         "SELECT pgsched.drop_month_partitions_before_v1('pgsched.event', %s::date) AS name",
-        [cutoff.date()])
+        [cutoff.date()],
+    )
     # Names come back as the function sees them, with pgsched on its search_path.
-    assert [r["name"] for r in await cur.fetchall()] == [str(parts[0]["name"]).removeprefix("pgsched.")]
+    assert [r["name"] for r in await cur.fetchall()] == [
+        str(parts[0]["name"]).removeprefix("pgsched.")
+    ]
     assert await _partitions(conn, "pgsched.event") == parts[1:]

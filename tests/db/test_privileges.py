@@ -56,8 +56,9 @@ async def test_privilege_matrix(dsn: str) -> None:
             for role, expected in roles.items():
                 have = set()
                 for privilege in CHECKED:
-                    cur = await conn.execute("SELECT has_table_privilege(%s, %s, %s) AS ok",
-                                             [role, table, privilege])
+                    cur = await conn.execute(
+                        "SELECT has_table_privilege(%s, %s, %s) AS ok", [role, table, privilege]
+                    )
                     row = await cur.fetchone()
                     if row and row["ok"]:
                         have.add(privilege)
@@ -71,7 +72,8 @@ async def _one_event_partition(dsn: str) -> str:
     try:
         await make_schedule(conn)  # writes one event into this month's partition
         cur = await conn.execute(
-            "SELECT tableoid::regclass::text AS part FROM pgsched.event LIMIT 1")
+            "SELECT tableoid::regclass::text AS part FROM pgsched.event LIMIT 1"
+        )
         row = await cur.fetchone()
         assert row is not None
         return str(row["part"])
@@ -124,12 +126,21 @@ async def test_application_roles_are_enough_for_their_work(dsn: str) -> None:
     try:
         s = await make_schedule(api)
         due = datetime.now(UTC)
-        await store.insert_runs(api, [(s["id"], due, due)], origin="trigger", adhoc=True,
-                                actor="api", now=None)
-        (claimed,) = await store.claim_runs(worker, worker_id=1, queues=["default"], limit=5,
-                                            lease_seconds=30, actor="worker:1", now=None)
-        done = await store.succeed_run(worker, store.Lease.of(claimed), {"status": "ok"},
-                                       actor="worker:1", now=None)
+        await store.insert_runs(
+            api, [(s["id"], due, due)], origin="trigger", adhoc=True, actor="api", now=None
+        )
+        (claimed,) = await store.claim_runs(
+            worker,
+            worker_id=1,
+            queues=["default"],
+            limit=5,
+            lease_seconds=30,
+            actor="worker:1",
+            now=None,
+        )
+        done = await store.succeed_run(
+            worker, store.Lease.of(claimed), {"status": "ok"}, actor="worker:1", now=None
+        )
         assert done is not None and done["state"] == "succeeded"
     finally:
         await api.close()

@@ -19,23 +19,63 @@ async def _history(conn: Conn) -> dict[str, int]:
     """A history touching every transition the store has, with a moving fake clock."""
     t = T0
     a = await make_schedule(conn, now=t, name="nightly", max_attempts=2, retry_delay_seconds=5)
-    b = await make_schedule(conn, now=t, name="hourly", kind="cron", interval_seconds=None,
-                            cron="0 * * * *", timezone="Europe/Berlin")
-    await store.update_schedule(conn, b["id"], {"priority": 5, "payload": {"k": [1, 2]}},
-                                event_type="schedule.updated", actor="admin", now=t,
-                                expected_version=1, meta={"source_ip": "127.0.0.1"})
-    await store.update_schedule(conn, b["id"], {"enabled": False, "paused_at": t},
-                                event_type="schedule.paused", actor="admin", now=t)
+    b = await make_schedule(
+        conn,
+        now=t,
+        name="hourly",
+        kind="cron",
+        interval_seconds=None,
+        cron="0 * * * *",
+        timezone="Europe/Berlin",
+    )
+    await store.update_schedule(
+        conn,
+        b["id"],
+        {"priority": 5, "payload": {"k": [1, 2]}},
+        event_type="schedule.updated",
+        actor="admin",
+        now=t,
+        expected_version=1,
+        meta={"source_ip": "127.0.0.1"},
+    )
+    await store.update_schedule(
+        conn,
+        b["id"],
+        {"enabled": False, "paused_at": t},
+        event_type="schedule.paused",
+        actor="admin",
+        now=t,
+    )
     dues = [t + timedelta(minutes=k) for k in range(5)]
-    runs = await store.insert_runs(conn, [(a["id"], d, d) for d in dues], origin="schedule",
-                                   actor="ticker", now=t, meta={"tick": 1})
-    await store.insert_runs(conn, [(b["id"], t, t)], origin="trigger", adhoc=True,
-                            idempotency_key="k1", trace_context={"traceparent": "00-ab-cd-01"},
-                            actor="admin", now=t)
+    runs = await store.insert_runs(
+        conn,
+        [(a["id"], d, d) for d in dues],
+        origin="schedule",
+        actor="ticker",
+        now=t,
+        meta={"tick": 1},
+    )
+    await store.insert_runs(
+        conn,
+        [(b["id"], t, t)],
+        origin="trigger",
+        adhoc=True,
+        idempotency_key="k1",
+        trace_context={"traceparent": "00-ab-cd-01"},
+        actor="admin",
+        now=t,
+    )
 
     def claim(at: datetime, n: int) -> list[dict[str, object]]:
-        return store.claim_runs(conn, worker_id=7, queues=["default"], limit=n, lease_seconds=30,
-                                actor="worker:7", now=at)  # type: ignore[return-value]
+        return store.claim_runs(
+            conn,
+            worker_id=7,
+            queues=["default"],
+            limit=n,
+            lease_seconds=30,
+            actor="worker:7",
+            now=at,
+        )  # type: ignore[return-value]
 
     t += timedelta(minutes=5)
     claimed = await claim(t, 6)
@@ -43,8 +83,9 @@ async def _history(conn: Conn) -> dict[str, int]:
     leases = [Lease.of(r) for r in claimed]
     await store.renew_leases(conn, [lz.lease_token for lz in leases], lease_seconds=30, now=t)
     await store.succeed_run(conn, leases[0], {"status": "ok", "duration_ms": 12}, actor="w", now=t)
-    await store.fail_run(conn, leases[1], {"status": "error", "error": "boom"}, jitter=0.5,
-                         actor="w", now=t)
+    await store.fail_run(
+        conn, leases[1], {"status": "error", "error": "boom"}, jitter=0.5, actor="w", now=t
+    )
     await store.release_run(conn, leases[2], actor="w", now=t)
     await store.cancel_run(conn, leases[3].run_id, actor="admin", now=t)
     await store.cancelled_attempt(conn, leases[3], {"status": "cancelled"}, actor="w", now=t)
@@ -57,8 +98,9 @@ async def _history(conn: Conn) -> dict[str, int]:
     # Retry the failed run until it is dead (max_attempts=2).
     t += timedelta(hours=2)
     again = [r for r in await claim(t, 10) if r["id"] == leases[1].run_id]
-    await store.fail_run(conn, Lease.of(again[0]), {"status": "error"}, jitter=0.1, actor="w",
-                         now=t)
+    await store.fail_run(
+        conn, Lease.of(again[0]), {"status": "error"}, jitter=0.1, actor="w", now=t
+    )
     waiting = await store.cancel_run(conn, runs[4]["id"], actor="admin", now=t)
     assert waiting is None or waiting["state"] in {"cancelled", "running"}
     return {"a": a["id"], "b": b["id"], "run": runs[0]["id"]}
@@ -66,8 +108,9 @@ async def _history(conn: Conn) -> dict[str, int]:
 
 async def test_verify_finds_no_difference_on_store_histories(conn: Conn) -> None:
     await _history(conn)
-    cur = await conn.execute("SELECT count(*) AS n, count(DISTINCT type) AS types "
-                             "FROM pgsched.event")
+    cur = await conn.execute(
+        "SELECT count(*) AS n, count(DISTINCT type) AS types FROM pgsched.event"
+    )
     counts = await cur.fetchone()
     assert counts is not None and counts["types"] >= 12, counts
     assert await replay.verify(conn) == []
@@ -76,15 +119,15 @@ async def test_verify_finds_no_difference_on_store_histories(conn: Conn) -> None
 async def test_verify_reports_the_exact_tampered_column(conn: Conn) -> None:
     ids = await _history(conn)
     await conn.execute("UPDATE pgsched.run SET queue = 'tampered' WHERE id = %s", [ids["run"]])
-    await conn.execute("UPDATE pgsched.schedule SET timezone = 'Asia/Tokyo' WHERE id = %s",
-                       [ids["b"]])
+    await conn.execute(
+        "UPDATE pgsched.schedule SET timezone = 'Asia/Tokyo' WHERE id = %s", [ids["b"]]
+    )
     differences = await replay.verify(conn)
     assert [(d.table, d.id, d.column, d.expected, d.actual) for d in differences] == [
         ("schedule", ids["b"], "timezone", "Europe/Berlin", "Asia/Tokyo"),
         ("run", ids["run"], "queue", "default", "tampered"),
     ]
-    assert str(differences[1]) == (f"run {ids['run']}: queue is 'tampered', "
-                                   "events say 'default'")
+    assert str(differences[1]) == (f"run {ids['run']}: queue is 'tampered', events say 'default'")
 
 
 async def test_verify_reports_rows_without_events_and_events_without_rows(conn: Conn) -> None:
@@ -117,8 +160,15 @@ async def test_rebuild_restores_the_projections(conn: Conn) -> None:
 
 def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": dsn}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 async def test_cli_verify_and_rebuild(dsn: str) -> None:
@@ -127,8 +177,9 @@ async def test_cli_verify_and_rebuild(dsn: str) -> None:
         ids = await _history(conn)
         ok = _cli(dsn, "verify")
         assert ok.returncode == 0, ok.stderr
-        assert ok.stdout.strip().endswith("0 difference(s) between the projections and the "
-                                          "event log")
+        assert ok.stdout.strip().endswith(
+            "0 difference(s) between the projections and the event log"
+        )
         await conn.execute("UPDATE pgsched.schedule SET name = 'x' WHERE id = %s", [ids["a"]])
         bad = _cli(dsn, "verify")
         assert bad.returncode == 1
@@ -142,14 +193,33 @@ async def test_cli_verify_and_rebuild(dsn: str) -> None:
 
 def test_cli_errors_are_one_line() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "verify"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=False, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "verify"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "pgsched: DATABASE_URL is not set (or pass --database-url)"
     bad = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--database-url",
-         "postgresql://nobody@127.0.0.1:1/none", "verify"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none",
+            "verify",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert bad.stderr.startswith("pgsched: cannot connect to the database:")
     assert len(bad.stderr.strip().splitlines()) == 1

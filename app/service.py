@@ -1,0 +1,70 @@
+"""The long-running service: the processes of pgsched in one asyncio program.
+
+`pgsched run` starts what exists so far: the partition keeper. The ticker, workers and the API
+join here as they land, each a `Loop` with its own period. A loop's failure is logged and retried
+after its period; it never takes the others down. SIGTERM or SIGINT stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from app import maintenance
+from app.clock import Clock
+from app.db.store import Conn
+
+log = logging.getLogger("pgsched.service")
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    name: str
+    period_seconds: float
+    step: Callable[[Conn], Awaitable[object]]
+
+
+async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -> None:
+    while True:
+        try:
+            async with pool.connection() as conn:
+                await loop.step(conn)
+        except Exception:  # keep the service up; the next period retries
+            log.exception("%s failed; retrying in %ss", loop.name, loop.period_seconds)
+        await clock.sleep(loop.period_seconds)
+
+
+def default_loops(clock: Clock) -> list[Loop]:
+    async def keep_partitions(conn: Conn) -> object:
+        return await maintenance.ensure_partitions(conn, now=clock.db_now(), actor="maintenance")
+
+    return [Loop("partition keeper", 3600.0, keep_partitions)]
+
+
+async def serve(url: str, clock: Clock, stop: asyncio.Event, loops: list[Loop]) -> None:
+    """Run `loops` against `url` until `stop` is set."""
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max(2, len(loops) + 1),
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        connection_class=AsyncConnection[DictRow],
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        tasks = [
+            asyncio.create_task(_run_loop(pool, loop, clock), name=loop.name) for loop in loops
+        ]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await pool.close()
