@@ -38,11 +38,18 @@ with_dbname = with_database
 
 
 def _docker_answers() -> bool:
+    """Whether a Docker engine answers; cheap and silent when there is none."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
     try:
         import docker  # type: ignore[import-untyped]
 
-        docker.from_env(timeout=2).ping()
-    except Exception:
+        client = docker.from_env(timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception:  # any failure means "no engine here"
         return False
     return True
 
