@@ -7,7 +7,10 @@ through `complete()`, so a schedule's stored row always carries every column exp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
+
+from app.domain.occurrences import ScheduleSpec, next_after
 
 DEFAULTS: Mapping[str, Any] = {
     "payload": {},
@@ -41,3 +44,24 @@ def complete(fields: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise KeyError(f"unknown schedule fields: {sorted(unknown)}")
     return {**DEFAULTS, **fields}
+
+
+def first_due(fields: Mapping[str, Any], now: datetime) -> datetime | None:
+    """The first occurrence at or after `now` of a complete schedule definition."""
+    row = {**fields, "created_at": now}
+    return next_after(spec_of(row), now - timedelta(microseconds=1))
+
+
+def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
+    """The occurrence function's view of a schedule row."""
+    return ScheduleSpec(
+        kind=row["kind"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        interval_seconds=row["interval_seconds"],
+        # An interval counts from its start bound, or from when it was created.
+        anchor=(row["starts_at"] or row["created_at"]) if row["kind"] == "interval" else None,
+        run_at=row["run_at"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+    )

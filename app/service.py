@@ -1,6 +1,6 @@
 """The long-running service: the processes of pgsched in one asyncio program.
 
-`pgsched run` starts what exists so far: the partition keeper. The ticker, workers and the API
+`pgsched run` starts what exists so far: the partition keeper and the ticker. Workers and the API
 join here as they land, each a `Loop` with its own period. A loop's failure is logged and retried
 after its period; it never takes the others down. SIGTERM or SIGINT stops everything cleanly.
 """
@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from app import maintenance
+from app import maintenance, ticker
 from app.clock import Clock
 from app.db.store import Conn
 
@@ -44,7 +44,11 @@ def default_loops(clock: Clock) -> list[Loop]:
     async def keep_partitions(conn: Conn) -> object:
         return await maintenance.ensure_partitions(conn, now=clock.db_now(), actor="maintenance")
 
-    return [Loop("partition keeper", 3600.0, keep_partitions)]
+    async def materialise(conn: Conn) -> object:
+        return await ticker.tick(conn, now=clock.db_now(), actor="ticker")
+
+    # The ticker runs twice a second with a 1 s look-ahead, so runs exist before they are due.
+    return [Loop("partition keeper", 3600.0, keep_partitions), Loop("ticker", 0.5, materialise)]
 
 
 async def serve(url: str, clock: Clock, stop: asyncio.Event, loops: list[Loop]) -> None:

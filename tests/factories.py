@@ -23,4 +23,6 @@ async def make_schedule(conn: Conn, now: datetime | None = None, **over: Any) ->
             **over,
         }
     )
+    if now is not None and "next_due_at" not in over:
+        fields["next_due_at"] = schedules.first_due(fields, now)
     return await store.create_schedule(conn, fields, actor="test", now=now)

@@ -1,0 +1,1 @@
+"""Pure scheduling rules: no I/O, no database, no clock reads."""

@@ -1,0 +1,166 @@
+"""The ticker: every due occurrence of a schedule becomes exactly one run.
+
+One tick, in short transactions of at most `batch` schedules: read the database clock, lock the
+schedules due by now + look-ahead (SKIP LOCKED, so tickers share the work), plan each one with the
+pure `plan()` below, insert the runs (ON CONFLICT DO NOTHING on the occurrence key), record the
+occurrences that will not run, advance the schedules, and NOTIFY once. Killing a ticker at any
+point rolls its transaction back; the next tick redoes the work, and the unique key absorbs
+anything done twice.
+
+Missed occurrences (the ticker or the database was down, or the schedule was paused) are those
+due before now - grace. Per schedule:
+- `skip`: none of them runs; each is recorded (`schedule.occurrence_missed`, reason "skip");
+- `latest` (default): the most recent one runs (origin "catchup"), the older ones are recorded
+  (reason "superseded");
+- `all`: the most recent `missed_cap` run (origin "catchup"), older ones are recorded ("over_cap").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from app.db import store
+from app.db.sql import query
+from app.db.store import Conn
+from app.domain.occurrences import jitter_offset, next_after, occurrences
+from app.schedules import spec_of
+
+# Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
+# the next tick, so one tick's work stays bounded however long the ticker was down.
+MAX_OCCURRENCES_PER_TICK = 10_000
+DEFAULT_LOOKAHEAD = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One schedule's share of a tick."""
+
+    runs: list[tuple[datetime, datetime, str]]  # (due_at, available_at, origin)
+    missed: list[tuple[datetime, str]]  # (due_at, reason)
+    next_due_at: datetime | None
+
+
+def plan(row: Mapping[str, Any], now: datetime, horizon: datetime) -> Planned:
+    """Decide, without I/O, what one due schedule turns into at `now` (pure; tested directly)."""
+    spec = spec_of(row)
+    first: datetime = row["next_due_at"]
+    due = [first, *islice(occurrences(spec, first, horizon), MAX_OCCURRENCES_PER_TICK)]
+    truncated = len(due) > MAX_OCCURRENCES_PER_TICK
+    due = due[:MAX_OCCURRENCES_PER_TICK]
+    late_before = now - timedelta(seconds=row["grace_seconds"])
+    late = [t for t in due if t < late_before]
+    on_time = [t for t in due if t >= late_before]
+
+    if truncated and late:
+        # All enumerated occurrences are late (the chunk never reached now). Keep the last few
+        # for the next tick, so `latest`/`all` still see the most recent ones there.
+        keep = 1 if row["missed_policy"] != "all" else min(row["missed_cap"], len(late))
+        carried = late[-keep:]
+        reason = "skip" if row["missed_policy"] == "skip" else "superseded"
+        return Planned([], [(t, reason) for t in late[:-keep]], carried[0])
+
+    policy = row["missed_policy"]
+    if policy == "skip":
+        run_late: list[datetime] = []
+        missed = [(t, "skip") for t in late]
+    elif policy == "latest":
+        run_late = late[-1:]
+        missed = [(t, "superseded") for t in late[:-1]]
+    else:
+        cap = row["missed_cap"]
+        run_late = late[-cap:]
+        missed = [(t, "over_cap") for t in late[:-cap]] if len(late) > cap else []
+
+    key, jitter = str(row["id"]), row["jitter_seconds"]
+    runs = [(t, t + jitter_offset(key, t, jitter), "catchup") for t in run_late]
+    runs += [(t, t + jitter_offset(key, t, jitter), "schedule") for t in on_time]
+    return Planned(runs, missed, next_after(spec, due[-1]))
+
+
+@dataclass(slots=True)
+class TickResult:
+    schedules: int = 0
+    created: int = 0
+    duplicates: int = 0
+    missed: int = 0
+    batches: int = 0
+    run_ids: list[int] = field(default_factory=list)
+
+
+async def tick(
+    conn: Conn,
+    *,
+    now: datetime | None,
+    actor: str = "ticker",
+    batch: int = 1000,
+    lookahead: timedelta = DEFAULT_LOOKAHEAD,
+) -> TickResult:
+    """Materialise everything due by the database clock (or `now`), batch by batch."""
+    result = TickResult()
+    while True:
+        async with conn.transaction():
+            cur = await conn.execute(query("db_now"), {"now": now})
+            at: datetime = (await cur.fetchone() or {})["now"]
+            cur = await conn.execute(
+                query("lock_due_schedules"), {"horizon": at + lookahead, "limit": batch}
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return result
+            await _materialise(
+                conn, rows=rows, now=at, horizon=at + lookahead, actor=actor, result=result
+            )
+        result.batches += 1
+        if len(rows) < batch:
+            return result
+
+
+async def _materialise(
+    conn: Conn,
+    *,
+    rows: Sequence[Mapping[str, Any]],
+    now: datetime,
+    horizon: datetime,
+    actor: str,
+    result: TickResult,
+) -> None:
+    by_origin: dict[str, list[tuple[int, datetime, datetime]]] = {}
+    missed: list[tuple[int, datetime, str]] = []
+    advance: list[tuple[int, datetime | None]] = []
+    for row in rows:
+        planned = plan(row, now, horizon)
+        for due_at, available_at, origin in planned.runs:
+            by_origin.setdefault(origin, []).append((row["id"], due_at, available_at))
+        missed += [(row["id"], t, reason) for t, reason in planned.missed]
+        advance.append((row["id"], planned.next_due_at))
+
+    for origin, occurrences_ in by_origin.items():
+        created = await store.insert_runs(conn, occurrences_, origin=origin, actor=actor, now=now)
+        result.created += len(created)
+        result.duplicates += len(occurrences_) - len(created)
+        result.run_ids += [r["id"] for r in created]
+    if missed:
+        ids, dues, reasons = zip(*missed, strict=True)
+        await conn.execute(
+            query("record_missed"),
+            {
+                "schedule_ids": list(ids),
+                "due_ats": list(dues),
+                "reasons": list(reasons),
+                "actor": actor,
+                "now": now,
+            },
+        )
+        result.missed += len(missed)
+    ids, next_dues = zip(*advance, strict=True)
+    await conn.execute(
+        query("advance_schedules"),
+        {"ids": list(ids), "next_due_ats": list(next_dues), "actor": actor, "now": now},
+    )
+    if any(by_origin.values()):
+        await conn.execute(query("notify_runs"))
+    result.schedules += len(rows)
