@@ -279,7 +279,12 @@ async def succeed_run(
 ) -> Row | None:
     """Mark the attempt succeeded; None means fenced (the lease was lost), recorded as an event."""
     return await _fenced(
-        conn, "succeed_run", lease, {"outcome": jsonb(outcome)}, actor=actor, now=now
+        conn,
+        "finish_attempt",
+        lease,
+        {"outcome": jsonb(outcome), "state": "succeeded"},
+        actor=actor,
+        now=now,
     )
 
 
@@ -303,7 +308,12 @@ async def cancelled_attempt(
 ) -> Row | None:
     """The worker stopped the attempt on request: the run ends cancelled. None means fenced."""
     return await _fenced(
-        conn, "cancelled_attempt", lease, {"outcome": jsonb(outcome)}, actor=actor, now=now
+        conn,
+        "finish_attempt",
+        lease,
+        {"outcome": jsonb(outcome), "state": "cancelled"},
+        actor=actor,
+        now=now,
     )
 
 

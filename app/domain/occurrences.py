@@ -694,8 +694,10 @@ def _plan(spec: ScheduleSpec) -> _Plan:
     run_at: datetime | None = None
     if kind == "cron":
         _forbid(spec, kind, ("interval_seconds", "anchor", "run_at"))
-        if not isinstance(spec.cron, str):
+        if spec.cron is None:
             raise InvalidSchedule("cron", "is required when kind is 'cron'")
+        if not isinstance(spec.cron, str):
+            raise InvalidSchedule("cron", f"must be a string, got {type(spec.cron).__name__}")
         cron_text, cron = _compile_cron(spec.cron)
     elif kind == "interval":
         step, anchor = _interval_fields(spec, starts_at)

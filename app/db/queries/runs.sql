@@ -76,20 +76,22 @@ SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(sec
 WHERE state = 'running' AND lease_token = ANY(%(lease_tokens)s::uuid[])
 RETURNING id, lease_token, cancel_requested;
 
--- name: succeed_run
--- Record a successful attempt, only if this attempt still holds the lease.
+-- name: finish_attempt
+-- End a run with this attempt's result (`state` is succeeded or cancelled), only if the attempt
+-- still holds the lease.
 WITH r AS (
     UPDATE pgsched.run
-    SET state = 'succeeded',
+    SET state = %(state)s,
         finished_at = coalesce(%(now)s::timestamptz, now()),
         lease_expires_at = NULL,
         outcome = %(outcome)s::jsonb
     WHERE id = %(id)s AND due_at = %(due_at)s
       AND state = 'running' AND attempt = %(attempt)s AND lease_token = %(lease_token)s::uuid
+      AND %(state)s IN ('succeeded', 'cancelled')
     RETURNING *
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
-    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.succeeded', %(actor)s,
+    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.' || r.state, %(actor)s,
            jsonb_build_object('state', r.state, 'finished_at', r.finished_at,
                               'lease_expires_at', NULL, 'outcome', r.outcome),
            r.trace_context ->> 'trace_id'
@@ -176,27 +178,6 @@ WITH r AS (
            jsonb_build_object('state', r.state, 'finished_at', r.finished_at,
                               'cancel_requested', true),
            %(meta)s::jsonb, r.trace_context ->> 'trace_id'
-    FROM r
-)
-SELECT * FROM r;
-
--- name: cancelled_attempt
--- The worker stopped an attempt because cancellation was requested: the run ends cancelled.
-WITH r AS (
-    UPDATE pgsched.run
-    SET state = 'cancelled',
-        finished_at = coalesce(%(now)s::timestamptz, now()),
-        lease_expires_at = NULL,
-        outcome = %(outcome)s::jsonb
-    WHERE id = %(id)s AND due_at = %(due_at)s
-      AND state = 'running' AND attempt = %(attempt)s AND lease_token = %(lease_token)s::uuid
-    RETURNING *
-), ev AS (
-    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
-    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.cancelled', %(actor)s,
-           jsonb_build_object('state', r.state, 'finished_at', r.finished_at,
-                              'lease_expires_at', NULL, 'outcome', r.outcome),
-           r.trace_context ->> 'trace_id'
     FROM r
 )
 SELECT * FROM r;
