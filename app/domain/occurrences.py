@@ -820,5 +820,5 @@ def jitter_offset(key: str, nominal: datetime, jitter_seconds: int) -> timedelta
         return _ZERO
     material = f"{key}|{instant.isoformat()}".encode()
     digest = hashlib.blake2b(material, digest_size=8).digest()
-    # 64 bits mod a jitter of at most days: the modulo bias is below 1e-13.
+    # 64 bits mod (jitter + 1): the modulo bias is about jitter / 2**64, i.e. nil.
     return timedelta(seconds=int.from_bytes(digest, "big") % (jitter_seconds + 1))

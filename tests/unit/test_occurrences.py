@@ -424,6 +424,8 @@ T0 = utc(2026, 1, 1)
         (cron("0 0 13 * 0-6"), "cron", "every day"),
         (cron("0 0 * * mon,,tue"), "cron", "malformed"),
         (ScheduleSpec("cron"), "cron", "required"),
+        (ScheduleSpec("cron", cron=5), "cron", "must be a string"),
+        (ScheduleSpec("once", run_at="2026-01-01T00:00Z"), "run_at", "must be a datetime"),
         (cron("* * * * *", "Mars/Olympus"), "timezone", "IANA"),
         (cron("* * * * *", "localtime"), "timezone", "IANA"),
         (cron("* * * * *", "../../etc/passwd"), "timezone", "IANA"),

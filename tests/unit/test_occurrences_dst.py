@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from app.domain.occurrences import ScheduleSpec, next_after, occurrences
 
@@ -78,7 +79,7 @@ def _centres(zone: str) -> list[datetime]:
 
 
 def _fmt(instants: list[datetime], zone: str) -> list[str]:
-    tz = cron_oracle.ZoneInfo(zone)
+    tz = ZoneInfo(zone)
     return [t.astimezone(tz).isoformat() for t in instants]
 
 
@@ -141,9 +142,11 @@ def test_occurrences_match_oracle_at_every_transition_2000_2040(capsys, record_p
     assert not deviations, f"{len(deviations)} deviations from ADR 0009:\n" + "\n".join(
         deviations[:20]
     )
-    # Guard against a scan that silently finds nothing: A3 expects ~2,400 core cases.
-    assert per_zone["America/New_York"] == per_zone["Europe/Berlin"] == 82
-    assert per_zone["Australia/Lord_Howe"] == 82
-    assert per_zone["Pacific/Apia"] == 23
+    # Guard against a scan that silently finds nothing. Lower bounds from past transitions
+    # only (2000-2025), so a tzdata change to future rules cannot break this.
+    assert per_zone["America/New_York"] >= 52
+    assert per_zone["Europe/Berlin"] >= 52
+    assert per_zone["Australia/Lord_Howe"] >= 52
+    assert per_zone["Pacific/Apia"] >= 23  # DST 2010-2021 plus the 2011-12-30 jump
     assert per_zone["UTC"] == per_zone["Asia/Kolkata"] == 41 * len(SAMPLE_DAYS)
-    assert core_cases == (82 * 3 + 23 + 2 * 41 * len(SAMPLE_DAYS)) * len(CORE_EXPRESSIONS)
+    assert core_cases >= 2400  # A3's expected order of magnitude
