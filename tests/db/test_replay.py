@@ -158,8 +158,11 @@ async def test_rebuild_restores_the_projections(conn: Conn) -> None:
     assert [{k: v for k, v in r.items() if k != "lease_expires_at"} for r in after] == strip
 
 
-def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": dsn}
+def _cli(dsn: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `pgsched` as a user would; `dsn=None` runs it with DATABASE_URL unset."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if dsn is not None:
+        env["DATABASE_URL"] = dsn
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=ROOT,
@@ -192,34 +195,10 @@ async def test_cli_verify_and_rebuild(dsn: str) -> None:
 
 
 def test_cli_errors_are_one_line() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "verify"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    out = _cli(None, "verify")
     assert out.returncode == 2
     assert out.stderr.strip() == "pgsched: DATABASE_URL is not set (or pass --database-url)"
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "--database-url",
-            "postgresql://nobody@127.0.0.1:1/none",
-            "verify",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    bad = _cli(None, "--database-url", "postgresql://nobody@127.0.0.1:1/none", "verify")
     assert bad.returncode == 2
     assert bad.stderr.startswith("pgsched: cannot connect to the database:")
     assert len(bad.stderr.strip().splitlines()) == 1
