@@ -1,4 +1,4 @@
-"""Schedule definitions: the defaults every new schedule starts from, in one place.
+"""Schedules: their defaults, their view for the occurrence function, and operations on them.
 
 The table's column defaults mirror these for operators inserting by hand; the API and CLI go
 through `complete()`, so a schedule's stored row always carries every column explicitly.
@@ -7,10 +7,15 @@ through `complete()`, so a schedule's stored row always carries every column exp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
-from app.domain.occurrences import ScheduleSpec, next_after
+from app.db import store
+from app.db.store import Conn, Row
+from app.domain.occurrences import ScheduleSpec, jitter_offset, next_after, occurrences
+from app.domain.occurrences import preview as domain_preview
 
 DEFAULTS: Mapping[str, Any] = {
     "payload": {},
@@ -65,3 +70,197 @@ def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
         starts_at=row["starts_at"],
         ends_at=row["ends_at"],
     )
+
+
+# -- operations on a schedule ---------------------------------------------------------------
+# Each returns what changed and raises ScheduleError subclasses for expected failures, which the
+# API maps to 404/409/422 and the CLI to a one-line reason.
+
+MAX_BACKFILL = 1000
+MAX_PREVIEW = 100
+
+
+class ScheduleError(Exception):
+    """An expected failure of a schedule operation."""
+
+
+class NotFound(ScheduleError):
+    """No live schedule has this id."""
+
+
+class InvalidRequest(ScheduleError):
+    """The request is well-formed but not acceptable; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+async def _live(conn: Conn, schedule_id: int) -> Row:
+    row = await store.get_schedule(conn, schedule_id, lock=True)
+    if row is None:
+        raise NotFound(f"schedule {schedule_id} does not exist")
+    return row
+
+
+async def pause(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+    """Stop materialising; occurrences while paused follow the missed policy on resume."""
+    async with conn.transaction():
+        row = await _live(conn, schedule_id)
+        if not row["enabled"]:
+            return row
+        at = await store.db_now(conn, now)
+        changed = await store.update_schedule(
+            conn,
+            schedule_id,
+            {"enabled": False, "paused_at": at},
+            event_type="schedule.paused",
+            actor=actor,
+            now=now,
+        )
+    return changed or row
+
+
+async def resume(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+    """Materialise again. `next_due_at` stayed where the pause left it, so the ticker applies
+    the schedule's missed policy to everything that fell due while it was paused."""
+    async with conn.transaction():
+        row = await _live(conn, schedule_id)
+        if row["enabled"]:
+            return row
+        changed = await store.update_schedule(
+            conn,
+            schedule_id,
+            {"enabled": True, "paused_at": None},
+            event_type="schedule.resumed",
+            actor=actor,
+            now=now,
+        )
+    return changed or row
+
+
+async def delete(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+    """Soft delete: the row and its history stay; the name becomes free."""
+    async with conn.transaction():
+        await _live(conn, schedule_id)
+        at = await store.db_now(conn, now)
+        changed = await store.update_schedule(
+            conn,
+            schedule_id,
+            {"deleted_at": at, "enabled": False},
+            event_type="schedule.deleted",
+            actor=actor,
+            now=now,
+        )
+    if changed is None:
+        raise NotFound(f"schedule {schedule_id} does not exist")
+    return changed
+
+
+async def trigger(
+    conn: Conn,
+    schedule_id: int,
+    *,
+    actor: str,
+    now: datetime | None,
+    idempotency_key: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    meta: Mapping[str, object] | None = None,
+) -> tuple[Row, bool]:
+    """Run a schedule now, as an ad-hoc run. Returns (run, created).
+
+    With an idempotency key, a repeated request returns the run the first one created
+    (created=False). Triggering ignores pause and overlap: it is an operator's explicit act.
+    """
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise InvalidRequest("Idempotency-Key", "must be 1 to 255 characters")
+    async with conn.transaction():
+        await _live(conn, schedule_id)
+        if idempotency_key is not None and not await store.claim_trigger_key(
+            conn, schedule_id, idempotency_key, now=now
+        ):
+            earlier = await store.trigger_key_run(conn, schedule_id, idempotency_key)
+            if earlier is None:  # the key's run was in a retired month
+                raise InvalidRequest("Idempotency-Key", "was used for a run no longer kept")
+            return earlier, False
+        at = await store.db_now(conn, now)
+        (run,) = await store.insert_runs(
+            conn,
+            [(schedule_id, at, at)],
+            origin="trigger",
+            adhoc=True,
+            idempotency_key=idempotency_key,
+            trace_context=trace_context,
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+        if idempotency_key is not None:
+            await store.set_trigger_key_run(conn, schedule_id, idempotency_key, run)
+    return run, True
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    requested: int
+    created: list[int]
+
+
+async def backfill(
+    conn: Conn,
+    schedule_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    actor: str,
+    now: datetime | None,
+    cap: int = MAX_BACKFILL,
+    meta: Mapping[str, object] | None = None,
+) -> Backfill:
+    """Materialise the occurrences in [start, end); idempotent, capped, recorded as an event.
+
+    Occurrences that already have a run are left alone. Backfill ignores the overlap and
+    missed policies (the operator asked for these occurrences) but not the partitions: a
+    month that was retired cannot be backfilled (store.PartitionMissing).
+    """
+    if end <= start:
+        raise InvalidRequest("to", "must be later than from")
+    async with conn.transaction():
+        row = await _live(conn, schedule_id)
+        if end > await store.db_now(conn, now):
+            raise InvalidRequest("to", "must not be in the future; the ticker handles that")
+        tick = timedelta(microseconds=1)
+        due = list(islice(occurrences(spec_of(row), start - tick, end - tick), cap + 1))
+        if len(due) > cap:
+            raise InvalidRequest("to", f"the range holds more than {cap} occurrences")
+        key, jitter = str(schedule_id), row["jitter_seconds"]
+        created = await store.insert_runs(
+            conn,
+            [(schedule_id, t, t + jitter_offset(key, t, jitter)) for t in due],
+            origin="backfill",
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+        await store.record_schedule_event(
+            conn,
+            schedule_id,
+            "schedule.backfilled",
+            actor=actor,
+            now=now,
+            meta={
+                **(meta or {}),
+                "from": start,
+                "to": end,
+                "requested": len(due),
+                "created": len(created),
+            },
+        )
+    return Backfill(len(due), [r["id"] for r in created])
+
+
+def preview(row: Mapping[str, Any], after: datetime, count: int) -> list[datetime]:
+    """The next `count` due times of a schedule after `after`, from the ticker's own function."""
+    if not 1 <= count <= MAX_PREVIEW:
+        raise InvalidRequest("count", f"must be between 1 and {MAX_PREVIEW}")
+    return domain_preview(spec_of(row), after, count)

@@ -87,6 +87,7 @@ class TickResult:
     created: int = 0
     duplicates: int = 0
     missed: int = 0
+    overlapped: int = 0
     batches: int = 0
     run_ids: list[int] = field(default_factory=list)
 
@@ -103,8 +104,7 @@ async def tick(
     result = TickResult()
     while True:
         async with conn.transaction():
-            cur = await conn.execute(query("db_now"), {"now": now})
-            at: datetime = (await cur.fetchone() or {})["now"]
+            at = await store.db_now(conn, now)
             cur = await conn.execute(
                 query("lock_due_schedules"), {"horizon": at + lookahead, "limit": batch}
             )
@@ -128,21 +128,37 @@ async def _materialise(
     actor: str,
     result: TickResult,
 ) -> None:
-    by_origin: dict[str, list[tuple[int, datetime, datetime]]] = {}
+    runs: list[tuple[int, datetime, datetime, str]] = []
     missed: list[tuple[int, datetime, str]] = []
     advance: list[tuple[int, datetime | None]] = []
     for row in rows:
         planned = plan(row, now, horizon)
-        for due_at, available_at, origin in planned.runs:
-            by_origin.setdefault(origin, []).append((row["id"], due_at, available_at))
+        runs += [
+            (row["id"], due_at, available, origin) for due_at, available, origin in planned.runs
+        ]
         missed += [(row["id"], t, reason) for t, reason in planned.missed]
         advance.append((row["id"], planned.next_due_at))
 
-    for origin, occurrences_ in by_origin.items():
-        created = await store.insert_runs(conn, occurrences_, origin=origin, actor=actor, now=now)
+    created: list[int] = []
+    if runs:
+        sids, dues, availables, origins = zip(*runs, strict=True)
+        cur = await conn.execute(
+            query("insert_due_runs"),
+            {
+                "schedule_ids": list(sids),
+                "due_ats": list(dues),
+                "available_ats": list(availables),
+                "origins": list(origins),
+                "actor": actor,
+                "now": now,
+            },
+        )
+        summary = await cur.fetchone() or {}
+        created = summary["run_ids"]
+        result.run_ids += created
         result.created += len(created)
-        result.duplicates += len(occurrences_) - len(created)
-        result.run_ids += [r["id"] for r in created]
+        result.duplicates += summary["admitted"] - len(created)
+        result.overlapped += summary["refused"]
     if missed:
         ids, dues, reasons = zip(*missed, strict=True)
         await conn.execute(
@@ -161,6 +177,6 @@ async def _materialise(
         query("advance_schedules"),
         {"ids": list(ids), "next_due_ats": list(next_dues), "actor": actor, "now": now},
     )
-    if any(by_origin.values()):
+    if created:
         await conn.execute(query("notify_runs"))
     result.schedules += len(rows)

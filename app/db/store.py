@@ -157,6 +157,61 @@ async def list_schedules(conn: Conn, *, after_id: int = 0, limit: int = 100) -> 
     return await _rows(conn, "list_schedules", {"after_id": after_id, "limit": limit})
 
 
+async def record_schedule_event(
+    conn: Conn,
+    schedule_id: int,
+    event_type: str,
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Mapping[str, object],
+    trace_id: str | None = None,
+) -> None:
+    """Append an event about a schedule that changes none of its columns (operator evidence)."""
+    await _rows(
+        conn,
+        "record_schedule_event",
+        {
+            "id": schedule_id,
+            "type": event_type,
+            "actor": actor,
+            "now": now,
+            "meta": jsonb(meta),
+            "trace_id": trace_id,
+        },
+    )
+
+
+async def claim_trigger_key(
+    conn: Conn, schedule_id: int, key: str, *, now: datetime | None
+) -> bool:
+    """Take an Idempotency-Key; False when an earlier request already holds it."""
+    rows = await _rows(
+        conn, "claim_trigger_key", {"schedule_id": schedule_id, "key": key, "now": now}
+    )
+    return bool(rows)
+
+
+async def set_trigger_key_run(conn: Conn, schedule_id: int, key: str, run: Row) -> None:
+    await conn.execute(
+        query("set_trigger_key_run"),
+        {"schedule_id": schedule_id, "key": key, "run_id": run["id"], "run_due_at": run["due_at"]},
+    )
+
+
+async def trigger_key_run(conn: Conn, schedule_id: int, key: str) -> Row | None:
+    return await _row(conn, "trigger_key_run", {"schedule_id": schedule_id, "key": key})
+
+
+async def db_now(conn: Conn, now: datetime | None) -> datetime:
+    """The instant the database decides with in this transaction (or `now` when given)."""
+    row = await _row(conn, "db_now", {"now": now})
+    if row is None:
+        raise RuntimeError("db_now returned no row")
+    result: datetime = row["now"]
+    return result
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 

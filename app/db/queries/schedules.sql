@@ -83,3 +83,30 @@ SELECT * FROM pgsched.schedule
 WHERE deleted_at IS NULL AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s;
+
+-- name: record_schedule_event
+-- An operator action on a schedule that changes no column of it (e.g. a backfill): evidence only.
+INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
+VALUES (coalesce(%(now)s::timestamptz, now()), 'schedule', %(id)s, %(type)s, %(actor)s, '{}'::jsonb,
+        %(meta)s::jsonb, %(trace_id)s)
+RETURNING id;
+
+-- name: claim_trigger_key
+-- Take an Idempotency-Key for a schedule; no row back means an earlier request holds it (a
+-- concurrent one waits here until that request commits or rolls back).
+INSERT INTO pgsched.trigger_key (schedule_id, key, created_at)
+VALUES (%(schedule_id)s, %(key)s, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (schedule_id, key) DO NOTHING
+RETURNING schedule_id;
+
+-- name: set_trigger_key_run
+-- Remember which run an Idempotency-Key created.
+UPDATE pgsched.trigger_key SET run_id = %(run_id)s, run_due_at = %(run_due_at)s
+WHERE schedule_id = %(schedule_id)s AND key = %(key)s;
+
+-- name: trigger_key_run
+-- The run an Idempotency-Key created earlier.
+SELECT r.*
+FROM pgsched.trigger_key k
+JOIN pgsched.run r ON r.id = k.run_id AND r.due_at = k.run_due_at
+WHERE k.schedule_id = %(schedule_id)s AND k.key = %(key)s;

@@ -44,3 +44,63 @@ FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[], %(reasons)s:
 -- name: notify_runs
 -- Wake workers: one NOTIFY per batch, never per row (reliability guide F8).
 SELECT pg_notify('pgsched_runs', '');
+
+-- name: insert_due_runs
+-- Materialise a tick's occurrences under each schedule's overlap policy, in one statement:
+--   allow: every occurrence becomes a run;
+--   skip:  only when the schedule has no waiting or running run, and then only its earliest
+--          occurrence of this batch (the later ones would overlap it);
+--   queue: only when the schedule has no waiting run (at most one buffered behind a running
+--          one), again the earliest of this batch.
+-- Each occurrence refused for overlap is recorded as schedule.occurrence_missed, reason
+-- 'overlap'. The schedules are locked by this transaction (lock_due_schedules), so no other
+-- ticker adds runs to them meanwhile; a run finishing meanwhile can only make us conservative.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[],
+                %(available_ats)s::timestamptz[], %(origins)s::text[])
+         AS i(schedule_id, due_at, available_at, origin)
+), ranked AS (
+    SELECT i.*, s.overlap_policy, s.queue, s.priority, s.max_attempts,
+           row_number() OVER (PARTITION BY i.schedule_id ORDER BY i.due_at) AS nth,
+           EXISTS (SELECT 1 FROM pgsched.run r
+                   WHERE r.schedule_id = i.schedule_id AND r.state = 'waiting') AS has_waiting,
+           EXISTS (SELECT 1 FROM pgsched.run r
+                   WHERE r.schedule_id = i.schedule_id
+                     AND r.state IN ('waiting', 'running')) AS has_active
+    FROM input i
+    JOIN pgsched.schedule s ON s.id = i.schedule_id
+), decided AS (
+    SELECT ranked.*,
+           CASE overlap_policy
+               WHEN 'allow' THEN true
+               WHEN 'skip' THEN NOT has_active AND nth = 1
+               ELSE NOT has_waiting AND nth = 1
+           END AS admitted
+    FROM ranked
+), r AS (
+    INSERT INTO pgsched.run (schedule_id, due_at, adhoc, origin, state, queue, priority,
+                             available_at, max_attempts, created_at)
+    SELECT d.schedule_id, d.due_at, false, d.origin, 'waiting', d.queue, d.priority,
+           d.available_at, d.max_attempts, coalesce(%(now)s::timestamptz, now())
+    FROM decided d
+    WHERE d.admitted
+    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    RETURNING *
+), created AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
+           to_jsonb(r)
+    FROM r
+), refused AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', d.schedule_id,
+           'schedule.occurrence_missed', %(actor)s, '{}'::jsonb,
+           jsonb_build_object('due_at', d.due_at, 'reason', 'overlap')
+    FROM decided d
+    WHERE NOT d.admitted
+    RETURNING 1
+)
+SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM r) AS run_ids,
+       (SELECT count(*) FROM decided WHERE admitted) AS admitted,
+       (SELECT count(*) FROM refused) AS refused;
