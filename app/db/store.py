@@ -262,19 +262,24 @@ async def claim_runs(
     actor: str,
     now: datetime | None,
 ) -> list[Row]:
-    """Claim up to `limit` due runs; each comes back running with a fresh lease and its job."""
-    return await _rows(
-        conn,
-        "claim_runs",
-        {
-            "worker_id": worker_id,
-            "queues": list(queues),
-            "limit": limit,
-            "lease_seconds": lease_seconds,
-            "actor": actor,
-            "now": now,
-        },
-    )
+    """Claim up to `limit` due runs; each comes back running with a fresh lease and its job.
+
+    Two statements in one transaction (see lock_limited_schedules for why); the connection
+    must use READ COMMITTED, PostgreSQL's default.
+    """
+    params = {
+        "worker_id": worker_id,
+        "queues": list(queues),
+        "limit": limit,
+        "lease_seconds": lease_seconds,
+        "actor": actor,
+        "now": now,
+    }
+    async with conn.transaction():
+        limited = await _rows(conn, "lock_limited_schedules", params)
+        return await _rows(
+            conn, "claim_runs", {**params, "limited_ids": [r["id"] for r in limited]}
+        )
 
 
 async def renew_leases(

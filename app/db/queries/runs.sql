@@ -28,19 +28,62 @@ WITH input AS (
 )
 SELECT * FROM r;
 
+-- name: lock_limited_schedules
+-- First half of a claim: lock the schedules with a concurrency limit (max_concurrency, or
+-- overlap 'queue' = one at a time) that have claimable runs, one claimer per schedule at a time;
+-- the others skip them (and the ticker skips them for one tick). The second half, claim_runs,
+-- must be a separate statement: under READ COMMITTED its new snapshot then sees the runs that
+-- the previous holder of the lock started, so the slot count is exact.
+SELECT s.id
+FROM pgsched.schedule s
+WHERE s.deleted_at IS NULL AND (s.max_concurrency IS NOT NULL OR s.overlap_policy = 'queue')
+  AND EXISTS (SELECT 1 FROM pgsched.run w
+              WHERE w.schedule_id = s.id AND w.state = 'waiting'
+                AND w.queue = ANY(%(queues)s::text[])
+                AND w.available_at <= coalesce(%(now)s::timestamptz, now()))
+FOR NO KEY UPDATE OF s SKIP LOCKED;
+
 -- name: claim_runs
--- Claim up to `limit` claimable runs of the given queues for one worker. The MATERIALIZED CTE is
--- the fence that keeps LIMIT from being re-evaluated per row (reliability guide F3); ordering is
--- best effort under SKIP LOCKED (F4). The job definition comes from the schedule at claim time.
-WITH due AS MATERIALIZED (
-    SELECT id, due_at
-    FROM pgsched.run
-    WHERE state = 'waiting'
-      AND queue = ANY(%(queues)s::text[])
-      AND available_at <= coalesce(%(now)s::timestamptz, now())
+-- Claim up to `limit` claimable runs of the given queues for one worker. Each MATERIALIZED CTE
+-- is a fence that keeps LIMIT from being re-evaluated per row (reliability guide F3); ordering
+-- is best effort under SKIP LOCKED (F4). The job definition comes from the schedule at claim time.
+-- Limited schedules take part only if this transaction locked them (`limited_ids`, from
+-- lock_limited_schedules) and only up to their free slots.
+WITH free AS MATERIALIZED (
+    SELECT s.id, coalesce(s.max_concurrency, 1)
+                 - (SELECT count(*) FROM pgsched.run x
+                    WHERE x.schedule_id = s.id AND x.state = 'running') AS slots
+    FROM pgsched.schedule s
+    WHERE s.id = ANY(%(limited_ids)s::bigint[])
+), limited AS MATERIALIZED (
+    SELECT w.id, w.due_at, w.priority, w.available_at
+    FROM free
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.due_at, r.priority, r.available_at
+        FROM pgsched.run r
+        WHERE r.schedule_id = free.id AND r.state = 'waiting'
+          AND r.queue = ANY(%(queues)s::text[])
+          AND r.available_at <= coalesce(%(now)s::timestamptz, now())
+        ORDER BY r.priority, r.available_at, r.id
+        LIMIT greatest(free.slots, 0)
+        FOR UPDATE OF r SKIP LOCKED
+    ) w
+), open AS MATERIALIZED (
+    SELECT r.id, r.due_at, r.priority, r.available_at
+    FROM pgsched.run r
+    JOIN pgsched.schedule s ON s.id = r.schedule_id
+    WHERE r.state = 'waiting'
+      AND r.queue = ANY(%(queues)s::text[])
+      AND r.available_at <= coalesce(%(now)s::timestamptz, now())
+      AND s.max_concurrency IS NULL AND s.overlap_policy <> 'queue'
+    ORDER BY r.priority, r.available_at, r.id
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+), due AS MATERIALIZED (
+    -- Rows locked above but not chosen here stay locked until this short transaction ends.
+    SELECT id, due_at FROM (SELECT * FROM limited UNION ALL SELECT * FROM open) c
     ORDER BY priority, available_at, id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pgsched.run r
     SET state = 'running',
