@@ -1,0 +1,1 @@
+"""Chaos tests: real processes, killed at random, against a real PostgreSQL."""
