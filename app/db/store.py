@@ -264,7 +264,7 @@ async def claim_runs(
 ) -> list[Row]:
     """Claim up to `limit` due runs; each comes back running with a fresh lease and its job.
 
-    Two statements in one transaction (see lock_limited_schedules for why); the connection
+    Two statements in one transaction (see lock_limits for why); the connection
     must use READ COMMITTED, PostgreSQL's default.
     """
     params = {
@@ -276,9 +276,15 @@ async def claim_runs(
         "now": now,
     }
     async with conn.transaction():
-        limited = await _rows(conn, "lock_limited_schedules", params)
+        locked = await _row(conn, "lock_limits", params) or {}
         return await _rows(
-            conn, "claim_runs", {**params, "limited_ids": [r["id"] for r in limited]}
+            conn,
+            "claim_runs",
+            {
+                **params,
+                "schedule_ids": locked["schedule_ids"],
+                "queue_names": locked["queue_names"],
+            },
         )
 
 
@@ -356,10 +362,17 @@ async def fail_run(
     jitter: float,
     actor: str,
     now: datetime | None,
+    final: bool = False,
 ) -> Row | None:
-    """Record a failed attempt: waiting again after the backoff, or dead. None means fenced."""
+    """Record a failed attempt: waiting again after the backoff, or dead when the attempts are
+    spent or `final` says retrying cannot help. None means fenced."""
     return await _fenced(
-        conn, "fail_run", lease, {"outcome": jsonb(outcome), "jitter": jitter}, actor=actor, now=now
+        conn,
+        "fail_run",
+        lease,
+        {"outcome": jsonb(outcome), "jitter": jitter, "final": final},
+        actor=actor,
+        now=now,
     )
 
 
@@ -403,3 +416,75 @@ async def rescue_expired(conn: Conn, *, limit: int, actor: str, now: datetime | 
 
 async def get_run(conn: Conn, run_id: int) -> Row | None:
     return await _row(conn, "get_run", {"id": run_id})
+
+
+# -- workers ---------------------------------------------------------------------------------
+
+
+async def register_worker(
+    conn: Conn,
+    *,
+    name: str,
+    host: str,
+    pid: int,
+    version: str,
+    queues: Sequence[str],
+    slots: int,
+    now: datetime | None,
+) -> Row:
+    row = await _row(
+        conn,
+        "register_worker",
+        {
+            "name": name,
+            "host": host,
+            "pid": pid,
+            "version": version,
+            "queues": list(queues),
+            "slots": slots,
+            "now": now,
+        },
+    )
+    if row is None:
+        raise RuntimeError("register_worker returned no row")
+    return row
+
+
+async def heartbeat_worker(conn: Conn, worker_id: int, *, now: datetime | None) -> str | None:
+    """Record that the worker is alive; returns its registry state (None if unknown)."""
+    row = await _row(conn, "heartbeat_worker", {"id": worker_id, "now": now})
+    return None if row is None else str(row["state"])
+
+
+async def set_worker_state(conn: Conn, worker_id: int, state: str, *, now: datetime | None) -> None:
+    await _rows(conn, "set_worker_state", {"id": worker_id, "state": state, "now": now})
+
+
+async def mark_gone_workers(
+    conn: Conn, *, after_seconds: float, actor: str, now: datetime | None
+) -> list[int]:
+    rows = await _rows(
+        conn, "mark_gone_workers", {"after_seconds": after_seconds, "actor": actor, "now": now}
+    )
+    return [int(r["id"]) for r in rows]
+
+
+async def seconds_until_next_run(
+    conn: Conn, queues: Sequence[str], *, now: datetime | None
+) -> float | None:
+    row = await _row(conn, "seconds_until_next_run", {"queues": list(queues), "now": now})
+    return None if row is None or row["seconds"] is None else float(row["seconds"])
+
+
+async def set_queue_limit(
+    conn: Conn, name: str, max_running: int | None, *, actor: str, now: datetime | None
+) -> Row:
+    """Limit how many runs of a queue run at once across all workers (None: unlimited)."""
+    row = await _row(
+        conn,
+        "set_queue_limit",
+        {"name": name, "max_running": max_running, "actor": actor, "now": now},
+    )
+    if row is None:
+        raise RuntimeError("set_queue_limit returned no row")
+    return row

@@ -28,61 +28,109 @@ WITH input AS (
 )
 SELECT * FROM r;
 
--- name: lock_limited_schedules
--- First half of a claim: lock the schedules with a concurrency limit (max_concurrency, or
--- overlap 'queue' = one at a time) that have claimable runs, one claimer per schedule at a time;
--- the others skip them (and the ticker skips them for one tick). The second half, claim_runs,
--- must be a separate statement: under READ COMMITTED its new snapshot then sees the runs that
--- the previous holder of the lock started, so the slot count is exact.
-SELECT s.id
-FROM pgsched.schedule s
-WHERE s.deleted_at IS NULL AND (s.max_concurrency IS NOT NULL OR s.overlap_policy = 'queue')
-  AND EXISTS (SELECT 1 FROM pgsched.run w
-              WHERE w.schedule_id = s.id AND w.state = 'waiting'
-                AND w.queue = ANY(%(queues)s::text[])
-                AND w.available_at <= coalesce(%(now)s::timestamptz, now()))
-FOR NO KEY UPDATE OF s SKIP LOCKED;
+-- name: lock_limits
+-- First half of a claim: lock the limited schedules (max_concurrency, or overlap 'queue' = one
+-- at a time) that have claimable runs, and the limited queues (pgsched.queue.max_running) this
+-- worker serves; one claimer per limited schedule or queue at a time, the others skip it (and
+-- the ticker skips such a schedule for one tick). The second half, claim_runs, must be a separate
+-- statement: under READ COMMITTED its new snapshot then sees the runs that the previous holder
+-- of a lock started, so the slot counts are exact (ADR 0004).
+WITH schedules AS (
+    SELECT s.id
+    FROM pgsched.schedule s
+    WHERE s.deleted_at IS NULL AND (s.max_concurrency IS NOT NULL OR s.overlap_policy = 'queue')
+      AND EXISTS (SELECT 1 FROM pgsched.run w
+                  WHERE w.schedule_id = s.id AND w.state = 'waiting'
+                    AND w.queue = ANY(%(queues)s::text[])
+                    AND w.available_at <= coalesce(%(now)s::timestamptz, now()))
+    FOR NO KEY UPDATE OF s SKIP LOCKED
+), queues AS (
+    SELECT q.name
+    FROM pgsched.queue q
+    WHERE q.name = ANY(%(queues)s::text[]) AND q.max_running IS NOT NULL
+    FOR NO KEY UPDATE OF q SKIP LOCKED
+)
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM schedules) AS schedule_ids,
+       (SELECT coalesce(array_agg(name), '{}') FROM queues) AS queue_names;
 
 -- name: claim_runs
 -- Claim up to `limit` claimable runs of the given queues for one worker. Each MATERIALIZED CTE
 -- is a fence that keeps LIMIT from being re-evaluated per row (reliability guide F3); ordering
 -- is best effort under SKIP LOCKED (F4). The job definition comes from the schedule at claim time.
--- Limited schedules take part only if this transaction locked them (`limited_ids`, from
--- lock_limited_schedules) and only up to their free slots.
-WITH free AS MATERIALIZED (
+-- Runs of limited schedules or queues take part only if this transaction locked them
+-- (lock_limits) and only up to their free slots; rows locked but not chosen stay locked until
+-- this short transaction ends.
+WITH schedule_slots AS MATERIALIZED (
     SELECT s.id, coalesce(s.max_concurrency, 1)
                  - (SELECT count(*) FROM pgsched.run x
                     WHERE x.schedule_id = s.id AND x.state = 'running') AS slots
     FROM pgsched.schedule s
-    WHERE s.id = ANY(%(limited_ids)s::bigint[])
-), limited AS MATERIALIZED (
-    SELECT w.id, w.due_at, w.priority, w.available_at
-    FROM free
+    WHERE s.id = ANY(%(schedule_ids)s::bigint[])
+), queue_slots AS MATERIALIZED (
+    SELECT q.name, q.max_running
+                   - (SELECT count(*) FROM pgsched.run x
+                      WHERE x.queue = q.name AND x.state = 'running') AS slots
+    FROM pgsched.queue q
+    WHERE q.name = ANY(%(queue_names)s::text[])
+), limited_schedules AS MATERIALIZED (
+    -- Runs of limited schedules in unlimited queues.
+    SELECT w.*
+    FROM schedule_slots f
     CROSS JOIN LATERAL (
-        SELECT r.id, r.due_at, r.priority, r.available_at
+        SELECT r.id, r.due_at, r.schedule_id, r.priority, r.available_at
         FROM pgsched.run r
-        WHERE r.schedule_id = free.id AND r.state = 'waiting'
+        WHERE r.schedule_id = f.id AND r.state = 'waiting'
           AND r.queue = ANY(%(queues)s::text[])
           AND r.available_at <= coalesce(%(now)s::timestamptz, now())
+          AND NOT EXISTS (SELECT 1 FROM pgsched.queue q
+                          WHERE q.name = r.queue AND q.max_running IS NOT NULL)
         ORDER BY r.priority, r.available_at, r.id
-        LIMIT greatest(free.slots, 0)
+        LIMIT greatest(f.slots, 0)
+        FOR UPDATE OF r SKIP LOCKED
+    ) w
+), limited_queues AS MATERIALIZED (
+    -- Runs in limited queues, of unlimited schedules or of limited ones this claim holds.
+    SELECT w.*
+    FROM queue_slots f
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.due_at, r.schedule_id, r.priority, r.available_at
+        FROM pgsched.run r
+        JOIN pgsched.schedule s ON s.id = r.schedule_id
+        WHERE r.queue = f.name AND r.state = 'waiting'
+          AND r.available_at <= coalesce(%(now)s::timestamptz, now())
+          AND ((s.max_concurrency IS NULL AND s.overlap_policy <> 'queue')
+               OR s.id = ANY(%(schedule_ids)s::bigint[]))
+        ORDER BY r.priority, r.available_at, r.id
+        LIMIT greatest(f.slots, 0)
         FOR UPDATE OF r SKIP LOCKED
     ) w
 ), open AS MATERIALIZED (
-    SELECT r.id, r.due_at, r.priority, r.available_at
+    -- Everything without a limit: the common, fast path.
+    SELECT r.id, r.due_at, r.schedule_id, r.priority, r.available_at
     FROM pgsched.run r
     JOIN pgsched.schedule s ON s.id = r.schedule_id
     WHERE r.state = 'waiting'
       AND r.queue = ANY(%(queues)s::text[])
       AND r.available_at <= coalesce(%(now)s::timestamptz, now())
       AND s.max_concurrency IS NULL AND s.overlap_policy <> 'queue'
+      AND NOT EXISTS (SELECT 1 FROM pgsched.queue q
+                      WHERE q.name = r.queue AND q.max_running IS NOT NULL)
     ORDER BY r.priority, r.available_at, r.id
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
+), ranked AS (
+    -- A run limited by both its queue and its schedule must fit the schedule's slots too.
+    SELECT c.*, row_number() OVER (PARTITION BY c.schedule_id
+                                   ORDER BY c.priority, c.available_at, c.id) AS nth
+    FROM (SELECT * FROM limited_schedules
+          UNION ALL SELECT * FROM limited_queues
+          UNION ALL SELECT * FROM open) c
 ), due AS MATERIALIZED (
-    -- Rows locked above but not chosen here stay locked until this short transaction ends.
-    SELECT id, due_at FROM (SELECT * FROM limited UNION ALL SELECT * FROM open) c
-    ORDER BY priority, available_at, id
+    SELECT ranked.id, ranked.due_at
+    FROM ranked
+    LEFT JOIN schedule_slots f ON f.id = ranked.schedule_id
+    WHERE f.id IS NULL OR ranked.nth <= f.slots
+    ORDER BY ranked.priority, ranked.available_at, ranked.id
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE pgsched.run r
@@ -144,15 +192,16 @@ SELECT * FROM r;
 
 -- name: fail_run
 -- Record a failed attempt, only if this attempt still holds the lease: back to waiting after the
--- backoff, or dead (the dead-letter state) once the attempts are spent.
+-- backoff, or dead (the dead-letter state) once the attempts are spent or the failure is final
+-- (a retry cannot help: bad payload, refused target, missing secret).
 WITH r AS (
     UPDATE pgsched.run r
-    SET state = CASE WHEN r.attempt >= r.max_attempts THEN 'dead' ELSE 'waiting' END,
-        available_at = CASE WHEN r.attempt >= r.max_attempts THEN r.available_at
+    SET state = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean) THEN 'dead' ELSE 'waiting' END,
+        available_at = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean) THEN r.available_at
                             ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs =>
                                  pgsched.backoff_seconds(s.retry_delay_seconds, s.retry_factor,
                                      s.retry_max_delay_seconds, r.attempt, %(jitter)s)) END,
-        finished_at = CASE WHEN r.attempt >= r.max_attempts
+        finished_at = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean)
                            THEN coalesce(%(now)s::timestamptz, now()) END,
         lease_expires_at = NULL,
         outcome = %(outcome)s::jsonb

@@ -1,0 +1,82 @@
+-- Worker registry: who is working, seen when. Heartbeats are coordination, not history (ADR 0005);
+-- registration, stop and being declared gone are events on the worker's stream.
+
+-- name: register_worker
+-- A worker process announces itself.
+WITH w AS (
+    INSERT INTO pgsched.worker (name, host, pid, version, queues, slots, state, started_at,
+                                heartbeat_at)
+    VALUES (%(name)s, %(host)s, %(pid)s, %(version)s, %(queues)s::text[], %(slots)s, 'active',
+            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+    RETURNING *
+), ev AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'worker', w.id, 'worker.registered', w.name,
+           to_jsonb(w)
+    FROM w
+)
+SELECT * FROM w;
+
+-- name: heartbeat_worker
+-- The worker is alive; returns its state so a worker declared gone learns it.
+UPDATE pgsched.worker
+SET heartbeat_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s
+RETURNING state;
+
+-- name: set_worker_state
+-- A worker stopping (draining) or stopped.
+WITH w AS (
+    UPDATE pgsched.worker
+    SET state = %(state)s,
+        stopped_at = CASE WHEN %(state)s = 'stopped' THEN coalesce(%(now)s::timestamptz, now()) END
+    WHERE id = %(id)s
+    RETURNING *
+), ev AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'worker', w.id, 'worker.' || w.state, w.name,
+           jsonb_build_object('state', w.state, 'stopped_at', w.stopped_at)
+    FROM w
+)
+SELECT * FROM w;
+
+-- name: mark_gone_workers
+-- Workers silent for longer than `after_seconds` are gone (their runs' leases expire and the
+-- rescuer takes them back; this only keeps the registry honest).
+WITH w AS (
+    UPDATE pgsched.worker
+    SET state = 'gone'
+    WHERE state IN ('active', 'stopping')
+      AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(after_seconds)s)
+    RETURNING *
+), ev AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'worker', w.id, 'worker.gone', %(actor)s,
+           jsonb_build_object('state', 'gone'), jsonb_build_object('last_heartbeat', w.heartbeat_at)
+    FROM w
+)
+SELECT id FROM w;
+
+-- name: seconds_until_next_run
+-- How long until the next waiting run of these queues becomes claimable, by the database clock
+-- (NULL: none waiting), so an idle worker sleeps exactly until then instead of polling.
+SELECT greatest(0, extract(epoch FROM min(available_at) - coalesce(%(now)s::timestamptz, now())))
+       ::float8 AS seconds
+FROM pgsched.run
+WHERE state = 'waiting' AND queue = ANY(%(queues)s::text[]);
+
+-- name: set_queue_limit
+-- Set (or clear, with NULL) a queue's global concurrency limit; recorded as a system event.
+WITH q AS (
+    INSERT INTO pgsched.queue (name, max_running, updated_at)
+    VALUES (%(name)s, %(max_running)s, coalesce(%(now)s::timestamptz, now()))
+    ON CONFLICT (name) DO UPDATE SET max_running = EXCLUDED.max_running,
+                                     updated_at = EXCLUDED.updated_at
+    RETURNING *
+), ev AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'system', NULL, 'queue.updated', %(actor)s,
+           '{}'::jsonb, jsonb_build_object('queue', q.name, 'max_running', q.max_running)
+    FROM q
+)
+SELECT * FROM q;
