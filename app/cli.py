@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -157,6 +158,55 @@ def _run_service(url: str) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
+    from app.clock import SystemClock
+    from workers.worker import Worker, WorkerSettings
+
+    url = _database_url(args)
+    settings = WorkerSettings.from_env(os.environ)
+    if args.queues:
+        settings = dataclasses.replace(settings, queues=tuple(args.queues.split(",")))
+    if args.slots:
+        settings = dataclasses.replace(settings, slots=args.slots)
+
+    async def _work() -> None:
+        stop, hard = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:
+            (hard if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        worker = Worker(url, clock=SystemClock(), settings=settings)
+        await worker.run(stop, hard)
+
+    asyncio.run(_work())
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """Set or clear a queue's global concurrency limit."""
+    from app.db import store
+
+    raw = args.max_running
+    if raw == "none":
+        limit = None
+    elif raw.isdigit() and int(raw) >= 1:
+        limit = int(raw)
+    else:
+        raise CommandError(f"--max-running must be a whole number >= 1 or 'none', got {raw!r}")
+
+    async def work(conn: Conn) -> int:
+        row = await store.set_queue_limit(conn, args.name, limit, actor="cli", now=None)
+        shown = row["max_running"] if row["max_running"] is not None else "unlimited"
+        print(f"queue {row['name']}: at most {shown} running")
+        return 0
+
+    return asyncio.run(_with_conn(_database_url(args), work))
+
+
 def cmd_maintain(args: argparse.Namespace) -> int:
     from app import maintenance
 
@@ -196,6 +246,16 @@ def parser() -> argparse.ArgumentParser:
         help="local PostgreSQL data directory (default: %(default)s)",
     )
     run.set_defaults(func=cmd_run)
+
+    wk = sub.add_parser("worker", help="run a worker (SIGTERM drains, a second signal stops)")
+    wk.add_argument("--queues", help="comma-separated queues (default: $PGSCHED_QUEUES or default)")
+    wk.add_argument("--slots", type=int, help="jobs at once (default: $PGSCHED_WORKER_SLOTS or 4)")
+    wk.set_defaults(func=cmd_worker)
+
+    qu = sub.add_parser("queue", help="set a queue's global concurrency limit")
+    qu.add_argument("name")
+    qu.add_argument("--max-running", required=True, help="a number >= 1, or 'none'")
+    qu.set_defaults(func=cmd_queue)
 
     mt = sub.add_parser("maintain", help="create the partitions due ahead, once")
     mt.set_defaults(func=cmd_maintain)

@@ -1,7 +1,7 @@
 """The long-running service: the processes of pgsched in one asyncio program.
 
-`pgsched run` starts what exists so far: the partition keeper and the ticker. Workers and the API
-join here as they land, each a `Loop` with its own period. A loop's failure is logged and retried
+`pgsched run` starts what exists so far: the partition keeper, the ticker and a worker. The API
+joins here when it lands, each a `Loop` with its own period. A loop's failure is logged and retried
 after its period; it never takes the others down. SIGTERM or SIGINT stops everything cleanly.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection
@@ -51,8 +51,17 @@ def default_loops(clock: Clock) -> list[Loop]:
     return [Loop("partition keeper", 3600.0, keep_partitions), Loop("ticker", 0.5, materialise)]
 
 
-async def serve(url: str, clock: Clock, stop: asyncio.Event, loops: list[Loop]) -> None:
-    """Run `loops` against `url` until `stop` is set."""
+async def serve(
+    url: str,
+    clock: Clock,
+    stop: asyncio.Event,
+    loops: list[Loop],
+    services: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
+) -> None:
+    """Run `loops` against `url`, and `services` (each given `stop`), until `stop` is set.
+
+    Services own their shutdown (a worker drains its jobs); loops are simply cancelled.
+    """
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
         url,
         min_size=1,

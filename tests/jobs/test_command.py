@@ -1,0 +1,132 @@
+"""``command`` jobs against real processes: output, exit codes, bounds, env, timeouts, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.conftest import MakeCtx, process_gone, wait_for_file
+from workers.jobs import MAX_OUTPUT_BYTES, execute
+
+
+async def test_success_keeps_output_and_exit_code(make_ctx: MakeCtx) -> None:
+    outcome = await execute("command", {"argv": ["echo", "hello"]}, make_ctx())
+    assert outcome.status == "succeeded"
+    assert outcome.exit_code == 0
+    assert outcome.output == "hello\n"
+    assert outcome.error is None
+    assert 0 < outcome.duration_ms < 5_000
+
+
+async def test_non_zero_exit_is_a_retryable_failure_with_stderr(make_ctx: MakeCtx) -> None:
+    payload = {"argv": ["sh", "-c", "echo out; echo oops >&2; exit 3"]}
+    outcome = await execute("command", payload, make_ctx())
+    assert (outcome.status, outcome.retryable, outcome.exit_code) == ("failed", True, 3)
+    assert outcome.error == "exit code 3"
+    assert outcome.output == "out\noops\n"  # stdout and stderr, interleaved
+
+
+async def test_argv_never_goes_through_a_shell(make_ctx: MakeCtx) -> None:
+    outcome = await execute("command", {"argv": ["echo", "$HOME; ls `id`"]}, make_ctx())
+    assert outcome.output == "$HOME; ls `id`\n"
+
+
+async def test_output_keeps_head_and_tail_within_10_kib(make_ctx: MakeCtx) -> None:
+    script = "import sys; sys.stdout.write('START' + 'x' * 60000 + 'END')"
+    outcome = await execute("command", {"argv": [sys.executable, "-c", script]}, make_ctx())
+    assert outcome.status == "succeeded"
+    assert outcome.output is not None
+    assert len(outcome.output.encode()) <= MAX_OUTPUT_BYTES
+    assert outcome.output.startswith("START")
+    assert outcome.output.endswith("END")
+    assert "bytes omitted ...]" in outcome.output
+
+
+async def test_output_just_under_the_limit_is_kept_whole(make_ctx: MakeCtx) -> None:
+    script = f"import sys; sys.stdout.write('y' * {MAX_OUTPUT_BYTES})"
+    outcome = await execute("command", {"argv": [sys.executable, "-c", script]}, make_ctx())
+    assert outcome.output == "y" * MAX_OUTPUT_BYTES
+
+
+async def test_env_is_clean_plus_payload_and_cwd_is_used(make_ctx: MakeCtx, tmp_path: Path) -> None:
+    script = 'echo "$FOO"; echo "${DATABASE_URL:-unset}"; pwd; echo "$PGSCHED_IDEMPOTENCY_KEY"'
+    ctx = make_ctx(environ={"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://leak"})
+    payload = {"argv": ["sh", "-c", script], "env": {"FOO": "bar baz"}, "cwd": str(tmp_path)}
+    outcome = await execute("command", payload, ctx)
+    assert outcome.output == f"bar baz\nunset\n{tmp_path}\n7:2\n"
+
+
+async def test_missing_program_and_missing_cwd_are_not_retryable(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    missing = await execute("command", {"argv": ["no-such-program-pgsched"]}, make_ctx())
+    assert (missing.status, missing.retryable) == ("failed", False)
+    assert missing.error is not None
+    assert missing.error.startswith("cannot start 'no-such-program-pgsched'")
+    payload = {"argv": ["true"], "cwd": str(tmp_path / "nope")}
+    no_cwd = await execute("command", payload, make_ctx())
+    assert (no_cwd.status, no_cwd.retryable) == ("failed", False)
+
+
+async def test_timeout_terminates_the_process(make_ctx: MakeCtx, tmp_path: Path) -> None:
+    payload = {"argv": ["sh", "-c", "echo $$ > leader; exec sleep 60"], "cwd": str(tmp_path)}
+    outcome = await execute("command", payload, make_ctx(timeout_seconds=0.5))
+    assert (outcome.status, outcome.retryable) == ("timeout", True)
+    assert outcome.exit_code == -15
+    assert outcome.error == "timed out after 0.5 s; terminated (SIGTERM)"
+    assert outcome.duration_ms < 3_000
+    assert await process_gone(int((tmp_path / "leader").read_text()))
+
+
+async def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    # TERM is ignored by the shell and, inherited, by its sleeping child.
+    script = 'trap "" TERM; echo $$ > leader; sleep 60 & echo $! > child; wait'
+    payload = {"argv": ["sh", "-c", script], "cwd": str(tmp_path), "kill_after_seconds": 0.5}
+    outcome = await execute("command", payload, make_ctx(timeout_seconds=0.3))
+    assert outcome.status == "timeout"
+    assert outcome.exit_code == -9
+    assert outcome.error == "timed out after 0.3 s; killed (SIGKILL) after a 0.5 s grace"
+    assert 750 <= outcome.duration_ms < 3_000
+    assert await process_gone(int((tmp_path / "leader").read_text()))
+    assert await process_gone(int((tmp_path / "child").read_text()))
+
+
+async def test_children_left_behind_by_a_finished_command_are_killed(make_ctx: MakeCtx) -> None:
+    # The background sleep keeps our pipe open; without the group kill this would hang.
+    outcome = await execute("command", {"argv": ["sh", "-c", "sleep 60 & echo $!"]}, make_ctx())
+    assert outcome.status == "succeeded"
+    assert outcome.duration_ms < 3_000
+    assert outcome.output is not None
+    assert await process_gone(int(outcome.output))
+
+
+async def test_cancellation_kills_the_process_and_reraises(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    payload = {"argv": ["sh", "-c", "echo $$ > leader; exec sleep 60"], "cwd": str(tmp_path)}
+    task = asyncio.create_task(execute("command", payload, make_ctx(timeout_seconds=30)))
+    pid = int(await wait_for_file(tmp_path / "leader"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await process_gone(pid)
+
+
+async def test_a_second_cancel_during_the_grace_still_kills(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    script = 'trap "" TERM; echo $$ > leader; exec sleep 60'
+    payload = {"argv": ["sh", "-c", script], "cwd": str(tmp_path), "kill_after_seconds": 30}
+    task = asyncio.create_task(execute("command", payload, make_ctx(timeout_seconds=30)))
+    pid = int(await wait_for_file(tmp_path / "leader"))
+    task.cancel()
+    await asyncio.sleep(0.1)  # now inside the 30 s grace
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await process_gone(pid)

@@ -1,0 +1,461 @@
+"""The worker: claims runs, executes them, holds their leases, and reports each attempt once.
+
+A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
+
+- **claim**: with free slots, claim up to that many due runs (one short transaction), start each
+  job as a task *after* the claim committed, and when nothing is due sleep until the next run
+  becomes claimable (by the database clock), a NOTIFY, a freed slot, or the poll interval;
+- **listen**: a dedicated connection LISTENs on `pgsched_runs`; notifications are only wake-up
+  hints (reliability guide F9), so after a reconnect it listens again and wakes the claim loop;
+- **heartbeat**: every third of the lease, renew the leases of all in-flight runs in one
+  statement; a run whose lease is gone (rescued elsewhere) or whose cancel was requested has its
+  task cancelled;
+- **rescue**: runs whose lease expired go back to waiting (or dead), and silent workers are
+  marked gone. Safe on every worker at once (ADR 0006 of the state machine: SKIP LOCKED and the
+  state guard), so there is no leader to elect.
+
+Every report is fenced by (attempt, lease token): a worker that was paused past its lease cannot
+overwrite the next attempt's result. Shutdown: the first stop request ends claiming, lets
+in-flight jobs finish within the grace period, then releases the rest without consuming an
+attempt; a hard stop skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.clock import Clock
+from app.db import store
+from app.db.store import Conn, Lease, Row
+from workers.jobs import JobContext, Outcome, execute
+from workers.netguard import NetPolicy
+
+log = logging.getLogger("pgsched.worker")
+
+Executor = Callable[[str, Mapping[str, object], JobContext], Awaitable[Outcome]]
+CHANNEL = "pgsched_runs"
+
+
+def _version() -> str:
+    try:
+        return version("pgsched")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    queues: tuple[str, ...] = ("default",)
+    slots: int = 4
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    grace_seconds: float = 30.0
+    rescue_every_seconds: float = 5.0
+    gone_after_seconds: float = 90.0
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        queues = tuple(q.strip() for q in env.get("PGSCHED_QUEUES", "default").split(",") if q)
+        return cls(
+            queues=queues or ("default",),
+            slots=int(env.get("PGSCHED_WORKER_SLOTS", "4")),
+            lease_seconds=float(env.get("PGSCHED_LEASE_SECONDS", "30")),
+            grace_seconds=float(env.get("PGSCHED_SHUTDOWN_GRACE_SECONDS", "30")),
+        )
+
+
+@dataclass(slots=True)
+class _InFlight:
+    lease: Lease
+    task: asyncio.Task[None]
+    # Why the task was cancelled, which decides what is reported for it.
+    stop_reason: str | None = None
+    # Set once the job returned: from then on the result is being reported, and cancelling the
+    # task would lose it (the run would be rescued and executed again).
+    reporting: bool = False
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    released: int = 0
+    fenced: int = 0
+    rescued: int = 0
+
+
+class Worker:
+    """One worker process's loops. `run(stop)` returns once stopped and everything is reported."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        clock: Clock,
+        settings: WorkerSettings | None = None,
+        environ: Mapping[str, str] | None = None,
+        executor: Executor = execute,
+    ) -> None:
+        self.url = database_url
+        self.clock = clock
+        self.settings = settings or WorkerSettings()
+        self.environ = dict(os.environ if environ is None else environ)
+        self.executor = executor
+        self.http_policy = NetPolicy.from_env(self.environ.get("PGSCHED_HTTP_ALLOW"))
+        self.named_dsns = {
+            key.removeprefix("PGSCHED_SQL_DSN_").lower(): value
+            for key, value in self.environ.items()
+            if key.startswith("PGSCHED_SQL_DSN_")
+        }
+        self.stats = WorkerStats()
+        self.worker_id: int | None = None
+        self._inflight: dict[int, _InFlight] = {}
+        self._wake = asyncio.Event()
+        self._pool: AsyncConnectionPool[Conn] | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"worker:{self.worker_id}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, hard_stop: asyncio.Event | None = None) -> None:
+        hard_stop = hard_stop or asyncio.Event()
+        s = self.settings
+        self._pool = AsyncConnectionPool(
+            self.url,
+            min_size=2,
+            max_size=s.slots + 3,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            connection_class=AsyncConnection[DictRow],
+            # After a connection is killed (pg_terminate_backend, failover) hand out a live one.
+            check=AsyncConnectionPool.check_connection,
+        )
+        await self._pool.open(wait=True, timeout=30)
+        try:
+            async with self._pool.connection() as conn:
+                row = await store.register_worker(
+                    conn,
+                    name=s.name,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    version=_version(),
+                    queues=s.queues,
+                    slots=s.slots,
+                    now=self.clock.db_now(),
+                )
+            self.worker_id = int(row["id"])
+            log.info(
+                "worker %s registered (queues %s, %d slots)", self.worker_id, s.queues, s.slots
+            )
+            helpers = [
+                asyncio.create_task(self._listen(), name="listen"),
+                asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                asyncio.create_task(self._rescue(), name="rescue"),
+            ]
+            try:
+                await self._claim_loop(stop)
+                await self._drain(hard_stop)
+            finally:
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+            async with self._pool.connection() as conn:
+                await store.set_worker_state(
+                    conn, self.worker_id, "stopped", now=self.clock.db_now()
+                )
+        finally:
+            await self._pool.close()
+
+    async def _drain(self, hard_stop: asyncio.Event) -> None:
+        """Stop claiming; let jobs finish within the grace period; release what is left."""
+        if self.worker_id is None:
+            return
+        async with self._db() as conn:
+            await store.set_worker_state(conn, self.worker_id, "stopping", now=self.clock.db_now())
+        tasks = [f.task for f in self._inflight.values()]
+        if tasks and not hard_stop.is_set():
+            hard = asyncio.create_task(hard_stop.wait())
+            grace = asyncio.create_task(self.clock.sleep(self.settings.grace_seconds))
+            await asyncio.wait([*tasks, hard, grace], return_when=asyncio.FIRST_COMPLETED)
+            while any(not t.done() for t in tasks) and not (hard.done() or grace.done()):
+                await asyncio.wait(
+                    [*[t for t in tasks if not t.done()], hard, grace],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            hard.cancel()
+            grace.cancel()
+        for flight in list(self._inflight.values()):
+            self._stop_job(flight, "shutdown")
+        await asyncio.gather(
+            *(f.task for f in list(self._inflight.values())), return_exceptions=True
+        )
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        while not stop.is_set():
+            free = s.slots - len(self._inflight)
+            claimed: list[Row] = []
+            wait = s.poll_seconds
+            try:
+                if free > 0:
+                    async with self._db() as conn:
+                        claimed = await store.claim_runs(
+                            conn,
+                            worker_id=self._id(),
+                            queues=s.queues,
+                            limit=free,
+                            lease_seconds=s.lease_seconds,
+                            actor=self.actor,
+                            now=self.clock.db_now(),
+                        )
+                        if len(claimed) < free:
+                            until = await store.seconds_until_next_run(
+                                conn, s.queues, now=self.clock.db_now()
+                            )
+                            if until is not None:
+                                wait = min(wait, until)
+            except psycopg.OperationalError as exc:
+                log.warning("claim failed (%s); retrying", _first_line(exc))
+                wait = min(wait, 0.5)
+            for row in claimed:
+                self._start(row)
+            if free > 0 and len(claimed) == free:
+                continue  # there may be more due right now
+            await self._sleep(wait, stop)
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait for a NOTIFY, a freed slot, a stop request or `seconds`, whichever is first."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waiters = [
+            asyncio.create_task(self._wake.wait()),
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self.clock.sleep(seconds)),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        self._wake.clear()
+
+    def _start(self, row: Row) -> None:
+        lease = Lease.of(row)
+        self.stats.claimed += 1
+        task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
+        self._inflight[lease.run_id] = _InFlight(lease, task)
+
+    # -- executing ---------------------------------------------------------------------------
+
+    async def _execute(self, row: Row, lease: Lease) -> None:
+        ctx = JobContext(
+            run_id=lease.run_id,
+            attempt=lease.attempt,
+            schedule_name=row["schedule_name"],
+            timeout_seconds=float(row["timeout_seconds"]),
+            database_url=self.url,
+            named_dsns=self.named_dsns,
+            http_policy=self.http_policy,
+            environ=self.environ,
+        )
+        flight = self._inflight[lease.run_id]
+        try:
+            try:
+                outcome = await self.executor(row["job_type"], row["payload"] or {}, ctx)
+            except asyncio.CancelledError:
+                await self._stopped(flight)
+                return
+            except Exception as exc:  # an executor bug must still end the attempt
+                log.exception("run %s: executor failed", lease.run_id)
+                outcome = Outcome(
+                    status="failed",
+                    retryable=True,
+                    error=f"{type(exc).__name__}: {_first_line(exc)}",
+                )
+            flight.reporting = True
+            await self._report(lease, outcome, row)
+        finally:
+            self._inflight.pop(lease.run_id, None)
+            self._wake.set()  # a slot is free
+
+    async def _stopped(self, flight: _InFlight) -> None:
+        lease, reason = flight.lease, flight.stop_reason
+        async with self._db() as conn:
+            if reason == "shutdown":
+                if await store.release_run(conn, lease, actor=self.actor, now=self.clock.db_now()):
+                    self.stats.released += 1
+            elif reason == "cancel_requested":
+                outcome = Outcome(
+                    status="cancelled", retryable=False, error="cancelled by an operator"
+                )
+                if await store.cancelled_attempt(
+                    conn, lease, outcome.as_json(), actor=self.actor, now=self.clock.db_now()
+                ):
+                    self.stats.cancelled += 1
+            else:  # lease lost: the run belongs to someone else now; nothing to report
+                self.stats.fenced += 1
+
+    async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
+        """Record the attempt's result; retried on connection errors (fencing makes it safe)."""
+        result = {
+            **outcome.as_json(),
+            "worker_id": self.worker_id,
+            "schedule_version": row["schedule_version"],
+        }
+        for attempt in range(5):
+            try:
+                async with self._db() as conn:
+                    now = self.clock.db_now()
+                    if outcome.status == "succeeded":
+                        done = await store.succeed_run(
+                            conn, lease, result, actor=self.actor, now=now
+                        )
+                    elif outcome.status == "cancelled":
+                        done = await store.cancelled_attempt(
+                            conn, lease, result, actor=self.actor, now=now
+                        )
+                    else:
+                        done = await store.fail_run(
+                            conn,
+                            lease,
+                            result,
+                            jitter=random.random(),  # noqa: S311 - spread, not secrecy
+                            actor=self.actor,
+                            now=now,
+                            final=not outcome.retryable,
+                        )
+                break
+            except psycopg.OperationalError as exc:
+                log.warning("run %s: report failed (%s), retrying", lease.run_id, _first_line(exc))
+                await self.clock.sleep(0.2 * 2**attempt)
+        else:
+            log.error("run %s: could not report; the lease will expire and rescue it", lease.run_id)
+            return
+        if done is None:
+            self.stats.fenced += 1
+            log.warning(
+                "run %s attempt %s: completion fenced (lease lost)", lease.run_id, lease.attempt
+            )
+        elif outcome.status == "succeeded":
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+
+    def _stop_job(self, flight: _InFlight, reason: str) -> None:
+        if flight.stop_reason is None and not flight.reporting and not flight.task.done():
+            flight.stop_reason = reason
+            flight.task.cancel()
+
+    # -- background loops --------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                conn = await AsyncConnection.connect(self.url, autocommit=True)
+                try:
+                    await conn.execute(f"LISTEN {CHANNEL}")  # a constant, not input
+                    self._wake.set()  # notifications may have been missed: look now
+                    backoff = 0.5
+                    async for _ in conn.notifies():
+                        self._wake.set()
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except psycopg.Error as exc:
+                log.warning("listener lost (%s); reconnecting in %.1fs", _first_line(exc), backoff)
+            await self.clock.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _heartbeat(self) -> None:
+        every = self.settings.lease_seconds / 3
+        while True:
+            await self.clock.sleep(every)
+            try:
+                await self.heartbeat_once()
+            except psycopg.Error as exc:
+                log.warning("heartbeat failed (%s)", _first_line(exc))
+
+    async def heartbeat_once(self) -> None:
+        flights = list(self._inflight.values())
+        async with self._db() as conn:
+            now = self.clock.db_now()
+            await store.heartbeat_worker(conn, self._id(), now=now)
+            held = await store.renew_leases(
+                conn,
+                [f.lease.lease_token for f in flights],
+                lease_seconds=self.settings.lease_seconds,
+                now=now,
+            )
+        by_token = {r["lease_token"]: r for r in held}
+        for flight in flights:
+            renewed = by_token.get(flight.lease.lease_token)
+            if renewed is None:
+                self._stop_job(flight, "lease_lost")
+            elif renewed["cancel_requested"]:
+                self._stop_job(flight, "cancel_requested")
+
+    async def _rescue(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.rescue_every_seconds)
+            try:
+                await self.rescue_once()
+            except psycopg.Error as exc:
+                log.warning("rescue failed (%s)", _first_line(exc))
+
+    async def rescue_once(self) -> int:
+        async with self._db() as conn:
+            now = self.clock.db_now()
+            rescued = await store.rescue_expired(conn, limit=100, actor=self.actor, now=now)
+            await store.mark_gone_workers(
+                conn, after_seconds=self.settings.gone_after_seconds, actor=self.actor, now=now
+            )
+        self.stats.rescued += len(rescued)
+        if rescued:
+            self._wake.set()
+        return len(rescued)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _id(self) -> int:
+        if self.worker_id is None:
+            raise RuntimeError("the worker is not registered")
+        return self.worker_id
+
+    def _db(self) -> contextlib.AbstractAsyncContextManager[Conn]:
+        if self._pool is None:
+            raise RuntimeError("the worker is not running")
+        return self._pool.connection()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe(stats: WorkerStats) -> dict[str, Any]:
+    return dataclasses.asdict(stats)
