@@ -149,6 +149,7 @@ class Worker:
             connection_class=AsyncConnection[DictRow],
             # After a connection is killed (pg_terminate_backend, failover) hand out a live one.
             check=AsyncConnectionPool.check_connection,
+            configure=_configure_session,
         )
         await self._pool.open(wait=True, timeout=30)
         try:
@@ -315,8 +316,18 @@ class Worker:
                     conn, lease, outcome.as_json(), actor=self.actor, now=self.clock.db_now()
                 ):
                     self.stats.cancelled += 1
-            else:  # lease lost: the run belongs to someone else now; nothing to report
+            else:
+                # Lease lost: the run belongs to another attempt now. Nothing of ours may count,
+                # but the abandoned attempt is evidence (reliability guide F13: logged, counted).
                 self.stats.fenced += 1
+                log.warning(
+                    "run %s attempt %s: lease lost while running; attempt abandoned",
+                    lease.run_id,
+                    lease.attempt,
+                )
+                await store.record_fenced(
+                    conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
+                )
 
     async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
         """Record the attempt's result; retried on connection errors (fencing makes it safe)."""
@@ -450,6 +461,14 @@ class Worker:
         if self._pool is None:
             raise RuntimeError("the worker is not running")
         return self._pool.connection()
+
+
+async def _configure_session(conn: Conn) -> None:
+    """Bound what a frozen worker can hold: a session stuck inside a transaction (between claim
+    and commit, say) is ended by the server, its row locks released and its claim rolled back
+    (reliability guide F2). Each statement of ours takes milliseconds; the limits are generous."""
+    await conn.execute("SET idle_in_transaction_session_timeout = '30s'")
+    await conn.execute("SET statement_timeout = '60s'")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -325,19 +325,31 @@ async def _fenced(
         },
     )
     if row is None:
-        await _rows(
-            conn,
-            "record_fenced",
-            {
-                "id": lease.run_id,
-                "actor": actor,
-                "now": now,
-                "meta": jsonb(
-                    {"transition": name, "attempt": lease.attempt, "lease_token": lease.lease_token}
-                ),
-            },
-        )
+        await record_fenced(conn, lease, name, actor=actor, now=now)
     return row
+
+
+async def record_fenced(
+    conn: Conn, lease: Lease, transition: str, *, actor: str, now: datetime | None
+) -> None:
+    """Evidence that an attempt no longer holding its lease tried `transition` (or, with
+    "lease_lost", was abandoned by its worker): changes nothing, counts nothing."""
+    await _rows(
+        conn,
+        "record_fenced",
+        {
+            "id": lease.run_id,
+            "actor": actor,
+            "now": now,
+            "meta": jsonb(
+                {
+                    "transition": transition,
+                    "attempt": lease.attempt,
+                    "lease_token": lease.lease_token,
+                }
+            ),
+        },
+    )
 
 
 async def succeed_run(

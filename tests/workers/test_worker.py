@@ -259,3 +259,34 @@ async def test_start_latency_is_short_after_the_due_instant(db: Conn, dsn: str) 
 async def _runs(conn: Conn, schedule_id: int) -> list[dict[str, Any]]:
     cur = await conn.execute("SELECT * FROM pgsched.run WHERE schedule_id = %s", [schedule_id])
     return await cur.fetchall()
+
+
+async def test_a_lease_lost_mid_run_abandons_the_attempt_with_evidence(db: Conn, dsn: str) -> None:
+    s = await make_schedule(
+        db,
+        now=datetime.now(UTC),
+        job_type="python",
+        payload=python_job(dsn, "slow", seconds=30),
+        retry_delay_seconds=60,
+    )
+    run = await trigger(db, s["id"])
+    async with running_worker(dsn, lease_seconds=1.5, rescue_every_seconds=60) as (worker, _):
+        await wait_state(db, run["id"], {"running"})
+        # As if this worker had stalled: its lease runs out and a rescuer takes the run back.
+        await db.execute(
+            "UPDATE pgsched.run SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+            [run["id"]],
+        )
+        assert len(await store.rescue_expired(db, limit=10, actor="rescuer", now=None)) == 1
+        for _ in range(100):  # the next heartbeat (every 0.5 s) notices
+            if worker.stats.fenced:
+                break
+            await asyncio.sleep(0.05)
+    cur = await db.execute(
+        "SELECT meta->>'transition' AS t, (meta->>'attempt')::int AS a FROM pgsched.event "
+        "WHERE type = 'run.completion_fenced' AND stream_id = %s",
+        [run["id"]],
+    )
+    assert await cur.fetchall() == [{"t": "lease_lost", "a": 1}]
+    assert [n for _, n in await log(db)] == ["start"], "the abandoned job was stopped"
+    assert (await store.get_run(db, run["id"]) or {})["state"] == "waiting"
