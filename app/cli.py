@@ -132,11 +132,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             localpg.stop(Path(args.data_dir))
 
 
+async def _install_builtins(conn: Conn) -> int:
+    from app import maintenance
+
+    await maintenance.ensure_builtin_schedule(
+        conn, maintenance.Retention.from_env(os.environ), now=None
+    )
+    return 0
+
+
 def _run_service(url: str) -> int:
     from app.clock import SystemClock
     from app.service import default_loops, serve
 
     migrate(url)
+    asyncio.run(_with_conn(url, _install_builtins))
     print(f"database ready at {url}")
     print(f"  psql '{url}'")
 
@@ -208,12 +218,17 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
+    """One maintenance pass: partitions ahead, retention (the built-in schedule's work)."""
     from app import maintenance
 
+    retention = maintenance.Retention.from_env(os.environ)
+
     async def work(conn: Conn) -> int:
-        created = await maintenance.ensure_partitions(conn, now=None, actor="cli")
+        for row in await maintenance.maintain(conn, retention, now=None):
+            print(f"{row['action']:8} {row['table_name']:14} {row['partition_name']}")
         print(
-            f"created {len(created)} partition(s)" + (": " + ", ".join(created) if created else "")
+            f"maintenance done: {retention.months_ahead} months ahead, runs kept "
+            f"{retention.run_days} days, events {retention.event_days} days"
         )
         return 0
 
@@ -257,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     qu.add_argument("--max-running", required=True, help="a number >= 1, or 'none'")
     qu.set_defaults(func=cmd_queue)
 
-    mt = sub.add_parser("maintain", help="create the partitions due ahead, once")
+    mt = sub.add_parser("maintain", help="one maintenance pass: partitions ahead, retention")
     mt.set_defaults(func=cmd_maintain)
     return p
 

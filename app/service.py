@@ -1,6 +1,7 @@
 """The long-running service: the processes of pgsched in one asyncio program.
 
-`pgsched run` starts what exists so far: the partition keeper, the ticker and a worker. The API
+`pgsched run` starts what exists so far: the ticker and a worker (which also runs the built-in
+maintenance schedule). The API
 joins here when it lands, each a `Loop` with its own period. A loop's failure is logged and retried
 after its period; it never takes the others down. SIGTERM or SIGINT stops everything cleanly.
 """
@@ -16,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from app import maintenance, ticker
+from app import ticker
 from app.clock import Clock
 from app.db.store import Conn
 
@@ -41,14 +42,12 @@ async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -
 
 
 def default_loops(clock: Clock) -> list[Loop]:
-    async def keep_partitions(conn: Conn) -> object:
-        return await maintenance.ensure_partitions(conn, now=clock.db_now(), actor="maintenance")
-
     async def materialise(conn: Conn) -> object:
         return await ticker.tick(conn, now=clock.db_now(), actor="ticker")
 
     # The ticker runs twice a second with a 1 s look-ahead, so runs exist before they are due.
-    return [Loop("partition keeper", 3600.0, keep_partitions), Loop("ticker", 0.5, materialise)]
+    # Partition maintenance is not a loop: it is the built-in schedule pgsched.maintenance.
+    return [Loop("ticker", 0.5, materialise)]
 
 
 async def serve(

@@ -1,26 +1,12 @@
--- Maintenance: partitions ahead of time (ADR 0005). Creating a month is DDL and needs the owner
--- role; the run command and `pgsched maintain` connect as a member of pgsched_owner.
+-- Maintenance: partitions ahead and retention, all inside pgsched.maintain_v1 (ADR 0005,
+-- sql/partitions/maintain_v1.sql). The built-in schedule runs the same function as a sql job.
 
--- name: missing_months
--- The months of runs and events, from the current one to `months` ahead, with no partition yet.
-SELECT w.parent::text AS parent, w.month
-FROM (SELECT t AS parent,
-             (date_trunc('month', coalesce(%(now)s::timestamptz, now()) AT TIME ZONE 'UTC')
-              + make_interval(months => m))::date AS month
-      FROM unnest(ARRAY['pgsched.run'::regclass, 'pgsched.event'::regclass]) AS t,
-           generate_series(0, %(months)s) AS m) w
-WHERE NOT EXISTS (
-    SELECT 1 FROM pgsched.month_partitions_v1(w.parent) p
-    WHERE p.month_start = w.month::timestamp AT TIME ZONE 'UTC')
-ORDER BY w.month, w.parent;
+-- name: maintain
+-- One maintenance pass; returns a row per partition created, kept or retired.
+SELECT action, table_name, partition_name, detail
+FROM pgsched.maintain_v1(%(months_ahead)s, make_interval(days => %(run_days)s),
+                         make_interval(days => %(event_days)s), %(now)s::timestamptz);
 
--- name: create_month_partition
--- Create one month's partition of a table (idempotent).
-SELECT pgsched.create_month_partition_v1(%(parent)s::regclass, %(month)s::date) AS name;
-
--- name: record_system_event
--- Append an event about the system itself (maintenance, partitions).
-INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
-VALUES (coalesce(%(now)s::timestamptz, now()), 'system', NULL, %(type)s, %(actor)s, '{}'::jsonb,
-        %(meta)s::jsonb)
-RETURNING id;
+-- name: live_schedule_by_name
+-- A live schedule by name (the built-in ones are found this way).
+SELECT * FROM pgsched.schedule WHERE name = %(name)s AND deleted_at IS NULL;

@@ -1,0 +1,180 @@
+"""Partition maintenance and retention (issue 7): months ahead, DETACH/DROP past retention."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from app import maintenance, schedules, ticker
+from app.db import replay, store
+from app.db.store import Conn
+from tests.conftest import connect
+from tests.factories import make_schedule
+
+RETENTION = maintenance.Retention(months_ahead=3, run_days=30, event_days=90)
+NOW = datetime.now(UTC)
+
+
+def month_start(d: datetime, plus: int = 0) -> datetime:
+    y, m = divmod(d.month - 1 + plus, 12)
+    return datetime(d.year + y, m + 1, 1, tzinfo=UTC)
+
+
+async def partitions(conn: Conn, table: str) -> list[datetime]:
+    cur = await conn.execute(
+        "SELECT month_start FROM pgsched.month_partitions_v1(%s::regclass)", [table]
+    )
+    return [r["month_start"] for r in await cur.fetchall()]
+
+
+async def create_months(conn: Conn, table: str, first: datetime, count: int) -> None:
+    """Past months, created as the owner role like every partition in production."""
+    await conn.execute("SET ROLE pgsched_owner")
+    try:
+        for k in range(count):
+            await conn.execute(
+                "SELECT pgsched.create_month_partition_v1(%s::regclass, %s::date)",
+                [table, month_start(first, k).date()],
+            )
+    finally:
+        await conn.execute("RESET ROLE")
+
+
+async def test_maintain_keeps_months_ahead_and_is_idempotent(conn: Conn) -> None:
+    at = month_start(NOW, 2) + timedelta(days=3)
+    done = await maintenance.maintain(conn, RETENTION, now=at)
+    created = [(r["action"], r["table_name"]) for r in done]
+    # Two months later the last existing month is NOW+3; NOW+4 and NOW+5 are new, per table.
+    assert created.count(("created", "pgsched.run")) == 2
+    assert created.count(("created", "pgsched.event")) == 2
+    assert await maintenance.maintain(conn, RETENTION, now=at) == []
+    assert (await partitions(conn, "pgsched.run"))[-1] == month_start(at, 3)
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM pgsched.event WHERE type = 'partition.created'"
+    )
+    assert await cur.fetchone() == {"n": 4}
+
+
+async def test_run_months_are_retired_exactly_at_the_cutoff(conn: Conn) -> None:
+    old = month_start(NOW, -6)
+    await create_months(conn, "pgsched.run", old, 6)
+    # The month [old+1, old+2) ends exactly 30 days before `at`: retired (the cutoff is
+    # inclusive); the next month ends one second after the cutoff: kept.
+    end_of_second = month_start(old, 2)
+    at = end_of_second + timedelta(days=30)
+    done = await maintenance.maintain(conn, RETENTION, now=at)
+    retired = [r["partition_name"] for r in done if r["action"] == "retired"]
+    assert retired == [
+        f"run_y{old:%Y}m{old:%m}",
+        f"run_y{month_start(old, 1):%Y}m{month_start(old, 1):%m}",
+    ]
+    kept = await partitions(conn, "pgsched.run")
+    assert kept[0] == month_start(old, 2)
+    # One second earlier, the second month would have stayed: check with a fresh set.
+    await create_months(conn, "pgsched.run", old, 2)
+    done = await maintenance.maintain(conn, RETENTION, now=at - timedelta(seconds=1))
+    assert [r["partition_name"] for r in done if r["action"] == "retired"] == [
+        f"run_y{old:%Y}m{old:%m}"
+    ]
+
+
+async def test_a_month_holding_an_unfinished_run_is_kept(conn: Conn) -> None:
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 4)
+    s = await make_schedule(conn, now=NOW)
+    due = old + timedelta(days=5)
+    await store.insert_runs(conn, [(s["id"], due, due)], origin="backfill", actor="t", now=NOW)
+    done = await maintenance.maintain(conn, RETENTION, now=NOW)
+    by_action = {(r["action"], r["partition_name"]) for r in done}
+    assert ("kept", f"run_y{old:%Y}m{old:%m}") in by_action
+    assert month_start(old) in await partitions(conn, "pgsched.run")
+    cur = await conn.execute(
+        "SELECT meta->>'unfinished_runs' AS n FROM pgsched.event WHERE type = 'partition.kept'"
+    )
+    assert await cur.fetchall() == [{"n": "1"}]
+
+
+async def test_retiring_events_keeps_the_fold_complete(conn: Conn) -> None:
+    """Snapshots before the drop: verify still finds no drift after old event months go."""
+    old = month_start(NOW, -5)
+    await create_months(conn, "pgsched.event", old, 5)
+    await create_months(conn, "pgsched.run", old, 5)
+    # History written five months ago: a schedule and a run still waiting (kept by retention).
+    s = await make_schedule(conn, now=old + timedelta(days=1), name="ancient")
+    await store.update_schedule(
+        conn,
+        s["id"],
+        {"priority": 4},
+        event_type="schedule.updated",
+        actor="op",
+        now=old + timedelta(days=2),
+    )
+    due = old + timedelta(days=3)
+    await store.insert_runs(conn, [(s["id"], due, due)], origin="schedule", actor="ticker", now=due)
+    assert await replay.verify(conn) == []
+    done = await maintenance.maintain(conn, RETENTION, now=NOW)
+    assert any(r["table_name"] == "pgsched.event" and r["action"] == "retired" for r in done)
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM pgsched.event WHERE type = 'schedule.created'"
+    )
+    assert await cur.fetchone() == {"n": 0}, "the creation event is gone with its month"
+    assert await replay.verify(conn) == [], "the snapshots carry the state"
+
+
+async def test_the_ticker_never_fails_across_month_boundaries(conn: Conn) -> None:
+    hourly = [await make_schedule(conn, now=NOW, interval_seconds=3600) for _ in range(3)]
+    at = NOW
+    for _ in range(7):  # seven months of moved clock, maintenance then ticks, as in production
+        await maintenance.maintain(conn, RETENTION, now=at)
+        ahead = await partitions(conn, "pgsched.run")
+        assert ahead[-1] >= month_start(at, 3), "three months ahead of the clock"
+        result = await ticker.tick(conn, now=at)
+        assert result.created == len(hourly)
+        # The runs finish, so their months may retire once past retention.
+        for run in await store.claim_runs(
+            conn, worker_id=1, queues=["default"], limit=10, lease_seconds=60, actor="w", now=at
+        ):
+            await store.succeed_run(
+                conn, store.Lease.of(run), {"status": "succeeded"}, actor="w", now=at
+            )
+        at = month_start(at, 1) + timedelta(days=2, hours=5)
+    runs = await partitions(conn, "pgsched.run")
+    assert runs[0] >= month_start(at - timedelta(days=30), -1), "old months were retired"
+    assert await replay.verify(conn) == []
+
+
+async def test_the_worker_role_may_run_maintenance_but_not_ddl(dsn: str) -> None:
+    worker = await connect(dsn, role="pgsched_worker")
+    try:
+        rows = await maintenance.maintain(worker, RETENTION, now=month_start(NOW, 1))
+        assert rows, "SECURITY DEFINER: created as the owner"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await worker.execute(
+                "SELECT pgsched.create_month_partition_v1("
+                "'pgsched.run'::regclass, '2030-01-01'::date)"
+            )
+    finally:
+        await worker.close()
+
+
+async def test_builtin_schedule_is_installed_once_and_updated(conn: Conn) -> None:
+    first = await maintenance.ensure_builtin_schedule(conn, RETENTION, now=None)
+    again = await maintenance.ensure_builtin_schedule(conn, RETENTION, now=None)
+    assert first["id"] == again["id"] and first["version"] == again["version"]
+    assert (first["job_type"], first["cron"]) == ("sql", "7 * * * *")
+    changed = await maintenance.ensure_builtin_schedule(
+        conn, maintenance.Retention(run_days=60), now=None
+    )
+    assert changed["version"] == first["version"] + 1
+    assert "interval '60 days'" in changed["payload"]["statement"]
+    preview = schedules.preview(changed, NOW, 2)
+    assert all(t.minute == 7 for t in preview)
+
+
+def test_retention_statement_is_built_from_integers() -> None:
+    assert maintenance.Retention(3, 30, 90).statement() == (
+        "SELECT action, table_name, partition_name FROM pgsched.maintain_v1("
+        "3, interval '30 days', interval '90 days')"
+    )

@@ -1,0 +1,240 @@
+"""The operator views (docs/operators.md), each read as the read-only operator role."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from app import ticker
+from app.db import store
+from app.db.store import Conn, Lease
+from tests.conftest import connect
+from tests.factories import make_schedule
+
+NOW = datetime.now(UTC)
+H = timedelta(hours=1)
+
+
+async def _run(conn: Conn, schedule_id: int, due: datetime) -> dict[str, Any]:
+    (run,) = await store.insert_runs(
+        conn, [(schedule_id, due, due)], origin="backfill", actor="t", now=due
+    )
+    return run
+
+
+async def _claim_one(conn: Conn, at: datetime) -> dict[str, Any]:
+    (run,) = await store.claim_runs(
+        conn, worker_id=9, queues=["default"], limit=1, lease_seconds=3600, actor="w", now=at
+    )
+    return run
+
+
+@pytest.fixture
+async def history(dsn: str) -> AsyncIterator[dict[str, Any]]:
+    """One of each thing the views look for, at known times relative to now."""
+    conn = await connect(dsn)
+    try:
+        jobs = await make_schedule(
+            conn, now=NOW - 6 * H, name="nightly-report", max_attempts=1, next_due_at=None
+        )
+        # Succeeded: started 5 h ago, took 4 s (an hour bucket of its own).
+        await _run(conn, jobs["id"], NOW - 5 * H)
+        ok = await _claim_one(conn, NOW - 5 * H)
+        await store.succeed_run(
+            conn,
+            Lease.of(ok),
+            {"status": "succeeded"},
+            actor="w",
+            now=NOW - 5 * H + timedelta(seconds=4),
+        )
+        # Dead: one attempt, failed with an error, 2 hours ago.
+        await _run(conn, jobs["id"], NOW - 2 * H)
+        bad = await _claim_one(conn, NOW - 2 * H)
+        await store.fail_run(
+            conn,
+            Lease.of(bad),
+            {"status": "failed", "error": "boom"},
+            jitter=0.5,
+            actor="w",
+            now=NOW - 2 * H + timedelta(seconds=2),
+        )
+        # Running for 20 minutes.
+        await _run(conn, jobs["id"], NOW - timedelta(minutes=20))
+        long = await _claim_one(conn, NOW - timedelta(minutes=20))
+        # Waiting: one ready for 5 minutes, one scheduled for later.
+        await _run(conn, jobs["id"], NOW - timedelta(minutes=5))
+        await _run(conn, jobs["id"], NOW + H)
+        # A schedule that never ran, one with a missed occurrence, and one 10 minutes overdue.
+        quiet = await make_schedule(conn, now=NOW, name="quiet", next_due_at=NOW + H)
+        skipper = await make_schedule(
+            conn, now=NOW - 3 * H, name="skipper", interval_seconds=3600, missed_policy="skip"
+        )
+        await ticker.tick(conn, now=NOW - timedelta(seconds=30))
+        # Created after the tick, so nothing has advanced it: the ticker looks behind.
+        overdue = await make_schedule(
+            conn, now=NOW - H, name="overdue", next_due_at=NOW - timedelta(minutes=10)
+        )
+        # An audited change from the API.
+        await store.update_schedule(
+            conn,
+            quiet["id"],
+            {"priority": 7},
+            event_type="schedule.updated",
+            actor="token:alice",
+            now=NOW,
+            meta={"source_ip": "203.0.113.9", "user_agent": "curl/8"},
+        )
+        await store.set_queue_limit(conn, "default", 8, actor="op", now=NOW)
+        yield {
+            "jobs": jobs,
+            "long": long,
+            "overdue": overdue,
+            "quiet": quiet,
+            "skipper": skipper,
+            "dsn": dsn,
+        }
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def operator(history: dict[str, Any]) -> AsyncIterator[Conn]:
+    conn = await connect(history["dsn"], role="pgsched_operator")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _rows(conn: Conn, sql: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(sql)
+    return await cur.fetchall()
+
+
+async def test_run_summary_24h(operator: Conn) -> None:
+    rows = await _rows(
+        operator,
+        "SELECT job_type, state, runs, round(avg_duration_seconds) AS d "
+        "FROM pgsched.run_summary_24h WHERE job_type = 'noop' ORDER BY state",
+    )
+    by_state = {r["state"]: (r["runs"], r["d"]) for r in rows}
+    assert by_state["succeeded"] == (1, 4)
+    assert by_state["dead"] == (1, 2)
+    assert by_state["running"][0] == 1
+    assert by_state["waiting"][0] >= 2
+
+
+async def test_failed_attempts_24h(operator: Conn) -> None:
+    rows = await _rows(
+        operator, "SELECT error, status, attempts, runs FROM pgsched.failed_attempts_24h"
+    )
+    assert rows == [{"error": "boom", "status": "failed", "attempts": 1, "runs": 1}]
+
+
+async def test_long_running_runs(operator: Conn, history: dict[str, Any]) -> None:
+    rows = await _rows(
+        operator,
+        "SELECT run_id, schedule, round(running_seconds / 60) AS m FROM pgsched.long_running_runs",
+    )
+    assert rows == [{"run_id": history["long"]["id"], "schedule": "nightly-report", "m": 20}]
+
+
+async def test_overdue_and_quiet_schedules(operator: Conn) -> None:
+    overdue = await _rows(
+        operator, "SELECT name, round(overdue_seconds / 60) AS m FROM pgsched.overdue_schedules"
+    )
+    assert overdue == [{"name": "overdue", "m": 10}]
+    quiet = {r["name"] for r in await _rows(operator, "SELECT name FROM pgsched.quiet_schedules")}
+    assert {"quiet", "overdue"} <= quiet
+    assert "nightly-report" not in quiet, "it last started 20 minutes ago"
+
+
+async def test_hourly_performance(operator: Conn) -> None:
+    rows = await _rows(
+        operator,
+        "SELECT job_type, finished, succeeded, dead, "
+        "success_rate_percent AS rate, p95_duration_seconds AS p95 "
+        "FROM pgsched.hourly_performance ORDER BY hour",
+    )
+    assert [(r["finished"], r["succeeded"], r["dead"]) for r in rows] == [(1, 1, 0), (1, 0, 1)]
+    assert [float(r["rate"]) for r in rows] == [100.0, 0.0]
+    assert [round(r["p95"]) for r in rows] == [4, 2]
+
+
+async def test_queue_depth(operator: Conn) -> None:
+    (row,) = await _rows(
+        operator,
+        "SELECT queue, ready, scheduled, running, max_running, "
+        "round(oldest_ready_seconds / 60) AS m FROM pgsched.queue_depth",
+    )
+    assert row["queue"] == "default" and row["running"] == 1 and row["max_running"] == 8
+    assert row["scheduled"] >= 1 and row["ready"] >= 1 and row["m"] >= 5
+
+
+async def test_dead_runs(operator: Conn) -> None:
+    rows = await _rows(operator, "SELECT schedule, attempt, status, error FROM pgsched.dead_runs")
+    assert rows == [
+        {"schedule": "nightly-report", "attempt": 1, "status": "failed", "error": "boom"}
+    ]
+
+
+async def test_missed_occurrences(operator: Conn, history: dict[str, Any]) -> None:
+    rows = await _rows(operator, "SELECT schedule, reason FROM pgsched.missed_occurrences")
+    assert rows and all(r == {"schedule": "skipper", "reason": "skip"} for r in rows)
+
+
+async def test_audit_log(operator: Conn, history: dict[str, Any]) -> None:
+    rows = await _rows(
+        operator,
+        "SELECT actor, action, resource_type, resource_id, old_value, "
+        "new_value ->> 'priority' AS new_priority, ip_address, user_agent "
+        "FROM pgsched.audit_log WHERE actor = 'token:alice'",
+    )
+    assert rows == [
+        {
+            "actor": "token:alice",
+            "action": "schedule.updated",
+            "resource_type": "schedule",
+            "resource_id": history["quiet"]["id"],
+            "old_value": {"priority": 0},
+            "new_priority": "7",
+            "ip_address": "203.0.113.9",
+            "user_agent": "curl/8",
+        }
+    ]
+
+
+async def test_table_health_and_partition_horizon(operator: Conn) -> None:
+    tables = {
+        r["table_name"]: r
+        for r in await _rows(
+            operator, "SELECT table_name, partition_of, total_bytes FROM pgsched.table_health"
+        )
+    }
+    assert tables["schedule"]["partition_of"] is None and tables["schedule"]["total_bytes"] > 0
+    assert any(r["partition_of"] == "run" for r in tables.values())
+    assert any(r["partition_of"] == "event" for r in tables.values())
+    horizon = await _rows(operator, "SELECT table_name, alarm FROM pgsched.partition_horizon")
+    assert {r["table_name"]: r["alarm"] for r in horizon} == {
+        "pgsched.run": False,
+        "pgsched.event": False,
+    }
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE pgsched.schedule SET priority = 1",
+        "INSERT INTO pgsched.queue (name, updated_at) VALUES ('x', now())",
+        "DELETE FROM pgsched.run",
+        "SELECT * FROM pgsched.api_token",
+        "SELECT * FROM pgsched.maintain_v1()",
+    ],
+)
+async def test_the_operator_role_only_reads(operator: Conn, statement: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        await operator.execute(statement)
