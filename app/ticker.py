@@ -97,7 +97,7 @@ async def tick(
     *,
     now: datetime | None,
     actor: str = "ticker",
-    batch: int = 1000,
+    batch: int = 5000,
     lookahead: timedelta = DEFAULT_LOOKAHEAD,
 ) -> TickResult:
     """Materialise everything due by the database clock (or `now`), batch by batch."""
