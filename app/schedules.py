@@ -105,34 +105,29 @@ async def _live(conn: Conn, schedule_id: int) -> Row:
 
 async def pause(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
     """Stop materialising; occurrences while paused follow the missed policy on resume."""
-    async with conn.transaction():
-        row = await _live(conn, schedule_id)
-        if not row["enabled"]:
-            return row
-        at = await store.db_now(conn, now)
-        changed = await store.update_schedule(
-            conn,
-            schedule_id,
-            {"enabled": False, "paused_at": at},
-            event_type="schedule.paused",
-            actor=actor,
-            now=now,
-        )
-    return changed or row
+    return await _set_enabled(conn, schedule_id, enabled=False, actor=actor, now=now)
 
 
 async def resume(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
     """Materialise again. `next_due_at` stayed where the pause left it, so the ticker applies
     the schedule's missed policy to everything that fell due while it was paused."""
+    return await _set_enabled(conn, schedule_id, enabled=True, actor=actor, now=now)
+
+
+async def _set_enabled(
+    conn: Conn, schedule_id: int, *, enabled: bool, actor: str, now: datetime | None
+) -> Row:
+    """Pause or resume; a no-op (no event) when the schedule is already in that state."""
     async with conn.transaction():
         row = await _live(conn, schedule_id)
-        if row["enabled"]:
+        if row["enabled"] == enabled:
             return row
+        paused_at = None if enabled else await store.db_now(conn, now)
         changed = await store.update_schedule(
             conn,
             schedule_id,
-            {"enabled": True, "paused_at": None},
-            event_type="schedule.resumed",
+            {"enabled": enabled, "paused_at": paused_at},
+            event_type="schedule.resumed" if enabled else "schedule.paused",
             actor=actor,
             now=now,
         )

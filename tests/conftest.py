@@ -159,3 +159,18 @@ async def conn(dsn: str) -> AsyncIterator[Conn]:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[Conn]:
+    """A connection to this test's database, with `public.job_log`, where the python jobs of
+    tests/workers/jobs_for_tests.py record every execution (so tests count real executions)."""
+    conn = await connect(dsn)
+    await conn.execute(
+        "CREATE TABLE public.job_log (id bigserial, idempotency_key text, note text, pid int,"
+        " at timestamptz DEFAULT clock_timestamp())"
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()

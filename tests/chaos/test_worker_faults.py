@@ -38,7 +38,7 @@ from app import schedules
 from app.clock import SystemClock
 from app.db import replay
 from app.db.store import Conn
-from tests.conftest import ROOT, connect
+from tests.conftest import ROOT
 from tests.factories import make_schedule
 from workers.worker import Worker, WorkerSettings
 
@@ -76,19 +76,6 @@ async def slow_then_done(dsn: str, idempotency_key: str, seconds: float) -> str:
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[Conn]:
-    conn = await connect(dsn)
-    await conn.execute(
-        "CREATE TABLE public.job_log (id bigserial, idempotency_key text, note text, pid int,"
-        " at timestamptz DEFAULT clock_timestamp())"
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @dataclass

@@ -14,24 +14,10 @@ from app import schedules, ticker
 from app.clock import SystemClock
 from app.db import replay, store
 from app.db.store import Conn
-from tests.conftest import connect
 from tests.factories import make_schedule
 from workers.worker import Worker, WorkerSettings
 
 JOBS = "tests.workers.jobs_for_tests"
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[Conn]:
-    conn = await connect(dsn)
-    await conn.execute(
-        "CREATE TABLE public.job_log (id bigserial, idempotency_key text, note text, pid int,"
-        " at timestamptz DEFAULT clock_timestamp())"
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def python_job(dsn: str, fn: str, **kwargs: Any) -> dict[str, Any]:
