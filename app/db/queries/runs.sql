@@ -105,19 +105,26 @@ WITH schedule_slots AS MATERIALIZED (
         FOR UPDATE OF r SKIP LOCKED
     ) w
 ), open AS MATERIALIZED (
-    -- Everything without a limit: the common, fast path.
-    SELECT r.id, r.due_at, r.schedule_id, r.priority, r.available_at
-    FROM pgsched.run r
-    JOIN pgsched.schedule s ON s.id = r.schedule_id
-    WHERE r.state = 'waiting'
-      AND r.queue = ANY(%(queues)s::text[])
-      AND r.available_at <= coalesce(%(now)s::timestamptz, now())
-      AND s.max_concurrency IS NULL AND s.overlap_policy <> 'queue'
-      AND NOT EXISTS (SELECT 1 FROM pgsched.queue q
-                      WHERE q.name = r.queue AND q.max_running IS NOT NULL)
-    ORDER BY r.priority, r.available_at, r.id
-    LIMIT %(limit)s
-    FOR UPDATE OF r SKIP LOCKED
+    -- Everything without a limit: the common, fast path. One scalar equality per queue inside
+    -- a LATERAL, so the partial index serves the ORDER BY and the scan stops after LIMIT rows;
+    -- `queue = ANY(array)` made PostgreSQL 15 scan and sort the whole backlog (bench/PEERS.md).
+    SELECT w.*
+    FROM unnest(%(queues)s::text[]) AS qn(name)
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.due_at, r.schedule_id, r.priority, r.available_at
+        FROM pgsched.run r
+        JOIN pgsched.schedule s ON s.id = r.schedule_id
+        WHERE r.state = 'waiting'
+          AND r.queue = qn.name
+          AND r.available_at <= coalesce(%(now)s::timestamptz, now())
+          AND s.max_concurrency IS NULL AND s.overlap_policy <> 'queue'
+        ORDER BY r.priority, r.available_at, r.id
+        LIMIT %(limit)s
+        FOR UPDATE OF r SKIP LOCKED
+    ) w
+    -- Limited queues are claimed above, under their lock; decided once per queue, not per run.
+    WHERE NOT EXISTS (SELECT 1 FROM pgsched.queue q
+                      WHERE q.name = qn.name AND q.max_running IS NOT NULL)
 ), ranked AS (
     -- A run limited by both its queue and its schedule must fit the schedule's slots too.
     SELECT c.*, row_number() OVER (PARTITION BY c.schedule_id
