@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from alembic.util.exc import CommandError as AlembicError
@@ -24,6 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.db import replay
 from app.db.store import Conn
 from app.settings import SettingsError, libpq_url, sqlalchemy_url
+
+if TYPE_CHECKING:
+    from app.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,9 +145,40 @@ async def _install_builtins(conn: Conn) -> int:
     return 0
 
 
+def _api_service(url: str) -> tuple[Service, str]:
+    """The REST API as one of `pgsched run`'s services: uvicorn in this process and loop."""
+    import uvicorn
+
+    from app.api import create_app
+    from app.api.config import ApiSettings
+
+    settings = ApiSettings.from_env({**os.environ, "DATABASE_URL": url})
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            forwarded_allow_ips=settings.trusted_proxies,
+            server_header=False,
+        )
+    )
+
+    async def run_api(stop: asyncio.Event) -> None:
+        task = asyncio.create_task(server.serve())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await task
+
+    return run_api, f"http://{settings.host}:{settings.port}"
+
+
 def _run_service(url: str) -> int:
     from app.clock import SystemClock
     from app.service import default_loops, serve
+    from workers.worker import Worker, WorkerSettings
 
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins))
@@ -157,11 +192,11 @@ def _run_service(url: str) -> int:
             loop.add_signal_handler(sig, stop.set)
         clock = SystemClock()
         loops = default_loops(clock)
-        print(
-            "pgsched is running: " + ", ".join(lp.name for lp in loops) + " (Ctrl-C stops)",
-            flush=True,
-        )
-        await serve(url, clock, stop, loops)
+        worker = Worker(url, clock=clock, settings=WorkerSettings.from_env(os.environ))
+        api, where = _api_service(url)
+        names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
+        print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
+        await serve(url, clock, stop, loops, services=[worker.run, api])
 
     asyncio.run(_serve())
     print("pgsched stopped")
@@ -235,6 +270,104 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return asyncio.run(_with_conn(_database_url(args), work))
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the REST API with uvicorn until SIGTERM/SIGINT."""
+    import logging
+
+    import uvicorn
+
+    from app.api import create_app
+    from app.api.config import ApiSettings
+
+    env = dict(os.environ)
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
+    settings = ApiSettings.from_env(env)
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    settings = dataclasses.replace(settings, host=host, port=port)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        # X-Forwarded-For is believed only from these addresses (uvicorn's default: 127.0.0.1).
+        forwarded_allow_ips=settings.trusted_proxies,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Create a token and print it once; only its SHA-256 is stored."""
+    from datetime import UTC, datetime, timedelta
+
+    from app import tokens
+
+    if args.role not in tokens.ROLES:
+        raise CommandError(f"--role must be one of {', '.join(tokens.ROLES)}")
+    if not args.name.strip():
+        raise CommandError("--name must not be empty")
+    expires = None
+    if args.expires_in_days is not None:
+        if args.expires_in_days <= 0:
+            raise CommandError("--expires-in-days must be > 0")
+        expires = datetime.now(UTC) + timedelta(days=args.expires_in_days)
+
+    async def work(conn: Conn) -> int:
+        try:
+            row, token = await tokens.create_token(
+                conn, name=args.name, role=args.role, actor="cli", now=None, expires_at=expires
+            )
+        except tokens.TokenNameTaken as exc:
+            raise CommandError(str(exc)) from None
+        print(token)
+        until = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        print(
+            f"token {row['name']!r} ({row['role']}, {row['prefix']}…, expires {until}): "
+            "shown once, keep it now",
+            file=sys.stderr,
+        )
+        return 0
+
+    return asyncio.run(_with_conn(_database_url(args), work))
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from app import tokens
+
+    async def work(conn: Conn) -> int:
+        rows = await tokens.list_tokens(conn, now=None)
+        print(f"{'NAME':<24} {'ROLE':<9} {'PREFIX':<13} {'STATUS':<8} {'CREATED':<26} LAST USED")
+        for r in rows:
+            status = "active" if r["active"] else ("revoked" if r["revoked_at"] else "expired")
+            used = r["last_used_at"].isoformat(timespec="seconds") if r["last_used_at"] else "-"
+            created = r["created_at"].isoformat(timespec="seconds")
+            print(
+                f"{r['name']:<24} {r['role']:<9} {r['prefix']:<13} {status:<8} {created:<26} {used}"
+            )
+        return 0
+
+    return asyncio.run(_with_conn(_database_url(args), work))
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from app import tokens
+
+    async def work(conn: Conn) -> int:
+        row = await tokens.revoke_token(conn, args.name, actor="cli", now=None)
+        if row is None:
+            raise CommandError(f"no active token named {args.name!r}")
+        print(f"revoked token {row['name']!r} ({row['prefix']}…)")
+        return 0
+
+    return asyncio.run(_with_conn(_database_url(args), work))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgsched", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
@@ -274,6 +407,25 @@ def parser() -> argparse.ArgumentParser:
 
     mt = sub.add_parser("maintain", help="one maintenance pass: partitions ahead, retention")
     mt.set_defaults(func=cmd_maintain)
+
+    ap = sub.add_parser("api", help="serve the REST API (uvicorn)")
+    ap.add_argument("--host", help="address to bind (default: $PGSCHED_HTTP_HOST or 127.0.0.1)")
+    ap.add_argument("--port", type=int, help="port (default: $PGSCHED_HTTP_PORT or 8000)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.set_defaults(func=cmd_api)
+
+    tk = sub.add_parser("token", help="create, list or revoke API tokens")
+    tks = tk.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tc = tks.add_parser("create", help="create a token and print it (once)")
+    tc.add_argument("--name", required=True, help="who uses it; the actor of its writes")
+    tc.add_argument("--role", required=True, help="viewer, operator or admin")
+    tc.add_argument("--expires-in-days", type=float, help="default: never expires")
+    tc.set_defaults(func=cmd_token_create)
+    tl = tks.add_parser("list", help="list tokens (never their values)")
+    tl.set_defaults(func=cmd_token_list)
+    tr = tks.add_parser("revoke", help="revoke a token by name")
+    tr.add_argument("name")
+    tr.set_defaults(func=cmd_token_revoke)
     return p
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
@@ -22,6 +23,9 @@ from app.clock import Clock
 from app.db.store import Conn
 
 log = logging.getLogger("pgsched.service")
+
+# A long-running part with its own shutdown: it runs until the event it is given is set.
+Service = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,7 @@ async def serve(
     clock: Clock,
     stop: asyncio.Event,
     loops: list[Loop],
-    services: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    services: Sequence[Service] = (),
 ) -> None:
     """Run `loops` against `url`, and `services` (each given `stop`), until `stop` is set.
 
@@ -74,9 +78,16 @@ async def serve(
         tasks = [
             asyncio.create_task(_run_loop(pool, loop, clock), name=loop.name) for loop in loops
         ]
+        running: list[asyncio.Task[None]] = [
+            asyncio.create_task(service(stop)) for service in services
+        ]
         await stop.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Services stop themselves on `stop` (the worker drains); report any that failed.
+        for result in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("a service failed", exc_info=result)
     finally:
         await pool.close()

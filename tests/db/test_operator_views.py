@@ -15,7 +15,6 @@ from app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import make_schedule
 
-NOW = datetime.now(UTC)
 H = timedelta(hours=1)
 
 
@@ -35,7 +34,9 @@ async def _claim_one(conn: Conn, at: datetime) -> dict[str, Any]:
 
 @pytest.fixture
 async def history(dsn: str) -> AsyncIterator[dict[str, Any]]:
-    """One of each thing the views look for, at known times relative to now."""
+    """One of each thing the views look for, at known times relative to now (taken here: the
+    views compare with the database's now(), so module import time would drift)."""
+    NOW = datetime.now(UTC)
     conn = await connect(dsn)
     try:
         jobs = await make_schedule(

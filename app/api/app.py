@@ -1,0 +1,125 @@
+"""The Litestar application: routes, the connection pool, auth, problem details, OpenAPI, metrics.
+
+`create_app()` with no arguments reads the environment (`pgsched api` and `uvicorn --factory`
+call it so); tests pass `ApiSettings` and a clock. Decisions: docs/adr/0014-rest-api.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from app.api.auth import authorize
+from app.api.config import ApiSettings
+from app.api.metrics import MetricsController, prometheus_config
+from app.api.problems import EXCEPTION_HANDLERS
+from app.api.routes import events, runs, schedules, system
+from app.clock import Clock, SystemClock
+from app.db.store import Conn
+
+log = logging.getLogger("pgsched.api")
+
+API_VERSION = "1"
+
+
+async def _configure(conn: Conn) -> None:
+    # Timestamps leave the API in UTC whatever the server's or role's TimeZone setting.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+@asynccontextmanager
+async def _pool(app: Litestar) -> AsyncIterator[None]:
+    settings: ApiSettings = app.state.settings
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_seconds,
+        open=False,
+        configure=_configure,
+        # Autocommit: callers own their transactions (`async with conn.transaction()`), as the
+        # store expects; a read is one statement and needs none.
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        connection_class=AsyncConnection[DictRow],
+    )
+    try:
+        await pool.open(wait=True, timeout=settings.pool_timeout_seconds)
+    except PoolTimeout:
+        # Serve anyway: /health says the database is down, requests answer 503, and the pool
+        # keeps trying in the background.
+        log.warning("the database is not reachable yet; serving, and retrying in the background")
+    app.state.pool = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def _provide_conn(state: State) -> AsyncIterator[Conn]:
+    """One pooled connection per request, returned to the pool when the response is done."""
+    async with state.pool.connection() as conn:
+        yield conn
+
+
+def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) -> Litestar:
+    settings = settings or ApiSettings.from_env()
+    v1 = Router(
+        path="/v1",
+        route_handlers=[*schedules.ROUTES, *runs.ROUTES, *events.ROUTES, *system.V1_ROUTES],
+    )
+    openapi = OpenAPIConfig(
+        title="pgsched",
+        version=API_VERSION,
+        description=(
+            "A job scheduler on PostgreSQL whose every state change is an event. "
+            "Authenticate with `Authorization: Bearer pgs_…` (pgsched token create)."
+        ),
+        render_plugins=[JsonRenderPlugin()],
+        use_handler_docstrings=True,
+        # The schema documents every route: readable with any valid token (default deny).
+        openapi_router=Router(
+            path="/schema", route_handlers=[], opt={"role": "viewer"}, include_in_schema=False
+        ),
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", bearer_format="pgs_ token", description=None
+                )
+            }
+        ),
+        security=[{"bearer": []}],
+        tags=[
+            Tag(name="schedules"),
+            Tag(name="runs"),
+            Tag(name="events"),
+            Tag(name="workers"),
+            Tag(name="system"),
+            Tag(name="tokens"),
+        ],
+    )
+    return Litestar(
+        route_handlers=[v1, *system.ROOT_ROUTES, MetricsController],
+        lifespan=[_pool],
+        dependencies={"conn": Provide(_provide_conn)},
+        guards=[authorize],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[prometheus_config().middleware],
+        openapi_config=openapi,
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"settings": settings, "clock": clock or SystemClock()}),
+        debug=False,
+        # Logging is the process's business (`pgsched api` configures it), not the app's: a
+        # library that reconfigures the root logger on import breaks its host's handlers.
+        logging_config=None,
+    )

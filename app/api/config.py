@@ -1,0 +1,61 @@
+"""The API process's settings: app.settings.Settings (database, host, port) plus API limits.
+
+Read once from the environment by `ApiSettings.from_env`; tests build one directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app.settings import Settings, SettingsError
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bodies larger than this are refused with 413 before they are read (reliability guide §4.5).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    # How long a request waits for a pooled connection before it is a 503.
+    pool_timeout_seconds: float = 5.0
+    # A worker whose heartbeat is older than this is not counted as live (they beat every 10 s).
+    worker_stale_seconds: float = 30.0
+    # /health calls the ticker degraded when an enabled schedule is this late.
+    ticker_overdue_seconds: float = 60.0
+    # The SSE feed polls the event table this often and sends a comment when idle this long.
+    stream_poll_seconds: float = 0.5
+    stream_keepalive_seconds: float = 15.0
+    # Addresses whose X-Forwarded-For uvicorn believes (None: uvicorn's default, 127.0.0.1);
+    # the audit trail's source_ip is only as true as this list is tight.
+    trusted_proxies: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = dict(os.environ if env is None else env)
+        base = Settings.from_env(env)
+        return cls(
+            database_url=base.database_url,
+            host=base.http_host,
+            port=base.http_port,
+            max_body_bytes=_positive_int(
+                env, "PGSCHED_HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES
+            ),
+            pool_max_size=_positive_int(env, "PGSCHED_API_POOL_SIZE", 10),
+            trusted_proxies=env.get("PGSCHED_HTTP_TRUSTED_PROXIES") or None,
+        )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return int(raw)

@@ -1,0 +1,166 @@
+"""/v1/events: the global event feed in commit order, as pages and as a live SSE tail.
+
+What a consumer may rely on (ADR 0014, built on ADR 0005):
+- order: events come in (tx_id, id) order, which is commit order between transactions and
+  change order within one; a cursor is that pair;
+- completeness: a page only holds events of transactions older than every transaction still
+  running, so an event committed later never sorts before a cursor already handed out: resuming
+  from any cursor misses nothing and repeats nothing;
+- latency: an event appears once every transaction that started before it has ended; a long
+  transaction elsewhere in the database holds the feed back for its duration;
+- `next_cursor` is never null here: an empty page means "caught up, ask again later";
+- retention: months of events are retired after 90 days (ADR 0005); a cursor older than that
+  resumes at the oldest event kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+import psycopg
+from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from psycopg_pool import PoolTimeout
+
+from app import tokens
+from app.api import cursors
+from app.api.auth import principal
+from app.api.common import DEFAULT_PAGE, VIEWER, Cursor, Limit, page_size
+from app.api.config import ApiSettings
+from app.api.metrics import EVENT_STREAMS
+from app.api.problems import responses
+from app.api.routes.runs import event_out
+from app.api.schemas import EventPage
+from app.db import reads
+from app.db.store import Conn
+
+log = logging.getLogger("pgsched.api")
+
+TAGS = ["events"]
+_STREAM_BATCH = 200
+
+
+def _position(cursor: str | None, field: str) -> tuple[int, int]:
+    return cursors.decode_pair(cursor, field) if cursor else (0, 0)
+
+
+@get(
+    "/events",
+    operation_id="listEvents",
+    summary="The global event feed, in commit order",
+    tags=TAGS,
+    opt=VIEWER,
+    responses=responses(),
+)
+async def list_events(
+    conn: NamedDependency[Conn],
+    after: Annotated[
+        str | None,
+        QueryParameter(
+            required=False,
+            max_length=512,
+            description="A cursor (`next_cursor` or an event's `cursor`); omitted: from the start.",
+        ),
+    ] = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> EventPage:
+    """Events in commit order, by (tx_id, id). A page holds only events of transactions older
+    than every transaction still running, so resuming from any cursor (`next_cursor`, or an
+    event's own `cursor`) misses nothing and repeats nothing, even when a transaction commits
+    late; the price is that a long transaction holds the feed back. `next_cursor` is never
+    null: pass it back as `after`; an empty page means caught up."""
+    position = _position(after, "after")
+    rows = await reads.event_feed(conn, after=position, limit=page_size(limit))
+    items = [event_out(r) for r in rows]
+    return EventPage(
+        items=items, next_cursor=items[-1].cursor if items else cursors.encode(*position)
+    )
+
+
+async def _tail(
+    request: Request[Any, Any, Any], position: tuple[int, int]
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Poll the feed and send what is new; stops when the client goes (Litestar cancels this
+    generator on http.disconnect), when the caller's token is revoked or expires (re-checked
+    every keepalive period), or when the database goes away (the client reconnects with
+    Last-Event-ID). A pooled connection is held only for each poll."""
+    state = request.app.state
+    settings: ApiSettings = state.settings
+    clock = state.clock
+    token_id = principal(request).token_id
+    idle = 0.0
+    checked = clock.monotonic()
+    EVENT_STREAMS.inc()
+    try:
+        yield ServerSentEventMessage(comment="pgsched event feed", retry=2000, data=None)
+        while True:
+            live = True
+            try:
+                async with state.pool.connection() as conn:
+                    rows = await reads.event_feed(conn, after=position, limit=_STREAM_BATCH)
+                    if clock.monotonic() - checked >= settings.stream_keepalive_seconds:
+                        checked = clock.monotonic()
+                        live = await tokens.is_live(conn, token_id, now=clock.db_now())
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("event stream ends: database unavailable: %s", exc)
+                return
+            if not live:
+                yield ServerSentEventMessage(comment="token revoked or expired", data=None)
+                return
+            for row in rows:
+                event = event_out(row)
+                position = (event.tx_id, event.id)
+                yield ServerSentEventMessage(
+                    data=msgspec.json.encode(event).decode(), event=event.type, id=event.cursor
+                )
+            if len(rows) == _STREAM_BATCH:
+                continue  # catching up: no pause between full batches
+            idle = 0.0 if rows else idle + settings.stream_poll_seconds
+            if idle >= settings.stream_keepalive_seconds:
+                idle = 0.0
+                # A comment keeps proxies from timing the connection out, and finds dead
+                # clients whose disconnect never arrived.
+                yield ServerSentEventMessage(comment="keepalive", data=None)
+            await clock.sleep(settings.stream_poll_seconds)
+    finally:
+        EVENT_STREAMS.dec()
+
+
+@get(
+    "/events/stream",
+    operation_id="streamEvents",
+    summary="Tail the event feed (server-sent events)",
+    tags=TAGS,
+    opt=VIEWER,
+    media_type="text/event-stream",
+    responses=responses(),
+)
+async def stream_events(
+    request: Request[Any, Any, Any],
+    after: Cursor = None,
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Last-Event-ID",
+            required=False,
+            max_length=512,
+            description="Sent by EventSource on reconnect; wins over `after`.",
+        ),
+    ] = None,
+) -> ServerSentEvent:
+    """Each SSE message is one event: `event:` its type, `id:` its cursor, `data:` the event as
+    JSON (the same object as in GET /v1/events). Reconnecting with Last-Event-ID resumes
+    exactly after it. Idle streams get a comment every 15 s."""
+    if last_event_id:
+        position = _position(last_event_id, "Last-Event-ID")
+    else:
+        position = _position(after, "after")
+    return ServerSentEvent(_tail(request, position), headers={"Cache-Control": "no-store"})
+
+
+ROUTES = [list_events, stream_events]

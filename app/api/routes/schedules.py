@@ -1,0 +1,400 @@
+"""/v1/schedules: definitions (admin writes, viewer reads) and operations on them (operator)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import BodyKwarg, HeaderParameter, JSONBody, QueryParameter
+
+from app import schedules
+from app.api import cursors, writes
+from app.api.auth import audit
+from app.api.common import (
+    ADMIN,
+    DEFAULT_PAGE,
+    ETAG_HEADER,
+    LOCATION_HEADER,
+    OPERATOR,
+    VIEWER,
+    Cursor,
+    Limit,
+    PathId,
+    clock_now,
+    etag,
+    page_size,
+    parse_if_match,
+)
+from app.api.problems import ApiError, responses
+from app.api.schemas import (
+    NO_NUL,
+    BackfillRequest,
+    BackfillResult,
+    JobType,
+    Preview,
+    QueueName,
+    Run,
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
+    run_out,
+    schedule_out,
+)
+from app.db import reads, store
+from app.db.store import Conn, Row
+
+TAGS = ["schedules"]
+CREATE_EXAMPLES = [
+    Example(
+        summary="A nightly HTTP call in a time zone, its credential a secret reference",
+        value={
+            "name": "nightly-report",
+            "job_type": "http",
+            "payload": {
+                "url": "https://reports.example.com/run",
+                "method": "POST",
+                "headers": {"Authorization": {"$secret": "reports_token"}},
+            },
+            "cron": "30 2 * * *",
+            "timezone": "Europe/Berlin",
+            "max_attempts": 5,
+            "retry_backoff": {"delay_seconds": 30, "factor": 2, "max_delay_seconds": 600},
+            "overlap_policy": "skip",
+        },
+    ),
+    Example(
+        summary="A command every five minutes, one at a time",
+        value={
+            "name": "sync-inbox",
+            "job_type": "command",
+            "payload": {"argv": ["/usr/local/bin/sync-inbox", "--quiet"]},
+            "interval_seconds": 300,
+            "max_concurrency": 1,
+            "timeout_seconds": 120,
+        },
+    ),
+    Example(
+        summary="A one-off no-op, paused",
+        value={
+            "name": "one-off",
+            "job_type": "noop",
+            "run_at": "2099-01-01T00:00:00Z",
+            "enabled": False,
+        },
+    ),
+]
+
+
+def _with_etag(row: Row, status: int = 200) -> Response[Schedule]:
+    headers = {"ETag": etag(row["version"])}
+    if status == 201:
+        headers["Location"] = f"/v1/schedules/{row['id']}"
+    return Response(schedule_out(row), status_code=status, headers=headers)
+
+
+async def _live(conn: Conn, schedule_id: int) -> Row:
+    row = await store.get_schedule(conn, schedule_id)
+    if row is None:
+        raise schedules.NotFound(f"schedule {schedule_id} does not exist")
+    return row
+
+
+@post(
+    "/schedules",
+    operation_id="createSchedule",
+    summary="Create a schedule",
+    tags=TAGS,
+    opt=ADMIN,
+    status_code=201,
+    response_headers=[ETAG_HEADER, LOCATION_HEADER],
+    responses=responses(409, 413),
+)
+async def create_schedule(
+    request: Request[Any, Any, Any],
+    data: Annotated[
+        ScheduleCreate,
+        BodyKwarg(media_type=RequestEncodingType.JSON, examples=CREATE_EXAMPLES),
+    ],
+    conn: NamedDependency[Conn],
+) -> Response[Schedule]:
+    """Validates the timing (cron in its time zone, interval or one-off time) and the payload
+    for its job type, and computes the first due time from the database's clock."""
+    actor, meta = audit(request)
+    row = await writes.create_schedule(conn, data, actor=actor, now=clock_now(request), meta=meta)
+    return _with_etag(row, 201)
+
+
+@get(
+    "/schedules",
+    operation_id="listSchedules",
+    summary="List live schedules",
+    tags=TAGS,
+    opt=VIEWER,
+    responses=responses(),
+)
+async def list_schedules(
+    *,
+    conn: NamedDependency[Conn],
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    queue: Annotated[QueueName | None, QueryParameter(required=False)] = None,
+    job_type: Annotated[JobType | None, QueryParameter(required=False)] = None,
+    enabled: Annotated[bool | None, QueryParameter(required=False)] = None,
+    name: Annotated[
+        str | None, QueryParameter(required=False, max_length=200, pattern=NO_NUL)
+    ] = None,
+) -> SchedulePage:
+    """By id; `next_cursor` is null on the last page."""
+    size = page_size(limit)
+    after = cursors.decode_id(cursor) if cursor else 0
+    rows = await reads.page_schedules(
+        conn,
+        after_id=after,
+        limit=size + 1,
+        queue=queue,
+        job_type=job_type,
+        enabled=enabled,
+        name=name,
+    )
+    more = len(rows) > size
+    rows = rows[:size]
+    return SchedulePage(
+        items=[schedule_out(r) for r in rows],
+        next_cursor=cursors.encode(rows[-1]["id"]) if more else None,
+    )
+
+
+@get(
+    "/schedules/{schedule_id:int}",
+    operation_id="getSchedule",
+    summary="Get a schedule",
+    tags=TAGS,
+    opt=VIEWER,
+    response_headers=[ETAG_HEADER],
+    responses=responses(404),
+)
+async def get_schedule(schedule_id: PathId, conn: NamedDependency[Conn]) -> Response[Schedule]:
+    return _with_etag(await _live(conn, schedule_id))
+
+
+@patch(
+    "/schedules/{schedule_id:int}",
+    operation_id="updateSchedule",
+    summary="Update a schedule",
+    tags=TAGS,
+    opt=ADMIN,
+    response_headers=[ETAG_HEADER],
+    responses=responses(404, 409, 412, 413),
+)
+async def update_schedule(
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    data: JSONBody[ScheduleUpdate],
+    conn: NamedDependency[Conn],
+    if_match: Annotated[
+        str | None,
+        HeaderParameter(
+            name="If-Match",
+            required=False,
+            max_length=1000,
+            description="The ETag of the version this change is based on; 412 if stale.",
+        ),
+    ] = None,
+) -> Response[Schedule]:
+    """Only the fields given change. A change of timing recomputes `next_due_at` from now."""
+    actor, meta = audit(request)
+    row = await writes.update_schedule(
+        conn,
+        schedule_id,
+        data,
+        if_match=parse_if_match(if_match),
+        actor=actor,
+        now=clock_now(request),
+        meta=meta,
+    )
+    return _with_etag(row)
+
+
+@delete(
+    "/schedules/{schedule_id:int}",
+    operation_id="deleteSchedule",
+    summary="Delete a schedule (soft)",
+    tags=TAGS,
+    opt=ADMIN,
+    status_code=204,
+    responses=responses(404),
+)
+async def delete_schedule(
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+) -> None:
+    """The row and its history stay (as events); its runs are not cancelled; the name is free."""
+    actor, meta = audit(request)
+    await writes.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+
+
+@post(
+    "/schedules/{schedule_id:int}/pause",
+    operation_id="pauseSchedule",
+    summary="Pause a schedule",
+    tags=TAGS,
+    opt=OPERATOR,
+    status_code=200,
+    response_headers=[ETAG_HEADER],
+    responses=responses(404),
+)
+async def pause_schedule(
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+) -> Response[Schedule]:
+    """Stops materialising runs; pausing a paused schedule changes nothing."""
+    actor, meta = audit(request)
+    row = await writes.pause(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    return _with_etag(row)
+
+
+@post(
+    "/schedules/{schedule_id:int}/resume",
+    operation_id="resumeSchedule",
+    summary="Resume a schedule",
+    tags=TAGS,
+    opt=OPERATOR,
+    status_code=200,
+    response_headers=[ETAG_HEADER],
+    responses=responses(404),
+)
+async def resume_schedule(
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+) -> Response[Schedule]:
+    """Occurrences that fell due while paused follow the schedule's missed policy."""
+    actor, meta = audit(request)
+    row = await writes.resume(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    return _with_etag(row)
+
+
+@post(
+    "/schedules/{schedule_id:int}/trigger",
+    operation_id="triggerSchedule",
+    summary="Run a schedule now",
+    tags=TAGS,
+    opt=OPERATOR,
+    status_code=201,
+    responses={
+        200: ResponseSpec(
+            Run, description="Replayed: the run an earlier request with this key made"
+        ),
+        **responses(404),
+    },
+)
+async def trigger_schedule(
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    conn: NamedDependency[Conn],
+    idempotency_key: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Idempotency-Key",
+            required=False,
+            min_length=1,
+            max_length=255,
+            description="Repeating a request with the same key returns the first one's run.",
+        ),
+    ] = None,
+) -> Response[Run]:
+    """An ad-hoc run, due now, whatever the pause or overlap policy (201). With an
+    Idempotency-Key, a repeated request returns the run the first one created (200)."""
+    actor, meta = audit(request)
+    if idempotency_key is not None and "\x00" in idempotency_key:
+        raise ApiError(422, "must not contain NUL", field="Idempotency-Key", source="header")
+    run, created = await schedules.trigger(
+        conn,
+        schedule_id,
+        actor=actor,
+        now=clock_now(request),
+        idempotency_key=idempotency_key,
+        meta=meta,
+    )
+    if created:
+        await writes.wake_workers(conn)
+    detail = await reads.run_detail(conn, run["id"])
+    return Response(run_out(detail or run), status_code=201 if created else 200)
+
+
+@post(
+    "/schedules/{schedule_id:int}/backfill",
+    operation_id="backfillSchedule",
+    summary="Materialise past occurrences",
+    tags=TAGS,
+    opt=OPERATOR,
+    status_code=200,
+    responses=responses(404, 413),
+)
+async def backfill_schedule(
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    data: JSONBody[BackfillRequest],
+    conn: NamedDependency[Conn],
+) -> BackfillResult:
+    """Occurrences due in [from, to) that have no run yet become runs (origin `backfill`),
+    whatever the overlap and missed policies; at most 1000; `to` must not be in the future."""
+    actor, meta = audit(request)
+    try:
+        result = await schedules.backfill(
+            conn,
+            schedule_id,
+            data.from_,
+            data.to,
+            actor=actor,
+            now=clock_now(request),
+            meta=meta,
+        )
+    except store.PartitionMissing as exc:
+        raise ApiError(
+            422,
+            "reaches a month whose runs are no longer kept (its partition was retired)",
+            field="from",
+            source="body",
+        ) from exc
+    if result.created:
+        await writes.wake_workers(conn)
+    return BackfillResult(
+        schedule_id=schedule_id, requested=result.requested, created=result.created
+    )
+
+
+@get(
+    "/schedules/{schedule_id:int}/preview",
+    operation_id="previewSchedule",
+    summary="The next due times",
+    tags=TAGS,
+    opt=VIEWER,
+    responses=responses(404),
+)
+async def preview_schedule(
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    conn: NamedDependency[Conn],
+    count: Annotated[int, QueryParameter(ge=1, le=schedules.MAX_PREVIEW)] = 10,
+) -> Preview:
+    """The next `count` due times after now, from the ticker's own occurrence function (before
+    jitter)."""
+    row = await _live(conn, schedule_id)
+    after = await store.db_now(conn, clock_now(request))
+    return Preview(schedule_id=schedule_id, after=after, due=schedules.preview(row, after, count))
+
+
+ROUTES = [
+    create_schedule,
+    list_schedules,
+    get_schedule,
+    update_schedule,
+    delete_schedule,
+    pause_schedule,
+    resume_schedule,
+    trigger_schedule,
+    backfill_schedule,
+    preview_schedule,
+]

@@ -1,0 +1,361 @@
+"""The API's contract: msgspec structs for every request and response body.
+
+Requests forbid unknown fields (a typo is a 422, not a silently ignored setting) and carry their
+bounds, which also appear in the OpenAPI document: integers fit their PostgreSQL columns, strings
+refuse NUL (PostgreSQL text cannot hold it), datetimes must carry a time zone. Responses are built
+from database rows by the `*_out` functions; timestamps are RFC 3339 in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from app.schedules import DEFAULTS
+
+INT32: Final = 2**31 - 1
+BIGINT: Final = 2**63 - 1
+NO_NUL: Final = r"^[^\x00]*$"
+MAX_SECONDS: Final = 366 * 86_400  # a year: longer delays and timeouts are mistakes
+
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+QueueName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
+CronText = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
+Instant = Annotated[datetime, Meta(tz=True)]
+Id = Annotated[int, Meta(ge=1, le=BIGINT)]
+JobType = Literal["http", "command", "sql", "python", "noop"]
+Kind = Literal["cron", "interval", "once"]
+OverlapPolicy = Literal["allow", "skip", "queue"]
+MissedPolicy = Literal["skip", "latest", "all"]
+RunState = Literal["waiting", "running", "succeeded", "dead", "cancelled"]
+WorkerState = Literal["active", "stopping", "stopped", "gone"]
+Status = Literal["healthy", "degraded", "unhealthy"]
+
+IntervalSeconds = Annotated[int, Meta(ge=1, le=INT32)]
+Priority = Annotated[int, Meta(ge=-32768, le=32767)]
+MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_SECONDS)]
+Timeout = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
+Factor = Annotated[float, Meta(ge=1, le=10)]
+MissedCap = Annotated[int, Meta(ge=1, le=10_000)]
+Count32 = Annotated[int, Meta(ge=0, le=INT32)]
+Concurrency = Annotated[int, Meta(ge=1, le=INT32)]
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+class RetryBackoff(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Retry delay after failed attempt n: `delay_seconds * factor^(n-1)`, at most
+    `max_delay_seconds`, spread by ±10 %."""
+
+    delay_seconds: Seconds = DEFAULTS["retry_delay_seconds"]
+    factor: Factor = DEFAULTS["retry_factor"]
+    max_delay_seconds: Seconds = DEFAULTS["retry_max_delay_seconds"]
+
+
+class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A new schedule: exactly one of `cron`, `interval_seconds` and `run_at` says when."""
+
+    name: Name
+    job_type: JobType
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    cron: CronText | None = None
+    interval_seconds: IntervalSeconds | None = None
+    run_at: Instant | None = None
+    timezone: ZoneName = DEFAULTS["timezone"]
+    queue: QueueName = DEFAULTS["queue"]
+    priority: Priority = DEFAULTS["priority"]
+    max_attempts: MaxAttempts = DEFAULTS["max_attempts"]
+    retry_backoff: RetryBackoff = msgspec.field(default_factory=RetryBackoff)
+    timeout_seconds: Timeout = DEFAULTS["timeout_seconds"]
+    overlap_policy: OverlapPolicy = DEFAULTS["overlap_policy"]
+    missed_policy: MissedPolicy = DEFAULTS["missed_policy"]
+    missed_cap: MissedCap = DEFAULTS["missed_cap"]
+    grace_seconds: Count32 = DEFAULTS["grace_seconds"]
+    max_concurrency: Concurrency | None = None
+    enabled: bool = True
+    starts_at: Instant | None = None
+    ends_at: Instant | None = None
+    jitter_seconds: Count32 = DEFAULTS["jitter_seconds"]
+
+
+class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
+    delay_seconds: Seconds | UnsetType = UNSET
+    factor: Factor | UnsetType = UNSET
+    max_delay_seconds: Seconds | UnsetType = UNSET
+
+
+class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A partial update: only the fields present change. Giving one of `cron`,
+    `interval_seconds` or `run_at` switches the schedule to that kind and clears the others."""
+
+    name: Name | UnsetType = UNSET
+    job_type: JobType | UnsetType = UNSET
+    payload: dict[str, Any] | UnsetType = UNSET
+    cron: CronText | UnsetType | None = UNSET
+    interval_seconds: IntervalSeconds | UnsetType | None = UNSET
+    run_at: Instant | UnsetType | None = UNSET
+    timezone: ZoneName | UnsetType = UNSET
+    queue: QueueName | UnsetType = UNSET
+    priority: Priority | UnsetType = UNSET
+    max_attempts: MaxAttempts | UnsetType = UNSET
+    retry_backoff: RetryBackoffPatch | UnsetType = UNSET
+    timeout_seconds: Timeout | UnsetType = UNSET
+    overlap_policy: OverlapPolicy | UnsetType = UNSET
+    missed_policy: MissedPolicy | UnsetType = UNSET
+    missed_cap: MissedCap | UnsetType = UNSET
+    grace_seconds: Count32 | UnsetType = UNSET
+    max_concurrency: Concurrency | UnsetType | None = UNSET
+    enabled: bool | UnsetType = UNSET
+    starts_at: Instant | UnsetType | None = UNSET
+    ends_at: Instant | UnsetType | None = UNSET
+    jitter_seconds: Count32 | UnsetType = UNSET
+
+
+class RetryBackoffOut(Struct, kw_only=True):
+    delay_seconds: float
+    factor: float
+    max_delay_seconds: float
+
+
+class Schedule(Struct, kw_only=True):
+    id: int
+    name: str
+    job_type: str
+    payload: dict[str, Any]
+    kind: Kind
+    cron: str | None
+    interval_seconds: int | None
+    run_at: datetime | None
+    timezone: str
+    queue: str
+    priority: int
+    max_attempts: int
+    retry_backoff: RetryBackoffOut
+    timeout_seconds: float
+    overlap_policy: str
+    missed_policy: str
+    missed_cap: int
+    grace_seconds: int
+    max_concurrency: int | None
+    enabled: bool
+    paused_at: datetime | None
+    starts_at: datetime | None
+    ends_at: datetime | None
+    jitter_seconds: int
+    next_due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class SchedulePage(Struct, kw_only=True):
+    items: list[Schedule]
+    next_cursor: str | None
+
+
+class BackfillRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Occurrences due in [from, to) become runs (those not run already)."""
+
+    from_: Instant = msgspec.field(name="from")
+    to: Instant
+
+
+class BackfillResult(Struct, kw_only=True):
+    schedule_id: int
+    requested: int
+    created: list[int]
+
+
+class Preview(Struct, kw_only=True):
+    schedule_id: int
+    after: datetime
+    due: list[datetime]
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+class Run(Struct, kw_only=True):
+    id: int
+    schedule_id: int
+    schedule_name: str | None
+    due_at: datetime
+    adhoc: bool
+    origin: str
+    state: RunState
+    queue: str
+    priority: int
+    available_at: datetime
+    attempt: int
+    max_attempts: int
+    lease_expires_at: datetime | None
+    worker_id: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: dict[str, Any] | None
+    cancel_requested: bool
+    idempotency_key: str | None
+    created_at: datetime
+
+
+class Attempt(Struct, kw_only=True):
+    """One attempt, from its claim to what ended it (`result`: the event that closed it, or
+    `running` while it runs)."""
+
+    attempt: int
+    worker_id: int | None
+    started_at: datetime
+    ended_at: datetime | None
+    result: str
+    outcome: dict[str, Any] | None
+
+
+class RunDetail(Run, kw_only=True):
+    attempts: list[Attempt]
+
+
+class RunPage(Struct, kw_only=True):
+    items: list[Run]
+    next_cursor: str | None
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class Event(Struct, kw_only=True):
+    id: int
+    cursor: str
+    tx_id: int
+    occurred_at: datetime
+    stream: str
+    stream_id: int | None
+    type: str
+    actor: str
+    data: dict[str, Any]
+    meta: dict[str, Any]
+    trace_id: str | None
+
+
+class EventPage(Struct, kw_only=True):
+    items: list[Event]
+    next_cursor: str | None
+
+
+# -- workers, health, stats, tokens ----------------------------------------------------------
+
+
+class Worker(Struct, kw_only=True):
+    id: int
+    name: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str]
+    slots: int
+    state: WorkerState
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    healthy: bool
+    running: int
+
+
+class WorkerPage(Struct, kw_only=True):
+    items: list[Worker]
+    next_cursor: str | None
+
+
+class HealthComponents(Struct, kw_only=True):
+    database: Status
+    ticker: Status
+    workers: Status
+    partitions: Status
+
+
+class HealthMetrics(Struct, kw_only=True):
+    active_schedules: int | None
+    pending_runs: int | None
+    running_runs: int | None
+    live_workers: int | None
+    overdue_seconds: float | None
+    partition_months_ahead: int | None
+
+
+class Health(Struct, kw_only=True):
+    status: Status
+    timestamp: datetime
+    components: HealthComponents
+    details: dict[str, str]
+    metrics: HealthMetrics
+
+
+class JobCounts(Struct, kw_only=True):
+    total_schedules: int
+    enabled_schedules: int
+    active_jobs: int
+    waiting_runs: int
+
+
+class ExecutionStats(Struct, kw_only=True):
+    runs_24h: int
+    succeeded_24h: int
+    cancelled_24h: int
+    success_rate: float | None
+    avg_duration: float | None
+    max_duration: float | None
+
+
+class ErrorStats(Struct, kw_only=True):
+    failed_runs_24h: int
+    common_errors: list[str]
+
+
+class Stats(Struct, kw_only=True):
+    timestamp: datetime
+    job_counts: JobCounts
+    execution_stats: ExecutionStats
+    error_stats: ErrorStats
+
+
+class Token(Struct, kw_only=True):
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    active: bool
+
+
+# -- rows to responses -----------------------------------------------------------------------
+
+
+def schedule_out(row: Mapping[str, Any]) -> Schedule:
+    fields = {k: v for k, v in row.items() if not k.startswith("retry_")}
+    fields["retry_backoff"] = {
+        "delay_seconds": row["retry_delay_seconds"],
+        "factor": row["retry_factor"],
+        "max_delay_seconds": row["retry_max_delay_seconds"],
+    }
+    return msgspec.convert(fields, Schedule)
+
+
+def run_out(row: Mapping[str, Any]) -> Run:
+    return msgspec.convert(row, Run)
+
+
+def worker_out(row: Mapping[str, Any]) -> Worker:
+    return msgspec.convert(row, Worker)
+
+
+def token_out(row: Mapping[str, Any]) -> Token:
+    return msgspec.convert(row, Token)

@@ -1,0 +1,139 @@
+"""Read-only queries for the REST API: pages, the event feed, workers, health and stats.
+
+Nothing here writes (writes go through `app.db.store`). Every list is a keyset page: the caller
+passes where the previous page ended and gets at most `limit` rows, one index range each, never a
+COUNT(*) over the partitioned tables. The statements live in `app/db/queries/reads.sql`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from app.db.sql import query
+from app.db.store import Conn, Row
+
+
+async def _rows(conn: Conn, name: str, params: Mapping[str, object]) -> list[Row]:
+    cur = await conn.execute(query(name), params)
+    return await cur.fetchall()
+
+
+async def _one(conn: Conn, name: str, params: Mapping[str, object]) -> Row:
+    rows = await _rows(conn, name, params)
+    if not rows:  # aggregate statements always return one row
+        raise RuntimeError(f"{name} returned no row")
+    return rows[0]
+
+
+async def page_schedules(
+    conn: Conn,
+    *,
+    after_id: int,
+    limit: int,
+    queue: str | None = None,
+    job_type: str | None = None,
+    enabled: bool | None = None,
+    name: str | None = None,
+) -> list[Row]:
+    """Live schedules with id > after_id, by id."""
+    return await _rows(
+        conn,
+        "page_schedules",
+        {
+            "after_id": after_id,
+            "limit": limit,
+            "queue": queue,
+            "job_type": job_type,
+            "enabled": enabled,
+            "name": name,
+        },
+    )
+
+
+async def page_runs(
+    conn: Conn,
+    *,
+    limit: int,
+    before: tuple[datetime, int] | None = None,
+    states: Sequence[str] | None = None,
+    schedule_id: int | None = None,
+    queue: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Row]:
+    """Runs newest occurrence first, strictly after (older than) the `before` position."""
+    return await _rows(
+        conn,
+        "page_runs",
+        {
+            "limit": limit,
+            "before_due_at": before[0] if before else None,
+            "before_id": before[1] if before else None,
+            "states": list(states) if states else None,
+            "schedule_id": schedule_id,
+            "queue": queue,
+            "since": since,
+            "until": until,
+        },
+    )
+
+
+async def run_detail(conn: Conn, run_id: int) -> Row | None:
+    rows = await _rows(conn, "run_detail", {"id": run_id})
+    return rows[0] if rows else None
+
+
+async def stream_events(
+    conn: Conn, stream: str, stream_id: int, *, after_id: int = 0, limit: int = 1000
+) -> list[Row]:
+    """One stream's events in change order."""
+    return await _rows(
+        conn,
+        "stream_events",
+        {"stream": stream, "stream_id": stream_id, "after_id": after_id, "limit": limit},
+    )
+
+
+async def event_feed(conn: Conn, *, after: tuple[int, int], limit: int) -> list[Row]:
+    """Events after the (tx_id, id) position, in commit order, settled ones only (ADR 0005)."""
+    return await _rows(
+        conn,
+        "event_feed",
+        {"after_tx": str(after[0]), "after_id": after[1], "limit": limit},
+    )
+
+
+async def page_workers(
+    conn: Conn,
+    *,
+    limit: int,
+    stale_seconds: float,
+    now: datetime | None,
+    before_id: int | None = None,
+    states: Sequence[str] | None = None,
+) -> list[Row]:
+    """Registered workers newest first, each with `healthy` and its running count."""
+    return await _rows(
+        conn,
+        "page_workers",
+        {
+            "limit": limit,
+            "stale_seconds": stale_seconds,
+            "now": now,
+            "before_id": before_id,
+            "states": list(states) if states else None,
+        },
+    )
+
+
+async def health(conn: Conn, *, stale_seconds: float, now: datetime | None) -> Row:
+    return await _one(conn, "health", {"stale_seconds": stale_seconds, "now": now})
+
+
+async def stats(conn: Conn, *, hours: int, now: datetime | None) -> Row:
+    return await _one(conn, "stats", {"hours": hours, "now": now})
+
+
+async def common_errors(conn: Conn, *, hours: int, limit: int, now: datetime | None) -> list[Row]:
+    return await _rows(conn, "common_errors", {"hours": hours, "limit": limit, "now": now})
