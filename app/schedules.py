@@ -77,6 +77,8 @@ def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
 # API maps to 404/409/422 and the CLI to a one-line reason.
 
 MAX_BACKFILL = 1000
+# Audit context of the request (source IP, user agent), kept in the event's meta.
+Meta = Mapping[str, object] | None
 MAX_PREVIEW = 100
 
 
@@ -103,19 +105,23 @@ async def _live(conn: Conn, schedule_id: int) -> Row:
     return row
 
 
-async def pause(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+async def pause(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
     """Stop materialising; occurrences while paused follow the missed policy on resume."""
-    return await _set_enabled(conn, schedule_id, enabled=False, actor=actor, now=now)
+    return await _set_enabled(conn, schedule_id, enabled=False, actor=actor, now=now, meta=meta)
 
 
-async def resume(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+async def resume(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
     """Materialise again. `next_due_at` stayed where the pause left it, so the ticker applies
     the schedule's missed policy to everything that fell due while it was paused."""
-    return await _set_enabled(conn, schedule_id, enabled=True, actor=actor, now=now)
+    return await _set_enabled(conn, schedule_id, enabled=True, actor=actor, now=now, meta=meta)
 
 
 async def _set_enabled(
-    conn: Conn, schedule_id: int, *, enabled: bool, actor: str, now: datetime | None
+    conn: Conn, schedule_id: int, *, enabled: bool, actor: str, now: datetime | None, meta: Meta
 ) -> Row:
     """Pause or resume; a no-op (no event) when the schedule is already in that state."""
     async with conn.transaction():
@@ -130,11 +136,14 @@ async def _set_enabled(
             event_type="schedule.resumed" if enabled else "schedule.paused",
             actor=actor,
             now=now,
+            meta=meta,
         )
     return changed or row
 
 
-async def delete(conn: Conn, schedule_id: int, *, actor: str, now: datetime | None) -> Row:
+async def delete(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
     """Soft delete: the row and its history stay; the name becomes free."""
     async with conn.transaction():
         await _live(conn, schedule_id)
@@ -146,6 +155,7 @@ async def delete(conn: Conn, schedule_id: int, *, actor: str, now: datetime | No
             event_type="schedule.deleted",
             actor=actor,
             now=now,
+            meta=meta,
         )
     if changed is None:
         raise NotFound(f"schedule {schedule_id} does not exist")

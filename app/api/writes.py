@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from app import schedules
 from app.api import definition
@@ -101,81 +100,6 @@ async def update_schedule(
     if updated is None:  # the row is locked above: only a bug gets here
         raise RuntimeError(f"update of schedule {schedule_id} matched no row")
     return updated
-
-
-async def _transition(
-    conn: Conn,
-    row: Row,
-    changes: dict[str, Any],
-    event_type: str,
-    *,
-    actor: str,
-    now: datetime | None,
-    meta: Meta,
-) -> Row:
-    updated = await store.update_schedule(
-        conn, row["id"], changes, event_type=event_type, actor=actor, now=now, meta=meta
-    )
-    if updated is None:
-        raise RuntimeError(f"{event_type} of schedule {row['id']} matched no row")
-    return updated
-
-
-async def pause(
-    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta
-) -> Row:
-    """As `app.schedules.pause`: stop materialising; already paused is a no-op."""
-    async with conn.transaction():
-        row = await _live(conn, schedule_id)
-        if not row["enabled"]:
-            return row
-        at = await store.db_now(conn, now)
-        return await _transition(
-            conn,
-            row,
-            {"enabled": False, "paused_at": at},
-            "schedule.paused",
-            actor=actor,
-            now=now,
-            meta=meta,
-        )
-
-
-async def resume(
-    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta
-) -> Row:
-    """As `app.schedules.resume`: the missed policy applies to what fell due while paused."""
-    async with conn.transaction():
-        row = await _live(conn, schedule_id)
-        if row["enabled"]:
-            return row
-        return await _transition(
-            conn,
-            row,
-            {"enabled": True, "paused_at": None},
-            "schedule.resumed",
-            actor=actor,
-            now=now,
-            meta=meta,
-        )
-
-
-async def delete(
-    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta
-) -> Row:
-    """As `app.schedules.delete`: soft; the row and its history stay, the name becomes free."""
-    async with conn.transaction():
-        row = await _live(conn, schedule_id)
-        at = await store.db_now(conn, now)
-        return await _transition(
-            conn,
-            row,
-            {"deleted_at": at, "enabled": False},
-            "schedule.deleted",
-            actor=actor,
-            now=now,
-            meta=meta,
-        )
 
 
 async def retry_run(

@@ -234,7 +234,7 @@ async def delete_schedule(
 ) -> None:
     """The row and its history stay (as events); its runs are not cancelled; the name is free."""
     actor, meta = audit(request)
-    await writes.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
 
 
 @post(
@@ -252,7 +252,7 @@ async def pause_schedule(
 ) -> Response[Schedule]:
     """Stops materialising runs; pausing a paused schedule changes nothing."""
     actor, meta = audit(request)
-    row = await writes.pause(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    row = await schedules.pause(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
     return _with_etag(row)
 
 
@@ -271,7 +271,7 @@ async def resume_schedule(
 ) -> Response[Schedule]:
     """Occurrences that fell due while paused follow the schedule's missed policy."""
     actor, meta = audit(request)
-    row = await writes.resume(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    row = await schedules.resume(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
     return _with_etag(row)
 
 
