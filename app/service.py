@@ -45,13 +45,16 @@ async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -
         await clock.sleep(loop.period_seconds)
 
 
-def default_loops(clock: Clock) -> list[Loop]:
+def default_loops(clock: Clock, *, tickers: int = 2) -> list[Loop]:
     async def materialise(conn: Conn) -> object:
         return await ticker.tick(conn, now=clock.db_now(), actor="ticker")
 
     # The ticker runs twice a second with a 1 s look-ahead, so runs exist before they are due.
-    # Partition maintenance is not a loop: it is the built-in schedule pgsched.maintenance.
-    return [Loop("ticker", 0.5, materialise)]
+    # Two of them, each on its own connection: they share a busy boundary through SKIP LOCKED,
+    # which spreads the server's work over two backends (ADR 0011); on a quiet one the second
+    # finds nothing to do. Partition maintenance is not a loop: it is the built-in schedule
+    # pgsched.maintenance.
+    return [Loop(f"ticker-{n}", 0.5, materialise) for n in range(1, tickers + 1)]
 
 
 async def serve(

@@ -17,6 +17,7 @@ due before now - grace. Per schedule:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -106,77 +107,108 @@ async def tick(
         async with conn.transaction():
             at = await store.db_now(conn, now)
             cur = await conn.execute(
-                query("lock_due_schedules"), {"horizon": at + lookahead, "limit": batch}
+                query("lock_due_groups"), {"horizon": at + lookahead, "limit": batch}
             )
-            rows = await cur.fetchall()
-            if not rows:
+            groups = await cur.fetchall()
+            if not groups:
                 return result
-            await _materialise(
-                conn, rows=rows, now=at, horizon=at + lookahead, actor=actor, result=result
+            locked = await _materialise(
+                conn, groups=groups, now=at, horizon=at + lookahead, actor=actor, result=result
             )
         result.batches += 1
-        if len(rows) < batch:
+        if locked < batch:
             return result
+
+
+async def tick_together(
+    conns: Sequence[Conn],
+    *,
+    now: datetime | None,
+    actor: str = "ticker",
+    batch: int = 5000,
+    lookahead: timedelta = DEFAULT_LOOKAHEAD,
+) -> TickResult:
+    """`tick` on each connection at once; they share the due schedules through SKIP LOCKED.
+
+    A boundary where many schedules fall due is bound by the server's work per schedule, which
+    one connection does on one backend (one core); several connections spread it (ADR 0011).
+    """
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(tick(conn, now=now, actor=actor, batch=batch, lookahead=lookahead))
+            for conn in conns
+        ]
+    total = TickResult()
+    for task in tasks:
+        part = task.result()
+        total.schedules += part.schedules
+        total.created += part.created
+        total.duplicates += part.duplicates
+        total.missed += part.missed
+        total.overlapped += part.overlapped
+        total.batches += part.batches
+        total.run_ids += part.run_ids
+    return total
 
 
 async def _materialise(
     conn: Conn,
     *,
-    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[Mapping[str, Any]],
     now: datetime,
     horizon: datetime,
     actor: str,
     result: TickResult,
-) -> None:
+) -> int:
+    """Plan each group of alike schedules once and write the batch in one statement.
+
+    Returns how many schedules the batch held.
+    """
+    ids: list[int] = []
+    members: list[int] = []
     runs: list[tuple[int, datetime, datetime, str]] = []
     missed: list[tuple[int, datetime, str]] = []
-    advance: list[tuple[int, datetime | None]] = []
-    for row in rows:
+    next_dues: list[datetime | None] = []
+    for g, row in enumerate(groups, start=1):
         planned = plan(row, now, horizon)
-        runs += [
-            (row["id"], due_at, available, origin) for due_at, available, origin in planned.runs
-        ]
-        missed += [(row["id"], t, reason) for t, reason in planned.missed]
-        advance.append((row["id"], planned.next_due_at))
+        ids += row["ids"]
+        members += [g] * len(row["ids"])
+        runs += [(g, due_at, available, origin) for due_at, available, origin in planned.runs]
+        missed += [(g, due_at, reason) for due_at, reason in planned.missed]
+        next_dues.append(planned.next_due_at)
 
-    created: list[int] = []
-    if runs:
-        sids, dues, availables, origins = zip(*runs, strict=True)
-        cur = await conn.execute(
-            query("insert_due_runs"),
-            {
-                "schedule_ids": list(sids),
-                "due_ats": list(dues),
-                "available_ats": list(availables),
-                "origins": list(origins),
-                "actor": actor,
-                "now": now,
-            },
-        )
-        summary = await cur.fetchone() or {}
-        created = summary["run_ids"]
-        result.run_ids += created
-        result.created += len(created)
-        result.duplicates += summary["admitted"] - len(created)
-        result.overlapped += summary["refused"]
-    if missed:
-        ids, dues, reasons = zip(*missed, strict=True)
-        await conn.execute(
-            query("record_missed"),
-            {
-                "schedule_ids": list(ids),
-                "due_ats": list(dues),
-                "reasons": list(reasons),
-                "actor": actor,
-                "now": now,
-            },
-        )
-        result.missed += len(missed)
-    ids, next_dues = zip(*advance, strict=True)
-    await conn.execute(
-        query("advance_schedules"),
-        {"ids": list(ids), "next_due_ats": list(next_dues), "actor": actor, "now": now},
+    run_groups, due_ats, available_ats, origins = _columns(runs, 4)
+    missed_groups, missed_due_ats, missed_reasons = _columns(missed, 3)
+    cur = await conn.execute(
+        query("materialise_batch"),
+        {
+            "ids": ids,
+            "groups": members,
+            "next_due_ats": next_dues,
+            "run_groups": run_groups,
+            "due_ats": due_ats,
+            "available_ats": available_ats,
+            "origins": origins,
+            "missed_groups": missed_groups,
+            "missed_due_ats": missed_due_ats,
+            "missed_reasons": missed_reasons,
+            "actor": actor,
+            "now": now,
+        },
     )
+    summary = await cur.fetchone() or {}
+    created: list[int] = summary["run_ids"]
+    result.run_ids += created
+    result.created += len(created)
+    result.duplicates += summary["admitted"] - len(created)
+    result.overlapped += summary["refused"]
+    result.missed += summary["missed"]
     if created:
         await conn.execute(query("notify_runs"))
-    result.schedules += len(rows)
+    result.schedules += len(ids)
+    return len(ids)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists (empty lists when there are no rows), for unnest()."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width

@@ -44,6 +44,7 @@ import contextlib
 import cProfile
 import gc
 import inspect
+import itertools
 import os
 import pstats
 import secrets
@@ -229,9 +230,9 @@ async def seed(url: str, n: int, boundary: datetime) -> float:
 # -- one measurement ---------------------------------------------------------------------------
 
 
-async def timed_tick(conn: Any, n: int, at: datetime, batch: int) -> dict[str, Any]:
+async def timed_tick(conns: Sequence[Any], n: int, at: datetime, batch: int) -> dict[str, Any]:
     started = time.perf_counter()
-    result = await ticker.tick(conn, now=at, batch=batch)
+    result = await ticker.tick_together(conns, now=at, batch=batch)
     elapsed = time.perf_counter() - started
     got = (result.schedules, result.created, result.duplicates, result.missed)
     if got != (n, n, 0, 0):
@@ -239,10 +240,14 @@ async def timed_tick(conn: Any, n: int, at: datetime, batch: int) -> dict[str, A
     return {"s": elapsed, "created": result.created, "batches": result.batches}
 
 
-async def measure(url: str, n: int, batch: int, boundary: datetime, verify: bool) -> dict[str, Any]:
-    async with connection(url) as conn:
-        first = await timed_tick(conn, n, boundary, batch)
-        steady = await timed_tick(conn, n, boundary + MINUTE, batch)
+async def measure(
+    url: str, n: int, batch: int, tickers: int, boundary: datetime, *, verify: bool
+) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(connection(url)) for _ in range(tickers)]
+        conn = conns[0]
+        first = await timed_tick(conns, n, boundary, batch)
+        steady = await timed_tick(conns, n, boundary + MINUTE, batch)
         out = {"first": first, "steady": steady}
         if verify:
             differences = await replay.verify(conn)
@@ -347,7 +352,7 @@ async def time_split(url: str, n: int, batch: int, boundary: datetime) -> dict[s
         gc.callbacks.append(split.on_gc)
         try:
             wall, cpu = time.perf_counter(), time.process_time()
-            tick = await timed_tick(TimedConn(conn, split), n, boundary, batch)
+            tick = await timed_tick([TimedConn(conn, split)], n, boundary, batch)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         finally:
             gc.callbacks.remove(split.on_gc)
@@ -389,10 +394,10 @@ async def time_split(url: str, n: int, batch: int, boundary: datetime) -> dict[s
 
 
 async def explain_lock(url: str, boundary: datetime, batch: int) -> list[str]:
-    """EXPLAIN ANALYZE of the ticker's first lock_due_schedules (rolled back: nothing stays)."""
+    """EXPLAIN ANALYZE of the ticker's first lock_due_groups (rolled back: nothing stays)."""
     async with connection(url) as conn, conn.transaction():
         cur = await conn.execute(
-            "EXPLAIN (ANALYZE, BUFFERS) " + query("lock_due_schedules"),
+            "EXPLAIN (ANALYZE, BUFFERS) " + query("lock_due_groups"),
             {"horizon": boundary + ticker.DEFAULT_LOOKAHEAD, "limit": batch},
         )
         plan = [row["QUERY PLAN"] for row in await cur.fetchall()]
@@ -419,7 +424,7 @@ async def profile(url: str, n: int, batch: int, boundary: datetime) -> dict[str,
     profiler = cProfile.Profile()
     async with connection(url) as conn:
         profiler.enable()
-        tick = await timed_tick(conn, n, boundary, batch)
+        tick = await timed_tick([conn], n, boundary, batch)
         profiler.disable()
     (RESULTS / "tmp").mkdir(parents=True, exist_ok=True)
     dump = RESULTS / "tmp" / f"ticker_{n}.prof"
@@ -459,19 +464,21 @@ async def profile(url: str, n: int, batch: int, boundary: datetime) -> dict[str,
 
 def summarise(raw: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
     """One row per (size, batch, tick): min/median seconds, runs/s, us/schedule, linearity."""
-    groups: dict[tuple[int, int, str], list[float]] = defaultdict(list)
+    groups: dict[tuple[int, int, int, str], list[float]] = defaultdict(list)
     for m in raw:
         for which in ("first", "steady"):
-            groups[(m["schedules"], m["batch"], which)].append(m[which]["s"])
+            groups[(m["schedules"], m["batch"], m["tickers"], which)].append(m[which]["s"])
     rows: list[dict[str, Any]] = []
-    for (n, batch, which), times in sorted(groups.items(), key=lambda kv: (kv[0][2], *kv[0][:2])):
+    order = sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][2], *kv[0][:2]))
+    for (n, batch, tickers, which), times in order:
         median = statistics.median(times)
-        smallest = statistics.median(groups[(min(sizes), batch, which)])
+        smallest = statistics.median(groups[(min(sizes), batch, tickers, which)])
         rows.append(
             {
                 "tick": which,
                 "schedules": n,
                 "batch": batch,
+                "tickers": tickers,
                 "repeats": len(times),
                 "s_min": round(min(times), 3),
                 "s_median": round(median, 3),
@@ -506,17 +513,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # neighbour on this shared machine lands on one repeat of each, not on one size.
         for repeat in range(args.repeat):
             for n in args.sizes:
-                for batch in args.batches:
-                    db = dbs.create(f"n{n}_b{batch}_r{repeat}", template=seeded[n])
+                for batch, tickers in itertools.product(args.batches, args.tickers):
+                    db = dbs.create(f"n{n}_b{batch}_t{tickers}_r{repeat}", template=seeded[n])
                     verify = n == min(args.sizes)
                     load = os.getloadavg()[0]
-                    m = await measure(dbs.url(db), n, batch, boundary, verify)
+                    m = await measure(dbs.url(db), n, batch, tickers, boundary, verify=verify)
                     dbs.drop(db)
                     raw.append(
-                        {"schedules": n, "batch": batch, "repeat": repeat, "load1": load, **m}
+                        {
+                            "schedules": n,
+                            "batch": batch,
+                            "tickers": tickers,
+                            "repeat": repeat,
+                            "load1": load,
+                            **m,
+                        }
                     )
                     print(
-                        f"{n:>7} schedules, batch {batch:>5}, repeat {repeat}: first "
+                        f"{n:>7} schedules, batch {batch:>5}, tickers {tickers}, repeat {repeat}:"
+                        " first "
                         f"{m['first']['s']:.3f} s, steady {m['steady']['s']:.3f} s"
                         f" (load {load:.1f})" + (", verify: 0 differences" if verify else ""),
                         flush=True,
@@ -545,6 +560,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "sizes": args.sizes,
             "repeat": args.repeat,
             "batches": args.batches,
+            "tickers": args.tickers,
             "schedule": "cron '* * * * *' UTC, job_type noop, app.schedules.DEFAULTS otherwise",
             "boundary": boundary.isoformat(),
         },
@@ -563,6 +579,7 @@ def report(payload: dict[str, Any]) -> str:
             r["tick"],
             f"{r['schedules']:,}",
             r["batch"],
+            r["tickers"],
             r["s_median"],
             r["s_min"],
             f"{r['runs_per_s']:,}",
@@ -581,6 +598,7 @@ def report(payload: dict[str, Any]) -> str:
                 "tick",
                 "schedules",
                 "batch",
+                "tickers",
                 "s (median)",
                 "s (min)",
                 "runs/s",
@@ -623,7 +641,7 @@ def report(payload: dict[str, Any]) -> str:
             ),
         ]
     if plan := payload.get("lock_query_plan"):
-        lines += ["", "EXPLAIN ANALYZE, first lock_due_schedules of the largest size:", ""]
+        lines += ["", "EXPLAIN ANALYZE, first lock_due_groups of the largest size:", ""]
         lines += [f"    {line}" for line in plan]
     if prof := payload.get("cprofile"):
         lines += [
@@ -656,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--repeat", type=int, default=3, help="fresh databases per size and batch")
     p.add_argument("--batches", type=_ints, default=[1000, 5000], help="ticker batch sizes")
+    p.add_argument(
+        "--tickers",
+        type=_ints,
+        default=[1, 2],
+        help="connections ticking at once (app.ticker.tick_together), a,b",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the largest size's profile")
     args = p.parse_args(argv)
     args.sizes = sorted(args.sizes)

@@ -242,3 +242,88 @@ async def test_tick_notifies_workers_once_per_batch(dsn: str) -> None:
     finally:
         await listener.close()
         await writer.close()
+
+
+async def test_grouped_batch_equals_planning_each_schedule_alone(conn: Conn) -> None:
+    """lock_due_groups plans alike schedules once: the runs, misses and next due times must be
+    exactly what plan() gives each schedule on its own (jitter and interval anchors included)."""
+    shapes: list[dict[str, object]] = [
+        {"kind": "cron", "cron": "* * * * *", "interval_seconds": None},
+        {"kind": "cron", "cron": "*/5 * * * *", "interval_seconds": None},
+        {
+            "kind": "cron",
+            "cron": "30 2 * * *",
+            "interval_seconds": None,
+            "timezone": "Asia/Kolkata",
+        },
+        {"kind": "interval", "interval_seconds": 90},
+        {
+            "kind": "interval",
+            "interval_seconds": 90,
+            "starts_at": T - 45 * MIN + timedelta(seconds=7),
+        },
+        {"kind": "cron", "cron": "* * * * *", "interval_seconds": None, "jitter_seconds": 40},
+        {
+            "kind": "cron",
+            "cron": "* * * * *",
+            "interval_seconds": None,
+            "missed_policy": "all",
+            "missed_cap": 3,
+        },
+        {"kind": "cron", "cron": "* * * * *", "interval_seconds": None, "missed_policy": "skip"},
+    ]
+    made = [
+        await make_schedule(conn, now=T - 30 * MIN - timedelta(seconds=k), **shape)
+        for k in range(4)
+        for shape in shapes
+    ]
+    now = T + 10 * MIN
+    horizon = now + ticker.DEFAULT_LOOKAHEAD
+    expected = {}
+    for s in made:
+        row = await store.get_schedule(conn, s["id"])
+        assert row is not None
+        if row["next_due_at"] <= horizon:  # the daily one is not due yet
+            expected[s["id"]] = ticker.plan(row, now, horizon)
+
+    result = await ticker.tick(conn, now=now)
+
+    assert result.schedules == len(expected) == len(made) - 4
+    for s in made:
+        if s["id"] not in expected:
+            assert await _runs(conn, s["id"]) == []
+            continue
+        plan = expected[s["id"]]
+        cur = await conn.execute(
+            "SELECT due_at, available_at, origin FROM pgsched.run WHERE schedule_id = %s"
+            " ORDER BY due_at",
+            [s["id"]],
+        )
+        got = [(r["due_at"], r["available_at"], r["origin"]) for r in await cur.fetchall()]
+        assert got == plan.runs, s
+        assert await _missed(conn, s["id"]) == sorted(plan.missed)
+        row = await store.get_schedule(conn, s["id"])
+        assert row is not None and row["next_due_at"] == plan.next_due_at
+    # The four copies of each jittered shape drew their own offsets: one plan per schedule.
+    jittered = {tuple(r for r in expected[s["id"]].runs) for s in made if s["jitter_seconds"] > 0}
+    assert len(jittered) == 4
+    assert await replay.verify(conn) == []
+
+
+async def test_tickers_together_share_a_boundary_exactly_once(dsn: str) -> None:
+    conns = [await connect(dsn) for _ in range(3)]
+    try:
+        made = [await make_schedule(conns[0], now=T, interval_seconds=60) for _ in range(300)]
+        result = await ticker.tick_together(conns, now=T, batch=20)
+        assert (result.schedules, result.created, result.duplicates) == (300, 300, 0)
+        assert result.batches >= 15
+        cur = await conns[0].execute(
+            "SELECT count(*) AS runs, count(DISTINCT schedule_id) AS schedules FROM pgsched.run"
+        )
+        assert await cur.fetchone() == {"runs": 300, "schedules": len(made)}
+        again = await ticker.tick_together(conns, now=T)
+        assert again.created == 0
+        assert await replay.verify(conns[0]) == []
+    finally:
+        for c in conns:
+            await c.close()

@@ -6,78 +6,79 @@
 -- The instant this transaction decides with (ADR 0003).
 SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 
--- name: lock_due_schedules
--- Live, enabled schedules due by `horizon`, locked for this transaction; others skip them.
--- Only the columns planning needs (app.ticker.plan): decoding whole rows cost a third of the
--- client time in bench/ticker.py.
-SELECT id, kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at, created_at,
-       next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds
-FROM pgsched.schedule
-WHERE enabled AND deleted_at IS NULL AND next_due_at <= %(horizon)s::timestamptz
-ORDER BY next_due_at, id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
-
--- name: advance_schedules
--- Move each schedule's next due time past what this tick handled (NULL: nothing more to do).
-WITH input AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(next_due_ats)s::timestamptz[]) AS i(id, next_due_at)
-), s AS (
-    UPDATE pgsched.schedule s
-    SET next_due_at = i.next_due_at
-    FROM input i
-    WHERE s.id = i.id
-    RETURNING s.id, s.next_due_at
-), ev AS (
-    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
-    SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', s.id, 'schedule.advanced', %(actor)s,
-           jsonb_build_object('next_due_at', s.next_due_at)
-    FROM s
+-- name: lock_due_groups
+-- Live, enabled schedules due by `horizon`, locked for this transaction (others skip them), and
+-- grouped by everything app.ticker.plan reads except the id: schedules in one group plan alike,
+-- so the client plans each group once and never decodes or re-sends per-schedule timestamps
+-- (the per-schedule round trip through Python was most of a tick's cost: bench/README.md).
+-- A jittered schedule's plan depends on its id, so it forms a group of its own; an interval's
+-- grid depends on its anchor (starts_at, else created_at), so created_at groups intervals only.
+-- `id` is one member, for plan(); `ids` are all of them.
+WITH due AS (
+    SELECT id, kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at, created_at,
+           next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds
+    FROM pgsched.schedule
+    WHERE enabled AND deleted_at IS NULL AND next_due_at <= %(horizon)s::timestamptz
+    ORDER BY next_due_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
 )
-SELECT count(*) AS advanced FROM s;
-
--- name: record_missed
--- One event per occurrence that will not run, with why: an operator can query what did not run.
-INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
-SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', i.schedule_id, 'schedule.occurrence_missed',
-       %(actor)s, '{}'::jsonb, jsonb_build_object('due_at', i.due_at, 'reason', i.reason)
-FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[], %(reasons)s::text[])
-     AS i(schedule_id, due_at, reason);
+SELECT min(id) AS id, array_agg(id ORDER BY id) AS ids,
+       kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at,
+       CASE WHEN kind = 'interval' THEN created_at END AS created_at,
+       next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds
+FROM due
+GROUP BY kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at,
+         CASE WHEN kind = 'interval' THEN created_at END,
+         next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds,
+         CASE WHEN jitter_seconds > 0 THEN id END;
 
 -- name: notify_runs
 -- Wake workers: one NOTIFY per batch, never per row (reliability guide F8).
 SELECT pg_notify('pgsched_runs', '');
 
--- name: insert_due_runs
--- Materialise a tick's occurrences under each schedule's overlap policy, in one statement:
---   allow: every occurrence becomes a run;
---   skip:  only when the schedule has no waiting or running run, and then only its earliest
---          occurrence of this batch (the later ones would overlap it);
---   queue: only when the schedule has no waiting run (at most one buffered behind a running
---          one), again the earliest of this batch.
--- Each occurrence refused for overlap is recorded as schedule.occurrence_missed, reason
--- 'overlap'. The schedules are locked by this transaction (lock_due_schedules), so no other
--- ticker adds runs to them meanwhile; a run finishing meanwhile can only make us conservative.
-WITH input AS (
+-- name: materialise_batch
+-- One batch of a tick in one statement. Input, from app.ticker: the locked schedules (`ids`) and
+-- the plan group each belongs to (`groups`, 1-based); per group its next due time
+-- (`next_due_ats`, NULL: nothing more to do); and the group's planned runs and missed
+-- occurrences, which every member of the group shares. The statement:
+-- 1. inserts the runs under each schedule's overlap policy:
+--      allow: every occurrence becomes a run;
+--      skip:  only when the schedule has no waiting or running run, and then only its earliest
+--             occurrence of this batch (the later ones would overlap it);
+--      queue: only when the schedule has no waiting run (at most one buffered behind a running
+--             one), again the earliest of this batch;
+--    with ON CONFLICT DO NOTHING on the occurrence key, and a run.created event per new run;
+-- 2. records each occurrence that will not run as schedule.occurrence_missed with its reason
+--    (the missed policy's, or 'overlap' for those the overlap policy refused): an operator can
+--    query what did not run and why;
+-- 3. advances each schedule's next due time, with its schedule.advanced event.
+-- The schedules are locked by this transaction (lock_due_groups), so no other ticker adds runs
+-- to them meanwhile; a run finishing meanwhile can only make the overlap test conservative.
+WITH member AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(groups)s::integer[]) AS m(schedule_id, g)
+), planned AS (
     SELECT *
-    FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[],
+    FROM unnest(%(run_groups)s::integer[], %(due_ats)s::timestamptz[],
                 %(available_ats)s::timestamptz[], %(origins)s::text[])
-         AS i(schedule_id, due_at, available_at, origin)
+         AS p(g, due_at, available_at, origin)
 ), ranked AS (
-    SELECT i.*, s.overlap_policy, s.queue, s.priority, s.max_attempts,
-           row_number() OVER (PARTITION BY i.schedule_id ORDER BY i.due_at) AS nth,
+    SELECT m.schedule_id, p.due_at, p.available_at, p.origin,
+           s.overlap_policy, s.queue, s.priority, s.max_attempts,
+           row_number() OVER (PARTITION BY m.schedule_id ORDER BY p.due_at) AS nth,
            -- CASE evaluates lazily: 'allow' schedules, the common case, skip both lookups.
            CASE WHEN s.overlap_policy = 'allow' THEN false
                 ELSE EXISTS (SELECT 1 FROM pgsched.run r
-                             WHERE r.schedule_id = i.schedule_id AND r.state = 'waiting')
+                             WHERE r.schedule_id = m.schedule_id AND r.state = 'waiting')
            END AS has_waiting,
            CASE WHEN s.overlap_policy = 'allow' THEN false
                 ELSE EXISTS (SELECT 1 FROM pgsched.run r
-                             WHERE r.schedule_id = i.schedule_id
+                             WHERE r.schedule_id = m.schedule_id
                                AND r.state IN ('waiting', 'running'))
            END AS has_active
-    FROM input i
-    JOIN pgsched.schedule s ON s.id = i.schedule_id
+    FROM member m
+    JOIN planned p USING (g)
+    JOIN pgsched.schedule s ON s.id = m.schedule_id
 ), decided AS (
     SELECT ranked.*,
            CASE overlap_policy
@@ -100,15 +101,39 @@ WITH input AS (
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
            to_jsonb(r)
     FROM r
-), refused AS (
+    RETURNING 1
+), missed AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
-    SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', d.schedule_id,
+    SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', x.schedule_id,
            'schedule.occurrence_missed', %(actor)s, '{}'::jsonb,
-           jsonb_build_object('due_at', d.due_at, 'reason', 'overlap')
-    FROM decided d
-    WHERE NOT d.admitted
+           jsonb_build_object('due_at', x.due_at, 'reason', x.reason)
+    FROM (SELECT m.schedule_id, p.due_at, p.reason
+          FROM member m
+          JOIN unnest(%(missed_groups)s::integer[], %(missed_due_ats)s::timestamptz[],
+                      %(missed_reasons)s::text[]) AS p(g, due_at, reason) USING (g)
+          UNION ALL
+          SELECT d.schedule_id, d.due_at, 'overlap' FROM decided d WHERE NOT d.admitted
+          ORDER BY schedule_id, due_at) x
+    RETURNING meta ->> 'reason' AS reason
+), advanced AS (
+    UPDATE pgsched.schedule s
+    SET next_due_at = n.next_due_at
+    FROM member m
+    JOIN unnest(%(next_due_ats)s::timestamptz[]) WITH ORDINALITY AS n(next_due_at, g) USING (g)
+    WHERE s.id = m.schedule_id
+    RETURNING s.id, s.next_due_at
+), advanced_events AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'schedule', a.id, 'schedule.advanced', %(actor)s,
+           jsonb_build_object('next_due_at', a.next_due_at)
+    FROM advanced a
     RETURNING 1
 )
+-- Reading the CTEs in this order runs them in this order, so the event log tells the batch as
+-- it happened: runs created, occurrences missed, schedules advanced.
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM r) AS run_ids,
+       (SELECT count(*) FROM created) AS created,
        (SELECT count(*) FROM decided WHERE admitted) AS admitted,
-       (SELECT count(*) FROM refused) AS refused;
+       (SELECT count(*) FROM missed WHERE reason = 'overlap') AS refused,
+       (SELECT count(*) FROM missed WHERE reason <> 'overlap') AS missed,
+       (SELECT count(*) FROM advanced_events) AS advanced;
