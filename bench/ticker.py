@@ -53,6 +53,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -230,14 +231,45 @@ async def seed(url: str, n: int, boundary: datetime) -> float:
 # -- one measurement ---------------------------------------------------------------------------
 
 
+def _cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) the server backends `pids` have used so far.
+
+    The server runs on this machine; its backends' CPU time, unlike wall time, does not grow
+    when a neighbour's load makes them wait for a core, so it is the steadier per-schedule cost.
+    """
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _backend_pids(conns: Sequence[Any]) -> list[int]:
+    pids = []
+    for conn in conns:
+        cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+        row = await cur.fetchone()
+        pids.append(row["pid"])
+    return pids
+
+
 async def timed_tick(conns: Sequence[Any], n: int, at: datetime, batch: int) -> dict[str, Any]:
+    pids = await _backend_pids(conns)
+    server_cpu, client_cpu = _cpu_s(pids), time.process_time()
     started = time.perf_counter()
     result = await ticker.tick_together(conns, now=at, batch=batch)
     elapsed = time.perf_counter() - started
+    server_cpu, client_cpu = _cpu_s(pids) - server_cpu, time.process_time() - client_cpu
     got = (result.schedules, result.created, result.duplicates, result.missed)
     if got != (n, n, 0, 0):
         raise AssertionError(f"tick at {at}: (schedules, created, duplicates, missed) = {got}")
-    return {"s": elapsed, "created": result.created, "batches": result.batches}
+    return {
+        "s": elapsed,
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "created": result.created,
+        "batches": result.batches,
+    }
 
 
 async def measure(
@@ -465,12 +497,16 @@ async def profile(url: str, n: int, batch: int, boundary: datetime) -> dict[str,
 def summarise(raw: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
     """One row per (size, batch, tick): min/median seconds, runs/s, us/schedule, linearity."""
     groups: dict[tuple[int, int, int, str], list[float]] = defaultdict(list)
+    cpu: dict[tuple[int, int, int, str], list[tuple[float, float]]] = defaultdict(list)
     for m in raw:
         for which in ("first", "steady"):
-            groups[(m["schedules"], m["batch"], m["tickers"], which)].append(m[which]["s"])
+            key = (m["schedules"], m["batch"], m["tickers"], which)
+            groups[key].append(m[which]["s"])
+            cpu[key].append((m[which]["server_cpu_s"], m[which]["client_cpu_s"]))
     rows: list[dict[str, Any]] = []
     order = sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][2], *kv[0][:2]))
-    for (n, batch, tickers, which), times in order:
+    for key, times in order:
+        n, batch, tickers, which = key
         median = statistics.median(times)
         smallest = statistics.median(groups[(min(sizes), batch, tickers, which)])
         rows.append(
@@ -484,6 +520,8 @@ def summarise(raw: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str,
                 "s_median": round(median, 3),
                 "runs_per_s": round(n / median),
                 "us_per_schedule": round(median / n * 1e6, 1),
+                "server_cpu_s": round(statistics.median(s for s, _ in cpu[key]), 2),
+                "client_cpu_s": round(statistics.median(c for _, c in cpu[key]), 2),
                 # >1: each schedule costs more at this size than at the smallest one.
                 "per_schedule_vs_smallest": round((median / n) / (smallest / min(sizes)), 2),
             }
@@ -584,6 +622,8 @@ def report(payload: dict[str, Any]) -> str:
             r["s_min"],
             f"{r['runs_per_s']:,}",
             r["us_per_schedule"],
+            r["server_cpu_s"],
+            r["client_cpu_s"],
             r["per_schedule_vs_smallest"],
         ]
         for r in summary
@@ -603,6 +643,8 @@ def report(payload: dict[str, Any]) -> str:
                 "s (min)",
                 "runs/s",
                 "us/schedule",
+                "server CPU s",
+                "client CPU s",
                 "per-schedule cost vs smallest",
             ],
             rows,

@@ -58,14 +58,15 @@ SELECT pg_notify('pgsched_runs', '');
 WITH member AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(groups)s::integer[]) AS m(schedule_id, g)
 ), planned AS (
-    SELECT *
+    -- nth: the occurrence's rank within its group's runs, which is its rank within each
+    -- member's runs too (numbering the few planned rows, not the thousands of member rows).
+    SELECT p.*, row_number() OVER (PARTITION BY p.g ORDER BY p.due_at) AS nth
     FROM unnest(%(run_groups)s::integer[], %(due_ats)s::timestamptz[],
                 %(available_ats)s::timestamptz[], %(origins)s::text[])
          AS p(g, due_at, available_at, origin)
 ), ranked AS (
-    SELECT m.schedule_id, p.due_at, p.available_at, p.origin,
+    SELECT m.schedule_id, p.due_at, p.available_at, p.origin, p.nth,
            s.overlap_policy, s.queue, s.priority, s.max_attempts,
-           row_number() OVER (PARTITION BY m.schedule_id ORDER BY p.due_at) AS nth,
            -- CASE evaluates lazily: 'allow' schedules, the common case, skip both lookups.
            CASE WHEN s.overlap_policy = 'allow' THEN false
                 ELSE EXISTS (SELECT 1 FROM pgsched.run r
