@@ -28,6 +28,7 @@ from app.db.sql import query
 from app.db.store import Conn
 from app.domain.occurrences import jitter_offset, next_after, occurrences
 from app.schedules import spec_of
+from otel.runs import trace_context_json
 
 # Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
 # the next tick, so one tick's work stays bounded however long the ticker was down.
@@ -149,6 +150,7 @@ async def _materialise(
                 "due_ats": list(dues),
                 "available_ats": list(availables),
                 "origins": list(origins),
+                "trace_context": trace_context_json(),  # the tick's span (otel.runs)
                 "actor": actor,
                 "now": now,
             },
