@@ -53,7 +53,9 @@ def telemetry(receiver: Receiver) -> Iterator[otel.Telemetry]:
 
 @pytest.fixture
 async def traced_api(
-    dsn: str, telemetry: otel.Telemetry, role_tokens: Tokens
+    dsn: str,
+    telemetry: otel.Telemetry,
+    role_tokens: Tokens,  # noqa: F811
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     """The API made after telemetry is set up (its plugin takes the tracer provider then)."""
     app = create_app(settings_for(dsn, metrics_sample_seconds=0.2))

@@ -41,7 +41,7 @@ def _one(spans: list[Span], **match: Any) -> Span:
     return found[0]
 
 
-async def test_an_api_trigger_is_one_trace_from_request_to_completion(
+async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: PLR0917
     db: Conn,
     dsn: str,
     telemetry: otel.Telemetry,
