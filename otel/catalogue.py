@@ -217,7 +217,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         "observable_gauge",
         "{schedule}",
         ("state",),
-        "Live schedules by state: enabled, paused.",
+        "Live schedules by state (enabled, paused), pgsched's built-in ones not counted.",
         "sampler",
     ),
     Metric(

@@ -24,9 +24,12 @@ SELECT clock.now,
               FROM pgsched.run r
               WHERE r.state IN ('waiting', 'running')
               GROUP BY r.queue) q) AS queues,
-       (SELECT count(*) FROM pgsched.schedule s WHERE s.deleted_at IS NULL AND s.enabled)
+       -- The operators' schedules: pgsched's built-ins (pgsched.maintenance) always exist.
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND s.enabled AND s.name NOT LIKE 'pgsched.%%')
            AS enabled_schedules,
-       (SELECT count(*) FROM pgsched.schedule s WHERE s.deleted_at IS NULL AND NOT s.enabled)
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND NOT s.enabled AND s.name NOT LIKE 'pgsched.%%')
            AS paused_schedules,
        (SELECT coalesce(greatest(extract(epoch FROM clock.now - min(s.next_due_at)), 0), 0)::float8
         FROM pgsched.schedule s
