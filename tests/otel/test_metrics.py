@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,9 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     assert value(samples, "pgsched_workers", state="live") == 0
     assert value(samples, "pgsched_db_pool_connections", pool="api", state="max") == 4
     check_against_catalogue(samples)
+    if promtool := shutil.which("promtool"):  # Debian's prometheus package: lint the exposition
+        text = (await traced_api.get("/metrics")).text
+        subprocess.run([promtool, "check", "metrics"], input=text, text=True, check=True)
     requests = [
         (labels, v)
         for (name, labels), v in samples.items()
