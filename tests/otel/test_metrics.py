@@ -202,7 +202,7 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     check_against_catalogue(samples)
     if promtool := shutil.which("promtool"):  # Debian's prometheus package: lint the exposition
         text = (await traced_api.get("/metrics")).text
-        subprocess.run([promtool, "check", "metrics"], input=text, text=True, check=True)
+        subprocess.run([promtool, "check", "metrics"], input=text, text=True, check=True)  # noqa: ASYNC221
     requests = [
         (labels, v)
         for (name, labels), v in samples.items()
