@@ -59,7 +59,8 @@ METRICS: Final[tuple[Metric, ...]] = (
         "{run}",
         ("status", "queue", "job_type"),
         "Attempts a worker finished, by what became of them: succeeded, failed (retry "
-        "scheduled), dead, cancelled, released (shutdown), fenced (lease lost), unreported (the report could not be written; the lease will expire).",
+        "scheduled), dead, cancelled, released (shutdown), fenced (lease lost), unreported (the "
+        "report could not be written; the lease will expire).",
         "worker",
     ),
     Metric(

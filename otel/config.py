@@ -33,6 +33,8 @@ class TelemetryConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     disabled: bool = False
+    # A span per SQL statement (psycopg instrumentation); the costliest part of tracing.
+    trace_sql: bool = True
 
     @property
     def tracing(self) -> bool:
@@ -56,6 +58,7 @@ class TelemetryConfig:
             metrics_port=metrics_port,
             metrics_host=env.get("PGSCHED_METRICS_HOST", "127.0.0.1"),
             disabled=disabled,
+            trace_sql=env.get("PGSCHED_TRACE_SQL", "true").strip().lower() in _TRUE,
         )
 
 

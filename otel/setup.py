@@ -191,7 +191,11 @@ class Telemetry:
 
     def start(self) -> None:
         """Instrument psycopg and open the metrics port (once, after the providers exist)."""
-        if self.tracer_provider is not None and not self._instrumented_psycopg:
+        if (
+            self.tracer_provider is not None
+            and self.config.trace_sql
+            and not self._instrumented_psycopg
+        ):
             # The commenter stays off: a per-request comment would defeat psycopg's prepared
             # statements for the hot claim query (ecosystem guide §3).
             PsycopgInstrumentor().instrument(

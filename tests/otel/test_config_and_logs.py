@@ -21,7 +21,8 @@ def test_endpoints_follow_the_exporter_specification() -> None:
     base = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, "worker")
     assert base.traces_endpoint == "http://c:4318/v1/traces"
     assert base.metrics_endpoint == "http://c:4318/v1/metrics"
-    assert base.tracing and base.service_name == "pgsched-worker"
+    assert base.tracing and base.service_name == "pgsched-worker" and base.trace_sql
+    assert not TelemetryConfig.from_env({"PGSCHED_TRACE_SQL": "false"}, "api").trace_sql
     specific = TelemetryConfig.from_env(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
