@@ -32,7 +32,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, 
 
 from otel import spans
 from otel.logs import LOG_FIELDS, redact
-from otel.setup import current
+from otel.setup import PoolLike, current
 
 T = TypeVar("T")
 
@@ -260,6 +260,11 @@ def rescued(rows: Sequence[Mapping[str, Any]]) -> None:
         tel.counter("pgsched.runs.rescued").add(1, {"result": state})
         if state == "dead":
             tel.counter("pgsched.runs.dead").add(1, {"queue": str(row["queue"])})
+
+
+def watch_pool(name: str, pool: PoolLike) -> None:
+    """Report `pool`'s usage as pgsched.db.pool.connections{pool=name}."""
+    current().watch_pool(name, pool)
 
 
 def heartbeat() -> None:

@@ -43,7 +43,6 @@ from app.clock import Clock
 from app.db import store
 from app.db.store import Conn, Lease, Row
 from otel import runs as telemetry
-from otel.setup import current as current_telemetry
 from workers.jobs import JobContext, Outcome, execute
 from workers.netguard import NetPolicy
 
@@ -154,7 +153,7 @@ class Worker:
             configure=_configure_session,
         )
         await self._pool.open(wait=True, timeout=30)
-        current_telemetry().watch_pool("worker", self._pool)
+        telemetry.watch_pool("worker", self._pool)
         try:
             async with self._pool.connection() as conn:
                 row = await store.register_worker(
