@@ -95,7 +95,8 @@ class IdleFilter(SpanProcessor):
     root span with database children that say "nothing to do". Traces rooted in a tick or a
     claim are held back until the root ends and dropped when it is marked `pgsched.idle`.
     Database spans with no parent at all (heartbeats, rescue sweeps, the metrics sampler) are
-    dropped too: they belong to no run. Everything else passes straight to `delegate`.
+    dropped too: they belong to no run, and so are the pool's empty connection checks.
+    Everything else passes straight to `delegate`.
     """
 
     HELD_ROOTS: Final = frozenset({TICK, CLAIM})
@@ -113,6 +114,8 @@ class IdleFilter(SpanProcessor):
         self._delegate.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if _is_db_span(span) and not (span.attributes or {}).get("db.statement"):
+            return  # the pool's connection check (an empty statement): one per checkout, no news
         trace_id = span.context.trace_id if span.context else 0
         with self._lock:
             held = self._held.get(trace_id)

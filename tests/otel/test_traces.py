@@ -103,6 +103,7 @@ async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: 
     # Nothing idle was exported: every claim and tick span did something.
     assert all(s.attributes.get("pgsched.idle") is None for s in spans)
     assert not [s for s in db_spans if s.parent_span_id == ""], "orphan DB spans are dropped"
+    assert all(s.attributes.get("db.statement") for s in db_spans), "no empty pool checks"
 
     resource = process.resource
     assert resource["service.name"] == "pgsched" and resource["pgsched.role"] == "run"
