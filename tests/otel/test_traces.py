@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 import otel
+from app import schedules
 from app.clock import SystemClock
 from app.db import store
 from app.db.store import Conn
@@ -168,3 +169,33 @@ async def test_a_ticker_run_links_to_its_tick_and_failures_set_the_status(
     assert ticks_recorded[0][1][0] == 2, "both ticks are timed, though one is not traced"
     resources = receiver.received.resources()
     assert {r["service.name"] for r in resources} == {"pgsched"}
+
+
+async def test_a_rescued_run_is_counted_and_its_next_attempt_traced(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver
+) -> None:
+    s = await make_schedule(db, now=datetime.now(UTC), job_type="noop", enabled=False)
+    run = (await schedules.trigger(db, s["id"], actor="t", now=None))[0]
+    ghost = await store.register_worker(
+        db, name="ghost", host="h", pid=1, version="v", queues=["default"], slots=1, now=None
+    )
+    # A worker that claimed the run and vanished: its lease runs out in 50 ms.
+    (claimed,) = await store.claim_runs(
+        db,
+        worker_id=ghost["id"],
+        queues=["default"],
+        limit=1,
+        lease_seconds=0.05,
+        actor="ghost",
+        now=None,
+    )
+    assert claimed["id"] == run["id"]
+    async with running_worker(dsn, rescue_every_seconds=0.1):
+        done = await _finished(db, run["id"])
+    assert done["state"] == "succeeded" and done["attempt"] == 2
+    telemetry.force_flush()
+    points = receiver.received.metric_points()
+    assert points["pgsched.runs.rescued"] == [({"result": "waiting"}, 1)]
+    process = _one(receiver.received.spans(), kind=CONSUMER)
+    assert process.attributes["pgsched.run.attempt"] == 2
+    assert process.attributes["pgsched.run.outcome"] == "succeeded"
