@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.db import replay
 from app.db.store import Conn
 from app.settings import SettingsError, libpq_url, sqlalchemy_url
+from otel.config import TelemetryConfigError
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -79,6 +81,13 @@ async def _rebuild(conn: Conn) -> int:
     return 0
 
 
+def _telemetry(role: str, **overrides: str) -> contextlib.AbstractContextManager[object]:
+    """Logs, traces and metrics for this command's process (app.telemetry, ADR 0016)."""
+    from app import telemetry
+
+    return telemetry.running(role, {**os.environ, **overrides})
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -128,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         url, started_local = _local_database(Path(args.data_dir))
         print(f"local PostgreSQL under {args.data_dir} (data kept between runs)")
     try:
-        return _run_service(url)
+        with _telemetry("run"):
+            return _run_service(url)
     finally:
         if started_local:
             from app import localpg
@@ -227,7 +237,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker = Worker(url, clock=SystemClock(), settings=settings)
         await worker.run(stop, hard)
 
-    asyncio.run(_work())
+    with _telemetry("worker"):
+        asyncio.run(_work())
     return 0
 
 
@@ -254,12 +265,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     """One maintenance pass: partitions ahead, retention (the built-in schedule's work)."""
+    import otel
     from app import maintenance
 
     retention = maintenance.Retention.from_env(os.environ)
 
     async def work(conn: Conn) -> int:
-        for row in await maintenance.maintain(conn, retention, now=None):
+        with otel.current().tracer.start_as_current_span("maintain"):
+            rows = await maintenance.maintain(conn, retention, now=None)
+        for row in rows:
             print(f"{row['action']:8} {row['table_name']:14} {row['partition_name']}")
         print(
             f"maintenance done: {retention.months_ahead} months ahead, runs kept "
@@ -267,13 +281,12 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return asyncio.run(_with_conn(_database_url(args), work))
+    with _telemetry("maintenance"):
+        return asyncio.run(_with_conn(_database_url(args), work))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the REST API with uvicorn until SIGTERM/SIGINT."""
-    import logging
-
     import uvicorn
 
     from app.api import create_app
@@ -286,19 +299,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     settings = dataclasses.replace(settings, host=host, port=port)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=args.log_level,
-        # X-Forwarded-For is believed only from these addresses (uvicorn's default: 127.0.0.1).
-        forwarded_allow_ips=settings.trusted_proxies,
-        server_header=False,
-    )
+    with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=args.log_level,
+            # X-Forwarded-For is believed only from these addresses (uvicorn's default).
+            forwarded_allow_ips=settings.trusted_proxies,
+            server_header=False,
+            # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
+            log_config=None,
+        )
     return 0
 
 
@@ -433,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (CommandError, SettingsError) as exc:
+    except (CommandError, SettingsError, TelemetryConfigError) as exc:
         print(f"pgsched: {exc}", file=sys.stderr)
         return 2
     except (psycopg.Error, SQLAlchemyError, AlembicError) as exc:

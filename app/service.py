@@ -18,9 +18,11 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+import otel
 from app import ticker
 from app.clock import Clock
 from app.db.store import Conn
+from otel import runs
 
 log = logging.getLogger("pgsched.service")
 
@@ -47,7 +49,10 @@ async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -
 
 def default_loops(clock: Clock, *, tickers: int = 2) -> list[Loop]:
     async def materialise(conn: Conn) -> object:
-        return await ticker.tick(conn, now=clock.db_now(), actor="ticker")
+        with runs.ticking() as tick:  # the tick's span and metrics (otel.runs)
+            result = await ticker.tick(conn, now=clock.db_now(), actor="ticker")
+            tick.done(result)
+        return result
 
     # The ticker runs twice a second with a 1 s look-ahead, so runs exist before they are due.
     # Two of them, each on its own connection: they share a busy boundary through SKIP LOCKED,
@@ -77,6 +82,7 @@ async def serve(
         connection_class=AsyncConnection[DictRow],
     )
     await pool.open(wait=True, timeout=30)
+    otel.current().watch_pool("service", pool)
     try:
         tasks = [
             asyncio.create_task(_run_loop(pool, loop, clock), name=loop.name) for loop in loops

@@ -7,6 +7,7 @@ code reads `os.environ` (secrets for jobs excepted, which the worker resolves at
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -44,6 +45,17 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def metrics_port(env: Mapping[str, str]) -> int | None:
+    """`PGSCHED_METRICS_PORT`: where a worker or ticker process serves /metrics (unset: nowhere;
+    0: any free port, logged). The API serves /metrics on its own port regardless."""
+    raw = env.get("PGSCHED_METRICS_PORT", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SettingsError(f"PGSCHED_METRICS_PORT must be a port number, got {raw!r}")
+    return int(raw)
 
 
 def libpq_url(url: str) -> str:

@@ -29,6 +29,7 @@ from app.db.sql import query
 from app.db.store import Conn
 from app.domain.occurrences import jitter_offset, next_after, occurrences
 from app.schedules import spec_of
+from otel.runs import trace_context_json
 
 # Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
 # the next tick, so one tick's work stays bounded however long the ticker was down.
@@ -192,6 +193,7 @@ async def _materialise(
             "missed_groups": missed_groups,
             "missed_due_ats": missed_due_ats,
             "missed_reasons": missed_reasons,
+            "trace_context": trace_context_json(),  # the tick's span (otel.runs)
             "actor": actor,
             "now": now,
         },

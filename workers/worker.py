@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.clock import Clock
 from app.db import store
 from app.db.store import Conn, Lease, Row
+from otel import runs as telemetry
 from workers.jobs import JobContext, Outcome, execute
 from workers.netguard import NetPolicy
 
@@ -152,6 +153,7 @@ class Worker:
             configure=_configure_session,
         )
         await self._pool.open(wait=True, timeout=30)
+        telemetry.watch_pool("worker", self._pool)
         try:
             async with self._pool.connection() as conn:
                 row = await store.register_worker(
@@ -221,7 +223,7 @@ class Worker:
             wait = s.poll_seconds
             try:
                 if free > 0:
-                    async with self._db() as conn:
+                    async with telemetry.claiming(self._db(), s.queues) as conn:
                         claimed = await store.claim_runs(
                             conn,
                             worker_id=self._id(),
@@ -231,6 +233,7 @@ class Worker:
                             actor=self.actor,
                             now=self.clock.db_now(),
                         )
+                        telemetry.claimed(claimed)
                         if len(claimed) < free:
                             until = await store.seconds_until_next_run(
                                 conn, s.queues, now=self.clock.db_now()
@@ -266,7 +269,8 @@ class Worker:
     def _start(self, row: Row) -> None:
         lease = Lease.of(row)
         self.stats.claimed += 1
-        task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
+        with telemetry.run_scope(row):
+            task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
         self._inflight[lease.run_id] = _InFlight(lease, task)
 
     # -- executing ---------------------------------------------------------------------------
@@ -291,6 +295,7 @@ class Worker:
                 return
             except Exception as exc:  # an executor bug must still end the attempt
                 log.exception("run %s: executor failed", lease.run_id)
+                telemetry.failed(lease, exc)
                 outcome = Outcome(
                     status="failed",
                     retryable=True,
@@ -299,11 +304,13 @@ class Worker:
             flight.reporting = True
             await self._report(lease, outcome, row)
         finally:
+            telemetry.ended(lease)
             self._inflight.pop(lease.run_id, None)
             self._wake.set()  # a slot is free
 
     async def _stopped(self, flight: _InFlight) -> None:
         lease, reason = flight.lease, flight.stop_reason
+        telemetry.stopped(lease, reason)
         async with self._db() as conn:
             if reason == "shutdown":
                 if await store.release_run(conn, lease, actor=self.actor, now=self.clock.db_now()):
@@ -365,6 +372,7 @@ class Worker:
         else:
             log.error("run %s: could not report; the lease will expire and rescue it", lease.run_id)
             return
+        telemetry.reported(lease, outcome.status, outcome.error, done)
         if done is None:
             self.stats.fenced += 1
             log.warning(
@@ -422,6 +430,7 @@ class Worker:
                 lease_seconds=self.settings.lease_seconds,
                 now=now,
             )
+        telemetry.heartbeat()
         by_token = {r["lease_token"]: r for r in held}
         for flight in flights:
             renewed = by_token.get(flight.lease.lease_token)
@@ -446,6 +455,7 @@ class Worker:
                 conn, after_seconds=self.settings.gone_after_seconds, actor=self.actor, now=now
             )
         self.stats.rescued += len(rescued)
+        telemetry.rescued(rescued)
         if rescued:
             self._wake.set()
         return len(rescued)

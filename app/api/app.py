@@ -6,6 +6,7 @@ call it so); tests pass `ApiSettings` and a clock. Decisions: docs/adr/0014-rest
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,13 +21,16 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+import otel
 from app.api.auth import authorize
 from app.api.config import ApiSettings
 from app.api.metrics import MetricsController, prometheus_config
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.routes import events, runs, schedules, system
+from app.api.tracing import opentelemetry_plugin
 from app.clock import Clock, SystemClock
 from app.db.store import Conn
+from app.telemetry import sample, sample_forever
 
 log = logging.getLogger("pgsched.api")
 
@@ -64,6 +68,29 @@ async def _pool(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def _telemetry(app: Litestar) -> AsyncIterator[None]:
+    """Pool gauges, and the database sampler (queue depth, schedules, partitions: app.telemetry)."""
+    settings: ApiSettings = app.state.settings
+    pool: AsyncConnectionPool[Conn] = app.state.pool
+    otel.current().watch_pool("api", pool)
+    if not settings.metrics_sample_seconds:
+        yield
+        return
+
+    async def once() -> None:
+        async with pool.connection(timeout=settings.pool_timeout_seconds) as conn:
+            await sample(conn, stale_seconds=settings.worker_stale_seconds)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(sample_forever(once, settings.metrics_sample_seconds, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 async def _provide_conn(state: State) -> AsyncIterator[Conn]:
@@ -110,11 +137,12 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
     )
     return Litestar(
         route_handlers=[v1, *system.ROOT_ROUTES, MetricsController],
-        lifespan=[_pool],
+        lifespan=[_pool, _telemetry],
         dependencies={"conn": Provide(_provide_conn)},
         guards=[authorize],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[prometheus_config().middleware],
+        plugins=[opentelemetry_plugin()],
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "clock": clock or SystemClock()}),

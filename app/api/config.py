@@ -35,6 +35,8 @@ class ApiSettings:
     # Addresses whose X-Forwarded-For uvicorn believes (None: uvicorn's default, 127.0.0.1);
     # the audit trail's source_ip is only as true as this list is tight.
     trusted_proxies: str | None = None
+    # How often the API samples the database's gauges for /metrics and OTLP (0: never).
+    metrics_sample_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -49,6 +51,7 @@ class ApiSettings:
             ),
             pool_max_size=_positive_int(env, "PGSCHED_API_POOL_SIZE", 10),
             trusted_proxies=env.get("PGSCHED_HTTP_TRUSTED_PROXIES") or None,
+            metrics_sample_seconds=_positive_int(env, "PGSCHED_METRICS_SAMPLE_SECONDS", 15),
         )
 
 

@@ -137,3 +137,8 @@ async def stats(conn: Conn, *, hours: int, now: datetime | None) -> Row:
 
 async def common_errors(conn: Conn, *, hours: int, limit: int, now: datetime | None) -> list[Row]:
     return await _rows(conn, "common_errors", {"hours": hours, "limit": limit, "now": now})
+
+
+async def telemetry_sample(conn: Conn, *, stale_seconds: float, now: datetime | None) -> Row:
+    """What the metrics sampler reports (app.telemetry), in one round trip."""
+    return await _one(conn, "telemetry_sample", {"stale_seconds": stale_seconds, "now": now})

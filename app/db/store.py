@@ -23,6 +23,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from app.db.sql import query
+from otel import spans
 
 Conn: TypeAlias = AsyncConnection[DictRow]
 Row: TypeAlias = dict[str, Any]
@@ -233,6 +234,7 @@ async def insert_runs(
     """
     if not occurrences:
         return []
+    trace_context = trace_context or spans.trace_context()  # the creator's span (ADR 0016)
     schedule_ids, due_ats, available_ats = zip(*occurrences, strict=True)
     return await _rows(
         conn,

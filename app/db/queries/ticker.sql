@@ -90,17 +90,18 @@ WITH member AS (
     FROM ranked
 ), r AS (
     INSERT INTO pgsched.run (schedule_id, due_at, adhoc, origin, state, queue, priority,
-                             available_at, max_attempts, created_at)
+                             available_at, max_attempts, trace_context, created_at)
     SELECT d.schedule_id, d.due_at, false, d.origin, 'waiting', d.queue, d.priority,
-           d.available_at, d.max_attempts, coalesce(%(now)s::timestamptz, now())
+           d.available_at, d.max_attempts, %(trace_context)s::jsonb,
+           coalesce(%(now)s::timestamptz, now())
     FROM decided d
     WHERE d.admitted
     ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
     RETURNING *
 ), created AS (
-    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
-           to_jsonb(r)
+           to_jsonb(r), r.trace_context ->> 'trace_id'
     FROM r
     RETURNING 1
 ), missed AS (

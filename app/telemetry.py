@@ -1,0 +1,112 @@
+"""Telemetry for pgsched's processes: set-up from the environment, and the database sampler.
+
+`start(role, env)` is what each `pgsched` command calls first: OpenTelemetry from the standard
+`OTEL_*` variables (otel.config), logs as JSON (text on a terminal), secret values masked in
+logs. `sample(conn)` reads the gauges that only the database knows (queue depth, schedules,
+workers, partitions ahead) into the catalogue's observable gauges; the API process runs it
+every `PGSCHED_METRICS_SAMPLE_SECONDS` (app.api.app), so `pgsched run` and `pgsched api` report
+them and workers do not (N workers would report the same numbers N times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime
+
+import otel
+from app.db import reads
+from app.db.store import Conn
+from app.settings import metrics_port
+from otel.config import TelemetryConfig
+from otel.logs import configure_logging
+
+log = logging.getLogger("pgsched.telemetry")
+
+QUEUE_STATES = ("ready", "scheduled", "running")
+
+
+def start(role: str, env: Mapping[str, str]) -> otel.Telemetry:
+    """Logging and OpenTelemetry for this process, in its role (after any fork)."""
+    config = TelemetryConfig.from_env(env, role, metrics_port=metrics_port(env))
+    configure_logging(
+        config.service_name,
+        level=env.get("PGSCHED_LOG_LEVEL", "INFO"),
+        fmt=env.get("PGSCHED_LOG_FORMAT", "auto"),
+        env=env,
+    )
+    telemetry = otel.setup(config)
+    if telemetry.metrics_port is not None:
+        log.info("metrics on http://%s:%s/metrics", config.metrics_host, telemetry.metrics_port)
+    return telemetry
+
+
+@contextlib.contextmanager
+def running(role: str, env: Mapping[str, str]) -> Iterator[otel.Telemetry]:
+    """`start`, and on the way out flush and stop the exporters (what they hold is sent)."""
+    telemetry = start(role, env)
+    try:
+        yield telemetry
+    finally:
+        otel.shutdown()
+
+
+async def sample(conn: Conn, *, stale_seconds: float = 30.0, now: datetime | None = None) -> None:
+    """One sample of the database's gauges into this process's telemetry."""
+    row = await reads.telemetry_sample(conn, stale_seconds=stale_seconds, now=now)
+    tel = otel.current()
+    queues = row["queues"]
+    tel.observe(
+        "pgsched.queue.depth",
+        [
+            (float(q[state]), {"queue": str(q["queue"]), "state": state})
+            for q in queues
+            for state in QUEUE_STATES
+        ],
+    )
+    tel.observe(
+        "pgsched.queue.oldest_ready_age",
+        [(float(q["oldest_ready_seconds"]), {"queue": str(q["queue"])}) for q in queues],
+    )
+    tel.observe(
+        "pgsched.schedules",
+        [
+            (float(row["enabled_schedules"]), {"state": "enabled"}),
+            (float(row["paused_schedules"]), {"state": "paused"}),
+        ],
+    )
+    tel.observe("pgsched.schedules.overdue", [(float(row["overdue_seconds"] or 0), {})])
+    tel.observe(
+        "pgsched.workers",
+        [
+            (float(row["live_workers"]), {"state": "live"}),
+            (float(row["silent_workers"]), {"state": "silent"}),
+        ],
+    )
+    tel.observe(
+        "pgsched.partitions.months_ahead",
+        [(float(v), {"table": str(k)}) for k, v in sorted(row["months_ahead"].items())],
+    )
+    tel.observe(
+        "pgsched.partitions.default_rows",
+        [(float(v), {"table": str(k)}) for k, v in sorted(row["default_rows"].items())],
+    )
+    tel.observe("pgsched.sampler.timestamp", [(time.time(), {})])
+
+
+async def sample_forever(
+    connection: Callable[[], Awaitable[None]], every_seconds: float, stop: asyncio.Event
+) -> None:
+    """Call `connection` (one sample) every `every_seconds` until `stop`; failures are logged
+    and retried at the next period (the gauges then keep their last values, and
+    pgsched_sampler_timestamp_seconds shows how old they are)."""
+    while not stop.is_set():
+        try:
+            await connection()
+        except Exception as exc:  # noqa: BLE001 - keep sampling; the database may come back
+            log.warning("metrics sample failed: %s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_seconds)

@@ -1,0 +1,340 @@
+"""Spans and metrics of a run's life: the tick that made it, the claim, the attempt, its end.
+
+Called from a few lines in `workers/worker.py`, `app/ticker.py` and `app/service.py`; all the
+logic is here so those hot paths stay readable.
+
+Trace structure (ADR 0016):
+- A tick is a root span `tick`; the runs it creates store its context (`run.trace_context`).
+  An API trigger or backfill stores the request's context the same way (app/db/store.py).
+- A claim is a root span `claim` (messaging `receive`), one per claim transaction.
+- Each attempt is a CONSUMER span `process <queue>` from the claim's start to the report. For
+  a run triggered over the API it is a *child* of the request's span, so one trace shows
+  trigger, claim, execution and completion; for runs made by the ticker or a backfill it starts
+  its own trace and *links* to the tick or request (a tick makes many runs, minutes to months
+  ahead; one trace per tick would be unreadable). It always links to its claim span.
+- Idle ticks and claims are dropped before export (`otel.spans.IdleFilter`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
+
+from otel import spans
+from otel.logs import LOG_FIELDS, redact
+from otel.setup import PoolLike, current
+
+T = TypeVar("T")
+
+# Outcomes that mean the attempt did not do its job (span status ERROR).
+_ERRORS = frozenset({"failed", "dead", "fenced", "unreported"})
+_MAX_STATUS_TEXT = 256
+
+
+class LeaseLike(Protocol):
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+@dataclass(slots=True)
+class _Claim:
+    queues: tuple[str, ...]
+    claimed: int = 0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    span: Span
+    queue: str
+    job_type: str
+    started: float
+    status: str | None = None
+    error: str | None = None
+    fenced_reason: str = "completion"
+
+
+@dataclass(slots=True)
+class _State:
+    # run id -> (claim span context, claim start in ns): from `claimed` to `run_scope`.
+    pending: dict[int, tuple[trace.SpanContext, int | None]] = field(default_factory=dict)
+    attempts: dict[tuple[int, int], _Attempt] = field(default_factory=dict)
+
+
+_state = _State()
+_claim: ContextVar[_Claim | None] = ContextVar("pgsched_claim", default=None)
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def claiming(
+    connection: AbstractAsyncContextManager[T], queues: Sequence[str]
+) -> AsyncIterator[T]:
+    """`async with claiming(pool.connection(), queues) as conn:` — the claim's span and timing."""
+    tel = current()
+    holder = _Claim(tuple(queues))
+    token = _claim.set(holder)
+    started = time.perf_counter()
+    attributes: dict[str, Any] = {
+        spans.MESSAGING_SYSTEM_KEY: spans.MESSAGING_SYSTEM,
+        spans.OPERATION_TYPE: "receive",
+        spans.OPERATION_NAME: "claim",
+    }
+    if len(queues) == 1:
+        attributes[spans.DESTINATION] = queues[0]
+    try:
+        with tel.tracer.start_as_current_span(
+            spans.CLAIM, kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            async with connection as conn:
+                yield conn
+            span.set_attribute(spans.BATCH_COUNT, holder.claimed)
+            if holder.claimed == 0:
+                span.set_attribute(spans.IDLE, True)
+    finally:
+        _claim.reset(token)
+        tel.histogram("pgsched.claim.duration").record(
+            time.perf_counter() - started, {"result": "claimed" if holder.claimed else "empty"}
+        )
+
+
+def claimed(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inside `claiming`: the runs this claim took (lag, counts, the claim span for links)."""
+    tel = current()
+    holder = _claim.get()
+    if holder is not None:
+        holder.claimed += len(rows)
+    span = trace.get_current_span()
+    start = getattr(span, "start_time", None)
+    span_context = span.get_span_context()
+    lag = tel.histogram("pgsched.scheduler.lag")
+    count = tel.counter("pgsched.runs.claimed")
+    for row in rows:
+        queue = str(row["queue"])
+        count.add(1, {"queue": queue})
+        if row["attempt"] == 1 and row.get("started_at") and row.get("due_at"):
+            lag.record(
+                max(0.0, (row["started_at"] - row["due_at"]).total_seconds()), {"queue": queue}
+            )
+        if span_context.is_valid:
+            _state.pending[int(row["id"])] = (span_context, start)
+
+
+@contextlib.contextmanager
+def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
+    """Around `asyncio.create_task(...)` for a claimed run: the task inherits the attempt's
+    span and log fields (a task copies the context it is created in)."""
+    tel = current()
+    run_id, attempt = int(row["id"]), int(row["attempt"])
+    queue, job_type = str(row["queue"]), str(row.get("job_type") or "unknown")
+    claim_context, start = _state.pending.pop(run_id, (None, None))
+    creator = spans.creator_context(row.get("trace_context"))
+    parent = otel_context.Context()  # a new trace, unless the creator was an API trigger
+    links: list[Link] = []
+    if creator is not None and row.get("origin") == "trigger":
+        parent = trace.set_span_in_context(NonRecordingSpan(creator), parent)
+    elif creator is not None:
+        links.append(Link(creator, {"pgsched.link": "created_by"}))
+    if claim_context is not None:
+        links.append(Link(claim_context, {"pgsched.link": "claimed_by"}))
+    span = tel.tracer.start_span(
+        f"process {queue}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=links,
+        start_time=start,
+        attributes={
+            spans.MESSAGING_SYSTEM_KEY: spans.MESSAGING_SYSTEM,
+            spans.OPERATION_TYPE: "process",
+            spans.DESTINATION: queue,
+            spans.MESSAGE_ID: str(run_id),
+            spans.RUN_ID: run_id,
+            spans.SCHEDULE_ID: int(row["schedule_id"]),
+            spans.SCHEDULE_NAME: str(row.get("schedule_name") or ""),
+            spans.QUEUE: queue,
+            spans.ATTEMPT: attempt,
+            spans.ORIGIN: str(row.get("origin") or ""),
+            spans.JOB_TYPE: job_type,
+        },
+    )
+    _state.attempts[(run_id, attempt)] = _Attempt(span, queue, job_type, time.perf_counter())
+    tel.gauge("pgsched.worker.inflight").set(len(_state.attempts))
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    fields = LOG_FIELDS.set(
+        {
+            "run_id": run_id,
+            "schedule": row.get("schedule_name"),
+            "queue": queue,
+            "attempt": attempt,
+        }
+    )
+    try:
+        yield
+    finally:
+        LOG_FIELDS.reset(fields)
+        otel_context.detach(token)
+
+
+def reported(
+    lease: LeaseLike, status: str, error: str | None, row: Mapping[str, Any] | None
+) -> None:
+    """The attempt's report was recorded (`row`: the run after it; None: fenced)."""
+    attempt = _state.attempts.get((lease.run_id, lease.attempt))
+    if attempt is None:
+        return
+    if row is None:
+        attempt.status = "fenced"
+    elif status in ("succeeded", "cancelled"):
+        attempt.status = status
+    else:
+        attempt.status = "dead" if row.get("state") == "dead" else "failed"
+    attempt.error = error
+
+
+def stopped(lease: LeaseLike, reason: str | None) -> None:
+    """The attempt was stopped before it finished (shutdown, cancel request, lease lost)."""
+    attempt = _state.attempts.get((lease.run_id, lease.attempt))
+    if attempt is None:
+        return
+    if reason == "shutdown":
+        attempt.status = "released"
+    elif reason == "cancel_requested":
+        attempt.status = "cancelled"
+    else:
+        attempt.status, attempt.fenced_reason = "fenced", "lease_lost"
+        attempt.error = "lease lost while running"
+
+
+def failed(lease: LeaseLike, exc: BaseException) -> None:
+    """The executor raised (a bug, not a job failure): recorded on the span, masked."""
+    attempt = _state.attempts.get((lease.run_id, lease.attempt))
+    if attempt is not None:
+        attempt.span.record_exception(
+            exc, attributes={"exception.message": redact(str(exc))[:_MAX_STATUS_TEXT]}
+        )
+
+
+def ended(lease: LeaseLike) -> None:
+    """The attempt's task is done: end its span, count it."""
+    tel = current()
+    attempt = _state.attempts.pop((lease.run_id, lease.attempt), None)
+    tel.gauge("pgsched.worker.inflight").set(len(_state.attempts))
+    if attempt is None:
+        return
+    status = attempt.status or "unreported"
+    span = attempt.span
+    span.set_attribute(spans.OUTCOME, status)
+    if status in _ERRORS:
+        text = redact(attempt.error or status)[:_MAX_STATUS_TEXT]
+        span.set_status(Status(StatusCode.ERROR, text))
+        span.set_attribute("error.type", status)
+    labels = {"queue": attempt.queue, "job_type": attempt.job_type}
+    tel.counter("pgsched.jobs.processed").add(1, {**labels, "status": status})
+    tel.histogram("pgsched.job.duration").record(
+        time.perf_counter() - attempt.started, {**labels, "status": status}
+    )
+    if status == "dead":
+        tel.counter("pgsched.runs.dead").add(1, {"queue": attempt.queue})
+    if status == "fenced":
+        tel.counter("pgsched.completions.fenced").add(1, {"reason": attempt.fenced_reason})
+    span.end()
+
+
+def rescued(rows: Sequence[Mapping[str, Any]]) -> None:
+    tel = current()
+    for row in rows:
+        state = str(row["state"])
+        tel.counter("pgsched.runs.rescued").add(1, {"result": state})
+        if state == "dead":
+            tel.counter("pgsched.runs.dead").add(1, {"queue": str(row["queue"])})
+
+
+def watch_pool(name: str, pool: PoolLike) -> None:
+    """Report `pool`'s usage as pgsched.db.pool.connections{pool=name}."""
+    current().watch_pool(name, pool)
+
+
+def heartbeat() -> None:
+    current().gauge("pgsched.worker.heartbeat.timestamp").set(time.time())
+
+
+# -- the ticker ------------------------------------------------------------------------------
+
+
+class TickLike(Protocol):
+    @property
+    def schedules(self) -> int: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def missed(self) -> int: ...
+    @property
+    def overlapped(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Tick:
+    result: TickLike | None = None
+
+    def done(self, result: TickLike) -> None:
+        self.result = result
+
+
+@contextlib.contextmanager
+def ticking() -> Iterator[Tick]:
+    """`with ticking() as tick: tick.done(await ticker.tick(...))` — the tick's span and metrics.
+    Runs created inside store this span's context (`trace_context_json`)."""
+    tel = current()
+    holder = Tick()
+    started = time.perf_counter()
+    token = otel_context.attach(otel_context.Context())  # a tick is a root, whatever called it
+    try:
+        with tel.tracer.start_as_current_span(
+            spans.TICK,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                spans.MESSAGING_SYSTEM_KEY: spans.MESSAGING_SYSTEM,
+                spans.OPERATION_TYPE: "send",
+            },
+        ) as span:
+            yield holder
+            result = holder.result
+            if result is not None:
+                span.set_attribute(spans.SCHEDULES, result.schedules)
+                span.set_attribute(spans.RUNS_CREATED, result.created)
+                span.set_attribute(spans.BATCH_COUNT, result.created)
+                span.set_attribute(spans.RUNS_MISSED, result.missed)
+                span.set_attribute(spans.RUNS_OVERLAPPED, result.overlapped)
+                if not (result.created or result.missed or result.overlapped):
+                    span.set_attribute(spans.IDLE, True)
+    finally:
+        otel_context.detach(token)
+        tel.histogram("pgsched.ticker.tick.duration").record(time.perf_counter() - started)
+    result = holder.result
+    if result is not None:
+        tel.gauge("pgsched.ticker.last_tick.timestamp").set(time.time())
+        if result.created:
+            tel.counter("pgsched.runs.created").add(result.created)
+        if result.missed:
+            tel.counter("pgsched.occurrences.missed").add(result.missed, {"reason": "late"})
+        if result.overlapped:
+            tel.counter("pgsched.occurrences.missed").add(result.overlapped, {"reason": "overlap"})
+
+
+def trace_context_json() -> str | None:
+    """The current span's context as a `::jsonb` parameter for a run row (None: SQL NULL)."""
+    carrier = spans.trace_context()
+    return json.dumps(carrier) if carrier else None

@@ -1,0 +1,90 @@
+"""Fixtures for the telemetry tests: an OTLP receiver, this process's telemetry pointed at it,
+the API on the test database, and a worker in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+import otel
+from app.api import create_app
+from app.clock import SystemClock
+from otel.config import TelemetryConfig
+from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API tests
+    Tokens,
+    auth,
+    db,
+    role_tokens,
+    settings_for,
+)
+from tests.otel.receiver import Receiver, otlp_receiver
+from workers.worker import Worker, WorkerSettings
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with otlp_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def telemetry(receiver: Receiver) -> Iterator[otel.Telemetry]:
+    config = TelemetryConfig.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            # Exports happen when the test flushes, not on a timer.
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+        },
+        "run",
+        metrics_port=0,
+    )
+    tel = otel.setup(config)
+    try:
+        yield tel
+    finally:
+        otel.shutdown()
+
+
+@pytest.fixture
+async def traced_api(
+    dsn: str,
+    telemetry: otel.Telemetry,
+    role_tokens: Tokens,  # noqa: F811
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The API made after telemetry is set up (its plugin takes the tracer provider then)."""
+    app = create_app(settings_for(dsn, metrics_sample_seconds=0.2))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    dsn: str, environ: dict[str, str] | None = None, **settings: Any
+) -> AsyncIterator[Worker]:
+    defaults: dict[str, Any] = {
+        "slots": 2,
+        "lease_seconds": 3.0,
+        "poll_seconds": 0.1,
+        "grace_seconds": 5.0,
+        "rescue_every_seconds": 0.3,
+    }
+    worker = Worker(
+        dsn,
+        clock=SystemClock(),
+        settings=WorkerSettings(**{**defaults, **settings}),
+        environ=environ or {},
+    )
+    stop, hard = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(worker.run(stop, hard))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task

@@ -1,0 +1,201 @@
+"""Traces end to end, received over real OTLP/HTTP: trigger -> claim -> execution -> completion.
+
+The API, the ticker's tick and a worker run in this process with telemetry pointed at an
+in-process receiver (tests/otel/receiver.py); the assertions read the decoded OTLP payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+import otel
+from app import schedules
+from app.clock import SystemClock
+from app.db import store
+from app.db.store import Conn
+from app.service import default_loops
+from tests.api.conftest import Tokens, wait_for
+from tests.factories import make_schedule
+from tests.otel.conftest import running_worker
+from tests.otel.receiver import Receiver, Span
+
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
+STATUS_ERROR = 2
+
+
+async def _finished(db: Conn, run_id: int) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        run = await store.get_run(db, run_id)
+        return run if run and run["state"] in ("succeeded", "dead") else None
+
+    result: dict[str, Any] = await wait_for(check, within=20)
+    return result
+
+
+def _one(spans: list[Span], **match: Any) -> Span:
+    found = [s for s in spans if all(getattr(s, k) == v for k, v in match.items())]
+    assert len(found) == 1, f"{len(found)} spans match {match}: {[s.name for s in spans]}"
+    return found[0]
+
+
+async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: PLR0917
+    db: Conn,
+    dsn: str,
+    telemetry: otel.Telemetry,
+    receiver: Receiver,
+    traced_api: AsyncTestClient[Litestar],
+    role_tokens: Tokens,
+) -> None:
+    s = await make_schedule(db, now=datetime.now(UTC), job_type="noop", enabled=False)
+    reply = await traced_api.post(
+        f"/v1/schedules/{s['id']}/trigger", headers=role_tokens.auth("operator")
+    )
+    assert reply.status_code == 201, reply.text
+    run_id = reply.json()["id"]
+    async with running_worker(dsn):
+        run = await _finished(db, run_id)
+    assert run["state"] == "succeeded"
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    request = _one(spans, kind=SERVER)
+    assert request.name == "POST /v1/schedules/{schedule_id}/trigger"  # a template, no id
+    assert request.attributes["http.route"] == "/v1/schedules/{schedule_id}/trigger"
+    # The creator's context is on the run row, and so on its events.
+    assert run["trace_context"]["trace_id"] == request.trace_id
+    assert run["trace_context"]["traceparent"].split("-")[1] == request.trace_id
+    cur = await db.execute(
+        "SELECT DISTINCT trace_id FROM pgsched.event WHERE stream = 'run' AND stream_id = %s",
+        [run_id],
+    )
+    assert [r["trace_id"] for r in await cur.fetchall()] == [request.trace_id]
+
+    process = _one(spans, kind=CONSUMER)
+    assert process.name == "process default"
+    assert process.trace_id == request.trace_id, "the attempt continues the trigger's trace"
+    assert process.parent_span_id == request.span_id
+    assert process.attributes["pgsched.run.id"] == run_id
+    assert process.attributes["messaging.message.id"] == str(run_id)
+    assert process.attributes["pgsched.schedule.id"] == s["id"]
+    assert process.attributes["pgsched.schedule.name"] == s["name"]
+    assert process.attributes["messaging.destination.name"] == "default"
+    assert process.attributes["messaging.operation.type"] == "process"
+    assert process.attributes["pgsched.run.attempt"] == 1
+    assert process.attributes["pgsched.job.type"] == "noop"
+    assert process.attributes["pgsched.run.outcome"] == "succeeded"
+    assert process.attributes["pgsched.run.origin"] == "trigger"
+    assert process.status_code != STATUS_ERROR
+
+    claim = _one(spans, name="claim")
+    assert claim.kind == CLIENT and claim.parent_span_id == ""
+    assert claim.attributes["messaging.batch.message_count"] == 1
+    assert (claim.trace_id, claim.span_id, {"pgsched.link": "claimed_by"}) in process.links
+
+    # psycopg's spans: the request's insert under the request, the completion under the attempt.
+    db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
+    assert any(s.parent_span_id == request.span_id for s in db_spans)
+    completion = [s for s in db_spans if s.parent_span_id == process.span_id]
+    assert any("finished_at" in str(s.attributes.get("db.statement")) for s in completion)
+    assert all(s.trace_id == request.trace_id for s in completion)
+    # Nothing idle was exported: every claim and tick span did something.
+    assert all(s.attributes.get("pgsched.idle") is None for s in spans)
+    assert not [s for s in db_spans if s.parent_span_id == ""], "orphan DB spans are dropped"
+    assert all(s.attributes.get("db.statement") for s in db_spans), "no empty pool checks"
+
+    resource = process.resource
+    assert resource["service.name"] == "pgsched" and resource["pgsched.role"] == "run"
+    assert resource["service.namespace"] == "pgsched" and resource.get("service.instance.id")
+
+
+async def test_a_ticker_run_links_to_its_tick_and_failures_set_the_status(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver
+) -> None:
+    now = datetime.now(UTC)
+    s = await make_schedule(
+        db,
+        now=now,
+        job_type="command",
+        payload={"argv": ["false"]},
+        kind="once",
+        interval_seconds=None,
+        run_at=now,
+        max_attempts=1,
+    )
+    tick, _ = default_loops(SystemClock())  # two ticker loops; one suffices here
+    await tick.step(db)  # the service's tick: creates the run
+    await tick.step(db)  # nothing due: an idle tick, dropped
+    cur = await db.execute("SELECT id FROM pgsched.run WHERE schedule_id = %s", [s["id"]])
+    (run_id,) = [r["id"] for r in await cur.fetchall()]
+    async with running_worker(dsn):
+        run = await _finished(db, run_id)
+    assert run["state"] == "dead"
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    ticks = [x for x in spans if x.name == "tick"]
+    assert len(ticks) == 1, "the idle tick is not exported"
+    (made,) = ticks
+    assert made.kind == PRODUCER and made.attributes["pgsched.tick.runs_created"] == 1
+    assert run["trace_context"]["trace_id"] == made.trace_id
+
+    process = _one(spans, kind=CONSUMER)
+    assert process.parent_span_id == "", "a scheduled run starts its own trace"
+    assert process.trace_id != made.trace_id
+    assert (made.trace_id, made.span_id, {"pgsched.link": "created_by"}) in process.links
+    assert process.attributes["pgsched.run.origin"] == "schedule"
+    assert process.attributes["pgsched.run.outcome"] == "dead"
+    assert process.attributes["pgsched.job.type"] == "command"
+    assert process.status_code == STATUS_ERROR and process.status_message
+    assert process.attributes["error.type"] == "dead"
+
+    points = receiver.received.metric_points()
+    assert points["pgsched.jobs.processed"] == [
+        ({"status": "dead", "queue": "default", "job_type": "command"}, 1)
+    ]
+    assert points["pgsched.runs.dead"] == [({"queue": "default"}, 1)]
+    assert points["pgsched.runs.created"] == [({}, 1)]
+    assert points["pgsched.runs.claimed"] == [({"queue": "default"}, 1)]
+    ((labels, (count, total)),) = points["pgsched.scheduler.lag"]
+    assert labels == {"queue": "default"} and count == 1 and 0 <= total < 30
+    ((labels, (count, _)),) = [p for p in points["pgsched.job.duration"]]
+    assert labels == {"queue": "default", "job_type": "command", "status": "dead"} and count == 1
+    claims = dict((p[0]["result"], p[1][0]) for p in points["pgsched.claim.duration"])
+    assert claims["claimed"] == 1  # the claims that found nothing are timed too (result=empty)
+    ticks_recorded = points["pgsched.ticker.tick.duration"]
+    assert ticks_recorded[0][1][0] == 2, "both ticks are timed, though one is not traced"
+    resources = receiver.received.resources()
+    assert {r["service.name"] for r in resources} == {"pgsched"}
+
+
+async def test_a_rescued_run_is_counted_and_its_next_attempt_traced(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver
+) -> None:
+    s = await make_schedule(db, now=datetime.now(UTC), job_type="noop", enabled=False)
+    run = (await schedules.trigger(db, s["id"], actor="t", now=None))[0]
+    ghost = await store.register_worker(
+        db, name="ghost", host="h", pid=1, version="v", queues=["default"], slots=1, now=None
+    )
+    # A worker that claimed the run and vanished: its lease runs out in 50 ms.
+    (claimed,) = await store.claim_runs(
+        db,
+        worker_id=ghost["id"],
+        queues=["default"],
+        limit=1,
+        lease_seconds=0.05,
+        actor="ghost",
+        now=None,
+    )
+    assert claimed["id"] == run["id"]
+    async with running_worker(dsn, rescue_every_seconds=0.1):
+        done = await _finished(db, run["id"])
+    assert done["state"] == "succeeded" and done["attempt"] == 2
+    telemetry.force_flush()
+    points = receiver.received.metric_points()
+    assert points["pgsched.runs.rescued"] == [({"result": "waiting"}, 1)]
+    process = _one(receiver.received.spans(), kind=CONSUMER)
+    assert process.attributes["pgsched.run.attempt"] == 2
+    assert process.attributes["pgsched.run.outcome"] == "succeeded"
