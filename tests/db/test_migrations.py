@@ -58,4 +58,4 @@ def test_alembic_cli_reads_database_url(empty_dsn: str) -> None:
     subprocess.run([alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     with psycopg.connect(empty_dsn) as c:
         (version,) = c.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
-    assert version == "0006"
+    assert version == "0009"
