@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -214,3 +218,32 @@ async def test_run_builtin_needs_database_url(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with pytest.raises(RuntimeError, match="DATABASE_URL is not set"):
         await maintenance.run_builtin(3, 30, 90, None)
+
+
+async def test_pgsched_maintain_reports_a_failed_archive_in_one_line(
+    conn: Conn, dsn: str, tmp_path: Path
+) -> None:
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 1)
+    await create_months(conn, "pgsched.event", old, 1)
+    await finished_runs(conn, old, 1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATABASE_URL": dsn,
+        "PGSCHED_ARCHIVE_DIR": str(blocker / "archive"),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "pgsched"), "maintain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"run_y{old:%Y}m{old:%m}" in done.stderr and "the partition is kept" in done.stderr
+    assert old in await partitions(conn, "pgsched.run")
