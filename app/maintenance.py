@@ -7,11 +7,13 @@ By default the work is one SQL function, `pgsched.maintain_v1`, so that it runs 
 With an archive directory (`PGSCHED_ARCHIVE_DIR`, off by default; ADR 0018) a partition's rows
 are written to `<dir>/<partition>.<UTC stamp>.csv.gz` before it is dropped. That needs a client
 (COPY TO STDOUT through gzip here: the app roles are not superusers and cannot COPY to a server
-file), so the built-in schedule becomes a `python` job calling `run_builtin`. Each partition is
-retired in one transaction: SHARE-lock it, stream its rows out, fsync the file, then DETACH and
-DROP with the file's path, rows, bytes and SHA-256 in the `partition.retired` event. Any failure
-rolls that transaction back, so the partition stays attached and unchanged, and the next pass
-tries again; the failure is recorded as `partition.archive_failed` and raised as ArchiveError.
+file), so the built-in schedule becomes a `python` job calling `run_builtin`. Each month is
+detached (briefly locking its parent, as maintain_v1's DETACH does), so nothing can change it and
+no claim waits on it while its rows stream out; then the file is fsynced and the table dropped,
+with the file's path, rows, bytes and SHA-256 in the `partition.retired` event. If the file
+cannot be written the month is attached back, unchanged, the failure is recorded as
+`partition.archive_failed` and raised as ArchiveError, and the next pass tries again. A month
+left detached by a crash is finished by the next pass.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from app import schedules
@@ -40,7 +43,7 @@ BUILTIN_TARGET = "app.maintenance:run_builtin"
 # Rows are gathered into blocks this large before a thread compresses them: gzip must not run
 # on the event loop (the worker's heartbeats share it), nor once per row.
 _BLOCK = 1 << 20
-# Hold a partition's SHARE lock no longer than the built-in run may last.
+# An archive may take no longer than the built-in run may last (its job timeout).
 _ARCHIVE_TIMEOUT_SECONDS = 3600.0
 
 
@@ -127,52 +130,68 @@ async def _maintain_archiving(
     }
     cur = await conn.execute(query("maintain_ahead"), params)
     done = await cur.fetchall()
+    # First what a crash left detached (still unchanged: nothing writes a detached table).
+    cur = await conn.execute(query("detached_partitions"))
+    for month in await cur.fetchall():
+        done += await _archive_and_drop(conn, month, directory, {}, now=now)
     cur = await conn.execute(query("retirable_partitions"), params)
-    candidates = await cur.fetchall()
     snapshots: int | None = None
-    for candidate in candidates:
+    for month in await cur.fetchall():
         extra: dict[str, object] = {}
-        if candidate["table_name"] == "pgsched.event":
+        if month["table_name"] == "pgsched.event":
             if snapshots is None:  # once per pass, before the first event month goes
                 cur = await conn.execute(query("snapshot_for_event_retirement"), params)
                 snapshots = int((await cur.fetchone() or {"snapshots": 0})["snapshots"])
             extra["snapshots"] = snapshots
-        done += await _retire_with_archive(conn, candidate, directory, extra, now=now)
+        cur = await conn.execute(
+            query("detach_for_archive"), {"partition": month["partition_name"], "now": now}
+        )
+        step = await cur.fetchall()
+        if step[0]["action"] == "kept":
+            done += step
+            continue
+        done += await _archive_and_drop(conn, month, directory, extra, now=now)
     return done
 
 
-async def _retire_with_archive(
+async def _archive_and_drop(
     conn: Conn,
-    candidate: Row,
+    month: Row,
     directory: Path,
     extra: Mapping[str, object],
     *,
     now: datetime | None,
 ) -> list[Row]:
-    """Archive and retire one partition in one transaction; on failure nothing changes."""
-    name = candidate["partition_name"]
+    """Archive a detached month and drop it; if the archive fails, attach it back."""
+    name = month["partition_name"]
     try:
-        async with asyncio.timeout(_ARCHIVE_TIMEOUT_SECONDS), conn.transaction():
-            cur = await conn.execute(query("hold_partition"), {"partition": name})
-            held = await cur.fetchone() or {}
-            detail: dict[str, object] = dict(extra)
-            if held["unfinished"] == 0:
-                at = await store.db_now(conn, now)
-                archive = await write_archive(conn, candidate, directory, f"{at:%Y%m%dT%H%M%SZ}")
-                detail["archive"] = archive.as_json()
+        async with asyncio.timeout(_ARCHIVE_TIMEOUT_SECONDS):
+            at = await store.db_now(conn, now)
+            archive = await write_archive(conn, month, directory, f"{at:%Y%m%dT%H%M%SZ}")
             cur = await conn.execute(
-                query("retire_partition"),
-                {"partition": name, "now": now, "detail": store.jsonb(detail)},
+                query("drop_detached"),
+                {
+                    "partition": name,
+                    "now": now,
+                    "detail": store.jsonb({**extra, "archive": archive.as_json()}),
+                },
             )
             return await cur.fetchall()
     except (OSError, psycopg.Error, TimeoutError) as exc:
         reason = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+        where = "the partition is kept"
+        try:
+            await conn.execute(query("reattach"), {"partition": name, "now": now})
+        except psycopg.Error as again:
+            # Still detached and unchanged; the next pass finds it and tries again.
+            where = f"the partition stays detached ({type(again).__name__}: {again})"
+            where = where.splitlines()[0]
         with contextlib.suppress(psycopg.Error):  # the connection itself may be what failed
             await store.record_system_event(
                 conn,
                 "partition.archive_failed",
                 {
-                    "table": candidate["table_name"],
+                    "table": month["table_name"],
                     "partition": name,
                     "directory": str(directory),
                     "error": reason,
@@ -180,24 +199,20 @@ async def _retire_with_archive(
                 actor="maintenance",
                 now=now,
             )
-        raise ArchiveError(
-            f"archiving {name} to {directory} failed ({reason}); the partition is kept"
-        ) from exc
+        raise ArchiveError(f"archiving {name} to {directory} failed ({reason}); {where}") from exc
 
 
-async def write_archive(conn: Conn, candidate: Row, directory: Path, stamp: str) -> Archive:
-    """Stream a partition's rows (CSV with header) into `<dir>/<partition>.<stamp>.csv.gz`,
+async def write_archive(conn: Conn, month: Row, directory: Path, stamp: str) -> Archive:
+    """Stream a detached month's rows (CSV with header) into `<dir>/<table>.<stamp>.csv.gz`,
     fsynced, and return what was written. The file appears under its name only when complete;
     a half-written `.partial` file is removed."""
-    final = directory / f"{candidate['partition_name']}.{stamp}.csv.gz"
+    final = directory / f"{month['partition_name']}.{stamp}.csv.gz"
     partial = directory / f".{final.name}.partial"
-    statement = query(
-        "archive_run_rows" if candidate["table_name"] == "pgsched.run" else "archive_event_rows"
-    )
-    bounds = {"lo": candidate["month_start"], "hi": candidate["month_end"]}
+    schema, _, table = str(month["partition_name"]).partition(".")
+    statement = sql.SQL(query("archive_rows")).format(table=sql.Identifier(schema, table))
     raw = await asyncio.to_thread(partial.open, "xb")
     try:
-        rows = await _copy_compressed(conn, statement, bounds, raw)
+        rows = await _copy_compressed(conn, statement, raw)
         await asyncio.to_thread(_publish, raw, partial, final)
     except BaseException:
         raw.close()
@@ -207,13 +222,11 @@ async def write_archive(conn: Conn, candidate: Row, directory: Path, stamp: str)
     return Archive(str(final), rows, size, digest)
 
 
-async def _copy_compressed(
-    conn: Conn, statement: str, params: Mapping[str, Any], raw: IO[bytes]
-) -> int:
+async def _copy_compressed(conn: Conn, statement: sql.Composed, raw: IO[bytes]) -> int:
     gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
     block = bytearray()
     async with conn.cursor() as cur:
-        async with cur.copy(statement, params) as copy:
+        async with cur.copy(statement) as copy:
             async for data in copy:
                 block += data
                 if len(block) >= _BLOCK:

@@ -35,10 +35,12 @@ depends_on = None
 FUNCTIONS = (
     "pgsched.partition_name_v1(regclass)",
     "pgsched.retirable_partitions_v1(interval, interval, timestamptz)",
-    "pgsched.partition_parent_v1(regclass)",
-    "pgsched.hold_partition_v1(regclass)",
+    "pgsched.detached_partitions_v1()",
     "pgsched.snapshot_for_event_retirement_v1(interval, timestamptz)",
-    "pgsched.retire_partition_v1(regclass, timestamptz, jsonb)",
+    "pgsched.detach_for_archive_v1(regclass, timestamptz)",
+    "pgsched.detached_month_v1(regclass)",
+    "pgsched.drop_detached_v1(regclass, timestamptz, jsonb)",
+    "pgsched.reattach_v1(regclass, timestamptz)",
 )
 
 
@@ -49,7 +51,7 @@ CREATE INDEX IF NOT EXISTS run_recent ON pgsched.run (due_at, id);
 """)
     execute_file(
         "partitions/retire_v1.sql",
-        "33b7c3ad0baf7c69c73ca7236b5143373daac92c9c3d1bc115079359c7958d5d",
+        "fb4818f797198a2860bc79986da8226c9b0a91a9c27098d9408577781bb3bd79",
     )
     for function in FUNCTIONS:
         execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")

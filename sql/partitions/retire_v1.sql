@@ -2,9 +2,10 @@
 -- (app/maintenance.py, docs/adr/0018-archive-before-drop-and-history-cost.md).
 -- Released: never edit this file; add retire_v2.sql instead (sql/partitions/README.md).
 --
--- The client's transaction: hold_partition_v1 (SHARE lock: reads go on, writes wait), COPY the
--- rows out through the parent, write and fsync the file, retire_partition_v1 with where they went.
--- Any failure rolls the whole transaction back: the partition stays attached and unchanged.
+-- The client: detach_for_archive_v1 (short: the parent locked, unfinished runs counted, DETACH),
+-- COPY the detached table out, write and fsync the file, drop_detached_v1 with where the rows
+-- went. If the file cannot be written, reattach_v1 puts the month back, unchanged. A table left
+-- detached by a crash in between is found by detached_partitions_v1 and finished next time.
 
 -- A partition's name, schema-qualified whatever the search_path (regclass::text is not).
 CREATE FUNCTION pgsched.partition_name_v1(part regclass)
@@ -17,8 +18,7 @@ AS $$
     WHERE c.oid = part
 $$;
 
--- Partitions of runs and events wholly past their retention at `at`, runs first, oldest first,
--- with the bounds that select their rows through the parent table.
+-- Partitions of runs and events wholly past their retention at `at`, runs first, oldest first.
 CREATE FUNCTION pgsched.retirable_partitions_v1(
     run_retention interval,
     event_retention interval,
@@ -44,47 +44,22 @@ AS $$
     ORDER BY x.k, x.month_start
 $$;
 
--- The parent (pgsched.run or pgsched.event) of `part`; anything else is refused, so the
--- SECURITY DEFINER functions below can touch nothing but these partitions.
-CREATE FUNCTION pgsched.partition_parent_v1(part regclass)
-RETURNS regclass
-LANGUAGE plpgsql STABLE
+-- Month tables of pgsched that are not attached (detached for an archive that did not finish),
+-- with the parent and bounds their names say (run_yYYYYmMM, event_yYYYYmMM).
+CREATE FUNCTION pgsched.detached_partitions_v1()
+RETURNS TABLE (table_name text, partition_name text, month_start timestamptz,
+               month_end timestamptz)
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgsched
 AS $$
-DECLARE
-    parent regclass;
-BEGIN
-    SELECT i.inhparent INTO parent FROM pg_inherits i WHERE i.inhrelid = part;
-    IF parent IS NULL OR parent NOT IN ('pgsched.run'::regclass, 'pgsched.event'::regclass) THEN
-        RAISE EXCEPTION '% is not a partition of pgsched.run or pgsched.event', part
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN parent;
-END
-$$;
-
--- Hold `part` still until the caller's transaction ends (SHARE: reads go on, writes wait) and
--- count its rows, and for runs those not finished yet. No xid is taken, so a long archive does
--- not hold back the event feed (ADR 0005).
-CREATE FUNCTION pgsched.hold_partition_v1(part regclass)
-RETURNS TABLE (row_count bigint, unfinished bigint)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pgsched
-AS $$
-DECLARE
-    parent regclass := pgsched.partition_parent_v1(part);
-BEGIN
-    PERFORM set_config('lock_timeout', '5s', true);
-    EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
-    IF parent = 'pgsched.run'::regclass THEN
-        EXECUTE format('SELECT count(*), count(*) FILTER (WHERE state IN (''waiting'', ''running''))'
-                       ' FROM %s', part) INTO row_count, unfinished;
-    ELSE
-        EXECUTE format('SELECT count(*), 0 FROM %s', part) INTO row_count, unfinished;
-    END IF;
-    RETURN NEXT;
-END
+    SELECT 'pgsched.' || m[1], format('%I.%I', 'pgsched', c.relname),
+           make_timestamptz(m[2]::integer, m[3]::integer, 1, 0, 0, 0, 'UTC'),
+           make_timestamptz(m[2]::integer, m[3]::integer, 1, 0, 0, 0, 'UTC') + interval '1 month'
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL regexp_match(c.relname, '^(run|event)_y([0-9]{4})m([0-9]{2})$') AS m
+    WHERE n.nspname = 'pgsched' AND c.relkind = 'r' AND NOT c.relispartition AND m IS NOT NULL
+    ORDER BY m[1] DESC, 3
 $$;
 
 -- Before event months go: a snapshot event of every schedule, and of every run older than the
@@ -114,11 +89,73 @@ BEGIN
 END
 $$;
 
--- Detach and drop `part`, recording partition.retired whose meta carries `detail` (the archive:
--- path, rows, bytes, sha256). A run month with an unfinished run is kept (partition.kept). With
--- an archive, its row count must equal the partition's, or nothing is dropped.
-CREATE FUNCTION pgsched.retire_partition_v1(part regclass, at timestamptz DEFAULT NULL,
-                                            detail jsonb DEFAULT '{}')
+-- Take a month out of its parent for archiving: the parent is locked first (the order every
+-- statement on it takes), so nothing writes the month while its unfinished runs are counted; a
+-- month holding one is kept (partition.kept). Otherwise DETACH; the detached table may be read
+-- by the worker role (which runs the built-in maintenance) and nothing else changes it.
+CREATE FUNCTION pgsched.detach_for_archive_v1(part regclass, at timestamptz DEFAULT NULL)
+RETURNS TABLE (action text, table_name text, partition_name text, detail jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    t_now timestamptz := coalesce(at, now());
+    parent regclass;
+    unfinished bigint := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+    SELECT i.inhparent INTO parent FROM pg_inherits i WHERE i.inhrelid = part;
+    IF parent IS NULL OR parent NOT IN ('pgsched.run'::regclass, 'pgsched.event'::regclass) THEN
+        RAISE EXCEPTION '% is not a partition of pgsched.run or pgsched.event', part
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    table_name := pgsched.partition_name_v1(parent);
+    partition_name := pgsched.partition_name_v1(part);
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', parent);
+    IF parent = 'pgsched.run'::regclass THEN
+        EXECUTE format('SELECT count(*) FROM %s WHERE state IN (''waiting'', ''running'')', part)
+            INTO unfinished;
+    END IF;
+    IF unfinished > 0 THEN
+        detail := jsonb_build_object('unfinished_runs', unfinished);
+        action := 'kept';
+    ELSE
+        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
+        EXECUTE format('GRANT SELECT ON %s TO pgsched_worker', part);
+        detail := jsonb_build_object('for', 'archive');
+        action := 'detached';
+    END IF;
+    INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
+    VALUES (t_now, 'system', 'partition.' || action, 'maintenance',
+            jsonb_build_object('table', table_name, 'partition', partition_name) || detail);
+    RETURN NEXT;
+END
+$$;
+
+-- The month table `part` names, if it is a detached pgsched month (anything else is refused,
+-- so the functions below touch nothing else), with its parent's name and bounds.
+CREATE FUNCTION pgsched.detached_month_v1(part regclass)
+RETURNS TABLE (table_name text, partition_name text, month_start timestamptz,
+               month_end timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgsched
+AS $$
+BEGIN
+    RETURN QUERY SELECT d.* FROM pgsched.detached_partitions_v1() d
+                 WHERE d.partition_name = pgsched.partition_name_v1(part);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not a detached month of pgsched.run or pgsched.event', part
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Drop a detached month whose rows were archived, recording partition.retired with `detail`
+-- (the archive: path, rows, bytes, sha256). Refused if the archive's row count is not the
+-- table's.
+CREATE FUNCTION pgsched.drop_detached_v1(part regclass, at timestamptz DEFAULT NULL,
+                                         detail jsonb DEFAULT '{}')
 RETURNS TABLE (action text, table_name text, partition_name text, detail_out jsonb)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -126,37 +163,48 @@ SET search_path = pg_catalog, pgsched
 AS $$
 DECLARE
     t_now timestamptz := coalesce(at, now());
-    parent regclass := pgsched.partition_parent_v1(part);
-    held record;
-    bounds record;
+    month record;
+    row_count bigint;
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
-    table_name := 'pgsched.' || (SELECT relname FROM pg_class WHERE oid = parent);
-    partition_name := pgsched.partition_name_v1(part);
-    SELECT * INTO bounds FROM pgsched.month_partitions_v1(parent) p WHERE p.partition = part;
-    SELECT * INTO held FROM pgsched.hold_partition_v1(part);
-    IF held.unfinished > 0 THEN
-        detail_out := jsonb_build_object('unfinished_runs', held.unfinished);
-        INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
-        VALUES (t_now, 'system', 'partition.kept', 'maintenance',
-                jsonb_build_object('table', table_name, 'partition', partition_name)
-                || detail_out);
-        action := 'kept';
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    IF detail ? 'archive' AND (detail -> 'archive' ->> 'rows')::bigint <> held.row_count THEN
-        RAISE EXCEPTION 'the archive of % holds % rows, the partition %',
-            part, detail -> 'archive' ->> 'rows', held.row_count
+    SELECT * INTO month FROM pgsched.detached_month_v1(part);
+    EXECUTE format('SELECT count(*) FROM %s', part) INTO row_count;
+    IF (detail -> 'archive' ->> 'rows')::bigint IS DISTINCT FROM row_count THEN
+        RAISE EXCEPTION 'the archive of % holds % rows, the table %',
+            part, coalesce(detail -> 'archive' ->> 'rows', 'no'), row_count
             USING ERRCODE = 'data_exception';
     END IF;
-    EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
     EXECUTE format('DROP TABLE %s', part);
-    detail_out := jsonb_build_object('until', bounds.month_end) || detail;
+    table_name := month.table_name;
+    partition_name := month.partition_name;
+    detail_out := jsonb_build_object('until', month.month_end) || detail;
     INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
     VALUES (t_now, 'system', 'partition.retired', 'maintenance',
             jsonb_build_object('table', table_name, 'partition', partition_name) || detail_out);
     action := 'retired';
     RETURN NEXT;
+END
+$$;
+
+-- Put a detached month back where it was (its archive could not be written): ATTACH with the
+-- bounds its name says, and take back the worker's read grant, as before detach_for_archive_v1.
+CREATE FUNCTION pgsched.reattach_v1(part regclass, at timestamptz DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    t_now timestamptz := coalesce(at, now());
+    month record;
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+    SELECT * INTO month FROM pgsched.detached_month_v1(part);
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
+                   month.table_name, part, month.month_start, month.month_end);
+    EXECUTE format('REVOKE SELECT ON %s FROM pgsched_worker', part);
+    INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
+    VALUES (t_now, 'system', 'partition.reattached', 'maintenance',
+            jsonb_build_object('table', month.table_name, 'partition', month.partition_name));
 END
 $$;

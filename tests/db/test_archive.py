@@ -247,3 +247,52 @@ async def test_pgsched_maintain_reports_a_failed_archive_in_one_line(
     assert done.stderr.count("\n") == 1, done.stderr
     assert f"run_y{old:%Y}m{old:%m}" in done.stderr and "the partition is kept" in done.stderr
     assert old in await partitions(conn, "pgsched.run")
+
+
+async def test_the_builtin_python_job_archives_when_a_worker_runs_it(
+    conn: Conn, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path: the built-in schedule, triggered, run by a real worker as a python job."""
+    from tests.workers.test_worker import running_worker, trigger, wait_state
+
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 1)
+    await create_months(conn, "pgsched.event", old, 1)
+    await finished_runs(conn, old, 2)
+    part = f"run_y{old:%Y}m{old:%m}"
+    before = await copy_of(conn, part)
+    monkeypatch.setenv("DATABASE_URL", dsn)  # what pgsched run / pgsched worker set
+    builtin = await maintenance.ensure_builtin_schedule(conn, archiving(tmp_path), now=None)
+    run = await trigger(conn, builtin["id"])
+    async with running_worker(dsn):
+        done = await wait_state(conn, run["id"], {"succeeded", "dead"}, within=30)
+    assert done["state"] == "succeeded", done["outcome"]
+    assert "retired" in done["outcome"]["output"]
+    (path,) = files(tmp_path, f"pgsched.{part}.*.csv.gz")
+    assert unzipped(path) == before
+    assert old not in await partitions(conn, "pgsched.run")
+
+
+async def test_a_month_left_detached_by_a_crash_is_finished_next_pass(
+    conn: Conn, tmp_path: Path
+) -> None:
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 1)
+    await create_months(conn, "pgsched.event", old, 1)
+    await finished_runs(conn, old, 2)
+    part = f"run_y{old:%Y}m{old:%m}"
+    before = await copy_of(conn, part)
+    # The first half of a pass, then the process died: detached, no file, nothing dropped.
+    cur = await conn.execute(
+        "SELECT action FROM pgsched.detach_for_archive_v1(%s::regclass)", [f"pgsched.{part}"]
+    )
+    assert await cur.fetchall() == [{"action": "detached"}]
+    assert old not in await partitions(conn, "pgsched.run")
+
+    done = await maintenance.maintain(conn, archiving(tmp_path), now=NOW)
+
+    assert ("retired", f"pgsched.{part}") in {(r["action"], r["partition_name"]) for r in done}
+    (path,) = files(tmp_path, f"pgsched.{part}.*.csv.gz")
+    assert unzipped(path) == before
+    cur = await conn.execute("SELECT to_regclass(%s) AS t", [f"pgsched.{part}"])
+    assert await cur.fetchone() == {"t": None}

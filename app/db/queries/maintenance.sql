@@ -27,35 +27,34 @@ SELECT table_name, partition_name, month_start, month_end
 FROM pgsched.retirable_partitions_v1(make_interval(days => %(run_days)s),
                                      make_interval(days => %(event_days)s), %(now)s::timestamptz);
 
+-- name: detached_partitions
+-- Month tables left detached by an archive that did not finish (a crash in between).
+SELECT table_name, partition_name, month_start, month_end
+FROM pgsched.detached_partitions_v1();
+
 -- name: snapshot_for_event_retirement
 -- Snapshot events of every schedule and old run before event months go; returns how many.
 SELECT pgsched.snapshot_for_event_retirement_v1(make_interval(days => %(event_days)s),
                                                 %(now)s::timestamptz) AS snapshots;
 
--- name: hold_partition
--- SHARE-lock a partition until the transaction ends; its row count and unfinished runs.
-SELECT row_count, unfinished FROM pgsched.hold_partition_v1(%(partition)s::regclass);
+-- name: detach_for_archive
+-- Detach a month to archive it, or keep it when a run in it is unfinished; one row back.
+SELECT action, table_name, partition_name, detail
+FROM pgsched.detach_for_archive_v1(%(partition)s::regclass, %(now)s::timestamptz);
 
--- name: retire_partition
--- Detach and drop a held partition, or keep it if a run in it is unfinished; one row back.
+-- name: archive_rows
+-- A detached month's rows in key order, as CSV with a header line (what COPY FROM (FORMAT csv,
+-- HEADER) loads back). The table is an identifier composed with psycopg.sql.Identifier.
+COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT (FORMAT csv, HEADER);
+
+-- name: drop_detached
+-- Drop an archived detached month, recording partition.retired with the archive.
 SELECT action, table_name, partition_name, detail_out AS detail
-FROM pgsched.retire_partition_v1(%(partition)s::regclass, %(now)s::timestamptz,
-                                 %(detail)s::jsonb);
+FROM pgsched.drop_detached_v1(%(partition)s::regclass, %(now)s::timestamptz, %(detail)s::jsonb);
 
--- name: archive_run_rows
--- One run month's rows, read through the parent (the app roles may read only the parent), in
--- key order, as CSV with a header line: what COPY FROM (FORMAT csv, HEADER) loads back.
-COPY (SELECT * FROM pgsched.run
-      WHERE due_at >= %(lo)s::timestamptz AND due_at < %(hi)s::timestamptz
-      ORDER BY id, due_at)
-TO STDOUT (FORMAT csv, HEADER);
-
--- name: archive_event_rows
--- One event month's rows, as archive_run_rows.
-COPY (SELECT * FROM pgsched.event
-      WHERE occurred_at >= %(lo)s::timestamptz AND occurred_at < %(hi)s::timestamptz
-      ORDER BY id, occurred_at)
-TO STDOUT (FORMAT csv, HEADER);
+-- name: reattach
+-- Put a detached month back into its parent (its archive failed).
+SELECT pgsched.reattach_v1(%(partition)s::regclass, %(now)s::timestamptz);
 
 -- name: record_system_event
 -- An event about pgsched itself (stream 'system'), such as a failed archive.
