@@ -190,6 +190,8 @@ def _run_service(url: str) -> int:
     from app.service import default_loops, serve
     from workers.worker import Worker, WorkerSettings
 
+    # The built-in maintenance job, when it archives, runs in this process and connects here.
+    os.environ["DATABASE_URL"] = url
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins))
     print(f"database ready at {url}")
@@ -219,6 +221,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import Worker, WorkerSettings
 
     url = _database_url(args)
+    os.environ["DATABASE_URL"] = url  # python jobs of pgsched itself connect here (maintenance)
     settings = WorkerSettings.from_env(os.environ)
     if args.queues:
         settings = dataclasses.replace(settings, queues=tuple(args.queues.split(",")))
@@ -271,9 +274,12 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     retention = maintenance.Retention.from_env(os.environ)
 
     async def work(conn: Conn) -> int:
-        with otel.current().tracer.start_as_current_span("maintain"):
-            rows = await maintenance.maintain(conn, retention, now=None)
-        for row in rows:
+        try:
+            with otel.current().tracer.start_as_current_span("maintain"):
+                done = await maintenance.maintain(conn, retention, now=None)
+        except maintenance.ArchiveError as exc:
+            raise CommandError(str(exc)) from None
+        for row in done:
             print(f"{row['action']:8} {row['table_name']:14} {row['partition_name']}")
         print(
             f"maintenance done: {retention.months_ahead} months ahead, runs kept "

@@ -1,15 +1,37 @@
 """Maintenance: partitions kept ahead of need, history kept within retention (issue 7, ADR 0005).
 
-The work is one SQL function, `pgsched.maintain_v1`, so that it runs the same way from
+By default the work is one SQL function, `pgsched.maintain_v1`, so that it runs the same way from
 `pgsched maintain` and as pgsched's own built-in schedule `pgsched.maintenance`: an ordinary
 `sql` job, hourly, so every pass shows up as a run with its events and outcome.
+
+With an archive directory (`PGSCHED_ARCHIVE_DIR`, off by default; ADR 0018) a partition's rows
+are written to `<dir>/<partition>.<UTC stamp>.csv.gz` before it is dropped. That needs a client
+(COPY TO STDOUT through gzip here: the app roles are not superusers and cannot COPY to a server
+file), so the built-in schedule becomes a `python` job calling `run_builtin`. Each month is
+detached (briefly locking its parent, as maintain_v1's DETACH does), so nothing can change it and
+no claim waits on it while its rows stream out; then the file is fsynced and the table dropped,
+with the file's path, rows, bytes and SHA-256 in the `partition.retired` event. If the file
+cannot be written the month is attached back, unchanged, the failure is recorded as
+`partition.archive_failed` and raised as ArchiveError, and the next pass tries again. A month
+left detached by a crash is finished by the next pass.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
 
 from app import schedules
 from app.db import store
@@ -17,6 +39,16 @@ from app.db.sql import query
 from app.db.store import Conn, Row
 
 BUILTIN_NAME = "pgsched.maintenance"
+BUILTIN_TARGET = "app.maintenance:run_builtin"
+# Rows are gathered into blocks this large before a thread compresses them: gzip must not run
+# on the event loop (the worker's heartbeats share it), nor once per row.
+_BLOCK = 1 << 20
+# An archive may take no longer than the built-in run may last (its job timeout).
+_ARCHIVE_TIMEOUT_SECONDS = 3600.0
+
+
+class ArchiveError(RuntimeError):
+    """A partition's rows could not be archived; it was kept, attached and unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +56,18 @@ class Retention:
     months_ahead: int = 3
     run_days: int = 30
     event_days: int = 90
+    # Where retired partitions are archived; None (the default) drops them without a copy.
+    archive_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Retention:
+        archive = env.get("PGSCHED_ARCHIVE_DIR") or None
         return cls(
             months_ahead=int(env.get("PGSCHED_MONTHS_AHEAD", "3")),
             run_days=int(env.get("PGSCHED_RUN_RETENTION_DAYS", "30")),
             event_days=int(env.get("PGSCHED_EVENT_RETENTION_DAYS", "90")),
+            # Absolute, so the built-in job finds it whatever the worker's working directory.
+            archive_dir=str(Path(archive).absolute()) if archive else None,
         )
 
     def statement(self) -> str:
@@ -44,7 +81,13 @@ class Retention:
 
 
 async def maintain(conn: Conn, retention: Retention, *, now: datetime | None) -> list[Row]:
-    """One maintenance pass now (or at `now`): what was created, kept and retired."""
+    """One maintenance pass now (or at `now`): what was created, kept and retired.
+
+    `conn` must be in autocommit mode: with an archive directory each partition is retired in
+    a transaction of its own. Raises ArchiveError when an archive cannot be written.
+    """
+    if retention.archive_dir is not None:
+        return await _maintain_archiving(conn, retention, Path(retention.archive_dir), now=now)
     cur = await conn.execute(
         query("maintain"),
         {
@@ -57,19 +100,220 @@ async def maintain(conn: Conn, retention: Retention, *, now: datetime | None) ->
     return await cur.fetchall()
 
 
+@dataclass(frozen=True, slots=True)
+class Archive:
+    """Where a retired partition's rows went; recorded in its partition.retired event."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "format": "csv (header), gzip",
+        }
+
+
+async def _maintain_archiving(
+    conn: Conn, retention: Retention, directory: Path, *, now: datetime | None
+) -> list[Row]:
+    params = {
+        "months_ahead": retention.months_ahead,
+        "run_days": retention.run_days,
+        "event_days": retention.event_days,
+        "now": now,
+    }
+    cur = await conn.execute(query("maintain_ahead"), params)
+    done = await cur.fetchall()
+    # First what a crash left detached (still unchanged: nothing writes a detached table).
+    cur = await conn.execute(query("detached_partitions"))
+    for month in await cur.fetchall():
+        done += await _archive_and_drop(conn, month, directory, {}, now=now)
+    cur = await conn.execute(query("retirable_partitions"), params)
+    snapshots: int | None = None
+    for month in await cur.fetchall():
+        extra: dict[str, object] = {}
+        if month["table_name"] == "pgsched.event":
+            if snapshots is None:  # once per pass, before the first event month goes
+                cur = await conn.execute(query("snapshot_for_event_retirement"), params)
+                snapshots = int((await cur.fetchone() or {"snapshots": 0})["snapshots"])
+            extra["snapshots"] = snapshots
+        cur = await conn.execute(
+            query("detach_for_archive"), {"partition": month["partition_name"], "now": now}
+        )
+        step = await cur.fetchall()
+        if step[0]["action"] == "kept":
+            done += step
+            continue
+        done += await _archive_and_drop(conn, month, directory, extra, now=now)
+    return done
+
+
+async def _archive_and_drop(
+    conn: Conn,
+    month: Row,
+    directory: Path,
+    extra: Mapping[str, object],
+    *,
+    now: datetime | None,
+) -> list[Row]:
+    """Archive a detached month and drop it; if the archive fails, attach it back."""
+    name = month["partition_name"]
+    try:
+        async with asyncio.timeout(_ARCHIVE_TIMEOUT_SECONDS):
+            at = await store.db_now(conn, now)
+            archive = await write_archive(conn, month, directory, f"{at:%Y%m%dT%H%M%SZ}")
+            cur = await conn.execute(
+                query("drop_detached"),
+                {
+                    "partition": name,
+                    "now": now,
+                    "detail": store.jsonb({**extra, "archive": archive.as_json()}),
+                },
+            )
+            return await cur.fetchall()
+    except (OSError, psycopg.Error, TimeoutError) as exc:
+        reason = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+        where = "the partition is kept"
+        try:
+            await conn.execute(query("reattach"), {"partition": name, "now": now})
+        except psycopg.Error as again:
+            # Still detached and unchanged; the next pass finds it and tries again.
+            where = f"the partition stays detached ({type(again).__name__}: {again})"
+            where = where.splitlines()[0]
+        with contextlib.suppress(psycopg.Error):  # the connection itself may be what failed
+            await store.record_system_event(
+                conn,
+                "partition.archive_failed",
+                {
+                    "table": month["table_name"],
+                    "partition": name,
+                    "directory": str(directory),
+                    "error": reason,
+                },
+                actor="maintenance",
+                now=now,
+            )
+        raise ArchiveError(f"archiving {name} to {directory} failed ({reason}); {where}") from exc
+
+
+async def write_archive(conn: Conn, month: Row, directory: Path, stamp: str) -> Archive:
+    """Stream a detached month's rows (CSV with header) into `<dir>/<table>.<stamp>.csv.gz`,
+    fsynced, and return what was written. The file appears under its name only when complete;
+    a half-written `.partial` file is removed."""
+    final = directory / f"{month['partition_name']}.{stamp}.csv.gz"
+    partial = directory / f".{final.name}.partial"
+    schema, _, table = str(month["partition_name"]).partition(".")
+    statement = sql.SQL(query("archive_rows")).format(table=sql.Identifier(schema, table))
+    raw = await asyncio.to_thread(partial.open, "xb")
+    try:
+        rows = await _copy_compressed(conn, statement, raw)
+        await asyncio.to_thread(_publish, raw, partial, final)
+    except BaseException:
+        raw.close()
+        partial.unlink(missing_ok=True)
+        raise
+    size, digest = await asyncio.to_thread(_measure, final)
+    return Archive(str(final), rows, size, digest)
+
+
+async def _copy_compressed(conn: Conn, statement: sql.Composed, raw: IO[bytes]) -> int:
+    gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+    block = bytearray()
+    async with conn.cursor() as cur:
+        async with cur.copy(statement) as copy:
+            async for data in copy:
+                block += data
+                if len(block) >= _BLOCK:
+                    await asyncio.to_thread(gz.write, bytes(block))
+                    block.clear()
+        rows = cur.rowcount
+    await asyncio.to_thread(gz.write, bytes(block))
+    await asyncio.to_thread(gz.close)
+    return rows
+
+
+def _publish(raw: IO[bytes], partial: Path, final: Path) -> None:
+    """Make the file durable, then give it its name, then make the name durable."""
+    raw.flush()
+    os.fsync(raw.fileno())
+    raw.close()
+    partial.rename(final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _measure(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of the file as it is on disk."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_BLOCK):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
+
+
+async def run_builtin(
+    months_ahead: int, run_days: int, event_days: int, archive_dir: str | None = None
+) -> str:
+    """The built-in schedule's `python` job (when archiving): one pass on the worker's database,
+    `DATABASE_URL` in its environment (`pgsched run` and `pgsched worker` set it)."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        raise RuntimeError("DATABASE_URL is not set in the worker's environment")
+    retention = Retention(months_ahead, run_days, event_days, archive_dir)
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        done = await maintain(conn, retention, now=None)
+    counts = {a: sum(1 for r in done if r["action"] == a) for a in ("created", "retired", "kept")}
+    return ", ".join(f"{a} {n}" for a, n in counts.items())
+
+
+def _builtin_job(retention: Retention) -> dict[str, Any]:
+    """The built-in schedule's job: the sql statement, or the python call when archiving."""
+    if retention.archive_dir is None:
+        return {
+            "job_type": "sql",
+            "payload": {"statement": retention.statement()},
+            "timeout_seconds": 600.0,
+        }
+    return {
+        "job_type": "python",
+        "payload": {
+            "target": BUILTIN_TARGET,
+            "kwargs": {
+                "months_ahead": retention.months_ahead,
+                "run_days": retention.run_days,
+                "event_days": retention.event_days,
+                "archive_dir": retention.archive_dir,
+            },
+        },
+        "timeout_seconds": _ARCHIVE_TIMEOUT_SECONDS,
+    }
+
+
 async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: datetime | None) -> Row:
     """Install (or bring up to date) the hourly maintenance schedule; idempotent."""
-    payload = {"statement": retention.statement()}
+    job = _builtin_job(retention)
     async with conn.transaction():
         cur = await conn.execute(query("live_schedule_by_name"), {"name": BUILTIN_NAME})
         existing = await cur.fetchone()
         if existing is not None:
-            if existing["payload"] == payload:
+            changes = {k: v for k, v in job.items() if existing[k] != v}
+            if not changes:
                 return existing
             changed = await store.update_schedule(
                 conn,
                 existing["id"],
-                {"payload": payload},
+                changes,
                 event_type="schedule.updated",
                 actor="pgsched",
                 now=now,
@@ -78,15 +322,13 @@ async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: date
         fields = schedules.complete(
             {
                 "name": BUILTIN_NAME,
-                "job_type": "sql",
                 "kind": "cron",
                 "cron": "7 * * * *",
-                "payload": payload,
                 "overlap_policy": "skip",
                 "missed_policy": "latest",
-                "timeout_seconds": 600.0,
                 "max_attempts": 3,
                 "queue": "default",
+                **job,
             }
         )
         fields["next_due_at"] = schedules.first_due(fields, await store.db_now(conn, now))

@@ -1,7 +1,7 @@
 """The ticker's write path: a roomier schedule heap and one run index fewer.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 Create Date: 2026-11-23
 
 Every tick rewrites each due schedule's row (next_due_at moves, and it is indexed, so the update
@@ -20,7 +20,7 @@ from __future__ import annotations
 from app.db.migration_sql import execute
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -213,6 +213,26 @@ async def db_now(conn: Conn, now: datetime | None) -> datetime:
     return result
 
 
+async def record_system_event(
+    conn: Conn,
+    event_type: str,
+    meta: Mapping[str, object],
+    *,
+    actor: str,
+    now: datetime | None,
+) -> int:
+    """Append an event about pgsched itself (stream 'system'); returns its id."""
+    row = await _row(
+        conn,
+        "record_system_event",
+        {"type": event_type, "meta": jsonb(meta), "actor": actor, "now": now},
+    )
+    if row is None:  # an INSERT … RETURNING always returns the row
+        raise RuntimeError("record_system_event returned no row")
+    event_id: int = row["id"]
+    return event_id
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 

@@ -10,3 +10,54 @@ FROM pgsched.maintain_v1(%(months_ahead)s, make_interval(days => %(run_days)s),
 -- name: live_schedule_by_name
 -- A live schedule by name (the built-in ones are found this way).
 SELECT * FROM pgsched.schedule WHERE name = %(name)s AND deleted_at IS NULL;
+
+-- Archiving maintenance (PGSCHED_ARCHIVE_DIR, ADR 0018) retires one partition per transaction
+-- with the functions of sql/partitions/retire_v1.sql; the months ahead still come from
+-- maintain_v1, given retention so long that it retires nothing itself.
+
+-- name: maintain_ahead
+-- Only the months ahead: maintain_v1 with retention too long to retire anything.
+SELECT action, table_name, partition_name, detail
+FROM pgsched.maintain_v1(%(months_ahead)s, interval '1000 years', interval '1000 years',
+                         %(now)s::timestamptz);
+
+-- name: retirable_partitions
+-- Run and event months wholly past retention, runs first, oldest first, with their bounds.
+SELECT table_name, partition_name, month_start, month_end
+FROM pgsched.retirable_partitions_v1(make_interval(days => %(run_days)s),
+                                     make_interval(days => %(event_days)s), %(now)s::timestamptz);
+
+-- name: detached_partitions
+-- Month tables left detached by an archive that did not finish (a crash in between).
+SELECT table_name, partition_name, month_start, month_end
+FROM pgsched.detached_partitions_v1();
+
+-- name: snapshot_for_event_retirement
+-- Snapshot events of every schedule and old run before event months go; returns how many.
+SELECT pgsched.snapshot_for_event_retirement_v1(make_interval(days => %(event_days)s),
+                                                %(now)s::timestamptz) AS snapshots;
+
+-- name: detach_for_archive
+-- Detach a month to archive it, or keep it when a run in it is unfinished; one row back.
+SELECT action, table_name, partition_name, detail
+FROM pgsched.detach_for_archive_v1(%(partition)s::regclass, %(now)s::timestamptz);
+
+-- name: archive_rows
+-- A detached month's rows in key order, as CSV with a header line (what COPY FROM (FORMAT csv,
+-- HEADER) loads back). The table is an identifier composed with psycopg.sql.Identifier.
+COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT (FORMAT csv, HEADER);
+
+-- name: drop_detached
+-- Drop an archived detached month, recording partition.retired with the archive.
+SELECT action, table_name, partition_name, detail_out AS detail
+FROM pgsched.drop_detached_v1(%(partition)s::regclass, %(now)s::timestamptz, %(detail)s::jsonb);
+
+-- name: reattach
+-- Put a detached month back into its parent (its archive failed).
+SELECT pgsched.reattach_v1(%(partition)s::regclass, %(now)s::timestamptz);
+
+-- name: record_system_event
+-- An event about pgsched itself (stream 'system'), such as a failed archive.
+INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
+VALUES (coalesce(%(now)s::timestamptz, now()), 'system', %(type)s, %(actor)s, %(meta)s::jsonb)
+RETURNING id;
