@@ -111,6 +111,8 @@ ORDER BY s.id
 """
 
 # The code this benchmark measures; their digests go into the results.
+DROP_RUN_FK = "ALTER TABLE pgsched.run DROP CONSTRAINT run_schedule_id_fkey"
+
 SOURCES = (
     "app/ticker.py",
     "app/db/queries",
@@ -273,11 +275,13 @@ async def timed_tick(conns: Sequence[Any], n: int, at: datetime, batch: int) -> 
 
 
 async def measure(
-    url: str, n: int, batch: int, tickers: int, boundary: datetime, *, verify: bool
+    url: str, n: int, batch: int, tickers: int, boundary: datetime, *, fk: str, verify: bool
 ) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(connection(url)) for _ in range(tickers)]
         conn = conns[0]
+        if fk == "drop":  # what-if: the run -> schedule foreign key's share (ADR 0015)
+            await conn.execute(DROP_RUN_FK)
         first = await timed_tick(conns, n, boundary, batch)
         steady = await timed_tick(conns, n, boundary + MINUTE, batch)
         out = {"first": first, "steady": steady}
@@ -496,25 +500,26 @@ async def profile(url: str, n: int, batch: int, boundary: datetime) -> dict[str,
 
 def summarise(raw: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
     """One row per (size, batch, tick): min/median seconds, runs/s, us/schedule, linearity."""
-    groups: dict[tuple[int, int, int, str], list[float]] = defaultdict(list)
-    cpu: dict[tuple[int, int, int, str], list[tuple[float, float]]] = defaultdict(list)
+    groups: dict[tuple[int, int, int, str, str], list[float]] = defaultdict(list)
+    cpu: dict[tuple[int, int, int, str, str], list[tuple[float, float]]] = defaultdict(list)
     for m in raw:
         for which in ("first", "steady"):
-            key = (m["schedules"], m["batch"], m["tickers"], which)
+            key = (m["schedules"], m["batch"], m["tickers"], m.get("fk", "keep"), which)
             groups[key].append(m[which]["s"])
             cpu[key].append((m[which]["server_cpu_s"], m[which]["client_cpu_s"]))
     rows: list[dict[str, Any]] = []
-    order = sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][2], *kv[0][:2]))
+    order = sorted(groups.items(), key=lambda kv: (kv[0][4], kv[0][3], kv[0][2], *kv[0][:2]))
     for key, times in order:
-        n, batch, tickers, which = key
+        n, batch, tickers, fk, which = key
         median = statistics.median(times)
-        smallest = statistics.median(groups[(min(sizes), batch, tickers, which)])
+        smallest = statistics.median(groups[(min(sizes), batch, tickers, fk, which)])
         rows.append(
             {
                 "tick": which,
                 "schedules": n,
                 "batch": batch,
                 "tickers": tickers,
+                "fk": fk,
                 "repeats": len(times),
                 "s_min": round(min(times), 3),
                 "s_median": round(median, 3),
@@ -551,24 +556,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # neighbour on this shared machine lands on one repeat of each, not on one size.
         for repeat in range(args.repeat):
             for n in args.sizes:
-                for batch, tickers in itertools.product(args.batches, args.tickers):
-                    db = dbs.create(f"n{n}_b{batch}_t{tickers}_r{repeat}", template=seeded[n])
+                for batch, tickers, fk in itertools.product(args.batches, args.tickers, args.fk):
+                    db = dbs.create(f"n{n}_b{batch}_t{tickers}_{fk}_r{repeat}", template=seeded[n])
                     verify = n == min(args.sizes)
                     load = os.getloadavg()[0]
-                    m = await measure(dbs.url(db), n, batch, tickers, boundary, verify=verify)
+                    m = await measure(
+                        dbs.url(db), n, batch, tickers, boundary, fk=fk, verify=verify
+                    )
                     dbs.drop(db)
                     raw.append(
                         {
                             "schedules": n,
                             "batch": batch,
                             "tickers": tickers,
+                            "fk": fk,
                             "repeat": repeat,
                             "load1": load,
                             **m,
                         }
                     )
                     print(
-                        f"{n:>7} schedules, batch {batch:>5}, tickers {tickers}, repeat {repeat}:"
+                        f"{n:>7} schedules, batch {batch:>5}, tickers {tickers}, fk {fk},"
+                        f" repeat {repeat}:"
                         " first "
                         f"{m['first']['s']:.3f} s, steady {m['steady']['s']:.3f} s"
                         f" (load {load:.1f})" + (", verify: 0 differences" if verify else ""),
@@ -599,6 +608,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "batches": args.batches,
             "tickers": args.tickers,
+            "fk": args.fk,
             "schedule": "cron '* * * * *' UTC, job_type noop, app.schedules.DEFAULTS otherwise",
             "boundary": boundary.isoformat(),
         },
@@ -618,6 +628,7 @@ def report(payload: dict[str, Any]) -> str:
             f"{r['schedules']:,}",
             r["batch"],
             r["tickers"],
+            r["fk"],
             r["s_median"],
             r["s_min"],
             f"{r['runs_per_s']:,}",
@@ -639,6 +650,7 @@ def report(payload: dict[str, Any]) -> str:
                 "schedules",
                 "batch",
                 "tickers",
+                "run FK",
                 "s (median)",
                 "s (min)",
                 "runs/s",
@@ -721,6 +733,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_ints,
         default=[1, 2],
         help="connections ticking at once (app.ticker.tick_together), a,b",
+    )
+    p.add_argument(
+        "--fk",
+        type=lambda text: text.split(","),
+        default=["keep"],
+        help="keep,drop: also measure without the run -> schedule foreign key (what-if)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the largest size's profile")
     args = p.parse_args(argv)
