@@ -188,6 +188,36 @@ def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
         otel_context.detach(token)
 
 
+@contextlib.contextmanager
+def reporting(leases: Sequence[LeaseLike]) -> Iterator[None]:
+    """Around the statement that records a batch of results: a root span `report` (messaging
+    `settle`) with a link to each attempt's span, the way a batch receive links its messages.
+    The attempt spans stay open until their result is recorded, so each still covers claim to
+    completion; the completion statement itself sits under this span, shared by the batch."""
+    tel = current()
+    links = [
+        Link(attempt.span.get_span_context(), {"pgsched.link": "reports"})
+        for lease in leases
+        if (attempt := _state.attempts.get((lease.run_id, lease.attempt))) is not None
+    ]
+    token = otel_context.attach(otel_context.Context())  # a root, whoever sends the batch
+    try:
+        with tel.tracer.start_as_current_span(
+            spans.REPORT,
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes={
+                spans.MESSAGING_SYSTEM_KEY: spans.MESSAGING_SYSTEM,
+                spans.OPERATION_TYPE: "settle",
+                spans.OPERATION_NAME: "complete",
+                spans.BATCH_COUNT: len(leases),
+            },
+        ):
+            yield
+    finally:
+        otel_context.detach(token)
+
+
 def reported(
     lease: LeaseLike, status: str, error: str | None, row: Mapping[str, Any] | None
 ) -> None:

@@ -21,6 +21,7 @@ MESSAGING_SYSTEM: Final = "pgsched"  # no registered value for a PostgreSQL queu
 # Span names.
 TICK: Final = "tick"
 CLAIM: Final = "claim"
+REPORT: Final = "report"
 
 # Attribute keys (messaging.* from the semantic conventions; pgsched.* are ours).
 MESSAGING_SYSTEM_KEY: Final = "messaging.system"

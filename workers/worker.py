@@ -45,11 +45,16 @@ from app.db.store import Conn, Lease, Row
 from otel import runs as telemetry
 from workers.jobs import JobContext, Outcome, execute
 from workers.netguard import NetPolicy
+from workers.reporter import Reporter, ReportFailed
+from workers.session import DedicatedConnection, configure_session, first_line
 
 log = logging.getLogger("pgsched.worker")
 
 Executor = Callable[[str, Mapping[str, object], JobContext], Awaitable[Outcome]]
 CHANNEL = "pgsched_runs"
+# The pool serves registration, heartbeats, rescue and stopped jobs; claims and reports have
+# connections of their own (workers/session.py), so it does not grow with the slots.
+POOL_SIZE = 4
 
 
 def _version() -> str:
@@ -131,6 +136,9 @@ class Worker:
         self._inflight: dict[int, _InFlight] = {}
         self._wake = asyncio.Event()
         self._pool: AsyncConnectionPool[Conn] | None = None
+        # The hot path has connections of its own (ADR 0019); the pool serves the rest.
+        self._claim_db = DedicatedConnection(database_url)
+        self._report_to: Reporter | None = None
 
     @property
     def actor(self) -> str:
@@ -144,13 +152,13 @@ class Worker:
         self._pool = AsyncConnectionPool(
             self.url,
             min_size=2,
-            max_size=s.slots + 3,
+            max_size=POOL_SIZE,
             open=False,
             kwargs={"autocommit": True, "row_factory": dict_row},
             connection_class=AsyncConnection[DictRow],
             # After a connection is killed (pg_terminate_backend, failover) hand out a live one.
             check=AsyncConnectionPool.check_connection,
-            configure=_configure_session,
+            configure=configure_session,
         )
         await self._pool.open(wait=True, timeout=30)
         telemetry.watch_pool("worker", self._pool)
@@ -170,6 +178,8 @@ class Worker:
             log.info(
                 "worker %s registered (queues %s, %d slots)", self.worker_id, s.queues, s.slots
             )
+            self._report_to = Reporter(self.url, clock=self.clock, actor=lambda: self.actor)
+            reporter = asyncio.create_task(self._report_to.run(), name="reporter")
             helpers = [
                 asyncio.create_task(self._listen(), name="listen"),
                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -179,9 +189,11 @@ class Worker:
                 await self._claim_loop(stop)
                 await self._drain(hard_stop)
             finally:
-                for task in helpers:
+                # Every job has reported by now (_drain waits for them); the reporter goes last.
+                for task in [*helpers, reporter]:
                     task.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                await asyncio.gather(*helpers, reporter, return_exceptions=True)
+                await self._claim_db.close()
             async with self._pool.connection() as conn:
                 await store.set_worker_state(
                     conn, self.worker_id, "stopped", now=self.clock.db_now()
@@ -223,7 +235,7 @@ class Worker:
             wait = s.poll_seconds
             try:
                 if free > 0:
-                    async with telemetry.claiming(self._db(), s.queues) as conn:
+                    async with telemetry.claiming(self._claim_db.connection(), s.queues) as conn:
                         claimed = await store.claim_runs(
                             conn,
                             worker_id=self._id(),
@@ -241,7 +253,7 @@ class Worker:
                             if until is not None:
                                 wait = min(wait, until)
             except psycopg.OperationalError as exc:
-                log.warning("claim failed (%s); retrying", _first_line(exc))
+                log.warning("claim failed (%s); retrying", first_line(exc))
                 wait = min(wait, 0.5)
             for row in claimed:
                 self._start(row)
@@ -299,7 +311,7 @@ class Worker:
                 outcome = Outcome(
                     status="failed",
                     retryable=True,
-                    error=f"{type(exc).__name__}: {_first_line(exc)}",
+                    error=f"{type(exc).__name__}: {first_line(exc)}",
                 )
             flight.reporting = True
             await self._report(lease, outcome, row)
@@ -337,40 +349,28 @@ class Worker:
                 )
 
     async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
-        """Record the attempt's result; retried on connection errors (fencing makes it safe)."""
+        """Record the attempt's result through the reporter (batched with other jobs' results)."""
         result = {
             **outcome.as_json(),
             "worker_id": self.worker_id,
             "schedule_version": row["schedule_version"],
         }
-        for attempt in range(5):
-            try:
-                async with self._db() as conn:
-                    now = self.clock.db_now()
-                    if outcome.status == "succeeded":
-                        done = await store.succeed_run(
-                            conn, lease, result, actor=self.actor, now=now
-                        )
-                    elif outcome.status == "cancelled":
-                        done = await store.cancelled_attempt(
-                            conn, lease, result, actor=self.actor, now=now
-                        )
-                    else:
-                        done = await store.fail_run(
-                            conn,
-                            lease,
-                            result,
-                            jitter=random.random(),  # noqa: S311 - spread, not secrecy
-                            actor=self.actor,
-                            now=now,
-                            final=not outcome.retryable,
-                        )
-                break
-            except psycopg.OperationalError as exc:
-                log.warning("run %s: report failed (%s), retrying", lease.run_id, _first_line(exc))
-                await self.clock.sleep(0.2 * 2**attempt)
-        else:
-            log.error("run %s: could not report; the lease will expire and rescue it", lease.run_id)
+        status = outcome.status if outcome.status in ("succeeded", "cancelled") else "failed"
+        report = store.Report(
+            lease,
+            status,
+            result,
+            jitter=random.random(),  # noqa: S311 - spread, not secrecy
+            final=not outcome.retryable,
+        )
+        try:
+            done = await self._reporter().report(report)
+        except ReportFailed as exc:
+            log.error(
+                "run %s: could not report (%s); the lease will expire and rescue it",
+                lease.run_id,
+                exc,
+            )
             return
         telemetry.reported(lease, outcome.status, outcome.error, done)
         if done is None:
@@ -406,7 +406,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except psycopg.Error as exc:
-                log.warning("listener lost (%s); reconnecting in %.1fs", _first_line(exc), backoff)
+                log.warning("listener lost (%s); reconnecting in %.1fs", first_line(exc), backoff)
             await self.clock.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -417,7 +417,7 @@ class Worker:
             try:
                 await self.heartbeat_once()
             except psycopg.Error as exc:
-                log.warning("heartbeat failed (%s)", _first_line(exc))
+                log.warning("heartbeat failed (%s)", first_line(exc))
 
     async def heartbeat_once(self) -> None:
         flights = list(self._inflight.values())
@@ -445,7 +445,7 @@ class Worker:
             try:
                 await self.rescue_once()
             except psycopg.Error as exc:
-                log.warning("rescue failed (%s)", _first_line(exc))
+                log.warning("rescue failed (%s)", first_line(exc))
 
     async def rescue_once(self) -> int:
         async with self._db() as conn:
@@ -467,23 +467,15 @@ class Worker:
             raise RuntimeError("the worker is not registered")
         return self.worker_id
 
+    def _reporter(self) -> Reporter:
+        if self._report_to is None:
+            raise RuntimeError("the worker is not running")
+        return self._report_to
+
     def _db(self) -> contextlib.AbstractAsyncContextManager[Conn]:
         if self._pool is None:
             raise RuntimeError("the worker is not running")
         return self._pool.connection()
-
-
-async def _configure_session(conn: Conn) -> None:
-    """Bound what a frozen worker can hold: a session stuck inside a transaction (between claim
-    and commit, say) is ended by the server, its row locks released and its claim rolled back
-    (reliability guide F2). Each statement of ours takes milliseconds; the limits are generous."""
-    await conn.execute("SET idle_in_transaction_session_timeout = '30s'")
-    await conn.execute("SET statement_timeout = '60s'")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe(stats: WorkerStats) -> dict[str, Any]:

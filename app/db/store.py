@@ -374,18 +374,59 @@ async def record_fenced(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One attempt's result as a worker reports it. `status` is succeeded, cancelled or failed;
+    a failure with `final` set (or no attempts left) is dead, otherwise retried after the
+    backoff, spread by `jitter` in [0, 1)."""
+
+    lease: Lease
+    status: str
+    outcome: Mapping[str, object]
+    jitter: float = 0.0
+    final: bool = False
+
+
+async def complete_attempts(
+    conn: Conn, reports: Sequence[Report], *, actor: str, now: datetime | None
+) -> list[Row | None]:
+    """Record a batch of results in one statement; per report, in order, the run as it now is,
+    or None when the attempt no longer held its lease (kept as a run.completion_fenced event).
+    A report that was recorded already (a retry after a lost COMMIT) returns the run again."""
+    if not reports:
+        return []
+    rows = await _rows(
+        conn,
+        "complete_attempts",
+        {
+            "ids": [r.lease.run_id for r in reports],
+            "due_ats": [r.lease.due_at for r in reports],
+            "attempts": [r.lease.attempt for r in reports],
+            "lease_tokens": [r.lease.lease_token for r in reports],
+            "statuses": [r.status for r in reports],
+            "outcomes": [jsonb(r.outcome) for r in reports],
+            "jitters": [r.jitter for r in reports],
+            "finals": [r.final for r in reports],
+            "actor": actor,
+            "now": now,
+        },
+    )
+    done = {row["id"]: row for row in rows if row.pop("report") != "fenced"}
+    return [done.get(r.lease.run_id) for r in reports]
+
+
+async def _complete_one(
+    conn: Conn, report: Report, *, actor: str, now: datetime | None
+) -> Row | None:
+    (row,) = await complete_attempts(conn, [report], actor=actor, now=now)
+    return row
+
+
 async def succeed_run(
     conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
 ) -> Row | None:
     """Mark the attempt succeeded; None means fenced (the lease was lost), recorded as an event."""
-    return await _fenced(
-        conn,
-        "finish_attempt",
-        lease,
-        {"outcome": jsonb(outcome), "state": "succeeded"},
-        actor=actor,
-        now=now,
-    )
+    return await _complete_one(conn, Report(lease, "succeeded", outcome), actor=actor, now=now)
 
 
 async def fail_run(
@@ -400,28 +441,15 @@ async def fail_run(
 ) -> Row | None:
     """Record a failed attempt: waiting again after the backoff, or dead when the attempts are
     spent or `final` says retrying cannot help. None means fenced."""
-    return await _fenced(
-        conn,
-        "fail_run",
-        lease,
-        {"outcome": jsonb(outcome), "jitter": jitter, "final": final},
-        actor=actor,
-        now=now,
-    )
+    report = Report(lease, "failed", outcome, jitter=jitter, final=final)
+    return await _complete_one(conn, report, actor=actor, now=now)
 
 
 async def cancelled_attempt(
     conn: Conn, lease: Lease, outcome: Mapping[str, object], *, actor: str, now: datetime | None
 ) -> Row | None:
     """The worker stopped the attempt on request: the run ends cancelled. None means fenced."""
-    return await _fenced(
-        conn,
-        "finish_attempt",
-        lease,
-        {"outcome": jsonb(outcome), "state": "cancelled"},
-        actor=actor,
-        now=now,
-    )
+    return await _complete_one(conn, Report(lease, "cancelled", outcome), actor=actor, now=now)
 
 
 async def release_run(conn: Conn, lease: Lease, *, actor: str, now: datetime | None) -> Row | None:

@@ -47,6 +47,8 @@ class Span:
     events: list[tuple[str, dict[str, Any]]]
     scope: str
     resource: dict[str, Any]
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Received:
                                 events=[(e.name, attrs(e.attributes)) for e in s.events],
                                 scope=ss.scope.name,
                                 resource=resource,
+                                start_ns=s.start_time_unix_nano,
+                                end_ns=s.end_time_unix_nano,
                             )
                         )
         return out

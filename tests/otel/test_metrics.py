@@ -32,6 +32,7 @@ from tests.api.conftest import wait_for
 from tests.conftest import ROOT
 from tests.factories import make_schedule
 from tests.otel.receiver import Receiver
+from workers.worker import POOL_SIZE
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -152,7 +153,7 @@ async def test_a_worker_process_serves_its_counters_and_exports_them(
     assert value(samples, count, status="succeeded", queue="default", job_type="noop") == 3
     beat = value(samples, "pgsched_worker_heartbeat_timestamp_seconds")
     assert beat is not None and started <= beat <= time.time()
-    assert value(samples, "pgsched_db_pool_connections", pool="worker", state="max") == 7
+    assert value(samples, "pgsched_db_pool_connections", pool="worker", state="max") == POOL_SIZE
     assert value(samples, "pgsched_worker_inflight") == 0
     check_against_catalogue(samples)
     info = [labels for (name, labels) in samples if name == "target_info"]

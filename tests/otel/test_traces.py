@@ -42,6 +42,19 @@ def _one(spans: list[Span], **match: Any) -> Span:
     return found[0]
 
 
+def _assert_reported_in_a_batch(spans: list[Span], process: Span, db_spans: list[Span]) -> None:
+    """The completion is recorded in a batch (one statement for the results of many runs): its
+    `report` span links to each attempt it records, and holds the statement's span."""
+    report = _one(spans, name="report")
+    assert report.kind == CLIENT and report.parent_span_id == ""
+    assert report.attributes["messaging.operation.type"] == "settle"
+    assert report.attributes["messaging.batch.message_count"] == 1
+    assert (process.trace_id, process.span_id, {"pgsched.link": "reports"}) in report.links
+    completion = [s for s in db_spans if s.parent_span_id == report.span_id]
+    assert any("finished_at" in str(s.attributes.get("db.statement")) for s in completion)
+    assert process.end_ns >= report.end_ns, "the attempt covers its completion"
+
+
 async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: PLR0917
     db: Conn,
     dsn: str,
@@ -98,9 +111,7 @@ async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: 
     # psycopg's spans: the request's insert under the request, the completion under the attempt.
     db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
     assert any(s.parent_span_id == request.span_id for s in db_spans)
-    completion = [s for s in db_spans if s.parent_span_id == process.span_id]
-    assert any("finished_at" in str(s.attributes.get("db.statement")) for s in completion)
-    assert all(s.trace_id == request.trace_id for s in completion)
+    _assert_reported_in_a_batch(spans, process, db_spans)
     # Nothing idle was exported: every claim and tick span did something.
     assert all(s.attributes.get("pgsched.idle") is None for s in spans)
     assert not [s for s in db_spans if s.parent_span_id == ""], "orphan DB spans are dropped"

@@ -174,60 +174,84 @@ SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(sec
 WHERE state = 'running' AND lease_token = ANY(%(lease_tokens)s::uuid[])
 RETURNING id, lease_token, cancel_requested;
 
--- name: finish_attempt
--- End a run with this attempt's result (`state` is succeeded or cancelled), only if the attempt
--- still holds the lease.
-WITH r AS (
-    UPDATE pgsched.run
-    SET state = %(state)s,
-        finished_at = coalesce(%(now)s::timestamptz, now()),
-        lease_expires_at = NULL,
-        outcome = %(outcome)s::jsonb
-    WHERE id = %(id)s AND due_at = %(due_at)s
-      AND state = 'running' AND attempt = %(attempt)s AND lease_token = %(lease_token)s::uuid
-      AND %(state)s IN ('succeeded', 'cancelled')
-    RETURNING *
-), ev AS (
-    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
-    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.' || r.state, %(actor)s,
-           jsonb_build_object('state', r.state, 'finished_at', r.finished_at,
-                              'lease_expires_at', NULL, 'outcome', r.outcome),
-           r.trace_context ->> 'trace_id'
-    FROM r
-)
-SELECT * FROM r;
-
--- name: fail_run
--- Record a failed attempt, only if this attempt still holds the lease: back to waiting after the
--- backoff, or dead (the dead-letter state) once the attempts are spent or the failure is final
--- (a retry cannot help: bad payload, refused target, missing secret).
-WITH r AS (
+-- name: complete_attempts
+-- Record the results of a batch of attempts in one statement (a worker buffers what its jobs
+-- report while the previous batch commits: one transaction and WAL flush per batch, ADR 0019).
+-- Each result counts only if its attempt still holds the lease (attempt and lease token). Per
+-- `status`: succeeded and cancelled end the run; failed goes back to waiting after the backoff,
+-- or to dead (the dead-letter state) once the attempts are spent or `final` says a retry cannot
+-- help (bad payload, refused target, missing secret).
+-- A result that no longer holds its lease changes nothing and is kept as a
+-- run.completion_fenced event (reliability guide F13). A result already recorded (the same
+-- attempt, token and outcome: a retry after the connection broke during COMMIT) is returned as
+-- `applied` and written again nowhere, so a retried report can neither double-count nor be
+-- mistaken for a zombie's.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(due_ats)s::timestamptz[], %(attempts)s::int[],
+                %(lease_tokens)s::uuid[], %(statuses)s::text[], %(outcomes)s::jsonb[],
+                %(jitters)s::float8[], %(finals)s::boolean[])
+         AS i(id, due_at, attempt, lease_token, status, outcome, jitter, final)
+    WHERE i.status IN ('succeeded', 'cancelled', 'failed')
+), r AS (
     UPDATE pgsched.run r
-    SET state = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean) THEN 'dead' ELSE 'waiting' END,
-        available_at = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean) THEN r.available_at
+    SET state = CASE WHEN i.status <> 'failed' THEN i.status
+                     WHEN r.attempt >= r.max_attempts OR i.final THEN 'dead'
+                     ELSE 'waiting' END,
+        available_at = CASE WHEN i.status <> 'failed' OR r.attempt >= r.max_attempts OR i.final
+                            THEN r.available_at
                             ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs =>
                                  pgsched.backoff_seconds(s.retry_delay_seconds, s.retry_factor,
-                                     s.retry_max_delay_seconds, r.attempt, %(jitter)s)) END,
-        finished_at = CASE WHEN (r.attempt >= r.max_attempts OR %(final)s::boolean)
+                                     s.retry_max_delay_seconds, r.attempt, i.jitter)) END,
+        finished_at = CASE WHEN i.status <> 'failed' OR r.attempt >= r.max_attempts OR i.final
                            THEN coalesce(%(now)s::timestamptz, now()) END,
         lease_expires_at = NULL,
-        outcome = %(outcome)s::jsonb
-    FROM pgsched.schedule s
-    WHERE s.id = r.schedule_id
-      AND r.id = %(id)s AND r.due_at = %(due_at)s
-      AND r.state = 'running' AND r.attempt = %(attempt)s AND r.lease_token = %(lease_token)s::uuid
+        outcome = i.outcome
+    FROM input i, pgsched.schedule s
+    WHERE r.id = i.id AND r.due_at = i.due_at AND s.id = r.schedule_id
+      AND r.state = 'running' AND r.attempt = i.attempt AND r.lease_token = i.lease_token
     RETURNING r.*
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id,
-           CASE r.state WHEN 'dead' THEN 'run.dead' ELSE 'run.retry_scheduled' END, %(actor)s,
-           jsonb_build_object('state', r.state, 'available_at', r.available_at,
-                              'finished_at', r.finished_at, 'lease_expires_at', NULL,
-                              'outcome', r.outcome),
+           CASE r.state WHEN 'waiting' THEN 'run.retry_scheduled' ELSE 'run.' || r.state END,
+           %(actor)s,
+           CASE WHEN r.state IN ('succeeded', 'cancelled')
+                THEN jsonb_build_object('state', r.state, 'finished_at', r.finished_at,
+                                        'lease_expires_at', NULL, 'outcome', r.outcome)
+                ELSE jsonb_build_object('state', r.state, 'available_at', r.available_at,
+                                        'finished_at', r.finished_at, 'lease_expires_at', NULL,
+                                        'outcome', r.outcome) END,
            r.trace_context ->> 'trace_id'
     FROM r
+    ORDER BY r.id
+), applied AS (
+    -- This statement's snapshot predates its own UPDATE: only earlier statements' work is here.
+    SELECT x.*
+    FROM input i
+    JOIN pgsched.run x ON x.id = i.id AND x.due_at = i.due_at
+    WHERE x.state <> 'running' AND x.attempt = i.attempt AND x.lease_token = i.lease_token
+      AND x.outcome = i.outcome
+), fenced AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'run', i.id, 'run.completion_fenced', %(actor)s,
+           '{}'::jsonb,
+           jsonb_build_object('transition', 'complete', 'status', i.status,
+                              'attempt', i.attempt, 'lease_token', i.lease_token)
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.id = i.id)
+      AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = i.id)
+    ORDER BY i.id
+    RETURNING stream_id
 )
-SELECT * FROM r;
+SELECT r.*, 'recorded' AS report FROM r
+UNION ALL
+SELECT a.*, 'applied' FROM applied a
+UNION ALL
+SELECT x.*, 'fenced'
+FROM fenced f
+JOIN input i ON i.id = f.stream_id
+JOIN pgsched.run x ON x.id = i.id AND x.due_at = i.due_at;
 
 -- name: release_run
 -- Graceful shutdown: give an unfinished attempt back without consuming it.

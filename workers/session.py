@@ -1,0 +1,59 @@
+"""Worker sessions: how a worker's connections are set up, and the long-lived ones of its hot path.
+
+The claim loop and the reporter each keep one connection of their own instead of borrowing
+from the pool per statement (ADR 0019): psycopg prepares a statement after a few executions on
+the same connection, so the claim's plan is made once instead of per claim, and there is no
+liveness round trip per checkout. A connection that broke (server restart,
+`pg_terminate_backend`) is replaced on next use; the statement that met the break raised
+`OperationalError`, which its caller already retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+
+from app.db.store import Conn
+
+
+async def configure_session(conn: Conn) -> None:
+    """Bound what a frozen worker can hold: a session stuck inside a transaction (between claim
+    and commit, say) is ended by the server, its row locks released and its claim rolled back
+    (reliability guide F2). Each statement of ours takes milliseconds; the limits are generous."""
+    await conn.execute("SET idle_in_transaction_session_timeout = '30s'")
+    await conn.execute("SET statement_timeout = '60s'")
+
+
+class DedicatedConnection:
+    """One autocommit connection, reconnected on the first use after it broke."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Conn | None = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                await conn.close()
+            conn = await AsyncConnection[DictRow].connect(
+                self.url, autocommit=True, row_factory=dict_row
+            )
+            await configure_session(conn)
+            self._conn = conn
+        yield conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+def first_line(exc: BaseException) -> str:
+    """An error in one line, for a log record (PostgreSQL's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
