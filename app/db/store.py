@@ -390,28 +390,36 @@ class Report:
 async def complete_attempts(
     conn: Conn, reports: Sequence[Report], *, actor: str, now: datetime | None
 ) -> list[Row | None]:
-    """Record a batch of results in one statement; per report, in order, the run as it now is,
-    or None when the attempt no longer held its lease (kept as a run.completion_fenced event).
-    A report that was recorded already (a retry after a lost COMMIT) returns the run again."""
+    """Record a batch of results in one statement; per report, in order, where it left the run
+    (id, state, attempt, available_at, finished_at), or None when the attempt no longer held
+    its lease (kept as a run.completion_fenced event). A report that was recorded already (a
+    retry after a lost COMMIT) returns the same again."""
     if not reports:
         return []
     rows = await _rows(
         conn,
         "complete_attempts",
         {
-            "ids": [r.lease.run_id for r in reports],
-            "due_ats": [r.lease.due_at for r in reports],
-            "attempts": [r.lease.attempt for r in reports],
-            "lease_tokens": [r.lease.lease_token for r in reports],
-            "statuses": [r.status for r in reports],
-            "outcomes": [jsonb(r.outcome) for r in reports],
-            "jitters": [r.jitter for r in reports],
-            "finals": [r.final for r in reports],
+            "reports": jsonb(
+                [
+                    {
+                        "id": r.lease.run_id,
+                        "due_at": r.lease.due_at,
+                        "attempt": r.lease.attempt,
+                        "lease_token": r.lease.lease_token,
+                        "status": r.status,
+                        "outcome": r.outcome,
+                        "jitter": r.jitter,
+                        "final": r.final,
+                    }
+                    for r in reports
+                ]
+            ),
             "actor": actor,
             "now": now,
         },
     )
-    done = {row["id"]: row for row in rows if row.pop("report") != "fenced"}
+    done = {row["id"]: row for row in rows}
     return [done.get(r.lease.run_id) for r in reports]
 
 

@@ -186,12 +186,14 @@ RETURNING id, lease_token, cancel_requested;
 -- attempt, token and outcome: a retry after the connection broke during COMMIT) is returned as
 -- `applied` and written again nowhere, so a retried report can neither double-count nor be
 -- mistaken for a zombie's.
+-- The batch arrives as one JSON array (one parameter, serialised in one call by the client,
+-- rather than eight arrays adapted element by element). Only the columns a reporter reads come
+-- back: the run's id and where the result left it.
 WITH input AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(due_ats)s::timestamptz[], %(attempts)s::int[],
-                %(lease_tokens)s::uuid[], %(statuses)s::text[], %(outcomes)s::jsonb[],
-                %(jitters)s::float8[], %(finals)s::boolean[])
-         AS i(id, due_at, attempt, lease_token, status, outcome, jitter, final)
+    FROM jsonb_to_recordset(%(reports)s::jsonb)
+         AS i(id bigint, due_at timestamptz, attempt int, lease_token uuid, status text,
+              outcome jsonb, jitter float8, final boolean)
     WHERE i.status IN ('succeeded', 'cancelled', 'failed')
 ), r AS (
     UPDATE pgsched.run r
@@ -242,16 +244,10 @@ WITH input AS (
     WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.id = i.id)
       AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = i.id)
     ORDER BY i.id
-    RETURNING stream_id
 )
-SELECT r.*, 'recorded' AS report FROM r
+SELECT r.id, r.state, r.attempt, r.available_at, r.finished_at FROM r
 UNION ALL
-SELECT a.*, 'applied' FROM applied a
-UNION ALL
-SELECT x.*, 'fenced'
-FROM fenced f
-JOIN input i ON i.id = f.stream_id
-JOIN pgsched.run x ON x.id = i.id AND x.due_at = i.due_at;
+SELECT a.id, a.state, a.attempt, a.available_at, a.finished_at FROM applied a;
 
 -- name: release_run
 -- Graceful shutdown: give an unfinished attempt back without consuming it.
