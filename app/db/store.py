@@ -274,6 +274,56 @@ async def insert_runs(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim took, and whether any limited schedule or queue was in play."""
+
+    rows: list[Row]
+    limited: bool
+
+
+async def claim(
+    conn: Conn,
+    *,
+    worker_id: int,
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    actor: str,
+    now: datetime | None,
+    limits: bool = True,
+) -> Claim:
+    """Claim up to `limit` due runs; each comes back running with a fresh lease and its job.
+
+    With `limits`, two statements in one transaction (see lock_limits for why; the connection
+    must use READ COMMITTED, PostgreSQL's default), and `limited` says whether lock_limits
+    found limited schedules with claimable runs or limited queues. Without, one statement that
+    claims only runs no limit applies to: limited runs are left for a later claim, never taken
+    past their limit, so a caller may skip the lock while it has reason to think nothing is
+    limited (ADR 0019).
+    """
+    params = {
+        "worker_id": worker_id,
+        "queues": list(queues),
+        "limit": limit,
+        "lease_seconds": lease_seconds,
+        "actor": actor,
+        "now": now,
+    }
+    if not limits:
+        rows = await _rows(conn, "claim_runs", {**params, "schedule_ids": [], "queue_names": []})
+        return Claim(rows, limited=False)
+    async with conn.transaction():
+        locked = await _row(conn, "lock_limits", params) or {}
+        schedule_ids, queue_names = locked["schedule_ids"], locked["queue_names"]
+        rows = await _rows(
+            conn,
+            "claim_runs",
+            {**params, "schedule_ids": schedule_ids, "queue_names": queue_names},
+        )
+    return Claim(rows, limited=bool(schedule_ids or queue_names))
+
+
 async def claim_runs(
     conn: Conn,
     *,
@@ -284,30 +334,17 @@ async def claim_runs(
     actor: str,
     now: datetime | None,
 ) -> list[Row]:
-    """Claim up to `limit` due runs; each comes back running with a fresh lease and its job.
-
-    Two statements in one transaction (see lock_limits for why); the connection
-    must use READ COMMITTED, PostgreSQL's default.
-    """
-    params = {
-        "worker_id": worker_id,
-        "queues": list(queues),
-        "limit": limit,
-        "lease_seconds": lease_seconds,
-        "actor": actor,
-        "now": now,
-    }
-    async with conn.transaction():
-        locked = await _row(conn, "lock_limits", params) or {}
-        return await _rows(
-            conn,
-            "claim_runs",
-            {
-                **params,
-                "schedule_ids": locked["schedule_ids"],
-                "queue_names": locked["queue_names"],
-            },
-        )
+    """Claim up to `limit` due runs, limited ones included (see `claim`)."""
+    taken = await claim(
+        conn,
+        worker_id=worker_id,
+        queues=queues,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        actor=actor,
+        now=now,
+    )
+    return taken.rows
 
 
 async def renew_leases(

@@ -211,3 +211,37 @@ async def test_concurrent_claimers_respect_a_queue_limit(dsn: str) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_the_claim_without_the_limits_lock_leaves_limited_runs_alone(conn: Conn) -> None:
+    """`limits=False` (a worker whose last look found no limits, ADR 0019) is one statement;
+    it takes only runs no limit applies to, and says nothing was limited."""
+    capped = await make_schedule(conn, now=T, max_concurrency=5)
+    one_at_a_time = await make_schedule(conn, now=T, overlap_policy="queue")
+    queued = await make_schedule(conn, now=T, queue="narrow")
+    free = await make_schedule(conn, now=T)
+    await store.set_queue_limit(conn, "narrow", 5, actor="t", now=T)
+    for s in (capped, one_at_a_time, queued, free):
+        await _waiting_runs(conn, s["id"], 3)
+
+    async def claim(limits: bool) -> store.Claim:
+        return await store.claim(
+            conn,
+            worker_id=1,
+            queues=["default", "narrow"],
+            limit=20,
+            lease_seconds=600,
+            actor="w1",
+            now=T,
+            limits=limits,
+        )
+
+    fast = await claim(limits=False)
+    assert not fast.limited
+    assert {r["schedule_id"] for r in fast.rows} == {free["id"]} and len(fast.rows) == 3
+    full = await claim(limits=True)
+    assert full.limited
+    assert sorted(r["schedule_id"] for r in full.rows) == sorted(
+        [capped["id"]] * 3 + [one_at_a_time["id"]] + [queued["id"]] * 3
+    )
+    assert await replay.verify(conn) == []

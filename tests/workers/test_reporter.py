@@ -12,7 +12,7 @@ from app.clock import SystemClock
 from app.db import replay, store
 from app.db.store import Conn, Lease, Report
 from tests.factories import make_schedule
-from tests.workers.test_worker import running_worker
+from tests.workers.test_worker import python_job, running_worker
 from workers.reporter import Reporter, ReportFailed
 
 
@@ -86,3 +86,55 @@ async def test_reports_pending_at_stop_fail_instead_of_hanging(dsn: str) -> None
     await asyncio.gather(task, return_exceptions=True)
     with pytest.raises(ReportFailed):
         await pending
+
+
+async def _most_at_once(conn: Conn, where: str, params: list[object]) -> int:
+    """The most jobs of runs matching `where` that were executing at once, from the jobs' own
+    start and end records (job_log, in insert order). Run timestamps would not do: a claim's
+    started_at is its transaction's start, which may precede the commit that freed the slot."""
+    cur = await conn.execute(
+        "SELECT max(n) AS most FROM ("
+        " SELECT sum(CASE l.note WHEN 'start' THEN 1 ELSE -1 END)"
+        "        OVER (ORDER BY l.id ROWS UNBOUNDED PRECEDING) AS n"
+        " FROM public.job_log l JOIN pgsched.run r"
+        "   ON l.idempotency_key = r.id || ':' || r.attempt"
+        " WHERE l.note IN ('start', 'end') AND " + where + ") c",
+        params,
+    )
+    row = await cur.fetchone()
+    return int(row["most"]) if row and row["most"] is not None else 0
+
+
+async def test_limits_hold_while_unlimited_runs_take_the_fast_claim(db: Conn, dsn: str) -> None:
+    """The worker skips the limits' lock while the last look found none (ADR 0019); limited
+    runs that become claimable meanwhile are still taken, and never past their limits."""
+    now = datetime.now(UTC)
+    slow = {"job_type": "python", "payload": python_job(dsn, "slow", seconds=0.2)}
+    capped = await make_schedule(db, now=now, max_concurrency=2, **slow)
+    queued = await make_schedule(db, now=now, queue="narrow", **slow)
+    free = await make_schedule(db, now=now)
+    await store.set_queue_limit(db, "narrow", 1, actor="t", now=None)
+    async with (
+        running_worker(dsn, slots=8, poll_seconds=0.2) as (fast, _),
+        running_worker(dsn, slots=4, queues=("narrow",), poll_seconds=0.2),
+    ):
+        await asyncio.sleep(0.3)  # the first worker's first look finds nothing limited
+        due = datetime.now(UTC)
+        for s, n in ((capped, 6), (queued, 3), (free, 20)):
+            dues = [due - timedelta(milliseconds=k) for k in range(n)]
+            await store.insert_runs(
+                db, [(s["id"], d, d) for d in dues], origin="backfill", actor="t", now=None
+            )
+        for _ in range(300):
+            cur = await db.execute(
+                "SELECT count(*) AS n FROM pgsched.run WHERE state <> 'succeeded'"
+            )
+            if (await cur.fetchone() or {}).get("n") == 0:
+                break
+            await asyncio.sleep(0.05)
+    cur = await db.execute("SELECT state, count(*) AS n FROM pgsched.run GROUP BY state")
+    assert await cur.fetchall() == [{"state": "succeeded", "n": 29}]
+    assert await _most_at_once(db, "r.schedule_id = %s", [capped["id"]]) == 2
+    assert await _most_at_once(db, "r.queue = %s", ["narrow"]) == 1
+    assert fast.stats.claimed == 26  # the capped schedule's 6 and 20 free ones
+    assert await replay.verify(db) == []
