@@ -245,3 +245,31 @@ async def test_the_claim_without_the_limits_lock_leaves_limited_runs_alone(conn:
         [capped["id"]] * 3 + [one_at_a_time["id"]] + [queued["id"]] * 3
     )
     assert await replay.verify(conn) == []
+
+
+async def test_the_next_due_time_is_one_index_probe_per_queue(conn: Conn) -> None:
+    """An idle worker asks every poll interval how long until the next run becomes claimable:
+    never a scan of the month's runs (migration 0013), and the answer is the earliest waiting
+    run of its queues, by the database clock."""
+    s = await make_schedule(conn, now=T)
+    await conn.execute(
+        "INSERT INTO pgsched.run (schedule_id, due_at, origin, state, queue, priority,"
+        " available_at, max_attempts, created_at)"
+        " SELECT %s, %s - make_interval(secs => g), 'backfill', 'succeeded', 'default', 0,"
+        " %s, 3, %s FROM generate_series(1, 20000) g",
+        [s["id"], T, T, T],
+    )
+    later = [T + timedelta(seconds=k) for k in (90, 30, 60)]
+    await store.insert_runs(
+        conn, [(s["id"], d, d) for d in later], origin="backfill", actor="t", now=T
+    )
+    await conn.execute("ANALYZE pgsched.run")
+    from app.db.sql import query
+
+    params = {"queues": ["default", "other"], "now": T}
+    assert await store.seconds_until_next_run(conn, ["default", "other"], now=T) == 30
+    assert await store.seconds_until_next_run(conn, ["other"], now=T) is None
+    cur = await conn.execute("EXPLAIN (COSTS OFF) " + query("seconds_until_next_run"), params)
+    plan = "\n".join(r["QUERY PLAN"] for r in await cur.fetchall())
+    assert "Seq Scan on run" not in plan, plan
+    assert "run_next_available" in plan or "queue_available_at_idx" in plan, plan

@@ -60,10 +60,21 @@ SELECT id FROM w;
 -- name: seconds_until_next_run
 -- How long until the next waiting run of these queues becomes claimable, by the database clock
 -- (NULL: none waiting), so an idle worker sleeps exactly until then instead of polling.
-SELECT greatest(0, extract(epoch FROM min(available_at) - coalesce(%(now)s::timestamptz, now())))
-       ::float8 AS seconds
-FROM pgsched.run
-WHERE state = 'waiting' AND queue = ANY(%(queues)s::text[]);
+-- Per queue, the first entry of the partial index run_next_available (migration 0013): the cost
+-- does not grow with the backlog or the history. NULL when nothing waits (greatest() would turn
+-- NULL into 0, and an idle worker would ask again at once, in a loop).
+SELECT CASE WHEN min(n.available_at) IS NOT NULL
+            THEN greatest(0, extract(epoch FROM min(n.available_at)
+                                                - coalesce(%(now)s::timestamptz, now())))
+       END::float8 AS seconds
+FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (
+    SELECT r.available_at
+    FROM pgsched.run r
+    WHERE r.state = 'waiting' AND r.queue = q.name
+    ORDER BY r.available_at
+    LIMIT 1
+) n;
 
 -- name: set_queue_limit
 -- Set (or clear, with NULL) a queue's global concurrency limit; recorded as a system event.
