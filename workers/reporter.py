@@ -60,6 +60,7 @@ class Reporter:
 
     async def run(self) -> None:
         """Send batches until cancelled; what is still pending then fails with ReportFailed."""
+        batch: list[tuple[Report, asyncio.Future[Row | None]]] = []
         try:
             while True:
                 await self._wake.wait()
@@ -68,8 +69,10 @@ class Reporter:
                     batch = self._pending[: self.max_batch]
                     del self._pending[: len(batch)]
                     await self._flush(batch)
+                    batch = []
         finally:
-            for _, future in self._pending:
+            # Stopped while sending (its outcome unknown: the leases decide) or before.
+            for _, future in [*batch, *self._pending]:
                 if not future.done():
                     future.set_exception(ReportFailed("the worker stopped before reporting"))
             self._pending.clear()

@@ -134,6 +134,7 @@ class Worker:
         self.stats = WorkerStats()
         self.worker_id: int | None = None
         self._inflight: dict[int, _InFlight] = {}
+        self._reporting = 0  # of the runs in flight, those whose job is done (result pending)
         self._wake = asyncio.Event()
         self._pool: AsyncConnectionPool[Conn] | None = None
         # The hot path has connections of its own (ADR 0019); the pool serves the rest.
@@ -231,7 +232,7 @@ class Worker:
         s = self.settings
         limits_due = 0.0  # when to look for limited schedules and queues again
         while not stop.is_set():
-            free = s.slots - len(self._inflight)
+            free = s.slots - (len(self._inflight) - self._reporting)
             claimed: list[Row] = []
             wait = s.poll_seconds
             try:
@@ -325,11 +326,18 @@ class Worker:
                     retryable=True,
                     error=f"{type(exc).__name__}: {first_line(exc)}",
                 )
+            # The job is done: its slot is free while the result waits for the reporter's next
+            # batch, so claiming overlaps reporting. The run stays in flight (its lease is
+            # renewed, shutdown waits for it) until the result is recorded.
             flight.reporting = True
+            self._reporting += 1
+            self._wake.set()
             await self._report(lease, outcome, row)
         finally:
             telemetry.ended(lease)
             self._inflight.pop(lease.run_id, None)
+            if flight.reporting:
+                self._reporting -= 1
             self._wake.set()  # a slot is free
 
     async def _stopped(self, flight: _InFlight) -> None:
