@@ -55,6 +55,29 @@ def _assert_reported_in_a_batch(spans: list[Span], process: Span, db_spans: list
     assert process.end_ns >= report.end_ns, "the attempt covers its completion"
 
 
+def _assert_steps(spans: list[Span], process: Span, outcome: str) -> None:
+    """The attempt's own trace shows each step as an event on its span, though the claim and
+    the report are batch spans of their own (joined by links): `claimed` when its claim took
+    it, `reported` when its result was recorded, naming the report's trace."""
+    claim, report = _one(spans, name="claim"), _one(spans, name="report")
+    steps = [(name, attributes) for name, attributes, _ in process.events]
+    assert steps == [
+        ("claimed", {"messaging.batch.message_count": 1}),
+        (
+            "reported",
+            {
+                "pgsched.run.outcome": outcome,
+                "messaging.batch.message_count": 1,
+                "pgsched.report.trace_id": report.trace_id,
+            },
+        ),
+    ]
+    (_, _, claimed_at), (_, _, reported_at) = process.events
+    assert process.start_ns == claim.start_ns, "the attempt starts with its claim"
+    assert claim.start_ns <= claimed_at <= claim.end_ns
+    assert report.end_ns <= reported_at <= process.end_ns, "recorded, then the attempt ends"
+
+
 async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: PLR0917
     db: Conn,
     dsn: str,
@@ -112,6 +135,7 @@ async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: 
     db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
     assert any(s.parent_span_id == request.span_id for s in db_spans)
     _assert_reported_in_a_batch(spans, process, db_spans)
+    _assert_steps(spans, process, "succeeded")
     # Nothing idle was exported: every claim and tick span did something.
     assert all(s.attributes.get("pgsched.idle") is None for s in spans)
     assert not [s for s in db_spans if s.parent_span_id == ""], "orphan DB spans are dropped"
@@ -162,6 +186,7 @@ async def test_a_ticker_run_links_to_its_tick_and_failures_set_the_status(
     assert process.attributes["pgsched.job.type"] == "command"
     assert process.status_code == STATUS_ERROR and process.status_message
     assert process.attributes["error.type"] == "dead"
+    _assert_steps(spans, process, "dead")
 
     points = receiver.received.metric_points()
     assert points["pgsched.jobs.processed"] == [
