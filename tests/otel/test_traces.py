@@ -6,7 +6,7 @@ in-process receiver (tests/otel/receiver.py); the assertions read the decoded OT
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Litestar
@@ -235,3 +235,118 @@ async def test_a_rescued_run_is_counted_and_its_next_attempt_traced(
     process = _one(receiver.received.spans(), kind=CONSUMER)
     assert process.attributes["pgsched.run.attempt"] == 2
     assert process.attributes["pgsched.run.outcome"] == "succeeded"
+
+
+async def test_a_schedule_created_over_the_api_runs_in_a_trace_linked_to_its_tick(  # noqa: PLR0917
+    db: Conn,
+    dsn: str,
+    telemetry: otel.Telemetry,
+    receiver: Receiver,
+    traced_api: AsyncTestClient[Litestar],
+    role_tokens: Tokens,
+) -> None:
+    """API -> ticker -> worker in one go. The create request's trace ends at the schedule: a
+    schedule makes runs for months, so each run's creator is the tick that materialised it."""
+    reply = await traced_api.post(
+        "/v1/schedules",
+        json={"name": "e2e-once", "job_type": "noop", "run_at": datetime.now(UTC).isoformat()},
+        headers=role_tokens.auth("admin"),
+    )
+    assert reply.status_code == 201, reply.text
+    schedule_id = reply.json()["id"]
+    tick, _ = default_loops(SystemClock())
+
+    async def materialised() -> int | None:
+        await tick.step(db)  # the service's tick, as `pgsched run` runs it
+        cur = await db.execute("SELECT id FROM pgsched.run WHERE schedule_id = %s", [schedule_id])
+        row = await cur.fetchone()
+        return int(row["id"]) if row else None
+
+    run_id: int = await wait_for(materialised, within=10)
+    async with running_worker(dsn):
+        run = await _finished(db, run_id)
+    assert run["state"] == "succeeded"
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    request = _one(spans, kind=SERVER)
+    assert request.name == "POST /v1/schedules"
+    db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
+    assert any(s.parent_span_id == request.span_id for s in db_spans), "the insert, traced"
+    # What the code stores for the create: no trace context on the schedule (there is no such
+    # column) and none on its schedule.created event (the API passes no trace id for schedule
+    # events), so nothing of the request reaches the runs.
+    cur = await db.execute(
+        "SELECT trace_id FROM pgsched.event WHERE stream = 'schedule' AND stream_id = %s"
+        " AND type = 'schedule.created'",
+        [schedule_id],
+    )
+    assert [r["trace_id"] for r in await cur.fetchall()] == [None]
+
+    made = _one(spans, name="tick")
+    assert made.kind == PRODUCER and made.parent_span_id == ""
+    assert made.attributes["pgsched.tick.runs_created"] == 1
+    assert made.trace_id != request.trace_id
+    assert run["trace_context"]["trace_id"] == made.trace_id, "the tick is the run's creator"
+
+    process = _one(spans, kind=CONSUMER)
+    claim = _one(spans, name="claim")
+    assert process.parent_span_id == "" and process.trace_id not in (
+        request.trace_id,
+        made.trace_id,
+    )
+    assert sorted(process.links, key=lambda ln: str(ln[2])) == [
+        (claim.trace_id, claim.span_id, {"pgsched.link": "claimed_by"}),
+        (made.trace_id, made.span_id, {"pgsched.link": "created_by"}),
+    ]
+    assert process.attributes["pgsched.run.origin"] == "schedule"
+    assert process.attributes["pgsched.schedule.id"] == schedule_id
+    assert process.attributes["pgsched.schedule.name"] == "e2e-once"
+    _assert_reported_in_a_batch(spans, process, db_spans)
+    _assert_steps(spans, process, "succeeded")
+
+
+async def test_backfilled_runs_link_to_the_request_that_made_them(  # noqa: PLR0917
+    db: Conn,
+    dsn: str,
+    telemetry: otel.Telemetry,
+    receiver: Receiver,
+    traced_api: AsyncTestClient[Litestar],
+    role_tokens: Tokens,
+) -> None:
+    s = await make_schedule(
+        db,
+        now=datetime.now(UTC),
+        kind="cron",
+        cron="* * * * *",
+        interval_seconds=None,
+        enabled=False,
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    reply = await traced_api.post(
+        f"/v1/schedules/{s['id']}/backfill",
+        json={"from": (end - timedelta(minutes=3)).isoformat(), "to": end.isoformat()},
+        headers=role_tokens.auth("operator"),
+    )
+    assert reply.status_code == 200, reply.text
+    run_ids = reply.json()["created"]
+    assert len(run_ids) == 3
+    async with running_worker(dsn, slots=4):
+        runs = [await _finished(db, run_id) for run_id in run_ids]
+    assert {r["state"] for r in runs} == {"succeeded"}
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    request = _one(spans, kind=SERVER)
+    assert request.name == "POST /v1/schedules/{schedule_id}/backfill"
+    assert {r["trace_context"]["trace_id"] for r in runs} == {request.trace_id}
+    processes = [x for x in spans if x.kind == CONSUMER]
+    assert sorted(p.attributes["pgsched.run.id"] for p in processes) == sorted(run_ids)
+    created_by = (request.trace_id, request.span_id, {"pgsched.link": "created_by"})
+    for process in processes:
+        assert process.parent_span_id == "", "a backfilled run starts its own trace"
+        assert process.trace_id != request.trace_id
+        assert created_by in process.links
+        assert process.attributes["pgsched.run.origin"] == "backfill"
+        assert process.attributes["pgsched.run.outcome"] == "succeeded"
+        assert [name for name, _, _ in process.events] == ["claimed", "reported"]
