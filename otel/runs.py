@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -43,6 +44,7 @@ T = TypeVar("T")
 # Outcomes that mean the attempt did not do its job (span status ERROR).
 _ERRORS = frozenset({"failed", "dead", "fenced", "unreported"})
 _MAX_STATUS_TEXT = 256
+_MAX_STACKTRACE = 8192
 
 
 class LeaseLike(Protocol):
@@ -288,11 +290,18 @@ def stopped(lease: LeaseLike, reason: str | None) -> None:
 
 
 def failed(lease: LeaseLike, exc: BaseException) -> None:
-    """The executor raised (a bug, not a job failure): recorded on the span, masked."""
+    """The executor raised (a bug, not a job failure): recorded on the span, masked. The SDK
+    puts the message into `exception.stacktrace` too, so both are masked (then bounded: the
+    trace's last lines, where the exception is, are kept)."""
     attempt = _state.attempts.get((lease.run_id, lease.attempt))
-    if attempt is not None:
+    if attempt is not None and attempt.span.is_recording():
+        stacktrace = "".join(traceback.format_exception(exc))
         attempt.span.record_exception(
-            exc, attributes={"exception.message": redact(str(exc))[:_MAX_STATUS_TEXT]}
+            exc,
+            attributes={
+                "exception.message": redact(str(exc))[:_MAX_STATUS_TEXT],
+                "exception.stacktrace": redact(stacktrace)[-_MAX_STACKTRACE:],
+            },
         )
 
 

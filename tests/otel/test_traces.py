@@ -6,9 +6,11 @@ in-process receiver (tests/otel/receiver.py); the assertions read the decoded OT
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -18,10 +20,12 @@ from app.clock import SystemClock
 from app.db import store
 from app.db.store import Conn
 from app.service import default_loops
+from otel.logs import MASK, Redactor, set_redactor
 from tests.api.conftest import Tokens, wait_for
 from tests.factories import make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver, Span
+from workers.jobs import JobContext, Outcome
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
 STATUS_ERROR = 2
@@ -350,3 +354,45 @@ async def test_backfilled_runs_link_to_the_request_that_made_them(  # noqa: PLR0
         assert process.attributes["pgsched.run.origin"] == "backfill"
         assert process.attributes["pgsched.run.outcome"] == "succeeded"
         assert [name for name, _, _ in process.events] == ["claimed", "reported"]
+
+
+SECRET = "crash-s3cr3t-4e1b"  # noqa: S105 - the value a crashing executor leaks into its error
+
+
+@pytest.fixture
+def secret_known() -> Iterator[str]:
+    """The process knows SECRET as a secret value (as a worker with PGSCHED_SECRET_* does)."""
+    set_redactor(Redactor.from_env({"PGSCHED_SECRET_CRASH": SECRET}))
+    try:
+        yield SECRET
+    finally:
+        set_redactor(Redactor())
+
+
+async def test_an_executor_crash_is_recorded_on_the_span_masked(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver, secret_known: str
+) -> None:
+    """An executor that raises (a bug, not a job failure): the attempt's span records the
+    exception (type, message, stack trace) with the secret masked, and its status is ERROR."""
+    s = await make_schedule(db, now=datetime.now(UTC), enabled=False, max_attempts=1)
+    run = (await schedules.trigger(db, s["id"], actor="t", now=None))[0]
+
+    async def crashing(job_type: str, payload: Mapping[str, object], ctx: JobContext) -> Outcome:
+        raise RuntimeError(f"cannot reach https://user:{secret_known}@example.invalid/")
+
+    async with running_worker(dsn, executor=crashing):
+        done = await _finished(db, run["id"])
+    assert done["state"] == "dead"
+    telemetry.force_flush()
+    process = _one(receiver.received.spans(), kind=CONSUMER)
+    assert [name for name, _, _ in process.events] == ["claimed", "exception", "reported"]
+    ((_, exception, _),) = [e for e in process.events if e[0] == "exception"]
+    assert exception["exception.type"] == "RuntimeError"
+    assert exception["exception.message"] == f"cannot reach https://user:{MASK}@example.invalid/"
+    stacktrace = exception["exception.stacktrace"]
+    assert "Traceback" in stacktrace and "crashing" in stacktrace
+    assert f"RuntimeError: cannot reach https://user:{MASK}@" in stacktrace
+    assert process.status_code == STATUS_ERROR and process.attributes["error.type"] == "dead"
+    assert process.attributes["pgsched.run.outcome"] == "dead"
+    assert secret_known not in process.status_message
+    assert not [body for body in receiver.received.raw if secret_known.encode() in body]
