@@ -85,11 +85,11 @@ def metrics_requests(samples: Samples) -> float:
     )
 
 
-def _start_worker(
-    dsn: str, receiver: Receiver, lines: list[str]
+def _start(
+    command: str, dsn: str, receiver: Receiver, lines: list[str]
 ) -> tuple[subprocess.Popen[str], int]:
-    """`pgsched worker` with a /metrics port; its stderr lines go to `lines` (read by a thread,
-    so a chatty process never blocks on a full pipe)."""
+    """`pgsched <command>` with a /metrics port; its stderr lines go to `lines` (read by a
+    thread, so a chatty process never blocks on a full pipe)."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -99,9 +99,10 @@ def _start_worker(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "app.cli", command],
         cwd=ROOT,
         env=env,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -116,14 +117,14 @@ def _start_worker(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         for line in list(lines):
-            record = json.loads(line)  # every line the worker logs is JSON
-            assert record["service"] == "pgsched-worker"
+            record = json.loads(line)  # every line the process logs is JSON
+            assert record["service"] == f"pgsched-{command}"
             if record["message"].startswith("metrics on http://"):
                 return proc, int(record["message"].rsplit(":", 1)[1].split("/")[0])
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    raise AssertionError(f"the worker did not log its metrics port: {lines}")
+    raise AssertionError(f"`pgsched {command}` did not log its metrics port: {lines}")
 
 
 async def test_a_worker_process_serves_its_counters_and_exports_them(
@@ -142,7 +143,7 @@ async def test_a_worker_process_serves_its_counters_and_exports_them(
     runs = [(await schedules.trigger(db, ok["id"], actor="t", now=None))[0] for _ in range(3)]
     runs.append((await schedules.trigger(db, bad["id"], actor="t", now=None))[0])
     lines: list[str] = []
-    proc, port = _start_worker(dsn, receiver, lines)
+    proc, port = _start("worker", dsn, receiver, lines)
     try:
 
         async def all_done() -> bool:
@@ -334,3 +335,61 @@ async def test_a_fenced_completion_is_counted(
     assert fenced.attributes["error.type"] == "fenced"
     (reported,) = [attributes for name, attributes, _ in fenced.events if name == "reported"]
     assert reported["pgsched.run.outcome"] == "fenced"
+
+
+async def test_pgsched_ticker_materialises_runs_and_stops_on_sigterm(
+    db: Conn, dsn: str, receiver: Receiver
+) -> None:
+    """`pgsched ticker`: only the ticker loops, in a process of role ticker."""
+    started = time.time()
+    now = datetime.now(UTC)
+    s = await make_schedule(
+        db, now=now, kind="once", interval_seconds=None, run_at=now + timedelta(seconds=1)
+    )
+    lines: list[str] = []
+    proc, port = _start("ticker", dsn, receiver, lines)
+    try:
+
+        async def materialised() -> int | None:
+            cur = await db.execute("SELECT id FROM pgsched.run WHERE schedule_id = %s", [s["id"]])
+            row = await cur.fetchone()
+            return int(row["id"]) if row else None
+
+        run_id = await wait_for(materialised, within=20)
+
+        async def scraped() -> Samples | None:  # counted just after the tick's commit
+            async with httpx.AsyncClient() as client:
+                samples = parse((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+            return samples if value(samples, "pgsched_runs_created_total") else None
+
+        samples: Samples = await wait_for(scraped, within=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, lines
+    run = await store.get_run(db, run_id)
+    assert run is not None and run["state"] == "waiting" and run["origin"] == "schedule"
+    # The built-in maintenance schedule is installed, as `pgsched run` does.
+    cur = await db.execute(
+        "SELECT count(*) AS n FROM pgsched.schedule WHERE name = 'pgsched.maintenance'"
+    )
+    assert (await cur.fetchone() or {})["n"] == 1
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.run")
+    created = (await cur.fetchone() or {})["n"]  # 1, or 2 if it was :07 (maintenance)
+
+    assert value(samples, "pgsched_runs_created_total") == created
+    last = value(samples, "pgsched_ticker_last_tick_timestamp_seconds")
+    assert last is not None and started <= last <= time.time()
+    assert value(samples, "pgsched_db_pool_connections", pool="service", state="max")
+    check_against_catalogue(samples)
+    info = [labels for (name, labels) in samples if name == "target_info"]
+    assert ("service_name", "pgsched-ticker") in info[0]
+
+    # SIGTERM flushed its telemetry: the tick that made the run, from a ticker resource.
+    resources = receiver.received.resources()
+    assert {(r["service.name"], r["pgsched.role"]) for r in resources} == {
+        ("pgsched-ticker", "ticker")
+    }
+    ticks = [x for x in receiver.received.spans() if x.name == "tick"]
+    assert sum(x.attributes["pgsched.tick.runs_created"] for x in ticks) == created
+    assert run["trace_context"]["trace_id"] in {x.trace_id for x in ticks}
