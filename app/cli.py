@@ -245,6 +245,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ticker(args: argparse.Namespace) -> int:
+    """Run only the ticker loops (due occurrences become runs) until SIGTERM/SIGINT.
+
+    The loops `pgsched run` runs, in a process of their own: several may run at once (ADR
+    0011). It also installs the built-in maintenance schedule, as `pgsched run` does, so a
+    deployment of api + ticker + workers keeps its partitions ahead.
+    """
+    from app.clock import SystemClock
+    from app.service import default_loops, serve
+
+    url = _database_url(args)
+
+    async def _tick() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        clock = SystemClock()
+        loops = default_loops(clock)
+        names = ", ".join(lp.name for lp in loops)
+        print(f"pgsched ticker is running: {names} (SIGTERM stops)", flush=True)
+        await serve(url, clock, stop, loops)
+
+    with _telemetry("ticker"):
+        asyncio.run(_with_conn(url, _install_builtins))
+        asyncio.run(_tick())
+    print("pgsched ticker stopped", flush=True)
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
     from app.db import store
@@ -418,6 +448,9 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--queues", help="comma-separated queues (default: $PGSCHED_QUEUES or default)")
     wk.add_argument("--slots", type=int, help="jobs at once (default: $PGSCHED_WORKER_SLOTS or 4)")
     wk.set_defaults(func=cmd_worker)
+
+    ti = sub.add_parser("ticker", help="run only the ticker (due occurrences become runs)")
+    ti.set_defaults(func=cmd_ticker)
 
     qu = sub.add_parser("queue", help="set a queue's global concurrency limit")
     qu.add_argument("name")

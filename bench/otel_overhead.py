@@ -2,26 +2,27 @@
 
     python -m bench.otel_overhead [--runs 5000] [--slots 32] [--repeat 5] [--fast]
 
-Three modes, the same work (bench/drain.py's pgsched measurement, whose helpers this imports):
+Five modes, the same work (bench/drain.py's pgsched measurement, whose helpers this imports):
 N no-op runs seeded through `store.insert_runs`, then one in-process `Worker(slots=S)` drains
 them; drain seconds are read back from the runs (first start to last finish, database clock).
 
 - **off**: no telemetry set up (what a process gets before `otel.setup`): no-op tracer and meter;
 - **metrics**: `otel.setup` without an OTLP endpoint, the one-command default: the catalogue's
   instruments recorded, a Prometheus reader attached, no tracing;
-- **traces+metrics**: an OTLP endpoint set: every claim, attempt (`process default`) and psycopg
-  statement is a span, batched and exported over OTLP/HTTP to a sink in another process (it
-  stands for the collector: reads each request and answers 200), plus metrics every second.
-  The seeded runs carry a creator's trace context, so each attempt also carries a link;
+- **traces+metrics**: an OTLP endpoint set: every claim, report, attempt (`process default`)
+  and psycopg statement is a span, batched and exported over OTLP/HTTP to a sink in another
+  process (it stands for the collector: reads each request and answers 200), plus metrics
+  every second. The seeded runs carry a creator's trace context, so each attempt also carries
+  a link;
 - **traces-no-sql**: the same with `PGSCHED_TRACE_SQL=false` (no span per SQL statement);
 - **traces-10%**: the same with `OTEL_TRACES_SAMPLER=parentbased_traceidratio`, ratio 0.1.
 
-Measurements interleave per repeat (off, metrics, traces+metrics), each on a fresh copy of one
-migrated template database, on a throwaway cluster from the installed binaries (durable
-settings unless --fast). Reported: runs/s per mode (median over repeats) and the ratios
-of each mode to off, paired per repeat (the headline is the median of the per-repeat ratios:
-this machine is shared, and a neighbour's burst spoils one repeat, not the figure; 1.0 = no
-cost). Results:
+Measurements interleave per repeat (the five modes in the order above), each on a fresh copy
+of one migrated template database, on a throwaway cluster from the installed binaries
+(durable settings unless --fast). Reported: runs/s per mode (median over repeats) and the
+ratios of each mode to off, paired per repeat (the headline is the median of the per-repeat
+ratios: this machine is shared, and a neighbour's burst spoils one repeat, not the figure;
+1.0 = no cost). Results:
 bench/results/otel_overhead.json.
 """
 

@@ -12,6 +12,10 @@ Trace structure (ADR 0016):
   trigger, claim, execution and completion; for runs made by the ticker or a backfill it starts
   its own trace and *links* to the tick or request (a tick makes many runs, minutes to months
   ahead; one trace per tick would be unreadable). It always links to its claim span.
+- Claims and reports are batches, so they are root spans joined to the attempts by links (the
+  messaging conventions' batch pattern). The attempt's own trace still shows each step as a
+  span event on `process <queue>`: `claimed` (with the claim's batch size), `exception` (the
+  executor raised) and `reported` (outcome, the report's batch size and its trace id).
 - Idle ticks and claims are dropped before export (`otel.spans.IdleFilter`).
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -39,6 +44,7 @@ T = TypeVar("T")
 # Outcomes that mean the attempt did not do its job (span status ERROR).
 _ERRORS = frozenset({"failed", "dead", "fenced", "unreported"})
 _MAX_STATUS_TEXT = 256
+_MAX_STACKTRACE = 8192
 
 
 class LeaseLike(Protocol):
@@ -54,6 +60,16 @@ class _Claim:
     claimed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """What `claimed` knows of a run until `run_scope` makes its span."""
+
+    claim: trace.SpanContext
+    claim_start_ns: int | None  # the attempt's span starts with its claim
+    claimed_ns: int  # when the claim returned the run: the `claimed` event
+    batch: int  # runs that claim took
+
+
 @dataclass(slots=True)
 class _Attempt:
     span: Span
@@ -63,12 +79,15 @@ class _Attempt:
     status: str | None = None
     error: str | None = None
     fenced_reason: str = "completion"
+    # Of the last `report` span that carried this attempt's result (for the `reported` event).
+    report_batch: int = 0
+    report_trace_id: str = ""
 
 
 @dataclass(slots=True)
 class _State:
-    # run id -> (claim span context, claim start in ns): from `claimed` to `run_scope`.
-    pending: dict[int, tuple[trace.SpanContext, int | None]] = field(default_factory=dict)
+    # run id -> its claim, from `claimed` to `run_scope`.
+    pending: dict[int, _Pending] = field(default_factory=dict)
     attempts: dict[tuple[int, int], _Attempt] = field(default_factory=dict)
 
 
@@ -120,6 +139,7 @@ def claimed(rows: Sequence[Mapping[str, Any]]) -> None:
     span = trace.get_current_span()
     start = getattr(span, "start_time", None)
     span_context = span.get_span_context()
+    claimed_ns = time.time_ns()
     lag = tel.histogram("pgsched.scheduler.lag")
     count = tel.counter("pgsched.runs.claimed")
     for row in rows:
@@ -130,7 +150,7 @@ def claimed(rows: Sequence[Mapping[str, Any]]) -> None:
                 max(0.0, (row["started_at"] - row["due_at"]).total_seconds()), {"queue": queue}
             )
         if span_context.is_valid:
-            _state.pending[int(row["id"])] = (span_context, start)
+            _state.pending[int(row["id"])] = _Pending(span_context, start, claimed_ns, len(rows))
 
 
 @contextlib.contextmanager
@@ -140,7 +160,7 @@ def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
     tel = current()
     run_id, attempt = int(row["id"]), int(row["attempt"])
     queue, job_type = str(row["queue"]), str(row.get("job_type") or "unknown")
-    claim_context, start = _state.pending.pop(run_id, (None, None))
+    pending = _state.pending.pop(run_id, None)
     creator = spans.creator_context(row.get("trace_context"))
     parent = otel_context.Context()  # a new trace, unless the creator was an API trigger
     links: list[Link] = []
@@ -148,14 +168,14 @@ def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
         parent = trace.set_span_in_context(NonRecordingSpan(creator), parent)
     elif creator is not None:
         links.append(Link(creator, {"pgsched.link": "created_by"}))
-    if claim_context is not None:
-        links.append(Link(claim_context, {"pgsched.link": "claimed_by"}))
+    if pending is not None:
+        links.append(Link(pending.claim, {"pgsched.link": "claimed_by"}))
     span = tel.tracer.start_span(
         f"process {queue}",
         context=parent,
         kind=SpanKind.CONSUMER,
         links=links,
-        start_time=start,
+        start_time=pending.claim_start_ns if pending is not None else None,
         attributes={
             spans.MESSAGING_SYSTEM_KEY: spans.MESSAGING_SYSTEM,
             spans.OPERATION_TYPE: "process",
@@ -170,6 +190,10 @@ def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
             spans.JOB_TYPE: job_type,
         },
     )
+    if pending is not None:
+        span.add_event(
+            spans.CLAIMED, {spans.BATCH_COUNT: pending.batch}, timestamp=pending.claimed_ns
+        )
     _state.attempts[(run_id, attempt)] = _Attempt(span, queue, job_type, time.perf_counter())
     tel.gauge("pgsched.worker.inflight").set(len(_state.attempts))
     token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -193,13 +217,15 @@ def reporting(leases: Sequence[LeaseLike]) -> Iterator[None]:
     """Around the statement that records a batch of results: a root span `report` (messaging
     `settle`) with a link to each attempt's span, the way a batch receive links its messages.
     The attempt spans stay open until their result is recorded, so each still covers claim to
-    completion; the completion statement itself sits under this span, shared by the batch."""
+    completion; the completion statement itself sits under this span, shared by the batch.
+    Each attempt remembers the batch (size, trace id) for its `reported` event."""
     tel = current()
-    links = [
-        Link(attempt.span.get_span_context(), {"pgsched.link": "reports"})
+    attempts = [
+        attempt
         for lease in leases
         if (attempt := _state.attempts.get((lease.run_id, lease.attempt))) is not None
     ]
+    links = [Link(a.span.get_span_context(), {"pgsched.link": "reports"}) for a in attempts]
     token = otel_context.attach(otel_context.Context())  # a root, whoever sends the batch
     try:
         with tel.tracer.start_as_current_span(
@@ -212,7 +238,12 @@ def reporting(leases: Sequence[LeaseLike]) -> Iterator[None]:
                 spans.OPERATION_NAME: "complete",
                 spans.BATCH_COUNT: len(leases),
             },
-        ):
+        ) as span:
+            report_context = span.get_span_context()
+            if report_context.is_valid:  # a retry or a one-by-one resend overwrites these
+                trace_id = format(report_context.trace_id, "032x")
+                for attempt in attempts:
+                    attempt.report_batch, attempt.report_trace_id = len(leases), trace_id
             yield
     finally:
         otel_context.detach(token)
@@ -221,7 +252,8 @@ def reporting(leases: Sequence[LeaseLike]) -> Iterator[None]:
 def reported(
     lease: LeaseLike, status: str, error: str | None, row: Mapping[str, Any] | None
 ) -> None:
-    """The attempt's report was recorded (`row`: the run after it; None: fenced)."""
+    """The attempt's report was recorded (`row`: the run after it; None: fenced): its outcome,
+    and the `reported` event on its span (which report batch recorded it)."""
     attempt = _state.attempts.get((lease.run_id, lease.attempt))
     if attempt is None:
         return
@@ -232,6 +264,15 @@ def reported(
     else:
         attempt.status = "dead" if row.get("state") == "dead" else "failed"
     attempt.error = error
+    if attempt.report_trace_id:
+        attempt.span.add_event(
+            spans.REPORTED,
+            {
+                spans.OUTCOME: attempt.status,
+                spans.BATCH_COUNT: attempt.report_batch,
+                spans.REPORT_TRACE_ID: attempt.report_trace_id,
+            },
+        )
 
 
 def stopped(lease: LeaseLike, reason: str | None) -> None:
@@ -249,11 +290,18 @@ def stopped(lease: LeaseLike, reason: str | None) -> None:
 
 
 def failed(lease: LeaseLike, exc: BaseException) -> None:
-    """The executor raised (a bug, not a job failure): recorded on the span, masked."""
+    """The executor raised (a bug, not a job failure): recorded on the span, masked. The SDK
+    puts the message into `exception.stacktrace` too, so both are masked (then bounded: the
+    trace's last lines, where the exception is, are kept)."""
     attempt = _state.attempts.get((lease.run_id, lease.attempt))
-    if attempt is not None:
+    if attempt is not None and attempt.span.is_recording():
+        stacktrace = "".join(traceback.format_exception(exc))
         attempt.span.record_exception(
-            exc, attributes={"exception.message": redact(str(exc))[:_MAX_STATUS_TEXT]}
+            exc,
+            attributes={
+                "exception.message": redact(str(exc))[:_MAX_STATUS_TEXT],
+                "exception.stacktrace": redact(stacktrace)[-_MAX_STACKTRACE:],
+            },
         )
 
 

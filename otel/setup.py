@@ -1,7 +1,7 @@
 """The telemetry of one process: tracer and meter providers, exporters, instruments.
 
 `setup(config)` is called once per process by its entry point (`pgsched run|api|worker|
-maintain`), after any fork, before pools open (the psycopg instrumentation wraps connections
+ticker|maintain`), after any fork, before pools open (the psycopg instrumentation wraps connections
 made afterwards). It is idempotent per process: a forked child that calls it again gets fresh
 providers, and so a fresh `service.instance.id`.
 

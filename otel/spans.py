@@ -23,6 +23,10 @@ TICK: Final = "tick"
 CLAIM: Final = "claim"
 REPORT: Final = "report"
 
+# Span events on an attempt's `process <queue>` span (its steps, in its own trace).
+CLAIMED: Final = "claimed"
+REPORTED: Final = "reported"
+
 # Attribute keys (messaging.* from the semantic conventions; pgsched.* are ours).
 MESSAGING_SYSTEM_KEY: Final = "messaging.system"
 OPERATION_TYPE: Final = "messaging.operation.type"
@@ -40,6 +44,7 @@ ORIGIN: Final = "pgsched.run.origin"
 JOB_TYPE: Final = "pgsched.job.type"
 OUTCOME: Final = "pgsched.run.outcome"
 WORKER_ID: Final = "pgsched.worker.id"
+REPORT_TRACE_ID: Final = "pgsched.report.trace_id"
 RUNS_CREATED: Final = "pgsched.tick.runs_created"
 RUNS_MISSED: Final = "pgsched.tick.occurrences_missed"
 RUNS_OVERLAPPED: Final = "pgsched.tick.occurrences_overlapped"

@@ -24,7 +24,7 @@ from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API te
     settings_for,
 )
 from tests.otel.receiver import Receiver, otlp_receiver
-from workers.worker import Worker, WorkerSettings
+from workers.worker import Executor, Worker, WorkerSettings
 
 
 @pytest.fixture
@@ -65,7 +65,10 @@ async def traced_api(
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    dsn: str, environ: dict[str, str] | None = None, **settings: Any
+    dsn: str,
+    environ: dict[str, str] | None = None,
+    executor: Executor | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Worker]:
     defaults: dict[str, Any] = {
         "slots": 2,
@@ -79,6 +82,7 @@ async def running_worker(
         clock=SystemClock(),
         settings=WorkerSettings(**{**defaults, **settings}),
         environ=environ or {},
+        **({"executor": executor} if executor is not None else {}),
     )
     stop, hard = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(worker.run(stop, hard))

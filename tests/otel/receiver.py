@@ -44,7 +44,7 @@ class Span:
     links: list[tuple[str, str, dict[str, Any]]]
     status_code: int
     status_message: str
-    events: list[tuple[str, dict[str, Any]]]
+    events: list[tuple[str, dict[str, Any], int]]  # (name, attributes, time in ns)
     scope: str
     resource: dict[str, Any]
     start_ns: int = 0
@@ -81,7 +81,10 @@ class Received:
                                 ],
                                 status_code=s.status.code,
                                 status_message=s.status.message,
-                                events=[(e.name, attrs(e.attributes)) for e in s.events],
+                                events=[
+                                    (e.name, attrs(e.attributes), e.time_unix_nano)
+                                    for e in s.events
+                                ],
                                 scope=ss.scope.name,
                                 resource=resource,
                                 start_ns=s.start_time_unix_nano,

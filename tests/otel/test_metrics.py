@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -26,12 +26,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import otel
 from app import schedules
+from app.clock import SystemClock
+from app.db import store
 from app.db.store import Conn
+from app.service import default_loops
 from otel import catalogue
 from tests.api.conftest import wait_for
 from tests.conftest import ROOT
 from tests.factories import make_schedule
+from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver
+from workers.jobs import JobContext, Outcome
 from workers.worker import POOL_SIZE
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -64,11 +69,27 @@ def check_against_catalogue(samples: Samples) -> None:
         assert keys == set(declared[base].labels), f"{name} has labels {keys}"
 
 
-def _start_worker(
-    dsn: str, receiver: Receiver, lines: list[str]
+async def scrape(telemetry: otel.Telemetry) -> Samples:
+    """This process's own /metrics (the port the telemetry fixture opened)."""
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(f"http://127.0.0.1:{telemetry.metrics_port}/metrics")
+    return parse(reply.text)
+
+
+def metrics_requests(samples: Samples) -> float:
+    """GET /metrics requests the API has counted (all status codes)."""
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "pgsched_api_requests_total" and ("path", "/metrics") in labels
+    )
+
+
+def _start(
+    command: str, dsn: str, receiver: Receiver, lines: list[str]
 ) -> tuple[subprocess.Popen[str], int]:
-    """`pgsched worker` with a /metrics port; its stderr lines go to `lines` (read by a thread,
-    so a chatty process never blocks on a full pipe)."""
+    """`pgsched <command>` with a /metrics port; its stderr lines go to `lines` (read by a
+    thread, so a chatty process never blocks on a full pipe)."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -78,9 +99,10 @@ def _start_worker(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "app.cli", command],
         cwd=ROOT,
         env=env,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -95,14 +117,14 @@ def _start_worker(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         for line in list(lines):
-            record = json.loads(line)  # every line the worker logs is JSON
-            assert record["service"] == "pgsched-worker"
+            record = json.loads(line)  # every line the process logs is JSON
+            assert record["service"] == f"pgsched-{command}"
             if record["message"].startswith("metrics on http://"):
                 return proc, int(record["message"].rsplit(":", 1)[1].split("/")[0])
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    raise AssertionError(f"the worker did not log its metrics port: {lines}")
+    raise AssertionError(f"`pgsched {command}` did not log its metrics port: {lines}")
 
 
 async def test_a_worker_process_serves_its_counters_and_exports_them(
@@ -121,7 +143,7 @@ async def test_a_worker_process_serves_its_counters_and_exports_them(
     runs = [(await schedules.trigger(db, ok["id"], actor="t", now=None))[0] for _ in range(3)]
     runs.append((await schedules.trigger(db, bad["id"], actor="t", now=None))[0])
     lines: list[str] = []
-    proc, port = _start_worker(dsn, receiver, lines)
+    proc, port = _start("worker", dsn, receiver, lines)
     try:
 
         async def all_done() -> bool:
@@ -184,8 +206,11 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     for _ in range(2):
         await schedules.trigger(db, s["id"], actor="t", now=None)
 
+    scrapes: list[Samples] = [parse((await traced_api.get("/metrics")).text)]
+
     async def sampled() -> Samples | None:
         samples = parse((await traced_api.get("/metrics")).text)
+        scrapes.append(samples)
         ready = value(samples, "pgsched_queue_depth", queue="default", state="ready")
         return samples if ready == 2 else None
 
@@ -204,15 +229,167 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     if promtool := shutil.which("promtool"):  # Debian's prometheus package: lint the exposition
         text = (await traced_api.get("/metrics")).text
         subprocess.run([promtool, "check", "metrics"], input=text, text=True, check=True)  # noqa: ASYNC221
-    requests = [
-        (labels, v)
-        for (name, labels), v in samples.items()
-        if name == "pgsched_api_requests_total" and ("path", "/metrics") in labels
-    ]
-    assert requests and all(v >= 1 for _, v in requests)
+    # Litestar's request counter lives in prometheus_client's process-wide registry (other
+    # tests count into it too), so the check is on the difference: one per scrape in between.
+    assert len(scrapes) >= 2
+    assert metrics_requests(scrapes[-1]) - metrics_requests(scrapes[0]) == len(scrapes) - 1
 
     telemetry.force_flush()
     points: dict[str, Any] = receiver.received.metric_points()
     assert ({"queue": "default", "state": "ready"}, 2) in points["pgsched.queue.depth"]
     assert ({"table": "run"}, 3) in points["pgsched.partitions.months_ahead"]
     await asyncio.sleep(0)
+
+
+async def test_the_ticker_counts_missed_occurrences_and_stamps_its_last_tick(
+    db: Conn, telemetry: otel.Telemetry, receiver: Receiver
+) -> None:
+    """The SchedulerDown alert reads pgsched_ticker_last_tick_timestamp_seconds; missed
+    occurrences (policy skip) are counted with reason late."""
+    started = time.time()
+    s = await make_schedule(
+        db,
+        now=datetime.now(UTC) - timedelta(minutes=10),
+        interval_seconds=60,
+        missed_policy="skip",
+        grace_seconds=60,
+    )
+    tick, _ = default_loops(SystemClock())
+    await tick.step(db)  # the service's tick, as `pgsched run` runs it
+    ticked = time.time()
+    cur = await db.execute(
+        "SELECT meta->>'reason' AS reason FROM pgsched.event "
+        "WHERE type = 'schedule.occurrence_missed' AND stream_id = %s",
+        [s["id"]],
+    )
+    reasons = [r["reason"] for r in await cur.fetchall()]
+    assert len(reasons) >= 8 and set(reasons) == {"skip"}  # ten minutes down, one a minute
+    cur = await db.execute(
+        "SELECT count(*) AS n FROM pgsched.run WHERE schedule_id = %s", [s["id"]]
+    )
+    created = (await cur.fetchone() or {})["n"]
+
+    samples = await scrape(telemetry)
+    assert value(samples, "pgsched_occurrences_missed_total", reason="late") == len(reasons)
+    assert value(samples, "pgsched_runs_created_total") == created
+    last = value(samples, "pgsched_ticker_last_tick_timestamp_seconds")
+    assert last is not None and started <= last <= ticked
+    assert value(samples, "pgsched_ticker_tick_duration_seconds_count") == 1
+    check_against_catalogue(samples)
+
+    telemetry.force_flush()
+    points = receiver.received.metric_points()
+    assert points["pgsched.occurrences.missed"] == [({"reason": "late"}, len(reasons))]
+    ((labels, stamp),) = points["pgsched.ticker.last_tick.timestamp"]
+    assert labels == {} and stamp == last
+
+
+async def test_a_fenced_completion_is_counted(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver
+) -> None:
+    """An attempt that loses its lease while it runs (rescued elsewhere) but does not notice
+    before it returns: its report is refused (fenced), counted with reason completion."""
+    s = await make_schedule(db, now=datetime.now(UTC), enabled=False, max_attempts=3)
+    run = (await schedules.trigger(db, s["id"], actor="t", now=None))[0]
+
+    async def rescued_under_it(job_type: str, payload: Any, ctx: JobContext) -> Outcome:
+        if ctx.attempt == 1:  # as if this worker had stalled past its lease
+            await db.execute(
+                "UPDATE pgsched.run SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+                [ctx.run_id],
+            )
+            assert await store.rescue_expired(db, limit=10, actor="elsewhere", now=None)
+        return Outcome("succeeded", retryable=False)
+
+    async with running_worker(dsn, executor=rescued_under_it) as worker:
+
+        async def done() -> bool:
+            row = await store.get_run(db, run["id"])
+            return row is not None and row["state"] == "succeeded"
+
+        await wait_for(done, within=20)
+    assert worker.stats.fenced == 1 and worker.stats.succeeded == 1
+    cur = await db.execute(
+        "SELECT count(*) AS n FROM pgsched.event "
+        "WHERE type = 'run.completion_fenced' AND stream_id = %s",
+        [run["id"]],
+    )
+    assert (await cur.fetchone() or {})["n"] == 1
+
+    samples = await scrape(telemetry)
+    assert value(samples, "pgsched_completions_fenced_total", reason="completion") == 1
+    assert value(samples, "pgsched_completions_fenced_total", reason="lease_lost") is None
+    total = "pgsched_jobs_processed_total"
+    assert value(samples, total, status="fenced", queue="default", job_type="noop") == 1
+    assert value(samples, total, status="succeeded", queue="default", job_type="noop") == 1
+
+    telemetry.force_flush()
+    points = receiver.received.metric_points()
+    assert points["pgsched.completions.fenced"] == [({"reason": "completion"}, 1)]
+    (fenced,) = [
+        x
+        for x in receiver.received.spans()
+        if x.name == "process default" and x.attributes["pgsched.run.attempt"] == 1
+    ]
+    assert fenced.attributes["pgsched.run.outcome"] == "fenced"
+    assert fenced.attributes["error.type"] == "fenced"
+    (reported,) = [attributes for name, attributes, _ in fenced.events if name == "reported"]
+    assert reported["pgsched.run.outcome"] == "fenced"
+
+
+async def test_pgsched_ticker_materialises_runs_and_stops_on_sigterm(
+    db: Conn, dsn: str, receiver: Receiver
+) -> None:
+    """`pgsched ticker`: only the ticker loops, in a process of role ticker."""
+    started = time.time()
+    now = datetime.now(UTC)
+    s = await make_schedule(
+        db, now=now, kind="once", interval_seconds=None, run_at=now + timedelta(seconds=1)
+    )
+    lines: list[str] = []
+    proc, port = _start("ticker", dsn, receiver, lines)
+    try:
+
+        async def materialised() -> int | None:
+            cur = await db.execute("SELECT id FROM pgsched.run WHERE schedule_id = %s", [s["id"]])
+            row = await cur.fetchone()
+            return int(row["id"]) if row else None
+
+        run_id = await wait_for(materialised, within=20)
+
+        async def scraped() -> Samples | None:  # counted just after the tick's commit
+            async with httpx.AsyncClient() as client:
+                samples = parse((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+            return samples if value(samples, "pgsched_runs_created_total") else None
+
+        samples: Samples = await wait_for(scraped, within=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, lines
+    run = await store.get_run(db, run_id)
+    assert run is not None and run["state"] == "waiting" and run["origin"] == "schedule"
+    # The built-in maintenance schedule is installed, as `pgsched run` does.
+    cur = await db.execute(
+        "SELECT count(*) AS n FROM pgsched.schedule WHERE name = 'pgsched.maintenance'"
+    )
+    assert (await cur.fetchone() or {})["n"] == 1
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.run")
+    created = (await cur.fetchone() or {})["n"]  # 1, or 2 if it was :07 (maintenance)
+
+    assert value(samples, "pgsched_runs_created_total") == created
+    last = value(samples, "pgsched_ticker_last_tick_timestamp_seconds")
+    assert last is not None and started <= last <= time.time()
+    assert value(samples, "pgsched_db_pool_connections", pool="service", state="max")
+    check_against_catalogue(samples)
+    info = [labels for (name, labels) in samples if name == "target_info"]
+    assert ("service_name", "pgsched-ticker") in info[0]
+
+    # SIGTERM flushed its telemetry: the tick that made the run, from a ticker resource.
+    resources = receiver.received.resources()
+    assert {(r["service.name"], r["pgsched.role"]) for r in resources} == {
+        ("pgsched-ticker", "ticker")
+    }
+    ticks = [x for x in receiver.received.spans() if x.name == "tick"]
+    assert sum(x.attributes["pgsched.tick.runs_created"] for x in ticks) == created
+    assert run["trace_context"]["trace_id"] in {x.trace_id for x in ticks}

@@ -6,9 +6,11 @@ in-process receiver (tests/otel/receiver.py); the assertions read the decoded OT
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -18,10 +20,12 @@ from app.clock import SystemClock
 from app.db import store
 from app.db.store import Conn
 from app.service import default_loops
+from otel.logs import MASK, Redactor, set_redactor
 from tests.api.conftest import Tokens, wait_for
 from tests.factories import make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver, Span
+from workers.jobs import JobContext, Outcome
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
 STATUS_ERROR = 2
@@ -53,6 +57,29 @@ def _assert_reported_in_a_batch(spans: list[Span], process: Span, db_spans: list
     completion = [s for s in db_spans if s.parent_span_id == report.span_id]
     assert any("finished_at" in str(s.attributes.get("db.statement")) for s in completion)
     assert process.end_ns >= report.end_ns, "the attempt covers its completion"
+
+
+def _assert_steps(spans: list[Span], process: Span, outcome: str) -> None:
+    """The attempt's own trace shows each step as an event on its span, though the claim and
+    the report are batch spans of their own (joined by links): `claimed` when its claim took
+    it, `reported` when its result was recorded, naming the report's trace."""
+    claim, report = _one(spans, name="claim"), _one(spans, name="report")
+    steps = [(name, attributes) for name, attributes, _ in process.events]
+    assert steps == [
+        ("claimed", {"messaging.batch.message_count": 1}),
+        (
+            "reported",
+            {
+                "pgsched.run.outcome": outcome,
+                "messaging.batch.message_count": 1,
+                "pgsched.report.trace_id": report.trace_id,
+            },
+        ),
+    ]
+    (_, _, claimed_at), (_, _, reported_at) = process.events
+    assert process.start_ns == claim.start_ns, "the attempt starts with its claim"
+    assert claim.start_ns <= claimed_at <= claim.end_ns
+    assert report.end_ns <= reported_at <= process.end_ns, "recorded, then the attempt ends"
 
 
 async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: PLR0917
@@ -112,6 +139,7 @@ async def test_an_api_trigger_is_one_trace_from_request_to_completion(  # noqa: 
     db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
     assert any(s.parent_span_id == request.span_id for s in db_spans)
     _assert_reported_in_a_batch(spans, process, db_spans)
+    _assert_steps(spans, process, "succeeded")
     # Nothing idle was exported: every claim and tick span did something.
     assert all(s.attributes.get("pgsched.idle") is None for s in spans)
     assert not [s for s in db_spans if s.parent_span_id == ""], "orphan DB spans are dropped"
@@ -162,6 +190,7 @@ async def test_a_ticker_run_links_to_its_tick_and_failures_set_the_status(
     assert process.attributes["pgsched.job.type"] == "command"
     assert process.status_code == STATUS_ERROR and process.status_message
     assert process.attributes["error.type"] == "dead"
+    _assert_steps(spans, process, "dead")
 
     points = receiver.received.metric_points()
     assert points["pgsched.jobs.processed"] == [
@@ -210,3 +239,160 @@ async def test_a_rescued_run_is_counted_and_its_next_attempt_traced(
     process = _one(receiver.received.spans(), kind=CONSUMER)
     assert process.attributes["pgsched.run.attempt"] == 2
     assert process.attributes["pgsched.run.outcome"] == "succeeded"
+
+
+async def test_a_schedule_created_over_the_api_runs_in_a_trace_linked_to_its_tick(  # noqa: PLR0917
+    db: Conn,
+    dsn: str,
+    telemetry: otel.Telemetry,
+    receiver: Receiver,
+    traced_api: AsyncTestClient[Litestar],
+    role_tokens: Tokens,
+) -> None:
+    """API -> ticker -> worker in one go. The create request's trace ends at the schedule: a
+    schedule makes runs for months, so each run's creator is the tick that materialised it."""
+    reply = await traced_api.post(
+        "/v1/schedules",
+        json={"name": "e2e-once", "job_type": "noop", "run_at": datetime.now(UTC).isoformat()},
+        headers=role_tokens.auth("admin"),
+    )
+    assert reply.status_code == 201, reply.text
+    schedule_id = reply.json()["id"]
+    tick, _ = default_loops(SystemClock())
+
+    async def materialised() -> int | None:
+        await tick.step(db)  # the service's tick, as `pgsched run` runs it
+        cur = await db.execute("SELECT id FROM pgsched.run WHERE schedule_id = %s", [schedule_id])
+        row = await cur.fetchone()
+        return int(row["id"]) if row else None
+
+    run_id: int = await wait_for(materialised, within=10)
+    async with running_worker(dsn):
+        run = await _finished(db, run_id)
+    assert run["state"] == "succeeded"
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    request = _one(spans, kind=SERVER)
+    assert request.name == "POST /v1/schedules"
+    db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
+    assert any(s.parent_span_id == request.span_id for s in db_spans), "the insert, traced"
+    # What the code stores for the create: no trace context on the schedule (there is no such
+    # column) and none on its schedule.created event (the API passes no trace id for schedule
+    # events), so nothing of the request reaches the runs.
+    cur = await db.execute(
+        "SELECT trace_id FROM pgsched.event WHERE stream = 'schedule' AND stream_id = %s"
+        " AND type = 'schedule.created'",
+        [schedule_id],
+    )
+    assert [r["trace_id"] for r in await cur.fetchall()] == [None]
+
+    made = _one(spans, name="tick")
+    assert made.kind == PRODUCER and made.parent_span_id == ""
+    assert made.attributes["pgsched.tick.runs_created"] == 1
+    assert made.trace_id != request.trace_id
+    assert run["trace_context"]["trace_id"] == made.trace_id, "the tick is the run's creator"
+
+    process = _one(spans, kind=CONSUMER)
+    claim = _one(spans, name="claim")
+    assert process.parent_span_id == "" and process.trace_id not in (
+        request.trace_id,
+        made.trace_id,
+    )
+    assert sorted(process.links, key=lambda ln: str(ln[2])) == [
+        (claim.trace_id, claim.span_id, {"pgsched.link": "claimed_by"}),
+        (made.trace_id, made.span_id, {"pgsched.link": "created_by"}),
+    ]
+    assert process.attributes["pgsched.run.origin"] == "schedule"
+    assert process.attributes["pgsched.schedule.id"] == schedule_id
+    assert process.attributes["pgsched.schedule.name"] == "e2e-once"
+    _assert_reported_in_a_batch(spans, process, db_spans)
+    _assert_steps(spans, process, "succeeded")
+
+
+async def test_backfilled_runs_link_to_the_request_that_made_them(  # noqa: PLR0917
+    db: Conn,
+    dsn: str,
+    telemetry: otel.Telemetry,
+    receiver: Receiver,
+    traced_api: AsyncTestClient[Litestar],
+    role_tokens: Tokens,
+) -> None:
+    s = await make_schedule(
+        db,
+        now=datetime.now(UTC),
+        kind="cron",
+        cron="* * * * *",
+        interval_seconds=None,
+        enabled=False,
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    reply = await traced_api.post(
+        f"/v1/schedules/{s['id']}/backfill",
+        json={"from": (end - timedelta(minutes=3)).isoformat(), "to": end.isoformat()},
+        headers=role_tokens.auth("operator"),
+    )
+    assert reply.status_code == 200, reply.text
+    run_ids = reply.json()["created"]
+    assert len(run_ids) == 3
+    async with running_worker(dsn, slots=4):
+        runs = [await _finished(db, run_id) for run_id in run_ids]
+    assert {r["state"] for r in runs} == {"succeeded"}
+    telemetry.force_flush()
+    spans = receiver.received.spans()
+
+    request = _one(spans, kind=SERVER)
+    assert request.name == "POST /v1/schedules/{schedule_id}/backfill"
+    assert {r["trace_context"]["trace_id"] for r in runs} == {request.trace_id}
+    processes = [x for x in spans if x.kind == CONSUMER]
+    assert sorted(p.attributes["pgsched.run.id"] for p in processes) == sorted(run_ids)
+    created_by = (request.trace_id, request.span_id, {"pgsched.link": "created_by"})
+    for process in processes:
+        assert process.parent_span_id == "", "a backfilled run starts its own trace"
+        assert process.trace_id != request.trace_id
+        assert created_by in process.links
+        assert process.attributes["pgsched.run.origin"] == "backfill"
+        assert process.attributes["pgsched.run.outcome"] == "succeeded"
+        assert [name for name, _, _ in process.events] == ["claimed", "reported"]
+
+
+SECRET = "crash-s3cr3t-4e1b"  # noqa: S105 - the value a crashing executor leaks into its error
+
+
+@pytest.fixture
+def secret_known() -> Iterator[str]:
+    """The process knows SECRET as a secret value (as a worker with PGSCHED_SECRET_* does)."""
+    set_redactor(Redactor.from_env({"PGSCHED_SECRET_CRASH": SECRET}))
+    try:
+        yield SECRET
+    finally:
+        set_redactor(Redactor())
+
+
+async def test_an_executor_crash_is_recorded_on_the_span_masked(
+    db: Conn, dsn: str, telemetry: otel.Telemetry, receiver: Receiver, secret_known: str
+) -> None:
+    """An executor that raises (a bug, not a job failure): the attempt's span records the
+    exception (type, message, stack trace) with the secret masked, and its status is ERROR."""
+    s = await make_schedule(db, now=datetime.now(UTC), enabled=False, max_attempts=1)
+    run = (await schedules.trigger(db, s["id"], actor="t", now=None))[0]
+
+    async def crashing(job_type: str, payload: Mapping[str, object], ctx: JobContext) -> Outcome:
+        raise RuntimeError(f"cannot reach https://user:{secret_known}@example.invalid/")
+
+    async with running_worker(dsn, executor=crashing):
+        done = await _finished(db, run["id"])
+    assert done["state"] == "dead"
+    telemetry.force_flush()
+    process = _one(receiver.received.spans(), kind=CONSUMER)
+    assert [name for name, _, _ in process.events] == ["claimed", "exception", "reported"]
+    ((_, exception, _),) = [e for e in process.events if e[0] == "exception"]
+    assert exception["exception.type"] == "RuntimeError"
+    assert exception["exception.message"] == f"cannot reach https://user:{MASK}@example.invalid/"
+    stacktrace = exception["exception.stacktrace"]
+    assert "Traceback" in stacktrace and "crashing" in stacktrace
+    assert f"RuntimeError: cannot reach https://user:{MASK}@" in stacktrace
+    assert process.status_code == STATUS_ERROR and process.attributes["error.type"] == "dead"
+    assert process.attributes["pgsched.run.outcome"] == "dead"
+    assert secret_known not in process.status_message
+    assert not [body for body in receiver.received.raw if secret_known.encode() in body]
