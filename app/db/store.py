@@ -54,6 +54,12 @@ class Lease:
         return cls(row["id"], row["due_at"], row["attempt"], row["lease_token"])
 
 
+def _trace_id(given: str | None) -> str | None:
+    """An event's trace id: the one given, else the current span's (an API request's, say), so
+    an operator can go from any event to the trace of what caused it."""
+    return given or (spans.trace_context() or {}).get("trace_id")
+
+
 def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -109,7 +115,7 @@ async def create_schedule(
             "actor": actor,
             "now": now,
             "meta": jsonb(meta or {}),
-            "trace_id": trace_id,
+            "trace_id": _trace_id(trace_id),
         },
     )
     if row is None:  # an INSERT … RETURNING always returns the row
@@ -145,7 +151,7 @@ async def update_schedule(
             "now": now,
             "expected_version": expected_version,
             "meta": jsonb(meta or {}),
-            "trace_id": trace_id,
+            "trace_id": _trace_id(trace_id),
         },
     )
 
@@ -178,7 +184,7 @@ async def record_schedule_event(
             "actor": actor,
             "now": now,
             "meta": jsonb(meta),
-            "trace_id": trace_id,
+            "trace_id": _trace_id(trace_id),
         },
     )
 

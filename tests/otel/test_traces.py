@@ -277,15 +277,14 @@ async def test_a_schedule_created_over_the_api_runs_in_a_trace_linked_to_its_tic
     assert request.name == "POST /v1/schedules"
     db_spans = [s for s in spans if s.scope.startswith("opentelemetry.instrumentation.psycopg")]
     assert any(s.parent_span_id == request.span_id for s in db_spans), "the insert, traced"
-    # What the code stores for the create: no trace context on the schedule (there is no such
-    # column) and none on its schedule.created event (the API passes no trace id for schedule
-    # events), so nothing of the request reaches the runs.
+    # The schedule.created event names the request's trace (an operator goes from the event to
+    # the request); the schedule row holds no trace context, so the runs' creator is the tick.
     cur = await db.execute(
         "SELECT trace_id FROM pgsched.event WHERE stream = 'schedule' AND stream_id = %s"
         " AND type = 'schedule.created'",
         [schedule_id],
     )
-    assert [r["trace_id"] for r in await cur.fetchall()] == [None]
+    assert [r["trace_id"] for r in await cur.fetchall()] == [request.trace_id]
 
     made = _one(spans, name="tick")
     assert made.kind == PRODUCER and made.parent_span_id == ""
