@@ -317,8 +317,7 @@ async def claim(
         "now": now,
     }
     if not limits:
-        rows = await _rows(conn, "claim_runs", {**params, "schedule_ids": [], "queue_names": []})
-        return Claim(rows, limited=False)
+        return Claim(await _rows(conn, "claim_open_runs", params), limited=False)
     async with conn.transaction():
         locked = await _row(conn, "lock_limits", params) or {}
         schedule_ids, queue_names = locked["schedule_ids"], locked["queue_names"]

@@ -273,3 +273,50 @@ async def test_the_next_due_time_is_one_index_probe_per_queue(conn: Conn) -> Non
     plan = "\n".join(r["QUERY PLAN"] for r in await cur.fetchall())
     assert "Seq Scan on run" not in plan, plan
     assert "run_next_available" in plan or "queue_available_at_idx" in plan, plan
+
+
+async def test_the_open_claim_and_the_full_claim_write_and_return_alike(conn: Conn) -> None:
+    """claim_open_runs repeats claim_runs' UPDATE, event and result (ADR 0019): same columns
+    back, same run.claimed data, and its search is an index range too."""
+    s = await make_schedule(conn, now=T)
+    await _waiting_runs(conn, s["id"], 4)
+
+    async def take(limits: bool) -> list[dict[str, object]]:
+        taken = await store.claim(
+            conn,
+            worker_id=1,
+            queues=["default"],
+            limit=2,
+            lease_seconds=60,
+            actor="w",
+            now=T,
+            limits=limits,
+        )
+        return taken.rows
+
+    fast, full = await take(limits=False), await take(limits=True)
+    assert len(fast) == len(full) == 2
+    assert set(fast[0]) == set(full[0])
+    cur = await conn.execute(
+        "SELECT stream_id, data FROM pgsched.event WHERE type = 'run.claimed' ORDER BY id"
+    )
+    events = await cur.fetchall()
+    assert [set(e["data"]) for e in events[:2]] == [set(e["data"]) for e in events[2:]]
+    assert [e["stream_id"] for e in events] == [r["id"] for r in fast + full]
+    from app.db.sql import query
+
+    cur = await conn.execute(
+        "EXPLAIN (COSTS OFF) " + query("claim_open_runs"),
+        {
+            "worker_id": 1,
+            "queues": ["default"],
+            "limit": 5,
+            "lease_seconds": 60,
+            "actor": "w",
+            "now": T,
+        },
+    )
+    plan = "\n".join(r["QUERY PLAN"] for r in await cur.fetchall())
+    search = plan[plan.index("CTE due") : plan.index("CTE claimed")]
+    assert "Seq Scan on run" not in search and "queue_priority_available_at" in search, plan
+    assert await replay.verify(conn) == []
