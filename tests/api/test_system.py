@@ -16,7 +16,7 @@ from app.clock import FakeClock
 from app.db import reads, store
 from app.db.store import Conn, Lease
 from app.settings import SettingsError
-from tests.api.conftest import Tokens, settings_for
+from tests.api.conftest import Tokens, settings_for, wait_for
 from tests.api.test_schedules import problem
 from tests.factories import make_schedule
 
@@ -82,6 +82,32 @@ async def test_health_partitions_alarm_then_unhealthy(api: Client, db: Conn) -> 
     assert unhealthy.headers["content-type"].startswith("application/json")
     body = unhealthy.json()
     assert (body["status"], body["components"]["partitions"]) == ("unhealthy", "unhealthy")
+
+
+async def test_health_degrades_when_a_default_partition_holds_rows(api: Client, db: Conn) -> None:
+    """Issue 7's second alarm. pgsched makes no DEFAULT partition; one that someone attached and
+    that caught a row would block creating that row's month later."""
+    await _live_worker(db)
+    healthy = (await api.get("/health")).json()
+    assert healthy["components"]["partitions"] == "healthy", healthy
+    s = await make_schedule(db)
+    await db.execute("CREATE TABLE pgsched.run_stray PARTITION OF pgsched.run DEFAULT")
+    far = datetime(2100, 1, 1, tzinfo=UTC)  # a month with no partition of its own
+    await store.insert_runs(db, [(s["id"], far, far)], origin="backfill", actor="t", now=None)
+    await db.execute("SELECT pg_stat_force_next_flush()")  # the count comes from the statistics
+
+    async def degraded() -> dict[str, object] | None:
+        body = (await api.get("/health")).json()
+        return body if body["components"]["partitions"] == "degraded" else None
+
+    body = await wait_for(degraded, within=10)
+    assert "DEFAULT partition: pgsched.run 1" in str(body["details"]), body
+    cur = await db.execute(
+        "SELECT table_name, partition_name, live_rows FROM pgsched.partition_defaults"
+    )
+    assert await cur.fetchall() == [
+        {"table_name": "pgsched.run", "partition_name": "pgsched.run_stray", "live_rows": 1}
+    ]
 
 
 async def test_without_a_database_health_is_503_and_requests_are_problems(

@@ -72,9 +72,14 @@ def _components(row: Row, settings: ApiSettings) -> tuple[HealthComponents, dict
     partitions: Status = "healthy"
     if not ahead:
         partitions = "unhealthy"
-    elif row["partition_alarm"]:
+    elif row["partition_alarm"] or row["default_partition_rows"]:
         partitions = "degraded"
     details["partitions"] = f"{ahead or 0} month(s) of partitions ahead"
+    if row["default_partition_rows"]:
+        details["partitions"] += (
+            f"; rows in a DEFAULT partition: {row['default_partition_rows']}"
+            " (they block creating their month's partition: docs/runbook.md)"
+        )
     components = HealthComponents(
         database="healthy", ticker=ticker, workers=workers, partitions=partitions
     )

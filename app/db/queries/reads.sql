@@ -83,7 +83,7 @@ LIMIT %(limit)s;
 -- name: health
 -- Everything /health reports, in one round trip and through indexes only (the endpoint is
 -- unauthenticated): how late the most overdue enabled schedule is, live workers, partition
--- horizon, and a few counts.
+-- horizon and rows in DEFAULT partitions, and a few counts.
 WITH clock AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 )
@@ -98,6 +98,8 @@ SELECT clock.now,
        (SELECT min(h.months_ahead) FROM pgsched.partition_horizon h) AS months_ahead,
        (SELECT coalesce(bool_or(h.alarm), true) FROM pgsched.partition_horizon h)
            AS partition_alarm,
+       (SELECT string_agg(d.table_name || ' ' || d.live_rows, ', ' ORDER BY d.table_name)
+        FROM pgsched.partition_defaults d WHERE d.live_rows > 0) AS default_partition_rows,
        (SELECT count(*) FROM pgsched.schedule s WHERE s.enabled AND s.deleted_at IS NULL)
            AS active_schedules,
        (SELECT count(*) FROM pgsched.run r WHERE r.state = 'waiting') AS pending_runs,

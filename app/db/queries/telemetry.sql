@@ -48,13 +48,8 @@ SELECT clock.now,
        (SELECT jsonb_object_agg(t.name, coalesce(d.rows, 0))
         FROM unnest(ARRAY['run', 'event']) AS t(name)
         LEFT JOIN LATERAL (
-            SELECT sum(st.n_live_tup) AS rows
-            FROM pg_inherits i
-            JOIN pg_class c ON c.oid = i.inhrelid
-            JOIN pg_class p ON p.oid = i.inhparent
-            JOIN pg_namespace n ON n.oid = p.relnamespace
-            LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid
-            WHERE n.nspname = 'pgsched' AND p.relname = t.name
-              AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+            SELECT sum(v.live_rows) AS rows
+            FROM pgsched.partition_defaults v
+            WHERE v.table_name = 'pgsched.' || t.name
         ) d ON true) AS default_rows
 FROM clock;
