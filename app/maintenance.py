@@ -1,6 +1,6 @@
 """Maintenance: partitions kept ahead of need, history kept within retention (issue 7, ADR 0005).
 
-By default the work is one SQL function, `pgsched.maintain_v1`, so that it runs the same way from
+By default the work is one SQL function, `pgsched.maintain_v2`, so that it runs the same way from
 `pgsched maintain` and as pgsched's own built-in schedule `pgsched.maintenance`: an ordinary
 `sql` job, hourly, so every pass shows up as a run with its events and outcome.
 
@@ -8,7 +8,7 @@ With an archive directory (`PGSCHED_ARCHIVE_DIR`, off by default; ADR 0018) a pa
 are written to `<dir>/<partition>.<UTC stamp>.csv.gz` before it is dropped. That needs a client
 (COPY TO STDOUT through gzip here: the app roles are not superusers and cannot COPY to a server
 file), so the built-in schedule becomes a `python` job calling `run_builtin`. Each month is
-detached (briefly locking its parent, as maintain_v1's DETACH does), so nothing can change it and
+detached (briefly locking its parent, as maintain_v2 does), so nothing can change it and
 no claim waits on it while its rows stream out; then the file is fsynced and the table dropped,
 with the file's path, rows, bytes and SHA-256 in the `partition.retired` event. If the file
 cannot be written the month is attached back, unchanged, the failure is recorded as
@@ -74,7 +74,7 @@ class Retention:
         # Integers only, formatted from validated settings: the statement is stored in the
         # built-in schedule's payload and run by the sql job type.
         return (
-            "SELECT action, table_name, partition_name FROM pgsched.maintain_v1("
+            "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
             f"{int(self.months_ahead)}, interval '{int(self.run_days)} days', "
             f"interval '{int(self.event_days)} days')"
         )

@@ -33,8 +33,11 @@ VACUUM ANALYZE and CHECKPOINT.
 Measured in all three, interleaved sample by sample (the order of the databases rotates and
 reverses), after one warm-up round:
 
-- `claim 10 of the backlog`: `app.db.store.claim_runs` (the worker's claim: lock_limits then
-  claim_runs) for 10 runs of queue `default`, timed up to the COMMIT (the commit's WAL flush is
+- `claim 10 of the backlog`: `app.db.store.claim` as a worker sends it while nothing is
+  limited (one statement, claim_open_runs; ADR 0019) for 10 runs of queue `default`, and
+  `claim 10, limits checked`: the two-statement claim (lock_limits then claim_runs) that a worker
+  sends once per poll interval or while limits are in play; each timed up to the COMMIT (the
+  commit's WAL flush is
   the same in both databases and the noisiest part on a shared disk, so it is left out); then,
   untimed, each claimed run succeeds through `store.succeed_run`, as a worker's would, so the next
   sample claims the next runs (a rolled-back claim would re-claim the same rows and pile dead
@@ -390,12 +393,14 @@ class Target:
     def __init__(self, name: str, url: str, conn: Conn, client: httpx.AsyncClient) -> None:
         self.name, self.url, self.conn, self.client = name, url, conn, client
 
-    async def claim(self, queue: str, expect: int) -> float:
+    async def claim(self, queue: str, expect: int, *, limits: bool = False) -> float:
         """The worker's claim, committed; the claimed runs then succeed (untimed), as a worker's
-        would, so every sample claims the next runs of the backlog."""
+        would, so every sample claims the next runs of the backlog. Without `limits` it is the
+        claim a worker sends while nothing is limited (claim_open_runs, ADR 0019); with, the
+        two-statement claim that honours limits (lock_limits, claim_runs)."""
         async with self.conn.transaction():
             started = time.perf_counter()
-            rows = await store.claim_runs(
+            taken = await store.claim(
                 self.conn,
                 worker_id=1,
                 queues=[queue],
@@ -403,8 +408,10 @@ class Target:
                 lease_seconds=60,
                 actor="bench",
                 now=None,
+                limits=limits,
             )
             took = time.perf_counter() - started
+        rows = taken.rows
         if len(rows) != expect:
             raise RuntimeError(f"{self.name}: claimed {len(rows)} runs of {queue}, not {expect}")
         for row in rows:
@@ -438,6 +445,7 @@ OUTCOME = {
 
 OPERATIONS: dict[str, Callable[[Target], Awaitable[float]]] = {
     f"claim {CLAIM} of the backlog": lambda t: t.claim("default", CLAIM),
+    f"claim {CLAIM}, limits checked": lambda t: t.claim("default", CLAIM, limits=True),
     "claim, nothing due": lambda t: t.claim("idle", 0),
     f"GET /v1/runs?limit={PAGE}": lambda t: t.list_runs({"limit": str(PAGE)}),
     f"GET /v1/runs?status=waiting&limit={PAGE}": lambda t: t.list_runs(

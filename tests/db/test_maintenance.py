@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -96,6 +97,56 @@ async def test_a_month_holding_an_unfinished_run_is_kept(conn: Conn) -> None:
     assert await cur.fetchall() == [{"n": "1"}]
 
 
+async def test_a_run_written_into_the_month_while_it_is_counted_is_kept(
+    conn: Conn, dsn: str
+) -> None:
+    """maintain_v2 locks before it counts: a backfill still open when maintenance starts ends
+    up counted (maintain_v1 counted first, then its DETACH waited for that transaction and
+    dropped the month with the new run in it)."""
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 4)
+    s = await make_schedule(conn, now=NOW)
+    due = old + timedelta(days=5)
+    writer = await connect(dsn)
+    try:
+        async with writer.transaction():
+            await store.insert_runs(
+                writer, [(s["id"], due, due)], origin="backfill", actor="t", now=NOW
+            )
+            # Maintenance starts while the backfill is open, and must wait for it.
+            task = asyncio.create_task(maintenance.maintain(conn, RETENTION, now=NOW))
+            await asyncio.sleep(0.5)
+            assert not task.done(), "maintenance waited for the open writer"
+        done = await task
+    finally:
+        await writer.close()
+    assert ("kept", f"run_y{old:%Y}m{old:%m}") in {(r["action"], r["partition_name"]) for r in done}
+    cur = await conn.execute("SELECT state FROM pgsched.run WHERE due_at = %s", [due])
+    assert await cur.fetchall() == [{"state": "waiting"}]
+    assert await replay.verify(conn) == []
+
+
+async def test_maintenance_gives_up_on_a_held_lock_within_its_lock_timeout(
+    conn: Conn, dsn: str
+) -> None:
+    """Every step waits at most 5 s for a lock: a session holding pgsched.run makes the pass
+    fail in about that time, changing nothing, instead of queueing every claim behind it."""
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 4)
+    holder = await connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE pgsched.run IN ACCESS SHARE MODE")
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                await maintenance.maintain(conn, RETENTION, now=NOW)
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        await holder.close()
+    assert 4.5 <= waited < 15, waited
+    assert month_start(old) in await partitions(conn, "pgsched.run"), "nothing was dropped"
+
+
 async def test_retiring_events_keeps_the_fold_complete(conn: Conn) -> None:
     """Snapshots before the drop: verify still finds no drift after old event months go."""
     old = month_start(NOW, -5)
@@ -175,6 +226,6 @@ async def test_builtin_schedule_is_installed_once_and_updated(conn: Conn) -> Non
 
 def test_retention_statement_is_built_from_integers() -> None:
     assert maintenance.Retention(3, 30, 90).statement() == (
-        "SELECT action, table_name, partition_name FROM pgsched.maintain_v1("
+        "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
         "3, interval '30 days', interval '90 days')"
     )

@@ -233,7 +233,7 @@ async def test_table_health_and_partition_horizon(operator: Conn) -> None:
         "INSERT INTO pgsched.queue (name, updated_at) VALUES ('x', now())",
         "DELETE FROM pgsched.run",
         "SELECT * FROM pgsched.api_token",
-        "SELECT * FROM pgsched.maintain_v1()",
+        "SELECT * FROM pgsched.maintain_v2()",
     ],
 )
 async def test_the_operator_role_only_reads(operator: Conn, statement: str) -> None:

@@ -1,10 +1,10 @@
--- Maintenance: partitions ahead and retention, all inside pgsched.maintain_v1 (ADR 0005,
--- sql/partitions/maintain_v1.sql). The built-in schedule runs the same function as a sql job.
+-- Maintenance: partitions ahead and retention, all inside pgsched.maintain_v2 (ADR 0005,
+-- sql/partitions/maintain_v2.sql). The built-in schedule runs the same function as a sql job.
 
 -- name: maintain
 -- One maintenance pass; returns a row per partition created, kept or retired.
 SELECT action, table_name, partition_name, detail
-FROM pgsched.maintain_v1(%(months_ahead)s, make_interval(days => %(run_days)s),
+FROM pgsched.maintain_v2(%(months_ahead)s, make_interval(days => %(run_days)s),
                          make_interval(days => %(event_days)s), %(now)s::timestamptz);
 
 -- name: live_schedule_by_name
@@ -13,12 +13,12 @@ SELECT * FROM pgsched.schedule WHERE name = %(name)s AND deleted_at IS NULL;
 
 -- Archiving maintenance (PGSCHED_ARCHIVE_DIR, ADR 0018) retires one partition per transaction
 -- with the functions of sql/partitions/retire_v1.sql; the months ahead still come from
--- maintain_v1, given retention so long that it retires nothing itself.
+-- maintain_v2, given retention so long that it retires nothing itself.
 
 -- name: maintain_ahead
--- Only the months ahead: maintain_v1 with retention too long to retire anything.
+-- Only the months ahead: maintain_v2 with retention too long to retire anything.
 SELECT action, table_name, partition_name, detail
-FROM pgsched.maintain_v1(%(months_ahead)s, interval '1000 years', interval '1000 years',
+FROM pgsched.maintain_v2(%(months_ahead)s, interval '1000 years', interval '1000 years',
                          %(now)s::timestamptz);
 
 -- name: retirable_partitions
