@@ -97,6 +97,45 @@ async def test_a_month_holding_an_unfinished_run_is_kept(conn: Conn) -> None:
     assert await cur.fetchall() == [{"n": "1"}]
 
 
+async def test_event_months_are_retired_exactly_at_their_cutoff(conn: Conn) -> None:
+    """Events keep 90 days: the month ending exactly 90 days before `at` goes, the next stays;
+    one second earlier only the first goes."""
+    old = month_start(NOW, -8)
+    await create_months(conn, "pgsched.event", old, 8)
+    end_of_second = month_start(old, 2)
+    at = end_of_second + timedelta(days=90)
+
+    def events_retired(done: list[dict[str, object]]) -> list[object]:
+        return [
+            r["partition_name"]
+            for r in done
+            if r["action"] == "retired" and r["table_name"] == "pgsched.event"
+        ]
+
+    first, second = (f"event_y{m:%Y}m{m:%m}" for m in (old, month_start(old, 1)))
+    assert events_retired(await maintenance.maintain(conn, RETENTION, now=at)) == [first, second]
+    assert month_start(old, 2) in await partitions(conn, "pgsched.event")
+    await create_months(conn, "pgsched.event", old, 2)
+    done = await maintenance.maintain(conn, RETENTION, now=at - timedelta(seconds=1))
+    assert events_retired(done) == [first]
+
+
+async def test_a_month_holding_a_running_run_is_kept(conn: Conn) -> None:
+    """Not only waiting runs: one a worker holds right now keeps its month too."""
+    old = month_start(NOW, -4)
+    await create_months(conn, "pgsched.run", old, 4)
+    s = await make_schedule(conn, now=NOW)
+    due = old + timedelta(days=5)
+    await store.insert_runs(conn, [(s["id"], due, due)], origin="backfill", actor="t", now=NOW)
+    claimed = await store.claim_runs(
+        conn, worker_id=1, queues=["default"], limit=1, lease_seconds=60, actor="w", now=NOW
+    )
+    assert [r["state"] for r in claimed] == ["running"]
+    done = await maintenance.maintain(conn, RETENTION, now=NOW)
+    assert ("kept", f"run_y{old:%Y}m{old:%m}") in {(r["action"], r["partition_name"]) for r in done}
+    assert month_start(old) in await partitions(conn, "pgsched.run")
+
+
 async def test_a_run_written_into_the_month_while_it_is_counted_is_kept(
     conn: Conn, dsn: str
 ) -> None:
