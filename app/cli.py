@@ -198,10 +198,7 @@ def _run_service(url: str) -> int:
     print(f"  psql '{url}'")
 
     async def _serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         clock = SystemClock()
         loops = default_loops(clock)
         worker = Worker(url, clock=clock, settings=WorkerSettings.from_env(os.environ))
@@ -213,6 +210,15 @@ def _run_service(url: str) -> int:
     asyncio.run(_serve())
     print("pgsched stopped")
     return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets (call it inside the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -258,10 +264,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     url = _database_url(args)
 
     async def _tick() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         clock = SystemClock()
         loops = default_loops(clock)
         names = ", ".join(lp.name for lp in loops)
