@@ -10,8 +10,8 @@ Errors:
 - a broken connection (`OperationalError`) is retried with backoff on a new connection. Safe:
   the statement is fenced, and a result whose COMMIT went through before the break is
   recognised on the retry (`applied`), not counted twice nor taken for a zombie's;
-- any other database error in a batch is retried one report at a time, so one bad result
-  cannot sink the others;
+- any other error in a batch (from the database, or a result that cannot be encoded) is retried
+  one report at a time, so one bad result cannot sink the others;
 - a result that cannot be recorded raises `ReportFailed` in its job's task; its lease will
   expire and rescue puts the run back (the at-least-once path).
 """
@@ -84,7 +84,8 @@ class Reporter:
             results: Sequence[Row | BaseException | None] = await self._send(reports)
         except ReportFailed as exc:
             results = [exc] * len(batch)
-        except psycopg.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - a database error, or a result it cannot encode
+            # Whatever one result did, the reporter must go on serving the others.
             if len(batch) == 1:
                 results = [ReportFailed(first_line(exc))]
             else:

@@ -48,11 +48,11 @@ async def test_a_busy_worker_reports_many_runs_per_statement(db: Conn, dsn: str)
 
 
 async def test_one_unstorable_result_fails_alone(db: Conn, dsn: str) -> None:
-    await _waiting_runs(db, 3)
+    await _waiting_runs(db, 4)
     rows = await store.claim_runs(
-        db, worker_id=1, queues=["default"], limit=3, lease_seconds=30, actor="w", now=None
+        db, worker_id=1, queues=["default"], limit=4, lease_seconds=30, actor="w", now=None
     )
-    a, b, c = (Lease.of(r) for r in rows)
+    a, b, c, d = (Lease.of(r) for r in rows)
     reporter = Reporter(dsn, clock=SystemClock(), actor=lambda: "worker:1")
     task = asyncio.create_task(reporter.run())
     try:
@@ -62,14 +62,16 @@ async def test_one_unstorable_result_fails_alone(db: Conn, dsn: str) -> None:
             reporter.report(Report(a, "succeeded", {"status": "succeeded"})),
             reporter.report(Report(b, "succeeded", {"status": "succeeded", "error": "a\x00b"})),
             reporter.report(Report(c, "failed", {"status": "failed"}, final=True)),
+            # And one that cannot even be encoded (a bug upstream): it fails alone as well.
+            reporter.report(Report(d, "succeeded", {"status": "succeeded", "x": object()})),
             return_exceptions=True,
         )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    ok, bad, dead = results
+    ok, bad, dead, unencodable = results
     assert isinstance(ok, dict) and ok["state"] == "succeeded"
-    assert isinstance(bad, ReportFailed)
+    assert isinstance(bad, ReportFailed) and isinstance(unencodable, ReportFailed)
     assert isinstance(dead, dict) and dead["state"] == "dead"
     still = await store.get_run(db, b.run_id)
     assert still is not None and still["state"] == "running", "left to its lease and rescue"
