@@ -244,15 +244,21 @@ async def test_tick_notifies_workers_once_per_batch(dsn: str) -> None:
         await writer.close()
 
 
+def _kolkata_hour_opposite(t: datetime) -> int:
+    """The Asia/Kolkata hour twelve hours away from t (a fixed '30 2' once made this test
+    fail whenever CI ran near 21:00 UTC, when that daily occurrence fell inside the window)."""
+    return (t + timedelta(hours=5, minutes=30) + timedelta(hours=12)).hour
+
+
 async def test_grouped_batch_equals_planning_each_schedule_alone(conn: Conn) -> None:
     """lock_due_groups plans alike schedules once: the runs, misses and next due times must be
     exactly what plan() gives each schedule on its own (jitter and interval anchors included)."""
     shapes: list[dict[str, object]] = [
         {"kind": "cron", "cron": "* * * * *", "interval_seconds": None},
         {"kind": "cron", "cron": "*/5 * * * *", "interval_seconds": None},
-        {
+        {  # daily, twelve hours from T, so it is never due in this test's window
             "kind": "cron",
-            "cron": "30 2 * * *",
+            "cron": f"30 {_kolkata_hour_opposite(T)} * * *",
             "interval_seconds": None,
             "timezone": "Asia/Kolkata",
         },
