@@ -472,6 +472,10 @@ async def explain(target: Target) -> dict[str, Any]:
             locked = await cur.fetchone() or {}
             p |= {"schedule_ids": locked["schedule_ids"], "queue_names": locked["queue_names"]}
             out[label] = await _plan(conn, query("claim_runs"), p)
+    async with conn.transaction(force_rollback=True):
+        out["claim_open_runs (backlog)"] = await _plan(
+            conn, query("claim_open_runs"), {**params, "queues": ["default"]}
+        )
     page = {
         "limit": PAGE + 1,
         "before_due_at": None,
