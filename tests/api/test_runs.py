@@ -14,7 +14,7 @@ from app.db import replay, store
 from app.db.store import Conn, Lease
 from tests.api.conftest import Tokens
 from tests.api.test_schedules import problem
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 
 Client = AsyncTestClient[Litestar]
 
@@ -53,6 +53,7 @@ async def test_list_runs_pages_and_filters(api: Client, role_tokens: Tokens, db:
     s = await make_schedule(db, kind="cron", interval_seconds=None, cron="*/10 * * * *")
     other = await make_schedule(db, queue="other")
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    await cover_last_month(db)  # the hour before `end` is last month's at 00:xx on the 1st
     backfill = await schedules.backfill(
         db, s["id"], end - timedelta(hours=1), end, actor="t", now=None
     )

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from app.db import replay
 from app.db.store import Conn
 from tests.api.conftest import Tokens
+from tests.factories import cover_last_month
 
 Client = AsyncTestClient[Litestar]
 ADMIN_UA = "pgsched-tests/1.0"
@@ -80,7 +81,8 @@ async def test_create_computes_the_first_due_time_and_records_who(
     assert s["next_due_at"].endswith("Z") and s["created_at"].endswith("Z")
     local = due.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
     assert (local.hour, local.minute, local.weekday() < 5) == (9, 0, True)
-    assert timedelta(0) < due - datetime.now(UTC) <= timedelta(days=4)
+    # From created_at: against a later now(), a creation at 08:59:59.9 (Berlin) failed.
+    assert timedelta(0) <= due - datetime.fromisoformat(s["created_at"]) <= timedelta(days=4)
 
     cur = await db.execute("SELECT * FROM pgsched.schedule WHERE id = %s", [s["id"]])
     row = await cur.fetchone()
@@ -324,6 +326,7 @@ async def test_backfill(api: Client, role_tokens: Tokens, db: Conn) -> None:
     op = role_tokens.auth("operator")
     url = f"/v1/schedules/{s['id']}/backfill"
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    await cover_last_month(db)  # the hour before `end` is last month's at 00:xx on the 1st
     span = {"from": (end - timedelta(hours=1)).isoformat(), "to": end.isoformat()}
     first = await api.post(url, json=span, headers=op)
     assert first.status_code == 200, first.text
@@ -336,9 +339,10 @@ async def test_backfill(api: Client, role_tokens: Tokens, db: Conn) -> None:
     problem(await api.post(url, json=backwards, headers=op), 422, "to")
     problem(await api.post(url, json={"from": span["from"]}, headers=op), 422, "to")
     yearly = await create(api, role_tokens, name="yearly", cron="0 0 1 1 *")
+    # July to July holds a 1 January every year (end - 3*365 d .. end - 2*365 d held none in 2024).
     retired = {
-        "from": (end - timedelta(days=3 * 365)).isoformat(),
-        "to": (end - timedelta(days=2 * 365)).isoformat(),
+        "from": datetime(end.year - 3, 7, 1, tzinfo=UTC).isoformat(),
+        "to": datetime(end.year - 2, 7, 1, tzinfo=UTC).isoformat(),
     }
     response = await api.post(f"/v1/schedules/{yearly['id']}/backfill", json=retired, headers=op)
     problem(response, 422, "from")

@@ -18,7 +18,7 @@ from app.db.store import Conn, Lease
 from app.settings import SettingsError
 from tests.api.conftest import Tokens, settings_for, wait_for
 from tests.api.test_schedules import problem
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 
 Client = AsyncTestClient[Litestar]
 
@@ -49,6 +49,7 @@ async def test_health_healthy_and_degraded(api: Client, db: Conn) -> None:
     assert healthy["status"] == "healthy" and healthy["metrics"]["live_workers"] == 1
 
     # A schedule the ticker should have handled two minutes ago: the ticker is behind.
+    await cover_last_month(db)  # `late` is last month's in the first two minutes of the 1st
     late = datetime.now(UTC) - timedelta(minutes=2)
     await make_schedule(db, now=late)
     behind = (await api.get("/health")).json()
@@ -260,7 +261,8 @@ def test_create_app_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 async def test_the_injected_clock_decides(dsn: str, role_tokens: Tokens) -> None:
     """ADR 0003: with a clock given, every decision uses it, not the host's or the server's."""
-    fake = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(days=3, minutes=7))
+    # At :07 of an hour three days on: a fake instant on the hour is itself the next "0 * * * *".
+    fake = FakeClock((datetime.now(UTC) + timedelta(days=3)).replace(minute=7, microsecond=0))
     async with AsyncTestClient(app=create_app(settings_for(dsn), clock=fake)) as client:
         created = await client.post(
             "/v1/schedules",

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from app.db import replay, store
 from app.db.store import Conn, Lease
 from tests.conftest import connect
-from tests.factories import make_schedule
+from tests.factories import clear_of_month_ends, make_schedule
 
-T = datetime.now(UTC).replace(second=0, microsecond=0)
+# A day clear of month ends: runs from T - 5.5 h to T + 83 min stay in T's existing partition.
+T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 
 
 async def _waiting_runs(conn: Conn, schedule_id: int, n: int) -> None:

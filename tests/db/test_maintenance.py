@@ -214,8 +214,9 @@ async def test_retiring_events_keeps_the_fold_complete(conn: Conn) -> None:
 
 
 async def test_the_ticker_never_fails_across_month_boundaries(conn: Conn) -> None:
-    hourly = [await make_schedule(conn, now=NOW, interval_seconds=3600) for _ in range(3)]
-    at = NOW
+    # Half past the hour: from a NOW at :59, the on-the-hour ticks below made two runs each.
+    at = NOW.replace(minute=30, second=0, microsecond=0)
+    hourly = [await make_schedule(conn, now=at, interval_seconds=3600) for _ in range(3)]
     for _ in range(7):  # seven months of moved clock, maintenance then ticks, as in production
         await maintenance.maintain(conn, RETENTION, now=at)
         ahead = await partitions(conn, "pgsched.run")

@@ -13,7 +13,7 @@ from app import ticker
 from app.db import store
 from app.db.store import Conn, Lease
 from tests.conftest import connect
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 
 H = timedelta(hours=1)
 
@@ -39,6 +39,7 @@ async def history(dsn: str) -> AsyncIterator[dict[str, Any]]:
     NOW = datetime.now(UTC)
     conn = await connect(dsn)
     try:
+        await cover_last_month(conn)  # 6 h back is last month's before 06:00 on the 1st
         jobs = await make_schedule(
             conn, now=NOW - 6 * H, name="nightly-report", max_attempts=1, next_due_at=None
         )

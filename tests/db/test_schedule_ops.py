@@ -11,9 +11,10 @@ from app import schedules, ticker
 from app.db import replay, store
 from app.db.store import Conn, Lease
 from tests.conftest import connect
-from tests.factories import make_schedule
+from tests.factories import clear_of_month_ends, make_schedule
 
-T = datetime.now(UTC).replace(second=0, microsecond=0)
+# A day clear of month ends: history from T - 10 min never reaches last month (no partition).
+T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 MIN = timedelta(minutes=1)
 
 

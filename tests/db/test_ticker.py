@@ -11,10 +11,10 @@ from app import ticker
 from app.db import replay, store
 from app.db.store import Conn
 from tests.conftest import connect
-from tests.factories import make_schedule
+from tests.factories import clear_of_month_ends, make_schedule
 
-# A whole minute this month, so runs and events land in existing partitions.
-T = datetime.now(UTC).replace(second=0, microsecond=0)
+# A whole minute a day clear of month ends, so runs and events from T - 30 min on have a partition.
+T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 MIN = timedelta(minutes=1)
 
 

@@ -33,7 +33,7 @@ from app.service import default_loops
 from otel import catalogue
 from tests.api.conftest import wait_for
 from tests.conftest import ROOT
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver
 from workers.jobs import JobContext, Outcome
@@ -247,6 +247,7 @@ async def test_the_ticker_counts_missed_occurrences_and_stamps_its_last_tick(
     """The SchedulerDown alert reads pgsched_ticker_last_tick_timestamp_seconds; missed
     occurrences (policy skip) are counted with reason late."""
     started = time.time()
+    await cover_last_month(db)  # now - 10 min is last month's in the first minutes of the 1st
     s = await make_schedule(
         db,
         now=datetime.now(UTC) - timedelta(minutes=10),

@@ -22,7 +22,7 @@ from app.db.store import Conn
 from app.service import default_loops
 from otel.logs import MASK, Redactor, set_redactor
 from tests.api.conftest import Tokens, wait_for
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver, Span
 from workers.jobs import JobContext, Outcome
@@ -326,6 +326,7 @@ async def test_backfilled_runs_link_to_the_request_that_made_them(  # noqa: PLR0
         enabled=False,
     )
     end = datetime.now(UTC).replace(second=0, microsecond=0)
+    await cover_last_month(db)  # the 3 minutes before `end` are last month's at 00:0x on the 1st
     reply = await traced_api.post(
         f"/v1/schedules/{s['id']}/backfill",
         json={"from": (end - timedelta(minutes=3)).isoformat(), "to": end.isoformat()},

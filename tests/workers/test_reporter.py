@@ -11,12 +11,13 @@ import pytest
 from app.clock import SystemClock
 from app.db import replay, store
 from app.db.store import Conn, Lease, Report
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 from tests.workers.test_worker import python_job, running_worker
 from workers.reporter import Reporter, ReportFailed
 
 
 async def _waiting_runs(conn: Conn, n: int) -> int:
+    await cover_last_month(conn)  # runs due up to n ms ago: last month's at 00:00:00 on the 1st
     s = await make_schedule(conn)
     now = datetime.now(UTC)
     dues = [now - timedelta(milliseconds=k) for k in range(n)]
@@ -115,6 +116,7 @@ async def test_limits_hold_while_unlimited_runs_take_the_fast_claim(db: Conn, ds
     capped = await make_schedule(db, now=now, max_concurrency=2, **slow)
     queued = await make_schedule(db, now=now, queue="narrow", **slow)
     free = await make_schedule(db, now=now)
+    await cover_last_month(db)  # the runs below are due up to 20 ms ago: see _waiting_runs
     await store.set_queue_limit(db, "narrow", 1, actor="t", now=None)
     async with (
         running_worker(dsn, slots=8, poll_seconds=0.2) as (fast, _),
