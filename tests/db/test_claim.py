@@ -158,6 +158,54 @@ async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> Non
     assert not re.search(r"->\s+(Incremental )?Sort \(", plan), "no Sort node: index order"
 
 
+async def test_a_backlog_across_a_month_boundary_is_read_in_index_order(conn: Conn) -> None:
+    """F19 at a month boundary: on the 1st, runs still waiting in last month's partition and
+    the new month's runs are both claimable. With a backlog in each (20,000 + 20,000), the
+    lean claim and the limits-checked claim must merge the two partitions' index ranges and
+    stop after their LIMIT, never read or sort a month's backlog. (With a few thousand the
+    planner may sort them instead: cheap, and its choice; this is the size where it matters.)"""
+    following = (T.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
+    now = following + timedelta(hours=1)
+    s = await make_schedule(conn, now=T, enabled=False)
+    for start, step in ((following - timedelta(hours=25), 0.5), (following, 0.05)):
+        await conn.execute(
+            "INSERT INTO pgsched.run (schedule_id, due_at, origin, state, queue, priority,"
+            " available_at, max_attempts, created_at)"
+            " SELECT %(s)s, %(start)s + make_interval(secs => g * %(step)s), 'schedule',"
+            " 'waiting', 'default', 0, %(start)s + make_interval(secs => g * %(step)s), 3, %(t)s"
+            " FROM generate_series(1, 20000) g",
+            {"s": s["id"], "start": start, "step": step, "t": T},
+        )
+    await conn.execute("ANALYZE pgsched.run")
+    from app.db.sql import query
+
+    params = {
+        "worker_id": 1,
+        "queues": ["default"],
+        "limit": 10,
+        "lease_seconds": 60,
+        "actor": "w",
+        "now": now,
+        "schedule_ids": [],
+        "queue_names": [],
+    }
+    for name, search_ends in (("claim_open_runs", "CTE claimed"), ("claim_runs", "CTE due")):
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(
+                "EXPLAIN (ANALYZE, BUFFERS OFF, TIMING OFF, COSTS OFF) " + query(name), params
+            )
+            plan = "\n".join(r["QUERY PLAN"] for r in await cur.fetchall())
+        search = plan[: plan.index(search_ends)]
+        if name == "claim_runs":
+            search = search[search.index("CTE open") :]
+        scans = re.findall(r" on (run_y\d{4}m\d{2}) \w+ \(actual rows=(\d+)", search)
+        months = {month for month, _ in scans}
+        assert {f"run_y{T:%Y}m{T:%m}", f"run_y{following:%Y}m{following:%m}"} <= months, search
+        assert "Seq Scan on run_" not in search, (name, search)
+        # Each month's scan stops at the LIMIT: no month's backlog is read, so none is sorted.
+        assert max(int(rows) for _, rows in scans) <= 10, (name, search)
+
+
 async def test_queue_limit_caps_running_runs_across_schedules(conn: Conn) -> None:
     await store.set_queue_limit(conn, "default", 3, actor="op", now=T)
     for _ in range(3):
