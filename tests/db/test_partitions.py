@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from app.db import store
 from app.db.store import Conn
@@ -118,3 +120,80 @@ async def test_drop_months_before_a_date(conn: Conn) -> None:
         str(parts[0]["name"]).removeprefix("pgsched.")
     ]
     assert await _partitions(conn, "pgsched.event") == parts[1:]
+
+
+async def test_the_runbook_moves_rows_out_of_a_default_partition(conn: Conn) -> None:
+    """docs/runbook.md, "Rows in a DEFAULT partition", step by step as the owner. The order
+    matters: with the DEFAULT still attached, creating the month of a row it holds is refused
+    (PostgreSQL re-checks the DEFAULT's rows against its shrunk constraint); and the identity
+    columns need OVERRIDING SYSTEM VALUE to keep the rows' ids."""
+    s = await make_schedule(conn)
+    far = datetime(2100, 1, 1, 12, tzinfo=UTC)  # a month with no partition of its own
+    await conn.execute("SET ROLE pgsched_owner")
+    try:
+        await conn.execute("CREATE TABLE pgsched.run_stray PARTITION OF pgsched.run DEFAULT")
+        await conn.execute("CREATE TABLE pgsched.event_stray PARTITION OF pgsched.event DEFAULT")
+    finally:
+        await conn.execute("RESET ROLE")
+    [run] = await store.insert_runs(
+        conn, [(s["id"], far, far)], origin="backfill", actor="t", now=None
+    )
+    await conn.execute(
+        "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+        " VALUES (%s, 'run', %s, 'run.note', 'test', '{}')",
+        [far, run["id"]],
+    )
+    cur = await conn.execute("SELECT id FROM pgsched.event WHERE occurred_at = %s", [far])
+    [event] = await cur.fetchall()
+
+    await conn.execute("SET ROLE pgsched_owner")
+    try:
+        # The order the runbook used to give, month first: refused.
+        with pytest.raises(psycopg.errors.CheckViolation):
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pgsched.create_month_partition_v1('pgsched.run', '2100-01-01')"
+                )
+        # The runbook's steps, verbatim in substance, one transaction per table.
+        for parent, stray, column in (
+            ("pgsched.run", "pgsched.run_stray", "due_at"),
+            ("pgsched.event", "pgsched.event_stray", "occurred_at"),
+        ):
+            async with conn.transaction():
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                        sql.Identifier(*parent.split(".")), sql.Identifier(*stray.split("."))
+                    )
+                )
+                await conn.execute(
+                    sql.SQL(
+                        "SELECT pgsched.create_month_partition_v1({}::regclass, m) FROM ("
+                        "SELECT DISTINCT date_trunc('month', {} AT TIME ZONE 'UTC')::date AS m"
+                        " FROM {}) months"
+                    ).format(
+                        sql.Literal(parent),
+                        sql.Identifier(column),
+                        sql.Identifier(*stray.split(".")),
+                    )
+                )
+                await conn.execute(
+                    sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM {}").format(
+                        sql.Identifier(*parent.split(".")), sql.Identifier(*stray.split("."))
+                    )
+                )
+                await conn.execute(
+                    sql.SQL("DROP TABLE {}").format(sql.Identifier(*stray.split(".")))
+                )
+    finally:
+        await conn.execute("RESET ROLE")
+
+    cur = await conn.execute("SELECT count(*) AS n FROM pgsched.partition_defaults")
+    assert await cur.fetchone() == {"n": 0}
+    cur = await conn.execute(
+        "SELECT tableoid::regclass::text AS part, id FROM pgsched.run WHERE id = %s", [run["id"]]
+    )
+    assert await cur.fetchone() == {"part": "pgsched.run_y2100m01", "id": run["id"]}
+    cur = await conn.execute(
+        "SELECT tableoid::regclass::text AS part FROM pgsched.event WHERE id = %s", [event["id"]]
+    )
+    assert await cur.fetchone() == {"part": "pgsched.event_y2100m01"}
