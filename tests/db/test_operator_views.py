@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,6 +226,37 @@ async def test_table_health_and_partition_horizon(operator: Conn) -> None:
         "pgsched.run": False,
         "pgsched.event": False,
     }
+
+
+async def test_partition_defaults(operator: Conn, history: dict[str, Any]) -> None:
+    """Empty while pgsched's own partitions hold everything; a stray DEFAULT partition that
+    caught a row shows up with its count (the alarm /health and the metric read)."""
+    assert await _rows(operator, "SELECT * FROM pgsched.partition_defaults") == []
+    owner = await connect(history["dsn"], role="pgsched_owner")
+    try:
+        await owner.execute("CREATE TABLE pgsched.run_stray PARTITION OF pgsched.run DEFAULT")
+    finally:
+        await owner.close()
+    writer = await connect(history["dsn"])
+    try:
+        far = datetime(2100, 1, 1, tzinfo=UTC)  # no partition of its own
+        await store.insert_runs(  # its run.created event is written now, in this month
+            writer, [(history["jobs"]["id"], far, far)], origin="backfill", actor="t", now=None
+        )
+        await writer.execute("SELECT pg_stat_force_next_flush()")
+    finally:
+        await writer.close()  # a closing backend flushes its statistics too
+    rows: list[dict[str, Any]] = []
+    for _ in range(50):  # the statistics follow within a moment
+        rows = await _rows(
+            operator, "SELECT table_name, partition_name, live_rows FROM pgsched.partition_defaults"
+        )
+        if rows and rows[0]["live_rows"]:
+            break
+        await asyncio.sleep(0.1)
+    assert rows == [
+        {"table_name": "pgsched.run", "partition_name": "pgsched.run_stray", "live_rows": 1}
+    ]
 
 
 @pytest.mark.parametrize(
