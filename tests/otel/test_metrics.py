@@ -241,6 +241,25 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     await asyncio.sleep(0)
 
 
+async def test_rows_in_a_default_partition_reach_the_metric(
+    db: Conn, telemetry: otel.Telemetry, traced_api: AsyncTestClient[Litestar]
+) -> None:
+    """The alert PgschedDefaultPartitionRows fires on pgsched_partitions_default_rows > 0."""
+    s = await make_schedule(db, now=datetime.now(UTC), job_type="noop", enabled=False)
+    await db.execute("CREATE TABLE pgsched.run_stray PARTITION OF pgsched.run DEFAULT")
+    far = datetime(2100, 1, 1, tzinfo=UTC)  # a month with no partition of its own
+    await store.insert_runs(db, [(s["id"], far, far)], origin="backfill", actor="t", now=None)
+    await db.execute("SELECT pg_stat_force_next_flush()")  # the count comes from the statistics
+
+    async def counted() -> Samples | None:
+        samples = parse((await traced_api.get("/metrics")).text)
+        rows = value(samples, "pgsched_partitions_default_rows", table="run")
+        return samples if rows == 1 else None
+
+    samples = await wait_for(counted, within=10)
+    assert value(samples, "pgsched_partitions_default_rows", table="event") == 0
+
+
 async def test_the_ticker_counts_missed_occurrences_and_stamps_its_last_tick(
     db: Conn, telemetry: otel.Telemetry, receiver: Receiver
 ) -> None:
