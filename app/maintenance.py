@@ -70,14 +70,16 @@ class Retention:
             archive_dir=str(Path(archive).absolute()) if archive else None,
         )
 
-    def statement(self) -> str:
-        # Integers only, formatted from validated settings: the statement is stored in the
-        # built-in schedule's payload and run by the sql job type.
-        return (
-            "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
-            f"{int(self.months_ahead)}, interval '{int(self.run_days)} days', "
-            f"interval '{int(self.event_days)} days')"
-        )
+    def params(self) -> list[int]:
+        """BUILTIN_STATEMENT's parameters: months ahead, run and event retention in days."""
+        return [int(self.months_ahead), int(self.run_days), int(self.event_days)]
+
+
+# The built-in schedule's sql job (stored in its payload; the sql job type binds `params`).
+BUILTIN_STATEMENT = (
+    "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
+    "%s::int, make_interval(days => %s::int), make_interval(days => %s::int))"
+)
 
 
 async def maintain(conn: Conn, retention: Retention, *, now: datetime | None) -> list[Row]:
@@ -282,7 +284,7 @@ def _builtin_job(retention: Retention) -> dict[str, Any]:
     if retention.archive_dir is None:
         return {
             "job_type": "sql",
-            "payload": {"statement": retention.statement()},
+            "payload": {"statement": BUILTIN_STATEMENT, "params": retention.params()},
             "timeout_seconds": 600.0,
         }
     return {

@@ -259,13 +259,28 @@ async def test_builtin_schedule_is_installed_once_and_updated(conn: Conn) -> Non
         conn, maintenance.Retention(run_days=60), now=None
     )
     assert changed["version"] == first["version"] + 1
-    assert "interval '60 days'" in changed["payload"]["statement"]
+    assert changed["payload"] == {
+        "statement": maintenance.BUILTIN_STATEMENT,
+        "params": [3, 60, 90],
+    }
     preview = schedules.preview(changed, NOW, 2)
     assert all(t.minute == 7 for t in preview)
 
 
-def test_retention_statement_is_built_from_integers() -> None:
-    assert maintenance.Retention(3, 30, 90).statement() == (
-        "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
-        "3, interval '30 days', interval '90 days')"
+async def test_the_builtin_sql_job_maintains_when_a_worker_runs_it(conn: Conn, dsn: str) -> None:
+    """The default path end to end: the built-in schedule (sql job, its settings bound as
+    parameters), triggered, executed by a real worker, creates a missing month ahead."""
+    from tests.workers.test_worker import running_worker, trigger, wait_state
+
+    builtin = await maintenance.ensure_builtin_schedule(
+        conn, maintenance.Retention(months_ahead=4), now=None
     )
+    assert builtin["payload"]["params"] == [4, 30, 90]
+    fourth = month_start(NOW, 4)
+    assert fourth not in await partitions(conn, "pgsched.run")
+    run = await trigger(conn, builtin["id"])
+    async with running_worker(dsn):
+        done = await wait_state(conn, run["id"], {"succeeded", "dead"}, within=30)
+    assert done["state"] == "succeeded", done["outcome"]
+    assert fourth in await partitions(conn, "pgsched.run")
+    assert fourth in await partitions(conn, "pgsched.event")
