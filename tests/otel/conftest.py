@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,6 +27,18 @@ from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API te
 )
 from tests.otel.receiver import Receiver, otlp_receiver
 from workers.worker import Executor, Worker, WorkerSettings
+
+
+def promtool() -> str | None:
+    """promtool's path, if installed (Debian's prometheus package; scripts/setup test installs
+    it). CI sets PGSCHED_REQUIRE_PROMTOOL=1, so there its absence fails instead of silently
+    leaving the rule and exposition checks out."""
+    path = shutil.which("promtool")
+    if path is None and os.environ.get("PGSCHED_REQUIRE_PROMTOOL") == "1":
+        pytest.fail(
+            "promtool not installed (PGSCHED_REQUIRE_PROMTOOL=1): apt-get install prometheus"
+        )
+    return path
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from typing import Any
 
@@ -14,6 +13,7 @@ import yaml
 
 from otel import catalogue
 from tests.conftest import ROOT
+from tests.otel.conftest import promtool
 
 DEPLOY = ROOT / "otel" / "deploy"
 # Series pgsched exposes that are not its own catalogue's: Litestar's request metrics.
@@ -109,15 +109,15 @@ def test_alert_rules_are_well_formed_and_use_catalogue_metrics() -> None:
     partitions = next(r for r in rules if r["alert"] == "PgschedPartitionsRunningOut")
     assert "pgsched_partitions_months_ahead" in partitions["expr"] and "< 2" in partitions["expr"]
     # Debian's prometheus package brings promtool: then it checks the PromQL too.
-    if promtool := shutil.which("promtool"):
+    if checker := promtool():
         subprocess.run(
-            [promtool, "check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
+            [checker, "check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
             check=True,
             capture_output=True,
         )
         subprocess.run(
             [
-                promtool,
+                checker,
                 "check",
                 "config",
                 "--syntax-only",

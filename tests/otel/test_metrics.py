@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from otel import catalogue
 from tests.api.conftest import wait_for
 from tests.conftest import ROOT
 from tests.factories import cover_last_month, make_schedule
-from tests.otel.conftest import running_worker
+from tests.otel.conftest import promtool, running_worker
 from tests.otel.receiver import Receiver
 from workers.jobs import JobContext, Outcome
 from workers.worker import POOL_SIZE
@@ -226,9 +225,9 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     assert value(samples, "pgsched_workers", state="live") == 0
     assert value(samples, "pgsched_db_pool_connections", pool="api", state="max") == 4
     check_against_catalogue(samples)
-    if promtool := shutil.which("promtool"):  # Debian's prometheus package: lint the exposition
+    if checker := promtool():  # Debian's prometheus package: lint the exposition
         text = (await traced_api.get("/metrics")).text
-        subprocess.run([promtool, "check", "metrics"], input=text, text=True, check=True)  # noqa: ASYNC221
+        subprocess.run([checker, "check", "metrics"], input=text, text=True, check=True)  # noqa: ASYNC221
     # Litestar's request counter lives in prometheus_client's process-wide registry (other
     # tests count into it too), so the check is on the difference: one per scrape in between.
     assert len(scrapes) >= 2
