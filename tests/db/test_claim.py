@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from app.db import replay, store
 from app.db.store import Conn, Lease
@@ -44,33 +47,94 @@ async def _running(conn: Conn, schedule_id: int) -> int:
     return int(row["n"])
 
 
-async def test_eight_claimers_take_5000_runs_each_exactly_once(dsn: str) -> None:
+@pytest.mark.parametrize("statements", ["limits", "open", "mixed"])
+async def test_eight_claimers_take_5000_runs_each_exactly_once(dsn: str, statements: str) -> None:
+    """Eight connections claim at once until nothing is left, with the limits-checked claim
+    (lock_limits + claim_runs), the lean one the worker sends while nothing is limited
+    (claim_open_runs, ADR 0019), or both racing (each claimer alternates). The runs are in two
+    queues, so each claim's search merges two index ranges and must still stop at its LIMIT."""
     setup = await connect(dsn)
     try:
-        for _ in range(5):
-            s = await make_schedule(setup, now=T)
+        for k in range(5):
+            s = await make_schedule(setup, now=T, queue=("default", "second")[k % 2])
             await _waiting_runs(setup, s["id"], 1000)
     finally:
         await setup.close()
     conns = [await connect(dsn) for _ in range(8)]
-    claims: list[list[int]] = []
+    claims: list[tuple[bool, list[int]]] = []
 
     async def claimer(i: int, conn: Conn) -> None:
-        while batch := await _claim(conn, 5, worker=i):
-            claims.append([int(str(r["id"])) for r in batch])
+        for n in itertools.count(i):
+            limits = {"limits": True, "open": False, "mixed": n % 2 == 0}[statements]
+            taken = await store.claim(
+                conn,
+                worker_id=i,
+                queues=["default", "second"],
+                limit=5,
+                lease_seconds=600,
+                actor=f"w{i}",
+                now=T,
+                limits=limits,
+            )
+            if not taken.rows:
+                return
+            claims.append((limits, [int(str(r["id"])) for r in taken.rows]))
 
     try:
         await asyncio.gather(*(claimer(i, c) for i, c in enumerate(conns)))
-        ids = [run_id for batch in claims for run_id in batch]
-        assert max(len(batch) for batch in claims) <= 5, "a claim returned more than asked"
+        ids = [run_id for _, batch in claims for run_id in batch]
+        assert max(len(batch) for _, batch in claims) <= 5, "a claim returned more than asked"
         assert len(ids) == 5000 and len(set(ids)) == 5000, "every run exactly once"
+        if statements == "mixed":
+            assert {limits for limits, _ in claims} == {True, False}, "both statements claimed"
         cur = await conns[0].execute(
-            "SELECT count(*) AS n FROM pgsched.event WHERE type = 'run.claimed'"
+            "SELECT count(*) AS n, count(DISTINCT stream_id) AS runs FROM pgsched.event"
+            " WHERE type = 'run.claimed'"
         )
-        assert await cur.fetchone() == {"n": 5000}
+        assert await cur.fetchone() == {"n": 5000, "runs": 5000}
+        cur = await conns[0].execute(
+            "SELECT count(*) AS n FROM pgsched.run WHERE state = 'running' AND attempt = 1"
+        )
+        assert await cur.fetchone() == {"n": 5000}, "each claimed once: attempt 1, not 2"
     finally:
         for c in conns:
             await c.close()
+
+
+@pytest.mark.parametrize("limits", [True, False], ids=["limits", "open"])
+async def test_claims_take_the_lowest_priority_number_first(conn: Conn, limits: bool) -> None:
+    """ADR 0004: lower priority numbers run first, then the earliest available, across the
+    queues a worker serves. The urgent runs here are the latest due and in the second queue;
+    the background runs are the oldest due: neither due order nor queue order may decide."""
+    background = await make_schedule(conn, now=T, priority=10)
+    normal = await make_schedule(conn, now=T)  # priority 0
+    urgent = await make_schedule(conn, now=T, priority=-5, queue="second")
+    for s, minutes in ((background, 60), (normal, 30), (urgent, 0)):
+        dues = [T - timedelta(minutes=minutes, seconds=k) for k in range(3)]
+        await store.insert_runs(
+            conn, [(s["id"], d, d) for d in dues], origin="backfill", actor="t", now=T
+        )
+    order: list[list[int]] = []
+    taken_in_order: list[tuple[int, datetime]] = []
+    while True:
+        taken = await store.claim(
+            conn,
+            worker_id=1,
+            queues=["default", "second"],
+            limit=2,
+            lease_seconds=600,
+            actor="w1",
+            now=T,
+            limits=limits,
+        )
+        if not taken.rows:
+            break
+        order.append([int(r["priority"]) for r in taken.rows])
+        taken_in_order += [(int(r["priority"]), r["available_at"]) for r in taken.rows]
+    assert order == [[-5, -5], [-5, 0], [0, 0], [10, 10], [10]], order
+    # Within a priority, the earliest available first.
+    assert taken_in_order == sorted(taken_in_order), taken_in_order
+    assert await replay.verify(conn) == []
 
 
 async def test_max_concurrency_caps_running_runs(conn: Conn) -> None:
