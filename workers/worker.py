@@ -35,7 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -52,6 +52,7 @@ log = logging.getLogger("pgsched.worker")
 
 Executor = Callable[[str, Mapping[str, object], JobContext], Awaitable[Outcome]]
 CHANNEL = "pgsched_runs"
+LISTEN = sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
 # The pool serves registration, heartbeats, rescue and stopped jobs; claims and reports have
 # connections of their own (workers/session.py), so it does not grow with the slots.
 POOL_SIZE = 4
@@ -416,7 +417,7 @@ class Worker:
             try:
                 conn = await AsyncConnection.connect(self.url, autocommit=True)
                 try:
-                    await conn.execute(f"LISTEN {CHANNEL}")  # a constant, not input
+                    await conn.execute(LISTEN)
                     self._wake.set()  # notifications may have been missed: look now
                     backoff = 0.5
                     async for _ in conn.notifies():
