@@ -276,3 +276,52 @@ async def test_a_lease_lost_mid_run_abandons_the_attempt_with_evidence(db: Conn,
     assert await cur.fetchall() == [{"t": "lease_lost", "a": 1}]
     assert [n for _, n in await log(db)] == ["start"], "the abandoned job was stopped"
     assert (await store.get_run(db, run["id"]) or {})["state"] == "waiting"
+
+
+async def test_the_worker_listens_again_after_its_connections_are_terminated(
+    db: Conn, dsn: str
+) -> None:
+    """ADR 0013: notifications are hints, and after a reconnect the worker LISTENs again. With
+    a 30 s poll, a run made after every backend of the worker was terminated starts at once
+    only if the ticker's NOTIFY reaches a listener that came back."""
+    async with running_worker(dsn, poll_seconds=30.0, lease_seconds=30.0) as (worker, _):
+        listener = await _listener_pid(db, within=10)
+        cur = await db.execute(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert (await cur.fetchone() or {})["n"] >= 2, "the pool's and the listener's"
+        relistened = await _listener_pid(db, within=10, other_than=listener)
+        # Let the wake-up that follows a reconnect, and the claim retries after the broken
+        # claim connection, settle: from here on only a NOTIFY can wake the claim loop early.
+        await asyncio.sleep(2.0)
+        now = datetime.now(UTC)
+        s = await make_schedule(
+            db, now=now, job_type="noop", kind="once", interval_seconds=None, run_at=now
+        )
+        made = datetime.now(UTC)
+        created = await ticker.tick(db, now=None)  # materialises the run, then NOTIFYs once
+        assert created.created == 1
+        (run,) = await _runs(db, s["id"])
+        done = await wait_state(db, run["id"], {"succeeded"}, within=10)
+        assert await _listener_pid(db, within=0) == relistened
+    assert done["started_at"] - made < timedelta(seconds=3), "woken by NOTIFY, not by the poll"
+    assert worker.stats.succeeded == 1
+
+
+async def _listener_pid(db: Conn, *, within: float, other_than: int | None = None) -> int:
+    """The backend of the worker's listener: the session whose last statement was LISTEN."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        cur = await db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query ILIKE 'LISTEN %%pgsched_runs%%' AND pid <> coalesce(%s, 0)",
+            [other_than],
+        )
+        rows = await cur.fetchall()
+        if rows:
+            (row,) = rows
+            return int(row["pid"])
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail("no session of the worker is listening on pgsched_runs")
+        await asyncio.sleep(0.05)
