@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, get_args
 
+import msgspec
 from litestar import Request
 from litestar.datastructures import ResponseHeader
 from litestar.params import PathParameter, QueryParameter
 
 from app.api.problems import ApiError
-from app.api.schemas import BIGINT
+from app.api.schemas import Id, Name, QueueName
 
 # Every route handler declares the least role it needs (app.api.auth; default deny).
 PUBLIC: Final = {"role": "public"}
@@ -21,7 +22,38 @@ ADMIN: Final = {"role": "admin"}
 MAX_PAGE: Final = 200
 DEFAULT_PAGE: Final = 50
 
-PathId = Annotated[int, PathParameter(ge=1, le=BIGINT)]
+_BOUNDS: Final = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt")
+
+
+def bounds(annotated: object) -> dict[str, Any]:
+    """The msgspec constraints of a body type from app.api.schemas (`QueueName`: 1 to 100
+    characters, no NUL) as keywords for a Litestar `Parameter`.
+
+    A query or path parameter must restate them: Litestar builds its own annotation from the
+    `Parameter` and drops the msgspec `Meta` of the parameter's type, so `QueueName | None` as a
+    parameter type alone would check nothing (a NUL reached PostgreSQL: a 500). Deriving them
+    here keeps one definition for bodies and parameters, and puts them in the OpenAPI document.
+    """
+    metas = [m for m in get_args(annotated)[1:] if isinstance(m, msgspec.Meta)]
+    if not metas:
+        raise TypeError(f"{annotated!r} carries no msgspec.Meta")
+    return {k: v for k in _BOUNDS for m in metas if (v := getattr(m, k)) is not None}
+
+
+PathId = Annotated[int, PathParameter(**bounds(Id))]
+ScheduleIdFilter = Annotated[
+    int | None,
+    QueryParameter(required=False, description="Only this schedule's runs.", **bounds(Id)),
+]
+QueueFilter = Annotated[
+    str | None, QueryParameter(required=False, description="Only this queue.", **bounds(QueueName))
+]
+NameFilter = Annotated[
+    str | None,
+    QueryParameter(
+        required=False, description="Only the live schedule of this name.", **bounds(Name)
+    ),
+]
 Limit = Annotated[
     int,
     QueryParameter(

@@ -24,6 +24,7 @@ import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import ParameterKwarg
 from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
@@ -109,10 +110,25 @@ _UNKNOWN_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 _SOURCES = {"body": "body", "query": "query", "path": "path", "header": "header"}
 
 
-def _validation_errors(extra: object) -> list[FieldError]:
+def _wire_names(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The handler's parameters whose name on the wire is not their Python name: Litestar
+    reports a failed `states` or `if_match`, the client sent the query parameter `state` or the
+    header `If-Match`, and the problem names what the client sent."""
+    handler = request.scope.get("route_handler")
+    if handler is None:
+        return {}
+    return {
+        name: kwarg.name
+        for name, field in handler.parsed_fn_signature.parameters.items()
+        if isinstance(kwarg := field.kwarg_definition, ParameterKwarg) and kwarg.name
+    }
+
+
+def _validation_errors(extra: object, request: Request[Any, Any, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     if not isinstance(extra, list):
         return errors
+    wire = _wire_names(request)
     for item in extra:
         if not isinstance(item, Mapping):
             continue
@@ -124,6 +140,8 @@ def _validation_errors(extra: object) -> list[FieldError]:
         # Litestar gives "body" or a ParamType member (a str enum whose value is the name).
         source = item.get("source")
         value = getattr(source, "value", source)
+        if value != "body":
+            field = wire.get(field, field)
         errors.append(FieldError(field, message, _SOURCES.get(str(value)) if value else None))
     return errors
 
@@ -131,7 +149,7 @@ def _validation_errors(extra: object) -> list[FieldError]:
 def _from_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     headers = dict(exc.headers or {})
     if isinstance(exc, ValidationException):
-        errors = _validation_errors(exc.extra)
+        errors = _validation_errors(exc.extra, request)
         if errors:
             detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
             return problem_response(

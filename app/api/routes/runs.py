@@ -19,17 +19,17 @@ from app.api.common import (
     Cursor,
     Limit,
     PathId,
+    QueueFilter,
+    ScheduleIdFilter,
     aware,
     clock_now,
     page_size,
 )
 from app.api.problems import ApiError, responses
 from app.api.schemas import (
-    BIGINT,
     Attempt,
     Event,
     EventPage,
-    QueueName,
     Run,
     RunDetail,
     RunPage,
@@ -114,8 +114,8 @@ async def list_runs(
         list[RunState] | None,
         QueryParameter(required=False, description="Run states to include (repeatable)."),
     ] = None,
-    schedule_id: Annotated[int | None, QueryParameter(required=False, ge=1, le=BIGINT)] = None,
-    queue: Annotated[QueueName | None, QueryParameter(required=False)] = None,
+    schedule_id: ScheduleIdFilter = None,
+    queue: QueueFilter = None,
     since: Annotated[
         datetime | None,
         QueryParameter(required=False, description="Occurrences due at or after this instant."),

@@ -23,7 +23,9 @@ from app.api.common import (
     VIEWER,
     Cursor,
     Limit,
+    NameFilter,
     PathId,
+    QueueFilter,
     clock_now,
     etag,
     page_size,
@@ -31,12 +33,10 @@ from app.api.common import (
 )
 from app.api.problems import ApiError, responses
 from app.api.schemas import (
-    NO_NUL,
     BackfillRequest,
     BackfillResult,
     JobType,
     Preview,
-    QueueName,
     Run,
     Schedule,
     ScheduleCreate,
@@ -142,12 +142,10 @@ async def list_schedules(
     conn: NamedDependency[Conn],
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
-    queue: Annotated[QueueName | None, QueryParameter(required=False)] = None,
+    queue: QueueFilter = None,
     job_type: Annotated[JobType | None, QueryParameter(required=False)] = None,
     enabled: Annotated[bool | None, QueryParameter(required=False)] = None,
-    name: Annotated[
-        str | None, QueryParameter(required=False, max_length=200, pattern=NO_NUL)
-    ] = None,
+    name: NameFilter = None,
 ) -> SchedulePage:
     """By id; `next_cursor` is null on the last page."""
     size = page_size(limit)
