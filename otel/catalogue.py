@@ -106,7 +106,8 @@ METRICS: Final[tuple[Metric, ...]] = (
         "{run}",
         ("reason",),
         "Reports refused because the attempt no longer held its lease (reason: completion, "
-        "lease_lost), each also recorded as a run.completion_fenced event.",
+        "release (shutdown), cancel (a cancel request), lease_lost), each also recorded as a "
+        "run.completion_fenced event.",
         "worker",
     ),
     Metric(

@@ -279,15 +279,21 @@ def reported(
         )
 
 
-def stopped(lease: LeaseLike, reason: str | None) -> None:
-    """The attempt was stopped before it finished (shutdown, cancel request, lease lost)."""
+def stopped(lease: LeaseLike, reason: str | None, *, fenced: bool = False) -> None:
+    """The attempt was stopped before it finished (shutdown, cancel request, lease lost).
+    `fenced`: its release or cancel was refused because the lease was no longer held, counted
+    like a fenced completion (reason release or cancel)."""
     attempt = _state.attempts.get((lease.run_id, lease.attempt))
     if attempt is None:
         return
-    if reason == "shutdown":
+    if reason == "shutdown" and not fenced:
         attempt.status = "released"
-    elif reason == "cancel_requested":
+    elif reason == "cancel_requested" and not fenced:
         attempt.status = "cancelled"
+    elif reason in ("shutdown", "cancel_requested"):
+        attempt.status = "fenced"
+        attempt.fenced_reason = "release" if reason == "shutdown" else "cancel"
+        attempt.error = f"{attempt.fenced_reason} refused: the lease was no longer held"
     else:
         attempt.status, attempt.fenced_reason = "fenced", "lease_lost"
         attempt.error = "lease lost while running"

@@ -343,22 +343,26 @@ class Worker:
 
     async def _stopped(self, flight: _InFlight) -> None:
         lease, reason = flight.lease, flight.stop_reason
-        telemetry.stopped(lease, reason)
         async with self._db() as conn:
             if reason == "shutdown":
-                if await store.release_run(conn, lease, actor=self.actor, now=self.clock.db_now()):
+                done = await store.release_run(
+                    conn, lease, actor=self.actor, now=self.clock.db_now()
+                )
+                if done is not None:
                     self.stats.released += 1
             elif reason == "cancel_requested":
                 outcome = Outcome(
                     status="cancelled", retryable=False, error="cancelled by an operator"
                 )
-                if await store.cancelled_attempt(
+                done = await store.cancelled_attempt(
                     conn, lease, outcome.as_json(), actor=self.actor, now=self.clock.db_now()
-                ):
+                )
+                if done is not None:
                     self.stats.cancelled += 1
             else:
                 # Lease lost: the run belongs to another attempt now. Nothing of ours may count,
                 # but the abandoned attempt is evidence (reliability guide F13: logged, counted).
+                telemetry.stopped(lease, reason, fenced=True)
                 self.stats.fenced += 1
                 log.warning(
                     "run %s attempt %s: lease lost while running; attempt abandoned",
@@ -368,6 +372,18 @@ class Worker:
                 await store.record_fenced(
                     conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
                 )
+                return
+        # A release or cancel the store refused (the lease was lost after the last heartbeat;
+        # it kept a run.completion_fenced event) counts like a fenced completion.
+        telemetry.stopped(lease, reason, fenced=done is None)
+        if done is None:
+            self.stats.fenced += 1
+            log.warning(
+                "run %s attempt %s: %s fenced (lease lost)",
+                lease.run_id,
+                lease.attempt,
+                "release" if reason == "shutdown" else "cancel",
+            )
 
     async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
         """Record the attempt's result through the reporter (batched with other jobs' results)."""
