@@ -13,6 +13,8 @@ across processes and crashes, independently of the scheduler's own tables.
   of attempt 1 is fenced (a `run.completion_fenced` event, no state change). At-least-once
   execution, exactly-once completion.
 - SIGKILL with no attempts left: the rescue ends the run `dead` (`lease_expired`).
+- SIGTERM twice: the first drains (jobs keep running within the grace period), the second
+  ends the drain at once; the runs in flight go back to waiting without consuming an attempt.
 """
 
 from __future__ import annotations
@@ -93,7 +95,13 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def worker_process(
-    dsn: str, tmp_path: Path, name: str, *, lease: float = LEASE_A, slots: int = 4
+    dsn: str,
+    tmp_path: Path,
+    name: str,
+    *,
+    lease: float = LEASE_A,
+    slots: int = 4,
+    grace: float = 30.0,
 ) -> Iterator[WorkerProcess]:
     """A `pgsched worker` subprocess; always reaped, its output printed if the test fails."""
     env = {
@@ -101,6 +109,7 @@ def worker_process(
         "DATABASE_URL": dsn,
         "PGSCHED_LEASE_SECONDS": str(lease),
         "PGSCHED_WORKER_SLOTS": str(slots),
+        "PGSCHED_SHUTDOWN_GRACE_SECONDS": str(grace),
         "PGSCHED_QUEUES": "default",
         "PYTHONUNBUFFERED": "1",
     }
@@ -478,3 +487,65 @@ async def test_sigkill_with_no_attempts_left_goes_dead(
             "outcome": final["outcome"]["status"],
         },
     )
+
+
+async def test_a_second_sigterm_stops_at_once_and_releases_the_runs_in_flight(
+    db: Conn, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ADR 0013, shutdown: the first SIGTERM stops claiming and lets jobs finish within the
+    grace period (60 s here); a second one skips what is left of it. The jobs (60 s each) are
+    stopped, their runs released (`run.released`, attempt not consumed), the worker `stopped`,
+    long before the grace period would have ended."""
+    n = 2
+    s = await make_job_schedule(db, dsn, seconds=60.0, max_attempts=3)
+    with worker_process(dsn, tmp_path, "A", grace=60.0) as a:
+        a_id = await worker_id_of(db, a)
+        ids = [await trigger(db, s["id"]) for _ in range(n)]
+
+        async def all_started_in_a() -> bool:
+            rs = (await runs(db, ids)).values()
+            started = await job_log(db)
+            return all(
+                r["state"] == "running"
+                and r["worker_id"] == a_id
+                and started[(f"{r['id']}:1", "start")] == 1
+                for r in rs
+            )
+
+        async def a_state() -> str:
+            rows = await fetch(db, "SELECT state FROM pgsched.worker WHERE id = %s", [a_id])
+            return str(rows[0]["state"])
+
+        async def a_stopping() -> bool:
+            return await a_state() == "stopping"
+
+        await eventually(f"all {n} runs running in worker A", all_started_in_a, proc=a)
+        a.proc.send_signal(signal.SIGTERM)
+        await eventually("worker A drains after the first SIGTERM", a_stopping, proc=a)
+        # Draining: the jobs keep running, nothing is released while the grace period lasts.
+        await asyncio.sleep(1.0)
+        assert a.proc.poll() is None, "the first SIGTERM only drains"
+        assert {r["state"] for r in (await runs(db, ids)).values()} == {"running"}
+
+        second = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+
+        async def exited() -> bool:
+            return a.proc.poll() is not None
+
+        await eventually("worker A exits after the second SIGTERM", exited, within=10)
+        took = time.monotonic() - second
+        assert a.proc.returncode == 0, a.output()
+        assert await a_state() == "stopped"
+
+    final = await runs(db, ids)
+    evs = await events(db, ids)
+    logged = await job_log(db)
+    for i in ids:
+        types = [e["type"] for e in evs[i]]
+        assert final[i]["state"] == "waiting", (i, final[i]["state"], types)
+        assert final[i]["attempt"] == 0, "a released attempt is not consumed"
+        assert types == ["run.created", "run.claimed", "run.released"], types
+        assert logged[(f"{i}:1", "start")] == 1 and logged[(f"{i}:1", "end")] == 0
+    assert await replay.verify(db) == []
+    report(capsys, "second SIGTERM", {"runs": n, "released": n, "exit_after_s": round(took, 2)})
