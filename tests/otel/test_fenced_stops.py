@@ -60,9 +60,14 @@ async def test_a_fenced_release_or_cancel_is_counted_as_fenced(
         row = await store.get_run(db, run["id"])
         return row is not None and row["state"] == "running"
 
-    # A 1.5 s lease: the heartbeat (every 0.5 s) sees the cancel request promptly.
+    # A 1.5 s lease: the heartbeat (every 0.5 s) sees the cancel request promptly. The
+    # worker's own rescuer stays out of it (it would race the job's rescue, SKIP LOCKED).
     async with running_worker(
-        dsn, executor=rescued_when_stopped, lease_seconds=1.5, grace_seconds=0.2
+        dsn,
+        executor=rescued_when_stopped,
+        lease_seconds=1.5,
+        grace_seconds=0.2,
+        rescue_every_seconds=600,
     ) as worker:
         await wait_for(running, within=20)
         if stop == "cancel":
