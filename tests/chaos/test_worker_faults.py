@@ -233,6 +233,18 @@ def report(capsys: pytest.CaptureFixture[str], title: str, counts: dict[str, Any
         print(f"\n[{title}] " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+async def _running_in(db: Conn, ids: list[int], worker_id: int) -> bool:
+    """Every run of `ids` is running in `worker_id`, its job started once, on attempt 1."""
+    rs = (await runs(db, ids)).values()
+    started = await job_log(db)
+    return all(
+        r["state"] == "running"
+        and r["worker_id"] == worker_id
+        and started[(f"{r['id']}:1", "start")] == 1
+        for r in rs
+    )
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -246,14 +258,7 @@ async def test_sigkill_mid_run_rescued_and_completed_exactly_once(
         ids = [await trigger(db, s["id"]) for _ in range(n)]
 
         async def all_running_in_a() -> bool:
-            rs = (await runs(db, ids)).values()
-            started = await job_log(db)
-            return all(
-                r["state"] == "running"
-                and r["worker_id"] == a_id
-                and started[(f"{r['id']}:1", "start")] == 1
-                for r in rs
-            )
+            return await _running_in(db, ids, a_id)
 
         await eventually(f"all {n} runs running in worker A", all_running_in_a, proc=a)
         os.kill(a.pid, signal.SIGKILL)
@@ -503,14 +508,7 @@ async def test_a_second_sigterm_stops_at_once_and_releases_the_runs_in_flight(
         ids = [await trigger(db, s["id"]) for _ in range(n)]
 
         async def all_started_in_a() -> bool:
-            rs = (await runs(db, ids)).values()
-            started = await job_log(db)
-            return all(
-                r["state"] == "running"
-                and r["worker_id"] == a_id
-                and started[(f"{r['id']}:1", "start")] == 1
-                for r in rs
-            )
+            return await _running_in(db, ids, a_id)
 
         async def a_state() -> str:
             rows = await fetch(db, "SELECT state FROM pgsched.worker WHERE id = %s", [a_id])
