@@ -3,6 +3,10 @@
 Every subcommand reads DATABASE_URL (or --database-url). Expected failures (bad input, no
 database, drift found) end with a one-line reason on stderr and a non-zero exit code, never a
 traceback: 1 = the check found a problem, 2 = the command could not do its work.
+
+The long-running commands (run, worker, ticker, api) started while the database is down wait for
+it and log that once; a DSN the server refuses (unknown host, role or database, bad password) is
+a configuration error, exit 2 (ADR 0022).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -23,7 +28,7 @@ from alembic.util.exc import CommandError as AlembicError
 from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import replay
+from app.db import outage, replay
 from app.db.store import Conn
 from app.settings import SettingsError, libpq_url, sqlalchemy_url
 from otel.config import TelemetryConfigError
@@ -65,6 +70,53 @@ async def _with_conn(url: str, work: Callable[[Conn], Awaitable[int]]) -> int:
         return await work(conn)
     finally:
         await conn.close()
+
+
+async def _wait_for_database(url: str) -> None:
+    """Until the database answers (logged once by app.db.outage); DatabaseRefused if the
+    server refuses the DSN."""
+    await outage.wait_until_available(url)
+
+
+async def _refuse_bad_dsn(url: str) -> None:
+    """One connection attempt: DatabaseRefused if the server refuses the DSN; an outage is
+    not an error here (the caller serves, and its pool reconnects)."""
+    try:
+        conn = await outage.Connection.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        if outage.refused(exc):
+            raise outage.DatabaseRefused(
+                f"cannot connect to the database: {_first_line(exc)}"
+            ) from None
+        return
+    await conn.close()
+
+
+def _port(value: int, name: str) -> int:
+    if not 1 <= value <= 65535:
+        raise CommandError(f"{name} must be a port number 1..65535, got {value}")
+    return value
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts, so a port in use is a
+    one-line error and not a half-started service (a registered worker, a traceback)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 async def _verify(conn: Conn) -> int:
@@ -163,6 +215,7 @@ def _api_service(url: str) -> tuple[Service, str]:
     from app.api.config import ApiSettings
 
     settings = ApiSettings.from_env({**os.environ, "DATABASE_URL": url})
+    sock = _listen(settings.host, settings.port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings),
@@ -175,7 +228,7 @@ def _api_service(url: str) -> tuple[Service, str]:
     )
 
     async def run_api(stop: asyncio.Event) -> None:
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
@@ -192,6 +245,9 @@ def _run_service(url: str) -> int:
 
     # The built-in maintenance job, when it archives, runs in this process and connects here.
     os.environ["DATABASE_URL"] = url
+    settings = WorkerSettings.from_env(os.environ)
+    api, where = _api_service(url)  # binds the port: in use, nothing has started yet
+    asyncio.run(_wait_for_database(url))
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins))
     print(f"database ready at {url}")
@@ -201,8 +257,7 @@ def _run_service(url: str) -> int:
         stop = _stop_on_signals()
         clock = SystemClock()
         loops = default_loops(clock)
-        worker = Worker(url, clock=clock, settings=WorkerSettings.from_env(os.environ))
-        api, where = _api_service(url)
+        worker = Worker(url, clock=clock, settings=settings)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
         await serve(url, clock, stop, loops, services=[worker.run, api])
@@ -224,15 +279,17 @@ def _stop_on_signals() -> asyncio.Event:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
     from app.clock import SystemClock
-    from workers.worker import Worker, WorkerSettings
+    from workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
 
     url = _database_url(args)
     os.environ["DATABASE_URL"] = url  # python jobs of pgsched itself connect here (maintenance)
     settings = WorkerSettings.from_env(os.environ)
-    if args.queues:
-        settings = dataclasses.replace(settings, queues=tuple(args.queues.split(",")))
-    if args.slots:
-        settings = dataclasses.replace(settings, slots=args.slots)
+    # Given, an option is used as given: `--slots 0` or `--queues ''` is refused, not read as
+    # "the default".
+    if args.queues is not None:
+        settings = dataclasses.replace(settings, queues=parse_queues(args.queues, "--queues"))
+    if args.slots is not None:
+        settings = dataclasses.replace(settings, slots=parse_slots(str(args.slots), "--slots"))
 
     async def _work() -> None:
         stop, hard = asyncio.Event(), asyncio.Event()
@@ -272,6 +329,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
         await serve(url, clock, stop, loops)
 
     with _telemetry("ticker"):
+        asyncio.run(_wait_for_database(url))  # started while it is down: wait (ADR 0022)
         asyncio.run(_with_conn(url, _install_builtins))
         asyncio.run(_tick())
     print("pgsched ticker stopped", flush=True)
@@ -336,8 +394,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         env["DATABASE_URL"] = args.database_url
     settings = ApiSettings.from_env(env)
     host = args.host or settings.host
-    port = settings.port if args.port is None else args.port
+    port = settings.port if args.port is None else _port(args.port, "--port")
     settings = dataclasses.replace(settings, host=host, port=port)
+    asyncio.run(_refuse_bad_dsn(settings.database_url))
     print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
     with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
         uvicorn.run(
@@ -488,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (CommandError, SettingsError, TelemetryConfigError) as exc:
+    except (CommandError, SettingsError, TelemetryConfigError, outage.DatabaseRefused) as exc:
         print(f"pgsched: {exc}", file=sys.stderr)
         return 2
     except (psycopg.Error, SQLAlchemyError, AlembicError) as exc:

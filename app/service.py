@@ -1,9 +1,11 @@
 """The long-running service: the processes of pgsched in one asyncio program.
 
-`pgsched run` starts what exists so far: the ticker and a worker (which also runs the built-in
-maintenance schedule). The API
-joins here when it lands, each a `Loop` with its own period. A loop's failure is logged and retried
-after its period; it never takes the others down. SIGTERM or SIGINT stops everything cleanly.
+`pgsched run` starts the ticker loops, a worker (which also runs the built-in maintenance
+schedule) and the API; `pgsched ticker` the loops alone. Each loop has its own period. While the
+database is away a loop retries with capped backoff and jitter, so it resumes within a second or
+two of the database coming back, and the process logs the outage once (app.db.outage, ADR
+0022); any other failure is logged and retried after its period. A loop never takes the others
+down. SIGTERM or SIGINT stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 import otel
 from app import ticker
 from app.clock import Clock
+from app.db import outage
+from app.db.outage import Backoff, first_line
 from app.db.store import Conn
 from otel import runs
 
@@ -38,12 +41,18 @@ class Loop:
 
 
 async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -> None:
+    backoff = Backoff()
     while True:
         try:
             async with pool.connection() as conn:
                 await loop.step(conn)
+        except psycopg.OperationalError as exc:  # the database is away: outage logs it once
+            log.debug("%s failed (%s); retrying", loop.name, first_line(exc))
+            await clock.sleep(backoff.next())
+            continue
         except Exception:  # keep the service up; the next period retries
             log.exception("%s failed; retrying in %ss", loop.name, loop.period_seconds)
+        backoff.reset()
         await clock.sleep(loop.period_seconds)
 
 
@@ -71,17 +80,13 @@ async def serve(
 ) -> None:
     """Run `loops` against `url`, and `services` (each given `stop`), until `stop` is set.
 
-    Services own their shutdown (a worker drains its jobs); loops are simply cancelled.
+    Services own their shutdown (a worker drains its jobs); loops are simply cancelled. Started
+    while the database is down, it waits for it (a refused DSN raises `outage.DatabaseRefused`).
     """
-    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max(2, len(loops) + 1),
-        open=False,
-        kwargs={"autocommit": True, "row_factory": dict_row},
-        connection_class=AsyncConnection[DictRow],
-    )
-    await pool.open(wait=True, timeout=30)
+    if not await outage.wait_until_available(url, stop, sleep=clock.sleep):
+        return
+    pool = outage.pool(url, min_size=1, max_size=max(2, len(loops) + 1), name="service")
+    await pool.open(wait=False)
     otel.current().watch_pool("service", pool)
     try:
         tasks = [

@@ -33,7 +33,7 @@ class Settings:
         return cls(
             database_url=libpq_url(url),
             http_host=env.get("PGSCHED_HTTP_HOST", "127.0.0.1"),
-            http_port=_int(env, "PGSCHED_HTTP_PORT", 8000),
+            http_port=_port(env, "PGSCHED_HTTP_PORT", 8000),
         )
 
 
@@ -45,6 +45,15 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    """A port to listen on, 1..65535: uvicorn does not refuse 99999 but listens on another port
+    than the one asked for, and 0 would be a random port nobody is told about."""
+    port = _int(env, name, default)
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"{name} must be a port number 1..65535, got {port}")
+    return port
 
 
 def metrics_port(env: Mapping[str, str]) -> int | None:

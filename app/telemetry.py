@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 
+import psycopg
+
 import otel
 from app.db import reads
 from app.db.store import Conn
@@ -38,6 +40,9 @@ def start(role: str, env: Mapping[str, str]) -> otel.Telemetry:
         fmt=env.get("PGSCHED_LOG_FORMAT", "auto"),
         env=env,
     )
+    # psycopg_pool warns at every failed reconnection attempt (one a second or two per
+    # connection while the database is away); app.db.outage says it once per outage instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     telemetry = otel.setup(config)
     if telemetry.metrics_port is not None:
         log.info("metrics on http://%s:%s/metrics", config.metrics_host, telemetry.metrics_port)
@@ -106,6 +111,8 @@ async def sample_forever(
     while not stop.is_set():
         try:
             await connection()
+        except psycopg.OperationalError as exc:  # the database is away: outage logs it once
+            log.debug("metrics sample failed: %s", type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - keep sampling; the database may come back
             log.warning("metrics sample failed: %s", type(exc).__name__)
         with contextlib.suppress(TimeoutError):

@@ -5,7 +5,8 @@ from the pool per statement (ADR 0019): psycopg prepares a statement after a few
 the same connection, so the claim's plan is made once instead of per claim, and there is no
 liveness round trip per checkout. A connection that broke (server restart,
 `pg_terminate_backend`) is replaced on next use; the statement that met the break raised
-`OperationalError`, which its caller already retries.
+`OperationalError`, which its caller retries with `app.db.outage.Backoff`. Connection attempts
+go through `app.db.outage.Connection`, so the process logs an outage once (ADR 0022).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import dict_row
 
+from app.db.outage import Connection
 from app.db.store import Conn
 
 
 async def configure_session(conn: Conn) -> None:
     """Bound what a frozen worker can hold: a session stuck inside a transaction (between claim
     and commit, say) is ended by the server, its row locks released and its claim rolled back
-    (reliability guide F2). Each statement of ours takes milliseconds; the limits are generous."""
+    (so it cannot hold up the rescue of its runs). Each statement of ours takes milliseconds;
+    the limits are generous."""
     await conn.execute("SET idle_in_transaction_session_timeout = '30s'")
     await conn.execute("SET statement_timeout = '60s'")
 
@@ -40,9 +42,8 @@ class DedicatedConnection:
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 await conn.close()
-            conn = await AsyncConnection[DictRow].connect(
-                self.url, autocommit=True, row_factory=dict_row
-            )
+            self._conn = None
+            conn = await Connection.connect(self.url, autocommit=True, row_factory=dict_row)
             await configure_session(conn)
             self._conn = conn
         yield conn
@@ -51,9 +52,3 @@ class DedicatedConnection:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-
-
-def first_line(exc: BaseException) -> str:
-    """An error in one line, for a log record (PostgreSQL's messages run over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,13 +6,17 @@ A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
   job as a task *after* the claim committed, and when nothing is due sleep until the next run
   becomes claimable (by the database clock), a NOTIFY, a freed slot, or the poll interval;
 - **listen**: a dedicated connection LISTENs on `pgsched_runs`; notifications are only wake-up
-  hints (reliability guide F9), so after a reconnect it listens again and wakes the claim loop;
+  hints (ADR 0013), so after a reconnect it listens again and wakes the claim loop;
 - **heartbeat**: every third of the lease, renew the leases of all in-flight runs in one
   statement; a run whose lease is gone (rescued elsewhere) or whose cancel was requested has its
   task cancelled;
 - **rescue**: runs whose lease expired go back to waiting (or dead), and silent workers are
   marked gone. Safe on every worker at once (ADR 0006 of the state machine: SKIP LOCKED and the
   state guard), so there is no leader to elect.
+
+When the database goes away every loop retries with capped backoff and jitter, the process
+logs one line when it goes and one when it is back, and a worker started while it is down waits
+for it (app.db.outage, ADR 0022).
 
 Every report is fenced by (attempt, lease token): a worker that was paused past its lease cannot
 overwrite the next attempt's result. Shutdown: the first stop request ends claiming, lets
@@ -35,18 +39,19 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow, dict_row
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from app.clock import Clock
-from app.db import store
+from app.db import outage, store
+from app.db.outage import Backoff, first_line
 from app.db.store import Conn, Lease, Row
+from app.settings import SettingsError
 from otel import runs as telemetry
 from workers.jobs import JobContext, Outcome, execute
 from workers.netguard import NetPolicy
 from workers.reporter import Reporter, ReportFailed
-from workers.session import DedicatedConnection, configure_session, first_line
+from workers.session import DedicatedConnection, configure_session
 
 log = logging.getLogger("pgsched.worker")
 
@@ -78,13 +83,39 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        queues = tuple(q.strip() for q in env.get("PGSCHED_QUEUES", "default").split(",") if q)
         return cls(
-            queues=queues or ("default",),
-            slots=int(env.get("PGSCHED_WORKER_SLOTS", "4")),
-            lease_seconds=float(env.get("PGSCHED_LEASE_SECONDS", "30")),
-            grace_seconds=float(env.get("PGSCHED_SHUTDOWN_GRACE_SECONDS", "30")),
+            queues=parse_queues(env.get("PGSCHED_QUEUES", "default"), "PGSCHED_QUEUES"),
+            slots=parse_slots(env.get("PGSCHED_WORKER_SLOTS", "4"), "PGSCHED_WORKER_SLOTS"),
+            lease_seconds=_positive(env, "PGSCHED_LEASE_SECONDS", 30.0),
+            grace_seconds=_positive(env, "PGSCHED_SHUTDOWN_GRACE_SECONDS", 30.0, zero=True),
         )
+
+
+def parse_queues(raw: str, name: str) -> tuple[str, ...]:
+    """Comma-separated queue names; an empty list or name is refused, not read as "default"."""
+    queues = tuple(q.strip() for q in raw.split(","))
+    if not all(queues):
+        raise SettingsError(f"{name} must be comma-separated queue names, got {raw!r}")
+    return queues
+
+
+def parse_slots(raw: str, name: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise SettingsError(f"{name} must be a number of seconds > {'=' if zero else ''}0")
+    return value
 
 
 @dataclass(slots=True)
@@ -96,6 +127,9 @@ class _InFlight:
     # Set once the job returned: from then on the result is being reported, and cancelling the
     # task would lose it (the run would be rescued and executed again).
     reporting: bool = False
+    # When the claim that gave this lease returned (clock.monotonic()): the lease is valid at
+    # most `lease_seconds` after this, or after the last heartbeat that renewed it.
+    claimed_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -141,6 +175,8 @@ class Worker:
         # The hot path has connections of its own (ADR 0019); the pool serves the rest.
         self._claim_db = DedicatedConnection(database_url)
         self._report_to: Reporter | None = None
+        # When the last heartbeat that renewed every lease in flight returned (monotonic).
+        self._renewed_at = float("-inf")
 
     @property
     def actor(self) -> str:
@@ -151,36 +187,27 @@ class Worker:
     async def run(self, stop: asyncio.Event, hard_stop: asyncio.Event | None = None) -> None:
         hard_stop = hard_stop or asyncio.Event()
         s = self.settings
-        self._pool = AsyncConnectionPool(
-            self.url,
-            min_size=2,
-            max_size=POOL_SIZE,
-            open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            connection_class=AsyncConnection[DictRow],
-            # After a connection is killed (pg_terminate_backend, failover) hand out a live one.
-            check=AsyncConnectionPool.check_connection,
-            configure=configure_session,
+        # Started while the database is down: wait for it (a refused DSN raises DatabaseRefused).
+        if not await outage.wait_until_available(self.url, stop, sleep=self.clock.sleep):
+            return
+        # The pool checks each connection before handing it out (after a restart or
+        # pg_terminate_backend, hand out a live one) and reconnects within seconds (ADR 0022).
+        self._pool = outage.pool(
+            self.url, min_size=2, max_size=POOL_SIZE, configure=configure_session, name="worker"
         )
-        await self._pool.open(wait=True, timeout=30)
+        await self._pool.open(wait=False)
         telemetry.watch_pool("worker", self._pool)
         try:
-            async with self._pool.connection() as conn:
-                row = await store.register_worker(
-                    conn,
-                    name=s.name,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    version=_version(),
-                    queues=s.queues,
-                    slots=s.slots,
-                    now=self.clock.db_now(),
-                )
+            row = await self._retrying(self._register, stop)
+            if row is None:
+                return
             self.worker_id = int(row["id"])
             log.info(
                 "worker %s registered (queues %s, %d slots)", self.worker_id, s.queues, s.slots
             )
-            self._report_to = Reporter(self.url, clock=self.clock, actor=lambda: self.actor)
+            self._report_to = Reporter(
+                self.url, clock=self.clock, actor=lambda: self.actor, lease_seconds=s.lease_seconds
+            )
             reporter = asyncio.create_task(self._report_to.run(), name="reporter")
             helpers = [
                 asyncio.create_task(self._listen(), name="listen"),
@@ -196,19 +223,51 @@ class Worker:
                     task.cancel()
                 await asyncio.gather(*helpers, reporter, return_exceptions=True)
                 await self._claim_db.close()
-            async with self._pool.connection() as conn:
-                await store.set_worker_state(
-                    conn, self.worker_id, "stopped", now=self.clock.db_now()
-                )
+            await self._set_state("stopped")
         finally:
             await self._pool.close()
+
+    async def _register(self) -> Row:
+        s = self.settings
+        async with self._db() as conn:
+            return await store.register_worker(
+                conn,
+                name=s.name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=_version(),
+                queues=s.queues,
+                slots=s.slots,
+                now=self.clock.db_now(),
+            )
+
+    async def _retrying(
+        self, step: Callable[[], Awaitable[Row]], stop: asyncio.Event
+    ) -> Row | None:
+        """`step` until it gets through to the database, or None once `stop` is set."""
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                return await step()
+            except psycopg.OperationalError as exc:  # the database is away: outage logs it
+                log.debug("retrying after %s", first_line(exc))
+                await self._sleep(backoff.next(), stop)
+        return None
+
+    async def _set_state(self, state: str) -> None:
+        """Best effort: a worker that cannot say it is stopping still drains, and one that is
+        never marked stopped is marked gone by the others' rescue (ADR 0013)."""
+        try:
+            async with self._db() as conn:
+                await store.set_worker_state(conn, self._id(), state, now=self.clock.db_now())
+        except psycopg.OperationalError as exc:
+            log.info("could not mark the worker %s (%s)", state, first_line(exc))
 
     async def _drain(self, hard_stop: asyncio.Event) -> None:
         """Stop claiming; let jobs finish within the grace period; release what is left."""
         if self.worker_id is None:
             return
-        async with self._db() as conn:
-            await store.set_worker_state(conn, self.worker_id, "stopping", now=self.clock.db_now())
+        await self._set_state("stopping")
         tasks = [f.task for f in self._inflight.values()]
         if tasks and not hard_stop.is_set():
             hard = asyncio.create_task(hard_stop.wait())
@@ -232,6 +291,7 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         s = self.settings
         limits_due = 0.0  # when to look for limited schedules and queues again
+        backoff = Backoff()
         while not stop.is_set():
             free = s.slots - (len(self._inflight) - self._reporting)
             claimed: list[Row] = []
@@ -266,9 +326,11 @@ class Worker:
                             )
                             if until is not None:
                                 wait = min(wait, until)
+                backoff.reset()
             except psycopg.OperationalError as exc:
-                log.warning("claim failed (%s); retrying", first_line(exc))
-                wait = min(wait, 0.5)
+                # One line per outage comes from app.db.outage; a retry is not news.
+                log.debug("claim failed (%s); retrying", first_line(exc))
+                wait = min(wait, backoff.next())
             for row in claimed:
                 self._start(row)
             if free > 0 and len(claimed) == free:
@@ -297,7 +359,7 @@ class Worker:
         self.stats.claimed += 1
         with telemetry.run_scope(row):
             task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
-        self._inflight[lease.run_id] = _InFlight(lease, task)
+        self._inflight[lease.run_id] = _InFlight(lease, task, claimed_at=self.clock.monotonic())
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -342,6 +404,19 @@ class Worker:
             self._wake.set()  # a slot is free
 
     async def _stopped(self, flight: _InFlight) -> None:
+        try:
+            await self._record_stop(flight)
+        except psycopg.OperationalError as exc:
+            # The database is away (app.db.outage logs that once); the lease decides.
+            log.warning(
+                "run %s attempt %s: could not record its stop (%s, %s); the lease will expire",
+                flight.lease.run_id,
+                flight.lease.attempt,
+                flight.stop_reason,
+                first_line(exc),
+            )
+
+    async def _record_stop(self, flight: _InFlight) -> None:
         lease, reason = flight.lease, flight.stop_reason
         async with self._db() as conn:
             if reason == "shutdown":
@@ -361,7 +436,7 @@ class Worker:
                     self.stats.cancelled += 1
             else:
                 # Lease lost: the run belongs to another attempt now. Nothing of ours may count,
-                # but the abandoned attempt is evidence (reliability guide F13: logged, counted).
+                # but the abandoned attempt is evidence: logged, counted, recorded as an event.
                 telemetry.stopped(lease, reason, fenced=True)
                 self.stats.fenced += 1
                 log.warning(
@@ -400,12 +475,21 @@ class Worker:
             jitter=random.random(),  # noqa: S311 - spread, not secrecy
             final=not outcome.retryable,
         )
+        flight = self._inflight.get(lease.run_id)
+        claimed_at = flight.claimed_at if flight is not None else self.clock.monotonic()
+
+        def valid_until() -> float:
+            # The lease can be valid no longer than its length after it was last renewed.
+            return max(claimed_at, self._renewed_at) + self.settings.lease_seconds
+
         try:
-            done = await self._reporter().report(report)
+            done = await self._reporter().report(report, valid_until=valid_until)
         except ReportFailed as exc:
             log.error(
-                "run %s: could not report (%s); the lease will expire and rescue it",
+                "run %s attempt %s: result abandoned, could not report it (%s); the lease "
+                "will expire and rescue the run",
                 lease.run_id,
+                lease.attempt,
                 exc,
             )
             return
@@ -428,14 +512,14 @@ class Worker:
     # -- background loops --------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while True:
             try:
-                conn = await AsyncConnection.connect(self.url, autocommit=True)
+                conn = await outage.Connection.connect(self.url, autocommit=True)
                 try:
                     await conn.execute(LISTEN)
                     self._wake.set()  # notifications may have been missed: look now
-                    backoff = 0.5
+                    backoff.reset()
                     async for _ in conn.notifies():
                         self._wake.set()
                 finally:
@@ -443,18 +527,27 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except psycopg.Error as exc:
-                log.warning("listener lost (%s); reconnecting in %.1fs", first_line(exc), backoff)
-            await self.clock.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                log.debug("listener lost (%s); reconnecting", first_line(exc))
+            await self.clock.sleep(backoff.next())
 
     async def _heartbeat(self) -> None:
         every = self.settings.lease_seconds / 3
         while True:
             await self.clock.sleep(every)
-            try:
-                await self.heartbeat_once()
-            except psycopg.Error as exc:
-                log.warning("heartbeat failed (%s)", first_line(exc))
+            # A failed heartbeat is retried at once (capped backoff), not a period later: every
+            # second it is late eats into the leases in flight.
+            backoff = Backoff()
+            while True:
+                try:
+                    await self.heartbeat_once()
+                except psycopg.Error as exc:
+                    log.debug("heartbeat failed (%s); retrying", first_line(exc))
+                    await self.clock.sleep(backoff.next())
+                    continue
+                # Every lease still held was renewed no later than now: an upper bound of its
+                # expiry is now + lease_seconds (what the reporter may wait for, ADR 0022).
+                self._renewed_at = self.clock.monotonic()
+                break
 
     async def heartbeat_once(self) -> None:
         flights = list(self._inflight.values())
@@ -477,10 +570,15 @@ class Worker:
                 self._stop_job(flight, "cancel_requested")
 
     async def _rescue(self) -> None:
+        backoff = Backoff()
         while True:
-            await self.clock.sleep(self.settings.rescue_every_seconds)
             try:
+                await self.clock.sleep(self.settings.rescue_every_seconds)
                 await self.rescue_once()
+                backoff.reset()
+            except psycopg.OperationalError as exc:  # the database is away: outage logs it
+                log.debug("rescue failed (%s)", first_line(exc))
+                await self.clock.sleep(backoff.next())
             except psycopg.Error as exc:
                 log.warning("rescue failed (%s)", first_line(exc))
 

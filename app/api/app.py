@@ -17,9 +17,7 @@ from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 import otel
 from app.api.auth import authorize
@@ -29,6 +27,7 @@ from app.api.problems import EXCEPTION_HANDLERS
 from app.api.routes import events, runs, schedules, system
 from app.api.tracing import opentelemetry_plugin
 from app.clock import Clock, SystemClock
+from app.db import outage
 from app.db.store import Conn
 from app.telemetry import sample, sample_forever
 
@@ -45,24 +44,21 @@ async def _configure(conn: Conn) -> None:
 @asynccontextmanager
 async def _pool(app: Litestar) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
-    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+    # Autocommit connections (callers own their transactions, `async with conn.transaction()`,
+    # as the store expects; a read is one statement and needs none), each checked before it is
+    # handed out: after a database restart the idle ones are all dead (ADR 0022).
+    pool = outage.pool(
         settings.database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
-        open=False,
         configure=_configure,
-        # Autocommit: callers own their transactions (`async with conn.transaction()`), as the
-        # store expects; a read is one statement and needs none.
-        kwargs={"autocommit": True, "row_factory": dict_row},
-        connection_class=AsyncConnection[DictRow],
+        name="api",
     )
-    try:
-        await pool.open(wait=True, timeout=settings.pool_timeout_seconds)
-    except PoolTimeout:
-        # Serve anyway: /health says the database is down, requests answer 503, and the pool
-        # keeps trying in the background.
-        log.warning("the database is not reachable yet; serving, and retrying in the background")
+    # Not open(wait=True): psycopg_pool closes a pool whose wait times out, for good. Started
+    # while the database is down, the API serves anyway: /health says so, requests answer 503,
+    # and the pool reconnects in the background (app.db.outage logs the outage once).
+    await pool.open(wait=False)
     app.state.pool = pool
     try:
         yield
