@@ -54,8 +54,17 @@ class Proxy:
 
     def stop(self) -> None:
         self.down()
+        self._call(self._settle())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        self._loop.close()
+
+    async def _settle(self) -> None:
+        """Let the connections' tasks end (their sockets are aborted) before the loop stops."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     @property
     def is_up(self) -> bool:
