@@ -540,13 +540,16 @@ class Worker:
             while True:
                 try:
                     await self.heartbeat_once()
-                except psycopg.Error as exc:
+                except psycopg.OperationalError as exc:  # the database is away: outage logs it
                     log.debug("heartbeat failed (%s); retrying", first_line(exc))
                     await self.clock.sleep(backoff.next())
                     continue
-                # Every lease still held was renewed no later than now: an upper bound of its
-                # expiry is now + lease_seconds (what the reporter may wait for, ADR 0022).
-                self._renewed_at = self.clock.monotonic()
+                except psycopg.Error as exc:
+                    log.warning("heartbeat failed (%s)", first_line(exc))
+                else:
+                    # Every lease still held was renewed no later than now: an upper bound of
+                    # its expiry is now + lease_seconds (what the reporter waits for, ADR 0022).
+                    self._renewed_at = self.clock.monotonic()
                 break
 
     async def heartbeat_once(self) -> None:
@@ -570,15 +573,13 @@ class Worker:
                 self._stop_job(flight, "cancel_requested")
 
     async def _rescue(self) -> None:
-        backoff = Backoff()
+        # Every few seconds anyway: nothing to hurry after an outage, leases expire meanwhile.
         while True:
+            await self.clock.sleep(self.settings.rescue_every_seconds)
             try:
-                await self.clock.sleep(self.settings.rescue_every_seconds)
                 await self.rescue_once()
-                backoff.reset()
             except psycopg.OperationalError as exc:  # the database is away: outage logs it
                 log.debug("rescue failed (%s)", first_line(exc))
-                await self.clock.sleep(backoff.next())
             except psycopg.Error as exc:
                 log.warning("rescue failed (%s)", first_line(exc))
 

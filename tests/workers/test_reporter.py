@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -11,8 +12,9 @@ import pytest
 from app.clock import SystemClock
 from app.db import replay, store
 from app.db.store import Conn, Lease, Report
+from tests.chaos.proxy import Proxy
 from tests.factories import cover_last_month, make_schedule
-from tests.workers.test_worker import python_job, running_worker
+from tests.workers.test_worker import python_job, running_worker, trigger, wait_state
 from workers.reporter import Reporter, ReportFailed
 
 
@@ -142,3 +144,81 @@ async def test_limits_hold_while_unlimited_runs_take_the_fast_claim(db: Conn, ds
     assert await _most_at_once(db, "r.queue = %s", ["narrow"]) == 1
     assert fast.stats.claimed == 26  # the capped schedule's 6 and 20 free ones
     assert await replay.verify(db) == []
+
+
+# -- outages: a result is kept while its lease can be valid (ADR 0022) -----------------------
+
+
+async def test_a_result_is_kept_while_its_lease_can_be_valid_then_given_up(
+    db: Conn, dsn: str
+) -> None:
+    await _waiting_runs(db, 2)
+    rows = await store.claim_runs(
+        db, worker_id=1, queues=["default"], limit=2, lease_seconds=30, actor="w", now=None
+    )
+    short, long = (Lease.of(r) for r in rows)
+    clock = SystemClock()
+    with Proxy.before(dsn, up=False) as (proxy, via):
+        reporter = Reporter(via, clock=clock, actor=lambda: "worker:1")
+        task = asyncio.create_task(reporter.run())
+        try:
+            start = clock.monotonic()
+            expiring = asyncio.create_task(
+                reporter.report(
+                    Report(short, "succeeded", {"status": "succeeded"}),
+                    valid_until=lambda: start + 1.5,
+                )
+            )
+            kept = asyncio.create_task(
+                reporter.report(
+                    Report(long, "succeeded", {"status": "succeeded"}),
+                    valid_until=lambda: start + 30,
+                )
+            )
+            with pytest.raises(ReportFailed, match="lease expired while the database"):
+                await expiring
+            given_up = clock.monotonic() - start
+            assert 1.5 <= given_up < 4.0, "given up once its lease could no longer be valid"
+            assert not kept.done(), "the other lease is still valid: still trying"
+            await asyncio.sleep(7.0 - given_up)  # longer than the old five tries (6.2 s)
+            assert not kept.done()
+            proxy.up()
+            row = await asyncio.wait_for(kept, 5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert row is not None and row["state"] == "succeeded"
+    abandoned = await store.get_run(db, short.run_id)
+    assert abandoned is not None and abandoned["state"] == "running", "left to lease and rescue"
+
+
+async def test_an_abandoned_result_is_one_line_naming_run_and_attempt(
+    db: Conn, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await make_schedule(
+        db,
+        now=datetime.now(UTC),
+        job_type="python",
+        payload=python_job(dsn, "slow", seconds=0.2),
+        retry_delay_seconds=1,
+    )
+    run = await trigger(db, s["id"])
+    caplog.set_level(logging.INFO, logger="pgsched")
+    with Proxy.before(dsn) as (proxy, via):
+        async with running_worker(via, lease_seconds=2.0) as (worker, _):
+            await wait_state(db, run["id"], {"running"})
+            proxy.down()
+            # The job ends, its lease (2 s, not renewed while the database is away) runs out.
+            for _ in range(200):
+                if worker.stats.claimed and not worker._inflight:
+                    break
+                await asyncio.sleep(0.05)
+            assert not worker._inflight, "the result was given up once the lease ran out"
+            proxy.up()
+            # Rescued and run again: the at-least-once path, now only past the lease.
+            done = await wait_state(db, run["id"], {"succeeded"}, within=20)
+    lines = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"run {run['id']} attempt 1: result abandoned"), lines
+    assert "its lease expired while the database was unavailable" in lines[0]
+    assert done["attempt"] == 2
