@@ -396,9 +396,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else _port(args.port, "--port")
     settings = dataclasses.replace(settings, host=host, port=port)
-    asyncio.run(_refuse_bad_dsn(settings.database_url))
-    print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
     with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
+        asyncio.run(_refuse_bad_dsn(settings.database_url))
+        print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
         uvicorn.run(
             create_app(settings),
             host=host,

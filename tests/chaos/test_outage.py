@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -286,3 +288,62 @@ async def test_the_first_request_after_an_outage_is_served(db: Conn, dsn: str) -
                 *(api.get("/v1/schedules", headers=viewer) for _ in range(6))
             )
             assert {a.status_code for a in answers} == {200}
+
+
+# -- `pgsched run`: ticker, worker and API in one process, one account of the database ---------
+
+
+async def test_pgsched_run_waits_for_the_database_and_logs_each_outage_once(
+    db: Conn, dsn: str, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    health = f"http://127.0.0.1:{port}/health"
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(health)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with (
+        Proxy.before(dsn, up=False) as (proxy, via),
+        _pgsched(tmp_path, "run", via, "run", PGSCHED_HTTP_PORT=str(port)) as (proc, stderr),
+    ):
+        first = await _once_now(db)
+        await asyncio.sleep(5.0)
+        assert proc.poll() is None, "pgsched run waits for the database instead of exiting"
+        proxy.up()
+        start_resumed = await until(lambda: _ran(db, first), 30, "the first run is executed")
+        await until(healthy, 10, "/health answers 200")
+        proxy.down()
+        second = await _once_now(db)
+        await asyncio.sleep(4.0)
+        proxy.up()
+        outage_resumed = await until(lambda: _ran(db, second), 20, "the second run is executed")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    messages = _messages(stderr)
+    print(
+        f"\nrun: runs executed {start_resumed:.2f} s (down at start; includes migrate) and "
+        f"{outage_resumed:.2f} s (4 s outage) after the database came back; "
+        f"{len(messages)} log lines"
+    )
+    # One process, one account of the database, whichever of its parts noticed first.
+    assert len([m for m in messages if m.startswith("database unavailable")]) == 2, messages
+    assert len([m for m in messages if m.startswith("database available again")]) == 2, messages
+    assert not [m for m in messages if "Traceback" in m], messages
+    assert outage_resumed < RESUME_WITHIN
+
+
+async def _ran(db: Conn, schedule_id: int) -> bool:
+    return (
+        await _count(
+            db,
+            "SELECT count(*) AS n FROM pgsched.run WHERE schedule_id = %s AND state = 'succeeded'",
+            [schedule_id],
+        )
+        == 1
+    )
