@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator
 
 from psycopg.rows import dict_row
 
-from app.db.outage import Connection
+from app.db.outage import Connection, first_line
 from app.db.store import Conn
+
+# first_line moved to app.db.outage; still importable from here.
+__all__ = ["DedicatedConnection", "configure_session", "first_line"]
 
 
 async def configure_session(conn: Conn) -> None:
