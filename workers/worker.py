@@ -44,6 +44,7 @@ from app.db import store
 from app.db.store import Conn, Lease, Row
 from otel import runs as telemetry
 from workers.jobs import JobContext, Outcome, execute
+from workers.jobs.base import LeaseDeadline, lease_margin
 from workers.netguard import NetPolicy
 from workers.reporter import Reporter, ReportFailed
 from workers.session import DedicatedConnection, configure_session, first_line
@@ -91,6 +92,8 @@ class WorkerSettings:
 class _InFlight:
     lease: Lease
     task: asyncio.Task[None]
+    # When the attempt must stop unless its lease is renewed first (ADR 0020).
+    deadline: LeaseDeadline
     # Why the task was cancelled, which decides what is reported for it.
     stop_reason: str | None = None
     # Set once the job returned: from then on the result is being reported, and cancelling the
@@ -236,6 +239,7 @@ class Worker:
             free = s.slots - (len(self._inflight) - self._reporting)
             claimed: list[Row] = []
             wait = s.poll_seconds
+            sent = self.clock.monotonic()  # before the claim: its lease ends after sent + lease
             try:
                 if free > 0:
                     async with telemetry.claiming(self._claim_db.connection(), s.queues) as conn:
@@ -270,7 +274,7 @@ class Worker:
                 log.warning("claim failed (%s); retrying", first_line(exc))
                 wait = min(wait, 0.5)
             for row in claimed:
-                self._start(row)
+                self._start(row, sent)
             if free > 0 and len(claimed) == free:
                 continue  # there may be more due right now
             await self._sleep(wait, stop)
@@ -292,16 +296,21 @@ class Worker:
                 w.cancel()
         self._wake.clear()
 
-    def _start(self, row: Row) -> None:
+    def _start(self, row: Row, claim_sent: float) -> None:
         lease = Lease.of(row)
         self.stats.claimed += 1
+        lease_seconds = self.settings.lease_seconds
+        deadline = LeaseDeadline(
+            claim_sent + lease_seconds, lease_margin(lease_seconds), self.clock.monotonic
+        )
         with telemetry.run_scope(row):
             task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
-        self._inflight[lease.run_id] = _InFlight(lease, task)
+        self._inflight[lease.run_id] = _InFlight(lease, task, deadline)
 
     # -- executing ---------------------------------------------------------------------------
 
     async def _execute(self, row: Row, lease: Lease) -> None:
+        flight = self._inflight[lease.run_id]
         ctx = JobContext(
             run_id=lease.run_id,
             attempt=lease.attempt,
@@ -311,8 +320,8 @@ class Worker:
             named_dsns=self.named_dsns,
             http_policy=self.http_policy,
             environ=self.environ,
+            lease=flight.deadline,
         )
-        flight = self._inflight[lease.run_id]
         try:
             try:
                 outcome = await self.executor(row["job_type"], row["payload"] or {}, ctx)
@@ -360,18 +369,24 @@ class Worker:
                 if done is not None:
                     self.stats.cancelled += 1
             else:
-                # Lease lost: the run belongs to another attempt now. Nothing of ours may count,
-                # but the abandoned attempt is evidence (reliability guide F13: logged, counted).
+                # Lease lost (a heartbeat found it gone), or not renewed in time (the lease
+                # watch stopped the job before it could expire): the run belongs, or soon may
+                # belong, to another attempt. Nothing of ours may count, but the abandoned
+                # attempt is evidence (reliability guide F13: logged, counted).
                 telemetry.stopped(lease, reason, fenced=True)
                 self.stats.fenced += 1
                 log.warning(
-                    "run %s attempt %s: lease lost while running; attempt abandoned",
+                    "run %s attempt %s: lease lost%s while running; attempt abandoned",
                     lease.run_id,
                     lease.attempt,
+                    " (not renewed in time)" if reason == "lease_expired" else "",
                 )
-                await store.record_fenced(
-                    conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
-                )
+                try:
+                    await store.record_fenced(
+                        conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
+                    )
+                except psycopg.Error as exc:  # the database may be why it was not renewed
+                    log.warning("run %s: abandonment not recorded (%s)", lease.run_id, exc)
                 return
         # A release or cancel the store refused (the lease was lost after the last heartbeat;
         # it kept a run.completion_fenced event) counts like a fenced completion.
@@ -449,15 +464,39 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         every = self.settings.lease_seconds / 3
+        watch = asyncio.create_task(self._lease_watch(), name="lease watch")
+        try:
+            while True:
+                await self.clock.sleep(every)
+                try:
+                    await self.heartbeat_once()
+                except psycopg.Error as exc:
+                    log.warning("heartbeat failed (%s)", first_line(exc))
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _lease_watch(self) -> None:
+        """Stop every job whose lease was not renewed in time, before it can expire.
+
+        A heartbeat that cannot reach the database (or a worker that was stopped, SIGSTOP or a
+        long pause) would otherwise let a job run on after its lease expired and another worker
+        took the run over. Separate from the heartbeat, whose statement can hang for as long
+        as the pool's connect timeout. Command jobs are also bounded by their supervisor,
+        which needs no worker for it (ADR 0020).
+        """
+        check_every = lease_margin(self.settings.lease_seconds) / 2
         while True:
-            await self.clock.sleep(every)
-            try:
-                await self.heartbeat_once()
-            except psycopg.Error as exc:
-                log.warning("heartbeat failed (%s)", first_line(exc))
+            now = self.clock.monotonic()
+            for flight in list(self._inflight.values()):
+                if now >= flight.deadline.stop_at:
+                    self._stop_job(flight, "lease_expired")
+            await self.clock.sleep(check_every)
 
     async def heartbeat_once(self) -> None:
         flights = list(self._inflight.values())
+        # Before anything is sent: the database's now() for the renewal is later than this.
+        sent = self.clock.monotonic()
         async with self._db() as conn:
             now = self.clock.db_now()
             await store.heartbeat_worker(conn, self._id(), now=now)
@@ -473,7 +512,9 @@ class Worker:
             renewed = by_token.get(flight.lease.lease_token)
             if renewed is None:
                 self._stop_job(flight, "lease_lost")
-            elif renewed["cancel_requested"]:
+                continue
+            flight.deadline.renewed(sent + self.settings.lease_seconds)
+            if renewed["cancel_requested"]:
                 self._stop_job(flight, "cancel_requested")
 
     async def _rescue(self) -> None:
