@@ -1,8 +1,8 @@
 """The supervisor of one ``command`` job: a small process between the worker and the job.
 
 The worker does not start a command itself; it starts this module as a script
-(``python -I -S procguard.py FD WORKER_PID``, stdlib only, an empty environment) and tells it
-over a socket (file descriptor FD) what to run. This process then:
+(``python -I -S procguard.py FD WORKER_PID``, an empty environment) and tells it over a
+socket (file descriptor FD) what to run. This process then:
 
 - learns when the worker dies, twice over: ``PR_SET_PDEATHSIG`` (a signal when its parent
   exits) and end-of-file on the socket (the kernel closes the worker's end whatever killed it);
@@ -13,10 +13,10 @@ over a socket (file descriptor FD) what to run. This process then:
   capture pipe;
 - enforces the job's timeout itself (SIGTERM to the group, the grace period, SIGKILL), so the
   timeout holds while the worker is stopped, busy or gone;
-- bounds the job by the worker's **lease**: the worker sends the local instant by which its
-  lease could expire each time it renews it (``time.monotonic``, system-wide on Linux); when
-  that instant minus a margin passes without a newer one, everything is killed. A worker that
-  is SIGSTOPped or cut off from the database past its lease therefore has no job still running
+- bounds the job by the worker's **lease**: the worker sends the instant at which the job must
+  stop unless its lease is renewed first (``lease_clock``: CLOCK_BOOTTIME, one clock for every
+  process), again after each renewal; when it passes, everything is killed. A worker that is
+  SIGSTOPped or cut off from the database past its lease therefore has no job still running
   when another worker takes the run over (ADR 0020);
 - when the job ends, however it ends, or the worker dies, SIGKILLs the group and every
   remaining descendant, reaps them all, reports how the job ended, and exits.
@@ -25,42 +25,62 @@ The worker's environment (database URL, ``PGSCHED_SECRET_*``) never reaches this
 a job reading ``/proc/$PPID/environ`` finds it empty (ADR 0012). ``undumpable`` is for the
 worker: it keeps same-user processes out of ``/proc/<worker>/environ`` and ``mem``.
 
-Protocol: newline-delimited JSON objects. Worker to here: the job first (``argv``, ``env``,
-``cwd``, ``timeout``, ``grace``, ``stop_at``), then any of ``{"stop_at": t}`` (lease renewed),
-``{"stop": true}`` (cancel: SIGTERM, grace, SIGKILL) and ``{"kill": true}`` (SIGKILL now).
-Here to the worker: ``{"pid": n}`` once started, or ``{"spawn_error": ..., "filename": ...}``;
-then ``{"exit_code": c, "ended": why, "how": text}``, ``ended`` one of ``exited``, ``timeout``,
-``stopped``, ``killed``, ``lease``, ``worker_gone``.
+It starts in ~15 ms: only modules built into the interpreter or tiny (no ``subprocess``,
+``json``, ``socket``: with ``re`` and ``enum`` they tripled that), and it leaves with
+``os._exit``. Messages are ``marshal``-ed dicts behind a 4-byte length, both ways (the two
+ends are the same interpreter, ``sys.executable``, and nothing else holds the socket). Worker
+to here: the job first (``argv``, ``env``, ``cwd``, ``timeout``, ``grace``, ``stop_at``),
+then any of ``{"stop_at": t}`` (lease renewed), ``{"stop": True}`` (cancel: SIGTERM, grace,
+SIGKILL) and ``{"kill": True}`` (SIGKILL now). Here to the worker: ``{"pid": n}`` once
+started, or ``{"spawn_error": text, "filename": name}``; then ``{"exit_code": c, "ended":
+why, "how": text}``, ``ended`` one of ``exited``, ``timeout``, ``stopped``, ``killed``,
+``lease``, ``worker_gone``.
 """
 
 from __future__ import annotations
 
-import contextlib
+# signal.py would import enum (as slow as all the rest); its C module has what we use.
+import _signal as signal  # type: ignore[import-not-found]
 import ctypes
-import json
+import marshal
 import os
 import select
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-__all__ = ["child_subreaper", "main", "parent_death_signal", "undumpable"]
+__all__ = [
+    "child_subreaper",
+    "decode",
+    "encode",
+    "lease_clock",
+    "main",
+    "parent_death_signal",
+    "undumpable",
+]
 
 # prctl(2) options (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
-# What ends the job, and how it is stopped: a timeout or a cancel leaves it the grace period
-# to clean up after SIGTERM; a lease that runs out, a hard cancel or a dead worker do not.
+# A timeout or a cancel leaves the job the grace period to clean up after SIGTERM; a lease
+# that runs out, a second cancel or a dead worker do not.
 _GRACEFUL = ("timeout", "stopped")
-
+_HOW = {
+    "killed": "killed (SIGKILL) at once",
+    "lease": "killed (SIGKILL): the worker's lease was not renewed in time",
+    "worker_gone": "killed (SIGKILL): the worker is gone",
+}
 
 _libc: ctypes.CDLL | None = None
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    """The clock of lease deadlines: CLOCK_BOOTTIME where there is one. Unlike
+    ``time.monotonic`` it keeps counting while the host is suspended, as the database's clock
+    does (a lease can expire during a laptop's sleep); one clock for every process."""
+    return time.clock_gettime(_BOOTTIME)
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -90,37 +110,99 @@ def undumpable() -> bool:
     return _prctl(_PR_SET_DUMPABLE, 0)
 
 
+def encode(message: dict[str, object]) -> bytes:
+    body = marshal.dumps(message)
+    return len(body).to_bytes(4, "big") + body
+
+
+def decode(buffer: bytes) -> tuple[list[dict[str, object]], bytes]:
+    """The whole messages at the start of ``buffer``, and what is left of it."""
+    messages = []
+    while len(buffer) >= 4:
+        size = int.from_bytes(buffer[:4], "big")
+        if len(buffer) < 4 + size:
+            break
+        # Only the worker and this process hold the socket (close-on-exec, not inherited).
+        messages.append(marshal.loads(buffer[4 : 4 + size]))  # noqa: S302
+        buffer = buffer[4 + size :]
+    return messages, buffer
+
+
 def _children() -> list[int]:
     """This process's direct children (zombies included)."""
     me = os.getpid()
-    with contextlib.suppress(OSError):
-        return [int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:  # noqa: PTH123 - pathlib imports re
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        pass
     # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for entry in os.listdir("/proc"):  # noqa: PTH208 - as above
+        if not entry.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            with open(f"/proc/{entry}/stat") as f:  # noqa: PTH123 - as above
+                stat = f.read()
         except OSError:
             continue
         # "pid (comm) state ppid ..."; comm may hold spaces or parentheses.
         if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-            found.append(int(entry.name))
+            found.append(int(entry))
     return found
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _signal_group(pgid: int, sig: int) -> None:
+    # contextlib.suppress would import collections and functools (~5 ms of our start).
+    try:  # noqa: SIM105
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone; PermissionError: a member changed its user (setuid)
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> int | OSError:
+    """Fork and exec the job in a session of its own; its pid, or why it could not start."""
+    report_r, report_w = os.pipe()  # close-on-exec: end-of-file means the exec succeeded
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe work until exec, then nothing of ours
+        phase = "setup"
+        try:
+            os.close(report_r)
+            os.setsid()
+            # If this supervisor is SIGKILLed (it cannot clean up then), the job's leader at
+            # least does not outlive it.
+            parent_death_signal(signal.SIGKILL)
+            # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            phase = "cwd"
+            if cwd is not None:
+                os.chdir(cwd)
+            phase = "exec"
+            os.execvpe(argv[0], argv, env)  # noqa: S606 - an argv list, never a shell
+        except OSError as exc:
+            filename = exc.filename if phase == "cwd" else None
+            os.write(report_w, marshal.dumps((exc.errno, exc.strerror, filename)))
+        finally:
+            os._exit(127)
+    os.close(report_w)
+    chunks = []
+    while chunk := os.read(report_r, 4096):
+        chunks.append(chunk)
+    os.close(report_r)
+    if not chunks:
+        return pid
+    os.waitpid(pid, 0)
+    number, text, filename = marshal.loads(b"".join(chunks))  # noqa: S302 - from our child
+    return OSError(number, text, filename)
 
 
 class _Guard:
-    def __init__(self, sock: socket.socket, worker_pid: int) -> None:
-        self.sock = sock
+    def __init__(self, fd: int, worker_pid: int) -> None:
+        self.fd = fd
         self.worker_pid = worker_pid
         self.inbox = b""
-        self.leader: subprocess.Popen[bytes] | None = None
+        self.leader: int | None = None
         self.status: int | None = None  # the leader's wait status, once reaped
         self.ended: str | None = None  # why we are stopping it
         self.how = ""
@@ -134,13 +216,19 @@ class _Guard:
     # -- messages --------------------------------------------------------------------------
 
     def send(self, message: dict[str, object]) -> None:
-        with contextlib.suppress(OSError):  # a worker that is gone reads nothing
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
-
-    def receive(self) -> list[dict[str, object]]:
-        """Messages waiting on the socket; sets ``worker_gone`` at end-of-file."""
+        data = encode(message)
         try:
-            data = self.sock.recv(65536)
+            os.set_blocking(self.fd, True)
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # a worker that is gone reads nothing
+
+    def receive(self, block: bool) -> list[dict[str, object]]:
+        """Messages waiting on the socket; sets ``worker_gone`` at end-of-file."""
+        os.set_blocking(self.fd, block)
+        try:
+            data = os.read(self.fd, 1 << 20)
         except BlockingIOError:
             return []
         except OSError:
@@ -148,21 +236,8 @@ class _Guard:
         if not data:
             self.worker_gone = True
             return []
-        self.inbox += data
-        *lines, self.inbox = self.inbox.split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
-
-    def first_message(self) -> dict[str, object] | None:
-        self.sock.setblocking(True)
-        while b"\n" not in self.inbox:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                return None
-            self.inbox += data
-        line, _, self.inbox = self.inbox.partition(b"\n")
-        self.sock.setblocking(False)
-        message: dict[str, object] = json.loads(line)
-        return message
+        messages, self.inbox = decode(self.inbox + data)
+        return messages
 
     # -- the job -----------------------------------------------------------------------------
 
@@ -173,29 +248,13 @@ class _Guard:
         self.grace = float(job["grace"])  # type: ignore[arg-type]
         stop_at = job.get("stop_at")
         self.stop_at = None if stop_at is None else float(stop_at)  # type: ignore[arg-type]
-        try:
-            self.leader = subprocess.Popen(  # noqa: S603 - an argv list, never a shell
-                argv,
-                env=env,
-                cwd=None if cwd is None else str(cwd),
-                stdin=0,
-                stdout=1,
-                stderr=2,
-                start_new_session=True,  # its own process group: one signal reaches all of it
-                # If this process is SIGKILLed (it cannot clean up then), the job's leader at
-                # least does not outlive it.
-                preexec_fn=lambda: parent_death_signal(signal.SIGKILL),  # noqa: PLW1509
-            )
-        except OSError as exc:
-            self.send(
-                {
-                    "spawn_error": exc.strerror or type(exc).__name__,
-                    "filename": None if exc.filename is None else str(exc.filename),
-                }
-            )
+        started = _spawn(argv, env, None if cwd is None else str(cwd))
+        if isinstance(started, OSError):
+            self.send({"spawn_error": started.strerror, "filename": started.filename})
             return False
+        self.leader = started
         self.timeout_at = time.monotonic() + float(job["timeout"])  # type: ignore[arg-type]
-        self.send({"pid": self.leader.pid})
+        self.send({"pid": started})
         return True
 
     def stop(self, why: str) -> None:
@@ -206,18 +265,18 @@ class _Guard:
             if self.ended is None:  # a second graceful request changes nothing
                 self.ended = why
                 self.how = "terminated (SIGTERM)"
-                _killpg(self.leader.pid, signal.SIGTERM)
+                _signal_group(self.leader, signal.SIGTERM)
                 self.kill_at = time.monotonic() + self.grace
             return
         self.killed = True
         self.ended = self.ended or why
-        self.how = {
-            "killed": "killed (SIGKILL) at once",
-            "lease": "killed (SIGKILL): the worker's lease was not renewed in time",
-            "worker_gone": "killed (SIGKILL): the worker is gone",
-        }.get(why, f"killed (SIGKILL) after a {self.grace:g} s grace")
-        _killpg(self.leader.pid, signal.SIGKILL)
+        self.how = _HOW.get(why, f"killed (SIGKILL) after a {self.grace:g} s grace")
+        _signal_group(self.leader, signal.SIGKILL)
         self.kill_at = None
+
+    def reaped(self, pid: int, status: int) -> None:
+        if pid == self.leader:
+            self.status = status
 
     def reap(self) -> None:
         """Collect every exited child: the leader's status, and orphans re-parented here."""
@@ -228,78 +287,80 @@ class _Guard:
                 return
             if pid == 0:
                 return
-            if self.leader is not None and pid == self.leader.pid:
-                self.status = status
-                self.leader.returncode = os.waitstatus_to_exitcode(status)
+            self.reaped(pid, status)
 
     def kill_everything(self) -> None:
         """SIGKILL the group and every descendant still below us; reap them all."""
         if self.leader is not None:
-            _killpg(self.leader.pid, signal.SIGKILL)
-        while True:
-            children = _children()
-            if not children:
-                break
+            _signal_group(self.leader, signal.SIGKILL)
+        while children := _children():
             for pid in children:
-                with contextlib.suppress(ProcessLookupError):
+                try:  # noqa: SIM105 - no contextlib, as in _signal_group
                     os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             # Reap one; a killed child's own children are re-parented to us meanwhile, and the
             # next round finds them.
             try:
-                pid, status = os.waitpid(-1, 0)
+                self.reaped(*os.waitpid(-1, 0))
             except ChildProcessError:
                 break
-            if self.leader is not None and pid == self.leader.pid:
-                self.status = status
         self.reap()
 
     # -- the loop ------------------------------------------------------------------------------
 
     def next_wake(self) -> float | None:
+        """When to look again, on ``time.monotonic``'s scale (the lease deadline converted)."""
         if self.killed:
             return None  # SIGCHLD wakes us
-        instants = [self.timeout_at if self.ended is None else None, self.kill_at, self.stop_at]
+        lease = None
+        if self.stop_at is not None:
+            lease = time.monotonic() + (self.stop_at - lease_clock())
+        instants = [self.timeout_at if self.ended is None else None, self.kill_at, lease]
         due = [t for t in instants if t is not None]
         return min(due) if due else None
 
     def run(self, wakeup: int) -> None:
         poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
+        poller.register(self.fd, select.POLLIN)
         poller.register(wakeup, select.POLLIN)
-        while self.status is None:
-            wake = self.next_wake()
-            wait_ms = None if wake is None else max(0, int((wake - time.monotonic()) * 1000) + 1)
-            for fd, _ in poller.poll(wait_ms):
-                if fd == wakeup:
-                    self._signals(wakeup)
-                elif not self.worker_gone:
-                    for message in self.receive():
-                        self._message(message)
-                    if self.worker_gone:
-                        poller.unregister(self.sock)
+        while True:
+            self.reap()
+            if self.status is not None:
+                return
+            now = time.monotonic()
             if self.worker_gone or os.getppid() != self.worker_pid:
                 self.worker_gone = True
                 self.stop("worker_gone")
-            self.reap()
-            if self.status is not None:
-                break
-            now = time.monotonic()
-            if self.stop_at is not None and now >= self.stop_at:
+            elif self.stop_at is not None and lease_clock() >= self.stop_at:
                 self.stop("lease")
             elif self.kill_at is not None and now >= self.kill_at:
                 self.stop("grace_over")
             elif self.ended is None and now >= self.timeout_at:
                 self.stop("timeout")
+            wake = self.next_wake()
+            wait_ms = None if wake is None else max(0, int((wake - now) * 1000) + 1)
+            for fd, _ in poller.poll(wait_ms):
+                if fd == wakeup:
+                    self._signals(wakeup)
+                elif not self.worker_gone:
+                    for message in self.receive(block=False):
+                        self.message(message)
+                    if self.worker_gone:
+                        poller.unregister(self.fd)
 
     def _signals(self, wakeup: int) -> None:
-        with contextlib.suppress(BlockingIOError):
-            for signum in os.read(wakeup, 512):
-                if signum == signal.SIGUSR1:  # PR_SET_PDEATHSIG: the worker exited
-                    self.worker_gone = True
-                elif signum == signal.SIGTERM:  # someone stops us: stop the job like a cancel
-                    self.stop("stopped")
+        try:
+            received = os.read(wakeup, 512)
+        except BlockingIOError:
+            return
+        for signum in received:
+            if signum == signal.SIGUSR1:  # PR_SET_PDEATHSIG: the worker exited
+                self.worker_gone = True
+            elif signum == signal.SIGTERM:  # someone stops us: stop the job like a cancel
+                self.stop("stopped")
 
-    def _message(self, message: dict[str, object]) -> None:
+    def message(self, message: dict[str, object]) -> None:
         if "stop_at" in message:
             at = float(message["stop_at"])  # type: ignore[arg-type]
             self.stop_at = at if self.stop_at is None else max(self.stop_at, at)
@@ -313,9 +374,9 @@ class _Guard:
         return {"exit_code": code, "ended": self.ended or "exited", "how": self.how}
 
 
-def _ignore(signum: int, frame: object) -> None:
-    """A Python-level handler, so the signal is written to the wakeup fd (the default
-    action of SIGCHLD is to ignore it; of SIGUSR1 and SIGTERM, to exit)."""
+def _wake(signum: int, frame: object) -> None:
+    """A Python-level handler, so the signal number is written to the wakeup fd (SIGCHLD is
+    ignored by default; SIGUSR1 and SIGTERM would end us before we could clean up)."""
 
 
 def main(argv: list[str]) -> int:
@@ -324,25 +385,23 @@ def main(argv: list[str]) -> int:
     # re-parented us already, and the signal would never come.
     parent_death_signal(signal.SIGUSR1)
     child_subreaper()
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)  # the job must not hold the worker's line
-    guard = _Guard(sock, worker_pid)
+    os.set_inheritable(fd, False)  # the job must not hold the worker's line
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end)
-    handlers: dict[int, Callable[[int, object], None]] = {
-        signal.SIGCHLD: _ignore,
-        signal.SIGUSR1: _ignore,
-        signal.SIGTERM: _ignore,
-    }
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+    for signum in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(signum, _wake)
     if os.getppid() != worker_pid:
         return 0
-    job = guard.first_message()
-    if job is None or not guard.start(job):
+    guard = _Guard(fd, worker_pid)
+    pending: list[dict[str, object]] = []
+    while not pending and not guard.worker_gone:
+        pending = guard.receive(block=True)
+    if not pending or not guard.start(pending[0]):
         return 0
+    for message in pending[1:]:
+        guard.message(message)  # a stop that came with the job
     try:
         guard.run(read_end)
     finally:
@@ -352,4 +411,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.stdout.flush()
+    os._exit(main(sys.argv))  # no interpreter teardown: it took ~10 ms and does nothing here
