@@ -229,3 +229,24 @@ async def test_lease_renewals_keep_the_job_running(make_ctx: MakeCtx) -> None:
         await asyncio.sleep(0.2)
     outcome = await task
     assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a worker running as root")
+async def test_pgsched_command_user_runs_the_job_as_that_user(make_ctx: MakeCtx) -> None:
+    # As another user the job can read neither this (root) process's environment nor its
+    # supervisor's; $HOME is the user's.
+    script = (
+        f"id -u; echo $HOME; cat /proc/{os.getpid()}/environ >/dev/null 2>&1"
+        " && echo read || echo denied"
+    )
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGSCHED_COMMAND_USER": "nobody"}
+    ctx = make_ctx(environ=environ)
+    outcome = await execute("command", {"argv": ["sh", "-c", script]}, ctx)
+    assert outcome.status == "succeeded", outcome
+    assert outcome.output == "65534\n/nonexistent\ndenied\n"
+    unknown = {**environ, "PGSCHED_COMMAND_USER": "no-such-user-pgsched"}
+    missing = await execute("command", {"argv": ["true"]}, make_ctx(environ=unknown))
+    assert (missing.status, missing.retryable) == ("failed", False)
+    assert missing.error == (
+        "cannot start 'true': PGSCHED_COMMAND_USER names no user ('no-such-user-pgsched')"
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from workers.jobs.secretrefs import Masker
 
 __all__ = [
     "BACKSTOP_SECONDS",
+    "COMMAND_USER_ENV",
     "DEFAULT_PATH",
     "DRAIN_SECONDS",
     "HEAD_BYTES",
@@ -57,6 +59,11 @@ DRAIN_SECONDS = 1.0
 # How long past its own deadlines a supervisor may take to report and exit before the worker
 # kills it (its job's leader dies with it, PR_SET_PDEATHSIG). It never should.
 BACKSTOP_SECONDS = 5.0
+# The worker setting that runs every command job as another user (uid, its primary group, no
+# supplementary groups; HOME is that user's unless the payload sets it). The worker must be
+# root then; a job running as another user can neither read the worker's memory or
+# environment nor signal it (ADR 0020).
+COMMAND_USER_ENV = "PGSCHED_COMMAND_USER"
 # Worker variables a command inherits: enough to find programs, pick a locale and a timezone,
 # and have a home. Nothing else, so DATABASE_URL, PGSCHED_SECRET_* and PGSCHED_SQL_DSN_* never
 # reach a command unless its payload says so (ADR 0012).
@@ -157,17 +164,28 @@ def _describe_exit(code: int) -> str:
 async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) -> Outcome:
     """Run a validated, secret-resolved ``command`` payload under ``ctx.timeout_seconds``."""
     argv = str_list(payload["argv"])
-    env = str_dict(payload.get("env"))
+    env = _environment(ctx, str_dict(payload.get("env")))
     cwd = payload.get("cwd")
     grace = number(payload.get("kill_after_seconds"), KILL_GRACE_SECONDS)
+    user = None
+    if name := ctx.environ.get(COMMAND_USER_ENV):
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            error = f"cannot start {argv[0]!r}: {COMMAND_USER_ENV} names no user ({name!r})"
+            return Outcome("failed", retryable=False, error=error)
+        user = (account.pw_uid, account.pw_gid)
+        if "HOME" not in str_dict(payload.get("env")):
+            env["HOME"] = account.pw_dir
     return await run_argv(
         argv,
-        env=_environment(ctx, env),
+        env=env,
         cwd=None if cwd is None else str(cwd),
         timeout_seconds=ctx.timeout_seconds,
         grace=grace,
         masker=masker,
         lease=ctx.lease,
+        user=user,
     )
 
 
@@ -180,6 +198,7 @@ async def run_argv(
     grace: float = KILL_GRACE_SECONDS,
     masker: Masker | None = None,
     lease: LeaseDeadline | None = None,
+    user: tuple[int, int] | None = None,
 ) -> Outcome:
     """Run ``argv`` with exactly ``env`` under a supervisor; see the module docstring.
 
@@ -218,6 +237,7 @@ async def run_argv(
                 "timeout": timeout_seconds,
                 "grace": grace,
                 "stop_at": None if lease is None else _local(lease, lease.stop_at),
+                "user": user,
             },
             lease=lease,
             masker=masker,

@@ -29,7 +29,8 @@ It starts in ~15 ms: only modules built into the interpreter or tiny (no ``subpr
 ``json``, ``socket``: with ``re`` and ``enum`` they tripled that), and it leaves with
 ``os._exit``. Messages are ``marshal``-ed dicts behind a 4-byte length, both ways (the two
 ends are the same interpreter, ``sys.executable``, and nothing else holds the socket). Worker
-to here: the job first (``argv``, ``env``, ``cwd``, ``timeout``, ``grace``, ``stop_at``),
+to here: the job first (``argv``, ``env``, ``cwd``, ``timeout``, ``grace``, ``stop_at``,
+``user``: uid and gid, or None),
 then any of ``{"stop_at": t}`` (lease renewed), ``{"stop": True}`` (cancel: SIGTERM, grace,
 SIGKILL) and ``{"kill": True}`` (SIGKILL now). Here to the worker: ``{"pid": n}`` once
 started, or ``{"spawn_error": text, "filename": name}``; then ``{"exit_code": c, "ended":
@@ -47,6 +48,7 @@ import os
 import select
 import sys
 import time
+import warnings  # noqa: F401 - os.execvpe imports it; after a switch to another user it could not
 
 __all__ = [
     "child_subreaper",
@@ -160,8 +162,11 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass  # the group is gone; PermissionError: a member changed its user (setuid)
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> int | OSError:
-    """Fork and exec the job in a session of its own; its pid, or why it could not start."""
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: str | None, user: tuple[int, int] | None
+) -> int | OSError:
+    """Fork and exec the job in a session of its own, as ``user`` (uid, gid) if given; its
+    pid, or why it could not start."""
     report_r, report_w = os.pipe()  # close-on-exec: end-of-file means the exec succeeded
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe work until exec, then nothing of ours
@@ -169,8 +174,14 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> int | OSErr
         try:
             os.close(report_r)
             os.setsid()
+            if user is not None:
+                phase = "user"
+                uid, gid = user
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
             # If this supervisor is SIGKILLed (it cannot clean up then), the job's leader at
-            # least does not outlive it.
+            # least does not outlive it. (After the user switch, which clears it.)
             parent_death_signal(signal.SIGKILL)
             # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):
@@ -180,9 +191,11 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> int | OSErr
                 os.chdir(cwd)
             phase = "exec"
             os.execvpe(argv[0], argv, env)  # noqa: S606 - an argv list, never a shell
-        except OSError as exc:
-            filename = exc.filename if phase == "cwd" else None
-            os.write(report_w, marshal.dumps((exc.errno, exc.strerror, filename)))
+        except BaseException as exc:  # noqa: BLE001 - reported to the worker, never raised here
+            uid = None if user is None else user[0]
+            names = {"cwd": getattr(exc, "filename", None), "user": f"switching to uid {uid}"}
+            text = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+            os.write(report_w, marshal.dumps((getattr(exc, "errno", 0), text, names.get(phase))))
         finally:
             os._exit(127)
     os.close(report_w)
@@ -248,7 +261,13 @@ class _Guard:
         self.grace = float(job["grace"])  # type: ignore[arg-type]
         stop_at = job.get("stop_at")
         self.stop_at = None if stop_at is None else float(stop_at)  # type: ignore[arg-type]
-        started = _spawn(argv, env, None if cwd is None else str(cwd))
+        user = job.get("user")
+        started = _spawn(
+            argv,
+            env,
+            None if cwd is None else str(cwd),
+            None if user is None else (int(user[0]), int(user[1])),  # type: ignore[index]
+        )
         if isinstance(started, OSError):
             self.send({"spawn_error": started.strerror, "filename": started.filename})
             return False
