@@ -192,8 +192,8 @@ def _spawn(
             phase = "exec"
             os.execvpe(argv[0], argv, env)  # noqa: S606 - an argv list, never a shell
         except BaseException as exc:  # noqa: BLE001 - reported to the worker, never raised here
-            uid = None if user is None else user[0]
-            names = {"cwd": getattr(exc, "filename", None), "user": f"switching to uid {uid}"}
+            who = None if user is None else user[0]
+            names = {"cwd": getattr(exc, "filename", None), "user": f"switching to uid {who}"}
             text = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
             os.write(report_w, marshal.dumps((getattr(exc, "errno", 0), text, names.get(phase))))
         finally:
