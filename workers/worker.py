@@ -9,7 +9,10 @@ A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
   hints (reliability guide F9), so after a reconnect it listens again and wakes the claim loop;
 - **heartbeat**: every third of the lease, renew the leases of all in-flight runs in one
   statement; a run whose lease is gone (rescued elsewhere) or whose cancel was requested has its
-  task cancelled;
+  task cancelled. Each renewal moves the attempt's local lease deadline (the time before it was
+  sent, plus the lease); a **lease watch** cancels any job whose deadline passed without one,
+  before the lease can expire, and command jobs' supervisors enforce the same deadline without
+  the worker (ADR 0020);
 - **rescue**: runs whose lease expired go back to waiting (or dead), and silent workers are
   marked gone. Safe on every worker at once (ADR 0006 of the state machine: SKIP LOCKED and the
   state guard), so there is no leader to elect.
@@ -352,6 +355,9 @@ class Worker:
 
     async def _stopped(self, flight: _InFlight) -> None:
         lease, reason = flight.lease, flight.stop_reason
+        if reason not in ("shutdown", "cancel_requested"):
+            await self._abandoned(lease, reason)
+            return
         async with self._db() as conn:
             if reason == "shutdown":
                 done = await store.release_run(
@@ -359,7 +365,7 @@ class Worker:
                 )
                 if done is not None:
                     self.stats.released += 1
-            elif reason == "cancel_requested":
+            else:
                 outcome = Outcome(
                     status="cancelled", retryable=False, error="cancelled by an operator"
                 )
@@ -368,26 +374,6 @@ class Worker:
                 )
                 if done is not None:
                     self.stats.cancelled += 1
-            else:
-                # Lease lost (a heartbeat found it gone), or not renewed in time (the lease
-                # watch stopped the job before it could expire): the run belongs, or soon may
-                # belong, to another attempt. Nothing of ours may count, but the abandoned
-                # attempt is evidence (reliability guide F13: logged, counted).
-                telemetry.stopped(lease, reason, fenced=True)
-                self.stats.fenced += 1
-                log.warning(
-                    "run %s attempt %s: lease lost%s while running; attempt abandoned",
-                    lease.run_id,
-                    lease.attempt,
-                    " (not renewed in time)" if reason == "lease_expired" else "",
-                )
-                try:
-                    await store.record_fenced(
-                        conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
-                    )
-                except psycopg.Error as exc:  # the database may be why it was not renewed
-                    log.warning("run %s: abandonment not recorded (%s)", lease.run_id, exc)
-                return
         # A release or cancel the store refused (the lease was lost after the last heartbeat;
         # it kept a run.completion_fenced event) counts like a fenced completion.
         telemetry.stopped(lease, reason, fenced=done is None)
@@ -399,6 +385,27 @@ class Worker:
                 lease.attempt,
                 "release" if reason == "shutdown" else "cancel",
             )
+
+    async def _abandoned(self, lease: Lease, reason: str | None) -> None:
+        """Lease lost (a heartbeat found it gone), or not renewed in time (the lease watch
+        stopped the job before it could expire): the run belongs, or soon may belong, to
+        another attempt. Nothing of ours may count, but the abandoned attempt is evidence
+        (logged, counted, recorded if the database answers; ADRs 0013, 0020)."""
+        telemetry.stopped(lease, reason, fenced=True)
+        self.stats.fenced += 1
+        log.warning(
+            "run %s attempt %s: lease lost%s while running; attempt abandoned",
+            lease.run_id,
+            lease.attempt,
+            " (not renewed in time)" if reason == "lease_expired" else "",
+        )
+        try:
+            async with self._db() as conn:
+                await store.record_fenced(
+                    conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
+                )
+        except psycopg.Error as exc:  # the database may be why the lease was not renewed
+            log.warning("run %s: abandonment not recorded (%s)", lease.run_id, first_line(exc))
 
     async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
         """Record the attempt's result through the reporter (batched with other jobs' results)."""
