@@ -327,7 +327,10 @@ async def _report_and_exit(
 ) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace + BACKSTOP_SECONDS):
-            await line.receive()
+            # The cancel may have come before the supervisor said it started the job: skip
+            # that message, wait for how the job ended (or the end of the line).
+            while (message := await line.receive()) is not None and "ended" not in message:
+                pass
     await _finished(transport, capture)
 
 
