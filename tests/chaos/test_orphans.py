@@ -372,3 +372,33 @@ async def test_an_in_process_job_stops_before_a_lease_it_cannot_renew_expires(
         assert stopped_after < lease, "stopped before the lease (renewed before the lock) ran out"
         assert not await noted("end")
         assert worker.stats.fenced == 1
+
+
+async def test_jobs_longer_than_the_lease_run_to_their_end_while_it_is_renewed(
+    db: Conn, dsn: str
+) -> None:
+    # Each heartbeat's renewal must reach the lease watch and each command's supervisor, or
+    # these would be stopped after ~1.1 s.
+    now = datetime.now().astimezone()
+    command = await make_schedule(
+        db, now=now, job_type="command", payload={"argv": ["sleep", "4"]}, max_attempts=1
+    )
+    python = await make_schedule(
+        db,
+        now=now,
+        job_type="python",
+        payload={"target": f"{__name__}:wait_cancellable", "kwargs": {"dsn": dsn, "seconds": 4}},
+        max_attempts=1,
+    )
+    async with rescuer(dsn, lease_seconds=1.5) as worker:
+        ids = [await trigger(db, int(s["id"])) for s in (command, python)]
+
+        async def finished() -> bool:
+            return all(
+                r["state"] != "running" and r["finished_at"] for r in (await runs(db, ids)).values()
+            )
+
+        await eventually("both runs finish", finished, within=20)
+    final = await runs(db, ids)
+    assert [(final[i]["state"], final[i]["attempt"]) for i in ids] == [("succeeded", 1)] * 2
+    assert worker.stats.fenced == 0

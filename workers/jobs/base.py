@@ -55,9 +55,10 @@ def lease_margin(lease_seconds: float) -> float:
 
     A tenth of the lease (3 s of the default 30 s), at least 0.25 s: room for the kill and the
     reaping, which take milliseconds. The lease is renewed every third of it, so two renewals
-    can fail (or be late) before a job is stopped.
+    can fail (or be late) before a job is stopped. At most a quarter of the lease, so that a
+    lease shorter than a second (tests) still leaves its renewals room.
     """
-    return min(max(lease_seconds / 10, 0.25), 5.0)
+    return min(max(lease_seconds / 10, 0.25), 5.0, lease_seconds / 4)
 
 
 class LeaseDeadline:
