@@ -279,11 +279,15 @@ async def _supervise(
                 error=f"cannot start {argv0!r}: {started['spawn_error']}{where}",
             )
         # The supervisor enforces the timeout; this bound only catches a supervisor that
-        # hangs, and then kills it.
+        # hangs, and then kills it and the job's group (the job's leader would die with the
+        # supervisor, PR_SET_PDEATHSIG, but not the rest of its group).
         try:
             async with asyncio.timeout(timeout_seconds + grace + BACKSTOP_SECONDS):
                 result = await line.receive()
         except TimeoutError:
+            if started is not None and isinstance(pid := started.get("pid"), int):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
             transport.kill()
             result = None
     except asyncio.CancelledError:
