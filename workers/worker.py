@@ -9,7 +9,10 @@ A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
   hints (ADR 0013), so after a reconnect it listens again and wakes the claim loop;
 - **heartbeat**: every third of the lease, renew the leases of all in-flight runs in one
   statement; a run whose lease is gone (rescued elsewhere) or whose cancel was requested has its
-  task cancelled;
+  task cancelled. Each renewal moves the attempt's local lease deadline (the time before it was
+  sent, plus the lease); a **lease watch** cancels any job whose deadline passed without one,
+  before the lease can expire, and command jobs' supervisors enforce the same deadline without
+  the worker (ADR 0020);
 - **rescue**: runs whose lease expired go back to waiting (or dead), and silent workers are
   marked gone. Safe on every worker at once (ADR 0006 of the state machine: SKIP LOCKED and the
   state guard), so there is no leader to elect.
@@ -49,6 +52,7 @@ from app.db.store import Conn, Lease, Row
 from app.settings import SettingsError
 from otel import runs as telemetry
 from workers.jobs import JobContext, Outcome, execute
+from workers.jobs.base import LeaseDeadline, lease_margin
 from workers.netguard import NetPolicy
 from workers.reporter import Reporter, ReportFailed
 from workers.session import DedicatedConnection, configure_session
@@ -122,6 +126,8 @@ def _positive(env: Mapping[str, str], name: str, default: float, *, zero: bool =
 class _InFlight:
     lease: Lease
     task: asyncio.Task[None]
+    # When the attempt must stop unless its lease is renewed first (ADR 0020).
+    deadline: LeaseDeadline
     # Why the task was cancelled, which decides what is reported for it.
     stop_reason: str | None = None
     # Set once the job returned: from then on the result is being reported, and cancelling the
@@ -296,6 +302,7 @@ class Worker:
             free = s.slots - (len(self._inflight) - self._reporting)
             claimed: list[Row] = []
             wait = s.poll_seconds
+            sent = self.clock.monotonic()  # before the claim: its lease ends after sent + lease
             try:
                 if free > 0:
                     async with telemetry.claiming(self._claim_db.connection(), s.queues) as conn:
@@ -332,7 +339,7 @@ class Worker:
                 log.debug("claim failed (%s); retrying", first_line(exc))
                 wait = min(wait, backoff.next())
             for row in claimed:
-                self._start(row)
+                self._start(row, sent)
             if free > 0 and len(claimed) == free:
                 continue  # there may be more due right now
             await self._sleep(wait, stop)
@@ -354,16 +361,23 @@ class Worker:
                 w.cancel()
         self._wake.clear()
 
-    def _start(self, row: Row) -> None:
+    def _start(self, row: Row, claim_sent: float) -> None:
         lease = Lease.of(row)
         self.stats.claimed += 1
+        lease_seconds = self.settings.lease_seconds
+        deadline = LeaseDeadline(
+            claim_sent + lease_seconds, lease_margin(lease_seconds), self.clock.monotonic
+        )
         with telemetry.run_scope(row):
             task = asyncio.create_task(self._execute(row, lease), name=f"run {lease.run_id}")
-        self._inflight[lease.run_id] = _InFlight(lease, task, claimed_at=self.clock.monotonic())
+        self._inflight[lease.run_id] = _InFlight(
+            lease, task, deadline, claimed_at=self.clock.monotonic()
+        )
 
     # -- executing ---------------------------------------------------------------------------
 
     async def _execute(self, row: Row, lease: Lease) -> None:
+        flight = self._inflight[lease.run_id]
         ctx = JobContext(
             run_id=lease.run_id,
             attempt=lease.attempt,
@@ -373,8 +387,8 @@ class Worker:
             named_dsns=self.named_dsns,
             http_policy=self.http_policy,
             environ=self.environ,
+            lease=flight.deadline,
         )
-        flight = self._inflight[lease.run_id]
         try:
             try:
                 outcome = await self.executor(row["job_type"], row["payload"] or {}, ctx)
@@ -418,6 +432,9 @@ class Worker:
 
     async def _record_stop(self, flight: _InFlight) -> None:
         lease, reason = flight.lease, flight.stop_reason
+        if reason not in ("shutdown", "cancel_requested"):
+            await self._abandoned(lease, reason)
+            return
         async with self._db() as conn:
             if reason == "shutdown":
                 done = await store.release_run(
@@ -425,7 +442,7 @@ class Worker:
                 )
                 if done is not None:
                     self.stats.released += 1
-            elif reason == "cancel_requested":
+            else:
                 outcome = Outcome(
                     status="cancelled", retryable=False, error="cancelled by an operator"
                 )
@@ -434,20 +451,6 @@ class Worker:
                 )
                 if done is not None:
                     self.stats.cancelled += 1
-            else:
-                # Lease lost: the run belongs to another attempt now. Nothing of ours may count,
-                # but the abandoned attempt is evidence: logged, counted, recorded as an event.
-                telemetry.stopped(lease, reason, fenced=True)
-                self.stats.fenced += 1
-                log.warning(
-                    "run %s attempt %s: lease lost while running; attempt abandoned",
-                    lease.run_id,
-                    lease.attempt,
-                )
-                await store.record_fenced(
-                    conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
-                )
-                return
         # A release or cancel the store refused (the lease was lost after the last heartbeat;
         # it kept a run.completion_fenced event) counts like a fenced completion.
         telemetry.stopped(lease, reason, fenced=done is None)
@@ -459,6 +462,27 @@ class Worker:
                 lease.attempt,
                 "release" if reason == "shutdown" else "cancel",
             )
+
+    async def _abandoned(self, lease: Lease, reason: str | None) -> None:
+        """Lease lost (a heartbeat found it gone), or not renewed in time (the lease watch
+        stopped the job before it could expire): the run belongs, or soon may belong, to
+        another attempt. Nothing of ours may count, but the abandoned attempt is evidence
+        (logged, counted, recorded if the database answers; ADRs 0013, 0020)."""
+        telemetry.stopped(lease, reason, fenced=True)
+        self.stats.fenced += 1
+        log.warning(
+            "run %s attempt %s: lease lost%s while running; attempt abandoned",
+            lease.run_id,
+            lease.attempt,
+            " (not renewed in time)" if reason == "lease_expired" else "",
+        )
+        try:
+            async with self._db() as conn:
+                await store.record_fenced(
+                    conn, lease, "lease_lost", actor=self.actor, now=self.clock.db_now()
+                )
+        except psycopg.Error as exc:  # the database may be why the lease was not renewed
+            log.warning("run %s: abandonment not recorded (%s)", lease.run_id, first_line(exc))
 
     async def _report(self, lease: Lease, outcome: Outcome, row: Row) -> None:
         """Record the attempt's result through the reporter (batched with other jobs' results)."""
@@ -532,28 +556,53 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         every = self.settings.lease_seconds / 3
-        while True:
-            await self.clock.sleep(every)
-            # A failed heartbeat is retried at once (capped backoff), not a period later: every
-            # second it is late eats into the leases in flight.
-            backoff = Backoff()
+        watch = asyncio.create_task(self._lease_watch(), name="lease watch")
+        try:
             while True:
-                try:
-                    await self.heartbeat_once()
-                except psycopg.OperationalError as exc:  # the database is away: outage logs it
-                    log.debug("heartbeat failed (%s); retrying", first_line(exc))
-                    await self.clock.sleep(backoff.next())
-                    continue
-                except psycopg.Error as exc:
-                    log.warning("heartbeat failed (%s)", first_line(exc))
-                else:
-                    # Every lease still held was renewed no later than now: an upper bound of
-                    # its expiry is now + lease_seconds (what the reporter waits for, ADR 0022).
-                    self._renewed_at = self.clock.monotonic()
-                break
+                await self.clock.sleep(every)
+                # A failed heartbeat is retried at once (capped backoff), not a period later:
+                # every second it is late eats into the leases in flight.
+                backoff = Backoff()
+                while True:
+                    try:
+                        await self.heartbeat_once()
+                    except psycopg.OperationalError as exc:  # the database is away: outage logs it
+                        log.debug("heartbeat failed (%s); retrying", first_line(exc))
+                        await self.clock.sleep(backoff.next())
+                        continue
+                    except psycopg.Error as exc:
+                        log.warning("heartbeat failed (%s)", first_line(exc))
+                    else:
+                        # Every lease still held was renewed no later than now: an upper bound
+                        # of its expiry is now + lease_seconds (what the reporter waits for,
+                        # ADR 0022).
+                        self._renewed_at = self.clock.monotonic()
+                    break
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _lease_watch(self) -> None:
+        """Stop every job whose lease was not renewed in time, before it can expire.
+
+        A heartbeat that cannot reach the database (or a worker that was stopped, SIGSTOP or a
+        long pause) would otherwise let a job run on after its lease expired and another worker
+        took the run over. Separate from the heartbeat, whose statement can hang for as long
+        as the pool's connect timeout. Command jobs are also bounded by their supervisor,
+        which needs no worker for it (ADR 0020).
+        """
+        check_every = lease_margin(self.settings.lease_seconds) / 2
+        while True:
+            now = self.clock.monotonic()
+            for flight in list(self._inflight.values()):
+                if now >= flight.deadline.stop_at:
+                    self._stop_job(flight, "lease_expired")
+            await self.clock.sleep(check_every)
 
     async def heartbeat_once(self) -> None:
         flights = list(self._inflight.values())
+        # Before anything is sent: the database's now() for the renewal is later than this.
+        sent = self.clock.monotonic()
         async with self._db() as conn:
             now = self.clock.db_now()
             await store.heartbeat_worker(conn, self._id(), now=now)
@@ -569,7 +618,9 @@ class Worker:
             renewed = by_token.get(flight.lease.lease_token)
             if renewed is None:
                 self._stop_job(flight, "lease_lost")
-            elif renewed["cancel_requested"]:
+                continue
+            flight.deadline.renewed(sent + self.settings.lease_seconds)
+            if renewed["cancel_requested"]:
                 self._stop_job(flight, "cancel_requested")
 
     async def _rescue(self) -> None:

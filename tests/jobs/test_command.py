@@ -1,15 +1,41 @@
-"""``command`` jobs against real processes: output, exit codes, bounds, env, timeouts, cancel."""
+"""``command`` jobs against real processes: output, exit codes, bounds, env, timeouts, cancel,
+the supervisor's own bounds (timeout and lease while the worker's loop is stuck) and reaping."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.jobs.conftest import MakeCtx, process_gone, wait_for_file
 from workers.jobs import MAX_OUTPUT_BYTES, execute
+from workers.jobs.base import LeaseDeadline
+
+# Appends "tick <wall time>" to ./ticks every 20 ms until killed: when it last ran.
+TICKER = (
+    "import time\n"
+    "while True:\n"
+    "    with open('ticks', 'a') as f:\n"
+    "        f.write(f'tick {time.time()}\\n')\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _exists(pid: int) -> bool:
+    """Alive, or dead and not yet reaped (a zombie has its /proc entry too)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def _last_tick(path: Path) -> float:
+    return float(path.read_text().split()[-1])
 
 
 async def test_success_keeps_output_and_exit_code(make_ctx: MakeCtx) -> None:
@@ -124,9 +150,103 @@ async def test_a_second_cancel_during_the_grace_still_kills(
     payload = {"argv": ["sh", "-c", script], "cwd": str(tmp_path), "kill_after_seconds": 30}
     task = asyncio.create_task(execute("command", payload, make_ctx(timeout_seconds=30)))
     pid = int(await wait_for_file(tmp_path / "leader"))
+    # Every process from the job up to (not including) us: the job, and whatever runs it.
+    chain = [pid]
+    while (parent := _ppid(chain[-1])) != os.getpid():
+        chain.append(parent)
     task.cancel()
     await asyncio.sleep(0.1)  # now inside the 30 s grace
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await process_gone(pid)
+    # Dead *and reaped* by the time the cancel comes back: a child of ours left for a
+    # background reaper was reaped (or warned about, ResourceWarning) during a later test.
+    assert [p for p in chain if _exists(p)] == []
+
+
+async def test_a_grandchild_that_left_the_session_is_killed_too(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    # setsid: a session and process group of its own, re-parented when the subshell exits;
+    # the job ends once the grandchild has written its pid (so it has left the group).
+    script = (
+        "(setsid sh -c 'echo $$ > grandchild; exec sleep 60' >/dev/null 2>&1 &);"
+        " while [ ! -s grandchild ]; do sleep 0.01; done"
+    )
+    payload = {"argv": ["sh", "-c", script], "cwd": str(tmp_path)}
+    outcome = await execute("command", payload, make_ctx())
+    assert outcome.status == "succeeded"
+    assert await process_gone(int((tmp_path / "grandchild").read_text()))
+
+
+async def test_the_job_cannot_read_the_worker_environment_from_its_parent(
+    make_ctx: MakeCtx,
+) -> None:
+    # The worker's environment holds the database URL and PGSCHED_SECRET_*; $PPID is the
+    # supervisor, started with an empty one.
+    script = "tr '\\0' '\\n' < /proc/$PPID/environ; echo end"
+    outcome = await execute("command", {"argv": ["sh", "-c", script]}, make_ctx())
+    assert outcome.status == "succeeded"
+    assert outcome.output == "end\n"
+
+
+async def test_the_timeout_holds_while_the_worker_loop_is_stuck(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    payload = {"argv": [sys.executable, "-c", TICKER], "cwd": str(tmp_path)}
+    task = asyncio.create_task(execute("command", payload, make_ctx(timeout_seconds=0.5)))
+    await wait_for_file(tmp_path / "ticks")
+    started = time.time()
+    time.sleep(3)  # noqa: ASYNC251 - the point: the worker's event loop runs nothing
+    assert _last_tick(tmp_path / "ticks") < started + 1.5, "killed on time by its supervisor"
+    outcome = await task
+    assert outcome.status == "timeout"
+    assert outcome.error == "timed out after 0.5 s; terminated (SIGTERM)"
+
+
+async def test_a_lease_not_renewed_in_time_stops_the_job_while_the_loop_is_stuck(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    lease = LeaseDeadline(time.monotonic() + 1.0, 0.25, time.monotonic)  # stop at +0.75 s
+    payload = {"argv": [sys.executable, "-c", TICKER], "cwd": str(tmp_path)}
+    ctx = make_ctx(timeout_seconds=30, lease=lease)
+    task = asyncio.create_task(execute("command", payload, ctx))
+    await wait_for_file(tmp_path / "ticks")
+    started = time.time()
+    time.sleep(3)  # noqa: ASYNC251 - a worker that cannot renew (SIGSTOP, a stuck loop)
+    assert _last_tick(tmp_path / "ticks") < started + 1.0, "killed before the lease expired"
+    outcome = await task
+    assert (outcome.status, outcome.retryable, outcome.exit_code) == ("failed", True, -9)
+    assert outcome.error == "killed (SIGKILL): the worker's lease was not renewed in time"
+
+
+async def test_lease_renewals_keep_the_job_running(make_ctx: MakeCtx) -> None:
+    lease = LeaseDeadline(time.monotonic() + 0.6, 0.2, time.monotonic)  # stop at +0.4 s
+    payload = {"argv": ["sleep", "1.5"]}
+    task = asyncio.create_task(execute("command", payload, make_ctx(lease=lease)))
+    while not task.done():
+        lease.renewed(time.monotonic() + 0.6)  # as a heartbeat every 0.2 s would
+        await asyncio.sleep(0.2)
+    outcome = await task
+    assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a worker running as root")
+async def test_pgsched_command_user_runs_the_job_as_that_user(make_ctx: MakeCtx) -> None:
+    # As another user the job can read neither this (root) process's environment nor its
+    # supervisor's; $HOME is the user's.
+    script = (
+        f"id -u; echo $HOME; cat /proc/{os.getpid()}/environ >/dev/null 2>&1"
+        " && echo read || echo denied"
+    )
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGSCHED_COMMAND_USER": "nobody"}
+    ctx = make_ctx(environ=environ)
+    outcome = await execute("command", {"argv": ["sh", "-c", script]}, ctx)
+    assert outcome.status == "succeeded", outcome
+    assert outcome.output == "65534\n/nonexistent\ndenied\n"
+    unknown = {**environ, "PGSCHED_COMMAND_USER": "no-such-user-pgsched"}
+    missing = await execute("command", {"argv": ["true"]}, make_ctx(environ=unknown))
+    assert (missing.status, missing.retryable) == ("failed", False)
+    assert missing.error == (
+        "cannot start 'true': PGSCHED_COMMAND_USER names no user ('no-such-user-pgsched')"
+    )

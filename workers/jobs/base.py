@@ -7,8 +7,8 @@ field), and the helpers that keep stored text small and storable. It performs no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from workers.netguard import NetPolicy, Resolver
@@ -18,10 +18,12 @@ __all__ = [
     "MAX_OUTPUT_BYTES",
     "InvalidPayload",
     "JobContext",
+    "LeaseDeadline",
     "Outcome",
     "Status",
     "clip_head",
     "clip_tail",
+    "lease_margin",
     "number",
     "one_line",
     "storable",
@@ -48,12 +50,61 @@ class InvalidPayload(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def lease_margin(lease_seconds: float) -> float:
+    """How long before its lease could expire an attempt is stopped when it was not renewed.
+
+    A tenth of the lease (3 s of the default 30 s), at least 0.25 s: room for the kill and the
+    reaping, which take milliseconds. The lease is renewed every third of it, so two renewals
+    can fail (or be late) before a job is stopped. At most a quarter of the lease, so that a
+    lease shorter than a second (tests) still leaves its renewals room.
+    """
+    return min(max(lease_seconds / 10, 0.25), 5.0, lease_seconds / 4)
+
+
+class LeaseDeadline:
+    """When this attempt must stop unless its lease is renewed first (ADR 0020).
+
+    ``expires`` is, on the worker clock's monotonic scale (``time.monotonic`` in production),
+    the earliest instant the lease could expire in the database: the local time *before* the
+    claim or renewal was sent, plus the lease. The database set the expiry from its own
+    ``now()``, which is later, so this is never late. ``stop_at`` is that minus the margin.
+    Job types that run outside the worker's process (``command``) subscribe to be told of
+    each renewal; the worker stops in-process jobs itself.
+    """
+
+    __slots__ = ("_listeners", "expires", "margin", "now")
+
+    def __init__(self, expires: float, margin: float, now: Callable[[], float]) -> None:
+        self.expires = expires
+        self.margin = margin
+        self.now = now
+        self._listeners: list[Callable[[float], None]] = []
+
+    @property
+    def stop_at(self) -> float:
+        return self.expires - self.margin
+
+    def renewed(self, expires: float) -> None:
+        if expires <= self.expires:
+            return  # a renewal sent earlier that came back later proves nothing new
+        self.expires = expires
+        for listener in list(self._listeners):
+            listener(self.stop_at)
+
+    def subscribe(self, listener: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``listener(stop_at)`` on each renewal; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+
 @dataclass(frozen=True, slots=True)
 class JobContext:
     """Everything a job needs besides its payload, for one attempt of one run.
 
     ``environ`` is where ``{"$secret": NAME}`` references resolve (the worker passes
     ``os.environ``). ``resolver`` is for tests: ``None`` means the system resolver.
+    ``lease`` is the attempt's lease deadline; ``None`` (tests, one-off calls) means no lease
+    bounds the job, only its timeout.
     """
 
     run_id: int
@@ -65,6 +116,7 @@ class JobContext:
     http_policy: NetPolicy
     environ: Mapping[str, str]
     resolver: Resolver | None = None
+    lease: LeaseDeadline | None = field(default=None, compare=False)
 
     @property
     def idempotency_key(self) -> str:

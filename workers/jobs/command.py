@@ -1,15 +1,17 @@
 """``command`` jobs: run an argv list (never a shell) with a clean environment.
 
-This module owns process execution: spawning in a new session (its own process group),
-capturing stdout and stderr interleaved into a bounded buffer, the timeout and cancellation
-path (SIGTERM to the group, a grace period, then SIGKILL), and making sure nothing the job
-started outlives it: the group is killed even after a normal exit, so a backgrounded child
-cannot keep running, or keep our pipe open.
+This module owns process execution as the worker sees it: starting the job through its
+supervisor (``workers.jobs.procguard``, a small process of its own with an empty environment),
+telling the supervisor of every lease renewal, capturing stdout and stderr interleaved into a
+bounded buffer, and turning how the job ended into an outcome. The supervisor owns the job's
+processes: the session, the timeout and cancellation path (SIGTERM to the group, a grace
+period, then SIGKILL), the lease bound, and killing every descendant (the group, and anything
+that left it) when the job ends or the worker dies; see its docstring and ADR 0020.
 
 We use ``loop.subprocess_exec`` with our own protocol rather than
 ``asyncio.create_subprocess_exec``: the protocol appends each chunk straight into the bounded
 buffer (no StreamReader to drain or overflow), and we own the transport, so we can close it
-even when a grandchild that escaped the group (``setsid``) still holds the pipe.
+even when a process that got out of reach still holds the pipe.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
-from collections.abc import Mapping, Sequence
+import socket
+import sys
+from collections.abc import Awaitable, Mapping, Sequence
 
+from workers.jobs import procguard
 from workers.jobs.base import (
     MAX_OUTPUT_BYTES,
     JobContext,
+    LeaseDeadline,
     Outcome,
     number,
     str_dict,
@@ -32,6 +39,8 @@ from workers.jobs.base import (
 from workers.jobs.secretrefs import Masker
 
 __all__ = [
+    "BACKSTOP_SECONDS",
+    "COMMAND_USER_ENV",
     "DEFAULT_PATH",
     "DRAIN_SECONDS",
     "HEAD_BYTES",
@@ -43,9 +52,18 @@ __all__ = [
 
 # SIGTERM first, SIGKILL this long after (payload "kill_after_seconds" overrides it).
 KILL_GRACE_SECONDS = 5.0
-# After the leader exits and its group is killed, how long we wait for the pipe to close. Only
-# a process that left our group (setsid) can hold it open that long; we stop reading then.
+# After the supervisor exits, how long we wait for the pipe to close. It has killed every
+# process below it by then; only one that got out of reach (a setuid program that changed its
+# user) could hold it open that long, and we stop reading then.
 DRAIN_SECONDS = 1.0
+# How long past its own deadlines a supervisor may take to report and exit before the worker
+# kills it (its job's leader dies with it, PR_SET_PDEATHSIG). It never should.
+BACKSTOP_SECONDS = 5.0
+# The worker setting that runs every command job as another user (uid, its primary group, no
+# supplementary groups; HOME is that user's unless the payload sets it). The worker must be
+# root then; a job running as another user can neither read the worker's memory or
+# environment nor signal it (ADR 0020).
+COMMAND_USER_ENV = "PGSCHED_COMMAND_USER"
 # Worker variables a command inherits: enough to find programs, pick a locale and a timezone,
 # and have a home. Nothing else, so DATABASE_URL, PGSCHED_SECRET_* and PGSCHED_SQL_DSN_* never
 # reach a command unless its payload says so (ADR 0012).
@@ -55,9 +73,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # was doing, the end usually says why it failed.
 HEAD_BYTES = 2_048
 _MARKER_ROOM = 48  # "\n[... N bytes omitted ...]\n" for any N below 10**20
-
-# Cleanup tasks that outlived a second cancellation; referenced so they are not collected.
-_REAPERS: set[asyncio.Task[None]] = set()
 
 
 class _Capture(asyncio.SubprocessProtocol):
@@ -126,36 +141,6 @@ def _cut_tail(text: str, limit: int) -> str:
     return raw[max(0, len(raw) - limit) :].decode(errors="ignore")
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    # The job runs in its own session, so its process group id is its pid. After the leader
-    # has been reaped the id stays reserved while any member lives, so this cannot hit an
-    # unrelated group unless the pid space wrapped around in between.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-async def _stop(capture: _Capture, pgid: int, grace: float) -> str:
-    """SIGTERM the group, wait ``grace`` for the leader, SIGKILL the group; how it ended."""
-    how = "terminated (SIGTERM)"
-    if not capture.exited.done():
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(capture.exited)
-        except TimeoutError:
-            how = f"killed (SIGKILL) after a {grace:g} s grace"
-    # Always: children that ignored SIGTERM, or that the leader left behind, die here.
-    _signal_group(pgid, signal.SIGKILL)
-    await asyncio.shield(capture.exited)  # never cancel the future others wait on
-    return how
-
-
-async def _drain(capture: _Capture) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            await asyncio.shield(capture.closed)
-
-
 def _environment(ctx: JobContext, extra: Mapping[str, str]) -> dict[str, str]:
     env = {name: ctx.environ[name] for name in PASSED_ENV if name in ctx.environ}
     env.setdefault("PATH", DEFAULT_PATH)
@@ -179,16 +164,28 @@ def _describe_exit(code: int) -> str:
 async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) -> Outcome:
     """Run a validated, secret-resolved ``command`` payload under ``ctx.timeout_seconds``."""
     argv = str_list(payload["argv"])
-    env = str_dict(payload.get("env"))
+    env = _environment(ctx, str_dict(payload.get("env")))
     cwd = payload.get("cwd")
     grace = number(payload.get("kill_after_seconds"), KILL_GRACE_SECONDS)
+    user = None
+    if name := ctx.environ.get(COMMAND_USER_ENV):
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            error = f"cannot start {argv[0]!r}: {COMMAND_USER_ENV} names no user ({name!r})"
+            return Outcome("failed", retryable=False, error=error)
+        user = (account.pw_uid, account.pw_gid)
+        if "HOME" not in str_dict(payload.get("env")):
+            env["HOME"] = account.pw_dir
     return await run_argv(
         argv,
-        env=_environment(ctx, env),
+        env=env,
         cwd=None if cwd is None else str(cwd),
         timeout_seconds=ctx.timeout_seconds,
         grace=grace,
         masker=masker,
+        lease=ctx.lease,
+        user=user,
     )
 
 
@@ -200,81 +197,253 @@ async def run_argv(
     timeout_seconds: float,
     grace: float = KILL_GRACE_SECONDS,
     masker: Masker | None = None,
+    lease: LeaseDeadline | None = None,
+    user: tuple[int, int] | None = None,
 ) -> Outcome:
-    """Run ``argv`` with exactly ``env``; see the module docstring for the lifecycle.
+    """Run ``argv`` with exactly ``env`` under a supervisor; see the module docstring.
 
-    Re-raises ``asyncio.CancelledError`` after the process group is gone.
+    Re-raises ``asyncio.CancelledError`` after the job's processes are gone and reaped.
     """
     masker = masker or Masker(())
+    _guard_this_process()
     loop = asyncio.get_running_loop()
-    # Capture beyond each limit by the masker's margin, so a secret cut by a limit is masked
-    # before it is clipped (see Masker).
-    tail_limit = MAX_OUTPUT_BYTES - HEAD_BYTES
+    ours, theirs = socket.socketpair()
     try:
+        # Capture beyond each limit by the masker's margin, so a secret cut by a limit is
+        # masked before it is clipped (see Masker).
+        tail_limit = MAX_OUTPUT_BYTES - HEAD_BYTES
         transport, capture = await loop.subprocess_exec(
             lambda: _Capture(HEAD_BYTES + masker.margin, tail_limit + masker.margin),
-            *argv,
+            *_supervisor_argv(theirs.fileno()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,  # its own process group, so we can signal all of it
+            env={},  # nothing of the worker's: $PPID of the job is the supervisor (ADR 0012)
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,  # a terminal's ^C or ^Z for the worker does not reach it
         )
-    except OSError as exc:
-        # Missing program, missing cwd, not executable: retrying on this worker cannot help.
-        where = f" ({exc.filename})" if exc.filename and exc.filename != argv[0] else ""
-        return Outcome(
-            "failed",
-            retryable=False,
-            error=f"cannot start {argv[0]!r}: {exc.strerror or type(exc).__name__}{where}",
-        )
-    pgid = transport.get_pid()
-    try:
-        try:
-            async with asyncio.timeout(timeout_seconds) as deadline:
-                await asyncio.shield(capture.exited)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            how = await _stop(capture, pgid, grace)
-            await _drain(capture)
-            return Outcome(
-                "timeout",
-                retryable=True,
-                error=f"{timeout_error(timeout_seconds)}; {how}",
-                exit_code=transport.get_returncode(),
-                output=capture.text(masker),
-            )
-        _signal_group(pgid, signal.SIGKILL)  # nothing the job started outlives it
-        await _drain(capture)
-        code = transport.get_returncode()
-        if code is None:  # cannot happen once process_exited has fired
-            raise RuntimeError("the process exited without a return code")
-        return Outcome(
-            "succeeded" if code == 0 else "failed",
-            retryable=code != 0,
-            error=None if code == 0 else _describe_exit(code),
-            exit_code=code,
-            output=capture.text(masker),
-        )
-    except asyncio.CancelledError:
-        # Cooperative cancel or shutdown: stop the process, then let the cancel propagate.
-        # The cleanup is shielded so a second cancel cannot leave the group running; if one
-        # arrives we SIGKILL at once and let the reaper finish in the background.
-        reaper = asyncio.ensure_future(_stop(capture, pgid, grace))
-        try:
-            await asyncio.shield(reaper)
-        except asyncio.CancelledError:
-            _signal_group(pgid, signal.SIGKILL)
-            task = asyncio.ensure_future(_await_quietly(reaper))
-            _REAPERS.add(task)
-            task.add_done_callback(_REAPERS.discard)
-        raise
     finally:
+        theirs.close()
+    line = _Line(ours)
+    try:
+        return await _supervise(
+            line,
+            transport,
+            capture,
+            job={
+                "argv": list(argv),
+                "env": dict(env),
+                "cwd": cwd,
+                "timeout": timeout_seconds,
+                "grace": grace,
+                "stop_at": None if lease is None else _local(lease, lease.stop_at),
+                "user": user,
+            },
+            lease=lease,
+            masker=masker,
+            timeout_seconds=timeout_seconds,
+        )
+    finally:
+        line.close()
         transport.close()
 
 
-async def _await_quietly(fut: asyncio.Future[str]) -> None:
-    with contextlib.suppress(Exception):
-        await fut
+async def _supervise(
+    line: _Line,
+    transport: asyncio.SubprocessTransport,
+    capture: _Capture,
+    *,
+    job: dict[str, object],
+    lease: LeaseDeadline | None,
+    masker: Masker,
+    timeout_seconds: float,
+) -> Outcome:
+    argv0 = str_list(job["argv"])[0]
+    grace = number(job["grace"], KILL_GRACE_SECONDS)
+    line.send(job)
+    unsubscribe = (
+        None
+        if lease is None
+        else lease.subscribe(lambda stop_at: line.send({"stop_at": _local(lease, stop_at)}))
+    )
+    try:
+        started = await line.receive()
+        if started is not None and "spawn_error" in started:
+            await _through_cancels(_finished(transport, capture), line)
+            # Missing program, missing cwd, not executable: retrying here cannot help.
+            filename = started.get("filename")
+            where = f" ({filename})" if filename and filename != argv0 else ""
+            return Outcome(
+                "failed",
+                retryable=False,
+                error=f"cannot start {argv0!r}: {started['spawn_error']}{where}",
+            )
+        # The supervisor enforces the timeout; this bound only catches a supervisor that
+        # hangs, and then kills it and the job's group (the job's leader would die with the
+        # supervisor, PR_SET_PDEATHSIG, but not the rest of its group).
+        try:
+            async with asyncio.timeout(timeout_seconds + grace + BACKSTOP_SECONDS):
+                result = await line.receive()
+        except TimeoutError:
+            if started is not None and isinstance(pid := started.get("pid"), int):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            transport.kill()
+            result = None
+    except asyncio.CancelledError:
+        # Cooperative cancel or shutdown: the supervisor stops the job (SIGTERM, grace,
+        # SIGKILL); a second cancel makes it SIGKILL at once. We return only once it has
+        # exited and been reaped, then let the cancel propagate.
+        line.send({"stop": True})
+        await _through_cancels(_report_and_exit(line, transport, capture, grace), line)
+        raise
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+    await _through_cancels(_finished(transport, capture), line)
+    return _outcome(result, transport, capture, masker, timeout_seconds)
+
+
+async def _through_cancels(work: Awaitable[None], line: _Line) -> None:
+    """Finish ``work`` whatever cancels arrive meanwhile (each asks the supervisor to SIGKILL
+    at once, so it is short), then re-raise the cancel if there was one.
+
+    Returning before the supervisor is reaped would leave a process for asyncio to warn about
+    later, in whatever code runs then.
+    """
+    done = asyncio.ensure_future(work)
+    cancelled = False
+    while not done.done():
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if done.done():
+                break
+            cancelled = True
+            line.send({"kill": True})
+    done.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _report_and_exit(
+    line: _Line, transport: asyncio.SubprocessTransport, capture: _Capture, grace: float
+) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace + BACKSTOP_SECONDS):
+            # The cancel may have come before the supervisor said it started the job: skip
+            # that message, wait for how the job ended (or the end of the line).
+            while (message := await line.receive()) is not None and "ended" not in message:
+                pass
+    await _finished(transport, capture)
+
+
+async def _finished(transport: asyncio.SubprocessTransport, capture: _Capture) -> None:
+    """The supervisor has exited and been reaped, and the output pipe is read to its end."""
+    try:
+        async with asyncio.timeout(BACKSTOP_SECONDS):
+            await asyncio.shield(capture.exited)
+    except TimeoutError:
+        transport.kill()  # a supervisor that hangs after reporting: its job is dead already
+        await asyncio.shield(capture.exited)
+    # Every process the job started is dead (the supervisor killed them all), so the pipe is
+    # closing; the bound is for a process that got out of reach (a setuid program).
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await asyncio.shield(capture.closed)
+
+
+def _outcome(
+    result: dict[str, object] | None,
+    transport: asyncio.SubprocessTransport,
+    capture: _Capture,
+    masker: Masker,
+    timeout_seconds: float,
+) -> Outcome:
+    output = capture.text(masker)
+    if result is None:
+        died = transport.get_returncode()
+        return Outcome(
+            "failed",
+            retryable=True,
+            error=f"the job's supervisor ended without a result ({_describe_exit(died or 0)})",
+            output=output,
+        )
+    code = result["exit_code"]
+    exit_code = code if isinstance(code, int) else None
+    ended, how = result["ended"], str(result["how"])
+    if ended == "timeout":
+        return Outcome(
+            "timeout",
+            retryable=True,
+            error=f"{timeout_error(timeout_seconds)}; {how}",
+            exit_code=exit_code,
+            output=output,
+        )
+    if ended != "exited" or exit_code is None:
+        # The lease ran out before the worker could renew it (the worker stops in-process
+        # jobs at the same instant), or the supervisor was stopped from outside.
+        return Outcome("failed", retryable=True, error=how, exit_code=exit_code, output=output)
+    return Outcome(
+        "succeeded" if exit_code == 0 else "failed",
+        retryable=exit_code != 0,
+        error=None if exit_code == 0 else _describe_exit(exit_code),
+        exit_code=exit_code,
+        output=output,
+    )
+
+
+class _Line:
+    """The worker's end of the socket to the supervisor (messages: ``procguard.encode``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.inbox = b""
+        self.pending: list[dict[str, object]] = []
+        self.closed = False
+
+    def send(self, message: dict[str, object]) -> None:
+        """Send without waiting: a few hundred bytes into an idle socket's buffer. A
+        supervisor that is gone or not reading misses it; it reports through its exit."""
+        if self.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.send(procguard.encode(message))
+
+    async def receive(self) -> dict[str, object] | None:
+        """The next message; ``None`` at end-of-file (the supervisor exited)."""
+        loop = asyncio.get_running_loop()
+        while not self.pending:
+            data = await loop.sock_recv(self.sock, 65536)
+            if not data:
+                return None
+            self.pending, self.inbox = procguard.decode(self.inbox + data)
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def _supervisor_argv(fd: int) -> list[str]:
+    # -I: no PYTHON* variables, no user site, no script directory on sys.path; -S: no site
+    # packages (it needs only modules built into the interpreter; see its docstring).
+    return [sys.executable, "-I", "-S", procguard.__file__, str(fd), str(os.getpid())]
+
+
+def _local(lease: LeaseDeadline, at: float) -> float:
+    """``at`` on the worker clock's scale, on the supervisor's (``procguard.lease_clock``)."""
+    return procguard.lease_clock() + (at - lease.now())
+
+
+_guarded = False
+
+
+def _guard_this_process() -> None:
+    """Make the process that runs command jobs non-dumpable, once (ADR 0012): a job running
+    as the same user can then not read ``/proc/<worker>/environ`` (the database password,
+    ``PGSCHED_SECRET_*``) or ``mem``. Root, or CAP_SYS_PTRACE, still can."""
+    global _guarded  # noqa: PLW0603 - once per process
+    if not _guarded:
+        _guarded = procguard.undumpable()

@@ -10,6 +10,13 @@ A thread cannot be killed. When a sync function overruns its timeout the outcome
 daemon thread of its own rather than one of ``asyncio.to_thread``'s executor threads: a
 runaway neither starves the loop's default executor nor blocks the worker's shutdown
 (``asyncio.run`` waits for executor threads, not for daemon threads).
+
+The same holds when the worker stops a job because its lease was lost or could not be renewed
+in time (ADR 0020): an async function is cancelled at once, a sync function's thread runs on,
+and can then run beside the run's next attempt on another worker. A ``python`` job also runs
+with everything the worker has: its environment (``DATABASE_URL``, every
+``PGSCHED_SECRET_*``), its memory and its connections. It is part of the worker, not a
+sandboxed guest (ADR 0020's trust boundary).
 """
 
 from __future__ import annotations
