@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -11,7 +17,7 @@ from app import maintenance, schedules, ticker, tokens
 from app.api import writes
 from app.db import replay, store
 from app.db.store import Conn
-from tests.conftest import connect
+from tests.conftest import ROOT, connect
 from tests.db.roles import login_role
 from tests.factories import make_schedule
 
@@ -372,3 +378,52 @@ async def test_every_transition_of_the_application_roles_passes_the_guard(dsn: s
         await api.close()
         await worker.close()
         await admin.close()
+
+
+# -- least privilege that starts (ADR 0021) ---------------------------------------------------
+
+
+async def test_a_ticker_logged_in_as_a_worker_member_starts_and_ticks(
+    dsn: str, tmp_path: Path
+) -> None:
+    """`pgsched ticker` as a login role that is a member of pgsched_worker only, on a freshly
+    migrated database: it installs the built-in schedule (through the owner's function) and
+    materialises a due run; SIGTERM stops it cleanly."""
+    conn = await connect(dsn)
+    log = tmp_path / "ticker.log"
+    async with login_role(dsn, "pgsched_worker") as worker_dsn:
+        s = await make_schedule(conn, now=datetime.now(UTC) - timedelta(seconds=1))
+        with log.open("w") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "app.cli",
+                "ticker",
+                cwd=ROOT,
+                env={**os.environ, "DATABASE_URL": worker_dsn},
+                stdout=sink,
+                stderr=sink,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                cur = await conn.execute(
+                    "SELECT (SELECT count(*) FROM pgsched.run WHERE schedule_id = %s) AS runs,"
+                    " (SELECT count(*) FROM pgsched.schedule WHERE name = %s) AS builtin",
+                    [s["id"], maintenance.BUILTIN_NAME],
+                )
+                seen = await cur.fetchone()
+                if seen == {"runs": 1, "builtin": 1}:
+                    break
+                assert proc.returncode is None, f"the ticker exited: {log.read_text()}"
+                assert time.monotonic() < deadline, f"the ticker did not tick: {seen}"
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await proc.wait() == 0, log.read_text()
+            assert "permission denied" not in log.read_text()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await conn.close()
