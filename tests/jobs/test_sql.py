@@ -241,7 +241,10 @@ async def test_a_role_the_server_refuses_fails_without_retry(
 def test_the_job_role_dsn_is_the_workers_database_without_its_credentials(
     make_ctx: MakeCtx,
 ) -> None:
-    worker = "postgresql://pgsched_w:worker-pw@db.example:5433/pgsched?sslmode=require"
+    worker = (
+        "postgresql://pgsched_w:worker-pw@db.example:5433/pgsched?sslmode=require"
+        "&options=-c%20role%3Dpgsched_worker"
+    )
     plain = _target({"statement": "SELECT 1"}, make_ctx(database_url=worker))
     assert plain is not None
     params = conninfo_to_dict(plain.dsn)

@@ -8,10 +8,11 @@ sanitise, only bounds to keep.
 
 As whom (ADR 0021): never as pgsched itself. A payload without ``dsn`` connects to the worker's
 database as the login role ``pgsched_job`` (migration 0016: a member of no pgsched role, no
-privilege on the schema pgsched), with the password in ``PGSCHED_SQL_JOB_PASSWORD`` if the
-server asks for one; ``"dsn": NAME`` connects with ``PGSCHED_SQL_DSN_<NAME>``. Either way, a
-session whose role is, or may become, one of pgsched's roles (a superuser may become any) is
-refused before the statement runs: SET ROLE is no boundary, since the statement could RESET it.
+privilege on the schema pgsched): the worker's DSN without its user, password and options, with
+the password in ``PGSCHED_SQL_JOB_PASSWORD`` if the server asks for one; ``"dsn": NAME``
+connects with ``PGSCHED_SQL_DSN_<NAME>``. Either way, a session whose role is, or may become,
+one of pgsched's roles (a superuser may become any) is refused before the statement runs: SET
+ROLE is no boundary, since the statement could RESET it.
 A connection the server refuses for who it is (no such role, wrong or missing password,
 pg_hba.conf) fails without retry and says which setting to fix.
 
@@ -78,9 +79,11 @@ def _target(payload: Mapping[str, object], ctx: JobContext) -> _Target | None:
             return None
         variable = f"PGSCHED_SQL_DSN_{str(name).upper()}"
         return _Target(dsn, f"DSN {str(name)!r}", f"check {variable}")
-    # The worker's database, as the job role: the worker's own user and password stay out.
+    # The worker's database, as the job role: the worker's own user and password stay out, and
+    # so do its startup options (a "-c role=…" there would be the worker's, not the job's).
     params = conninfo_to_dict(ctx.database_url)
     params.pop("password", None)
+    params.pop("options", None)
     params["user"] = JOB_ROLE
     if password := ctx.environ.get(JOB_PASSWORD_VARIABLE):
         params["password"] = password
