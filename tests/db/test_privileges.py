@@ -427,3 +427,29 @@ async def test_a_ticker_logged_in_as_a_worker_member_starts_and_ticks(
                 proc.kill()
                 await proc.wait()
             await conn.close()
+
+
+async def test_a_sql_job_run_by_a_worker_cannot_forge_history(db: Conn, dsn: str) -> None:
+    """Issue 12's attack end to end: a sql schedule whose statement appends a forged
+    token.revoked, run by a real worker (here even one whose own DSN is a superuser's). The job
+    logs in as pgsched_job: the run ends dead with the privilege error, the log holds no forged
+    event, and verify finds nothing to report."""
+    from tests.workers.test_worker import running_worker, trigger, wait_state
+
+    await db.execute("GRANT CREATE ON SCHEMA public TO pgsched_job")  # an operator's grant
+    token, _ = await tokens.create_token(db, name="ops", role="admin", actor="t", now=None)
+    forge = {
+        "statement": "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor,"
+        " meta) VALUES (now(), 'system', %s, 'token.revoked', 'admin',"
+        " jsonb_build_object('token', 'ops'))",
+        "params": [token["id"]],
+    }
+    s = await make_schedule(db, job_type="sql", payload=forge)
+    run = await trigger(db, s["id"])
+    async with running_worker(dsn):
+        done = await wait_state(db, run["id"], {"succeeded", "dead"}, within=30)
+    assert done["state"] == "dead"
+    assert done["outcome"]["error"].startswith("SQLSTATE 42501: permission denied for schema")
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.event WHERE type = 'token.revoked'")
+    assert await cur.fetchone() == {"n": 0}
+    assert await replay.verify(db) == []
