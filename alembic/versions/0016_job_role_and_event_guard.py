@@ -149,6 +149,11 @@ BEGIN
        OR pg_has_role(current_user, 'pgsched_owner', 'USAGE') THEN
         RETURN NULL;
     END IF;
+    -- A statement that appended nothing (an idle worker's claim) has nothing to check.
+    PERFORM FROM appended LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
     -- What this role may append, once per statement: "stream/type" -> kind (a type granted to
     -- two of its roles counts as a transition if either grants it so).
     SELECT jsonb_object_agg(g.stream || '/' || g.type, g.kind ORDER BY g.kind = 'transition')
