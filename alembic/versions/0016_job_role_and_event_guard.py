@@ -16,7 +16,8 @@ Design: docs/adr/0021-job-role-and-event-guard.md.
    application roles append only the events their own transitions produce: per role, a list of
    (stream, type) in pgsched.event_grant; each run, schedule and worker event must describe its
    subject row as this very transaction left it (the row's xmin is this transaction's, and the
-   row contains the event's data); evidence events (a fenced completion, a missed occurrence, a
+   row says what the event says: a run's state; a schedule's or worker's whole row contains the
+   event's data; runs are the hot path, and verify compares the rest); evidence events (a fenced completion, a missed occurrence, a
    backfill) change no row, carry no data and must name a row that exists. The owner (maintenance,
    migrations, SECURITY DEFINER functions) and superusers pass untouched. One statement-level
    trigger per INSERT, over its transition table, so a batch of completions costs one call.
@@ -68,7 +69,8 @@ CREATE TABLE pgsched.event_grant (
     role   name NOT NULL CHECK (role IN ('pgsched_api', 'pgsched_worker')),
     stream text NOT NULL CHECK (stream IN ('schedule', 'run', 'worker', 'system')),
     type   text NOT NULL,
-    -- transition: the subject row was written by this transaction and contains the event's data;
+    -- transition: the subject row was written by this transaction and says what the event
+    -- says (a run: its state; a schedule or worker: the whole row contains the event's data);
     -- evidence: the subject row exists, the event carries no data (the fold cannot change);
     -- note: a system event with no subject row (data must be empty too).
     kind   text NOT NULL CHECK (kind IN ('transition', 'evidence', 'note')),
