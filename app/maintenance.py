@@ -1,17 +1,21 @@
 """Maintenance: partitions kept ahead of need, history kept within retention (issue 7, ADR 0005).
 
 By default the work is one SQL function, `pgsched.maintain_v2`, so that it runs the same way from
-`pgsched maintain` and as pgsched's own built-in schedule `pgsched.maintenance`: an ordinary
-`sql` job, hourly, so every pass shows up as a run with its events and outcome.
+`pgsched maintain` and as pgsched's own built-in schedule `pgsched.maintenance`: hourly, so every
+pass shows up as a run with its events and outcome. The built-in schedule is a `python` job,
+`run_builtin`, that the worker runs on a connection of its own as the worker's role: `sql` jobs
+run as `pgsched_job`, which has no right on pgsched's schema and must not get one (ADR 0021).
+It is installed, and brought up to date, by `pgsched.install_builtin_maintenance_v1` (migration
+0016), which runs as the owner: a ticker connecting as a member of pgsched_worker installs it on
+a freshly migrated database although that role may not insert schedules.
 
 With an archive directory (`PGSCHED_ARCHIVE_DIR`, off by default; ADR 0018) a partition's rows
 are written to `<dir>/<partition>.<UTC stamp>.csv.gz` before it is dropped. That needs a client
 (COPY TO STDOUT through gzip here: the app roles are not superusers and cannot COPY to a server
-file), so the built-in schedule becomes a `python` job calling `run_builtin`. Each month is
-detached (briefly locking its parent, as maintain_v2 does), so nothing can change it and
-no claim waits on it while its rows stream out; then the file is fsynced and the table dropped,
-with the file's path, rows, bytes and SHA-256 in the `partition.retired` event. If the file
-cannot be written the month is attached back, unchanged, the failure is recorded as
+file). Each month is detached (briefly locking its parent, as maintain_v2 does), so nothing can
+change it and no claim waits on it while its rows stream out; then the file is fsynced and the
+table dropped, with the file's path, rows, bytes and SHA-256 in the `partition.retired` event.
+If the file cannot be written the month is attached back, unchanged, the failure is recorded as
 `partition.archive_failed` and raised as ArchiveError, and the next pass tries again. A month
 left detached by a crash is finished by the next pass.
 """
@@ -38,7 +42,7 @@ from app.db import store
 from app.db.sql import query
 from app.db.store import Conn, Row
 
-BUILTIN_NAME = "pgsched.maintenance"
+BUILTIN_NAME = schedules.BUILTIN_NAME
 BUILTIN_TARGET = "app.maintenance:run_builtin"
 # Rows are gathered into blocks this large before a thread compresses them: gzip must not run
 # on the event loop (the worker's heartbeats share it), nor once per row.
@@ -70,16 +74,9 @@ class Retention:
             archive_dir=str(Path(archive).absolute()) if archive else None,
         )
 
-    def params(self) -> list[int]:
-        """BUILTIN_STATEMENT's parameters: months ahead, run and event retention in days."""
-        return [int(self.months_ahead), int(self.run_days), int(self.event_days)]
 
-
-# The built-in schedule's sql job (stored in its payload; the sql job type binds `params`).
-BUILTIN_STATEMENT = (
-    "SELECT action, table_name, partition_name FROM pgsched.maintain_v2("
-    "%s::int, make_interval(days => %s::int), make_interval(days => %s::int))"
-)
+# How long the built-in run may last when it only creates and drops partitions.
+_PLAIN_TIMEOUT_SECONDS = 600.0
 
 
 async def maintain(conn: Conn, retention: Retention, *, now: datetime | None) -> list[Row]:
@@ -280,58 +277,54 @@ async def run_builtin(
 
 
 def _builtin_job(retention: Retention) -> dict[str, Any]:
-    """The built-in schedule's job: the sql statement, or the python call when archiving."""
-    if retention.archive_dir is None:
-        return {
-            "job_type": "sql",
-            "payload": {"statement": BUILTIN_STATEMENT, "params": retention.params()},
-            "timeout_seconds": 600.0,
-        }
+    """The built-in schedule's job: run_builtin with the retention (and archive directory)."""
+    kwargs: dict[str, object] = {
+        "months_ahead": retention.months_ahead,
+        "run_days": retention.run_days,
+        "event_days": retention.event_days,
+    }
+    if retention.archive_dir is not None:
+        kwargs["archive_dir"] = retention.archive_dir
     return {
         "job_type": "python",
-        "payload": {
-            "target": BUILTIN_TARGET,
-            "kwargs": {
-                "months_ahead": retention.months_ahead,
-                "run_days": retention.run_days,
-                "event_days": retention.event_days,
-                "archive_dir": retention.archive_dir,
-            },
-        },
-        "timeout_seconds": _ARCHIVE_TIMEOUT_SECONDS,
+        "payload": {"target": BUILTIN_TARGET, "kwargs": kwargs},
+        "timeout_seconds": (
+            _PLAIN_TIMEOUT_SECONDS if retention.archive_dir is None else _ARCHIVE_TIMEOUT_SECONDS
+        ),
     }
 
 
+def builtin_fields(retention: Retention, now: datetime) -> dict[str, Any]:
+    """The whole built-in schedule, as it is installed at `now` (the database's instant)."""
+    fields = schedules.complete(
+        {
+            "name": BUILTIN_NAME,
+            "kind": "cron",
+            "cron": "7 * * * *",
+            "overlap_policy": "skip",
+            "missed_policy": "latest",
+            "max_attempts": 3,
+            "queue": "default",
+            **_builtin_job(retention),
+        }
+    )
+    fields["next_due_at"] = schedules.first_due(fields, now)
+    return fields
+
+
 async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: datetime | None) -> Row:
-    """Install (or bring up to date) the hourly maintenance schedule; idempotent."""
-    job = _builtin_job(retention)
+    """Install (or bring up to date) the hourly maintenance schedule; idempotent.
+
+    Through pgsched.install_builtin_maintenance_v1 (as the owner), so the worker role may call
+    it: a ticker needs no right to insert schedules. Only the job (type, payload, timeout) of
+    an existing built-in schedule is brought up to date; an operator's other changes stay.
+    """
     async with conn.transaction():
-        cur = await conn.execute(query("live_schedule_by_name"), {"name": BUILTIN_NAME})
-        existing = await cur.fetchone()
-        if existing is not None:
-            changes = {k: v for k, v in job.items() if existing[k] != v}
-            if not changes:
-                return existing
-            changed = await store.update_schedule(
-                conn,
-                existing["id"],
-                changes,
-                event_type="schedule.updated",
-                actor="pgsched",
-                now=now,
-            )
-            return changed or existing
-        fields = schedules.complete(
-            {
-                "name": BUILTIN_NAME,
-                "kind": "cron",
-                "cron": "7 * * * *",
-                "overlap_policy": "skip",
-                "missed_policy": "latest",
-                "max_attempts": 3,
-                "queue": "default",
-                **job,
-            }
+        fields = builtin_fields(retention, await store.db_now(conn, now))
+        cur = await conn.execute(
+            query("install_builtin_maintenance"), {"fields": store.jsonb(fields), "now": now}
         )
-        fields["next_due_at"] = schedules.first_due(fields, await store.db_now(conn, now))
-        return await store.create_schedule(conn, fields, actor="pgsched", now=now)
+        row = await cur.fetchone()
+    if row is None:  # the function returns the schedule or raises
+        raise RuntimeError("install_builtin_maintenance returned no row")
+    return row

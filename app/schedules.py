@@ -90,6 +90,37 @@ class NotFound(ScheduleError):
     """No live schedule has this id."""
 
 
+class Protected(ScheduleError):
+    """The change would stop pgsched's own built-in schedule; `field` names the culprit (None:
+    the whole schedule, as in a delete)."""
+
+    def __init__(self, row: Mapping[str, Any], message: str, field: str | None = None) -> None:
+        super().__init__(f"schedule {row['id']} is the built-in {row['name']!r}: {message}")
+        self.field = field
+
+
+# pgsched's own schedule: partition upkeep (app.maintenance, ADR 0021). It may be paused or
+# moved in time, but not deleted, renamed or given another job, because nothing else keeps
+# partitions ahead and its loss would show only when inserts start to fail.
+BUILTIN_NAME = "pgsched.maintenance"
+_BUILTIN_FIXED = ("name", "job_type", "payload", "kind", "interval_seconds", "run_at", "ends_at")
+
+
+def is_builtin(row: Mapping[str, Any]) -> bool:
+    return bool(row["name"] == BUILTIN_NAME and row["deleted_at"] is None)
+
+
+def check_builtin_change(row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+    """Raise Protected if `changes` would delete, rename or re-job the built-in schedule."""
+    if not is_builtin(row):
+        return
+    if changes.get("deleted_at") is not None:
+        raise Protected(row, "it keeps partitions ahead and cannot be deleted (pause it instead)")
+    for field in _BUILTIN_FIXED:
+        if field in changes and changes[field] != row[field]:
+            raise Protected(row, f"its {field} cannot change", field)
+
+
 class InvalidRequest(ScheduleError):
     """The request is well-formed but not acceptable; `field` names the culprit."""
 
@@ -146,8 +177,9 @@ async def delete(
 ) -> Row:
     """Soft delete: the row and its history stay; the name becomes free."""
     async with conn.transaction():
-        await _live(conn, schedule_id)
+        row = await _live(conn, schedule_id)
         at = await store.db_now(conn, now)
+        check_builtin_change(row, {"deleted_at": at})
         changed = await store.update_schedule(
             conn,
             schedule_id,

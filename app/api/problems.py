@@ -181,6 +181,11 @@ def _not_found(request: Request[Any, Any, Any], exc: schedules.NotFound) -> Resp
     return problem_response(request, 404, str(exc))
 
 
+def _protected(request: Request[Any, Any, Any], exc: schedules.Protected) -> Response[Problem]:
+    errors = [FieldError(exc.field, str(exc))] if exc.field else []
+    return problem_response(request, 409, str(exc), kind="builtin-schedule", errors=errors)
+
+
 def _invalid(
     request: Request[Any, Any, Any],
     exc: schedules.InvalidRequest | InvalidSchedule | InvalidPayload,
@@ -233,6 +238,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     schedules.NotFound: _not_found,
+    schedules.Protected: _protected,
     schedules.InvalidRequest: _invalid,
     InvalidSchedule: _invalid,
     InvalidPayload: _invalid,

@@ -82,6 +82,7 @@ async def update_schedule(
         changed = definition.changes(row, fields)
         if not changed:
             return row  # nothing to record; the version stays
+        schedules.check_builtin_change(row, changed)  # 409: see app.schedules.BUILTIN_NAME
         at = await store.db_now(conn, now)
         if definition.TIMING_COLUMNS & changed.keys():
             changed["next_due_at"] = definition.next_due(fields, spec, now=at)

@@ -164,9 +164,9 @@ async def test_a_month_with_an_unfinished_run_is_kept_and_not_archived(
     assert old in await partitions(conn, "pgsched.run")
 
 
-async def test_the_builtin_becomes_a_python_job_when_archiving(conn: Conn, tmp_path: Path) -> None:
+async def test_the_builtin_archives_when_given_a_directory(conn: Conn, tmp_path: Path) -> None:
     plain = await maintenance.ensure_builtin_schedule(conn, maintenance.Retention(), now=None)
-    assert plain["job_type"] == "sql"
+    assert plain["job_type"] == "python"  # always (ADR 0021); the directory is one more kwarg
     archived = await maintenance.ensure_builtin_schedule(conn, archiving(tmp_path), now=None)
     assert archived["id"] == plain["id"] and archived["version"] == plain["version"] + 1
     assert archived["job_type"] == "python"
@@ -181,7 +181,7 @@ async def test_the_builtin_becomes_a_python_job_when_archiving(conn: Conn, tmp_p
     }
     assert archived["timeout_seconds"] == 3600
     back = await maintenance.ensure_builtin_schedule(conn, maintenance.Retention(), now=None)
-    assert (back["job_type"], back["timeout_seconds"]) == ("sql", 600)
+    assert (back["job_type"], back["timeout_seconds"]) == ("python", 600)
     assert back["payload"] == plain["payload"]
 
 

@@ -11,7 +11,8 @@ import pytest
 from app import maintenance, schedules, ticker
 from app.db import replay, store
 from app.db.store import Conn
-from tests.conftest import connect
+from tests.conftest import connect, migrate
+from tests.db.roles import login_role
 from tests.factories import make_schedule
 
 RETENTION = maintenance.Retention(months_ahead=3, run_days=30, event_days=90)
@@ -254,33 +255,80 @@ async def test_builtin_schedule_is_installed_once_and_updated(conn: Conn) -> Non
     first = await maintenance.ensure_builtin_schedule(conn, RETENTION, now=None)
     again = await maintenance.ensure_builtin_schedule(conn, RETENTION, now=None)
     assert first["id"] == again["id"] and first["version"] == again["version"]
-    assert (first["job_type"], first["cron"]) == ("sql", "7 * * * *")
+    assert (first["job_type"], first["cron"]) == ("python", "7 * * * *")
     changed = await maintenance.ensure_builtin_schedule(
         conn, maintenance.Retention(run_days=60), now=None
     )
     assert changed["version"] == first["version"] + 1
     assert changed["payload"] == {
-        "statement": maintenance.BUILTIN_STATEMENT,
-        "params": [3, 60, 90],
+        "target": maintenance.BUILTIN_TARGET,
+        "kwargs": {"months_ahead": 3, "run_days": 60, "event_days": 90},
     }
     preview = schedules.preview(changed, NOW, 2)
     assert all(t.minute == 7 for t in preview)
+    assert await replay.verify(conn) == []
 
 
-async def test_the_builtin_sql_job_maintains_when_a_worker_runs_it(conn: Conn, dsn: str) -> None:
-    """The default path end to end: the built-in schedule (sql job, its settings bound as
-    parameters), triggered, executed by a real worker, creates a missing month ahead."""
+async def test_the_builtin_job_maintains_when_a_worker_runs_it(
+    conn: Conn, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default path end to end, as a deployment runs it: a worker logged in as a member of
+    pgsched_worker only runs the built-in schedule (the python job, on its own connection;
+    sql jobs run as pgsched_job, which may not maintain) and creates a missing month ahead."""
     from tests.workers.test_worker import running_worker, trigger, wait_state
 
     builtin = await maintenance.ensure_builtin_schedule(
         conn, maintenance.Retention(months_ahead=4), now=None
     )
-    assert builtin["payload"]["params"] == [4, 30, 90]
+    assert builtin["payload"]["kwargs"]["months_ahead"] == 4
     fourth = month_start(NOW, 4)
     assert fourth not in await partitions(conn, "pgsched.run")
     run = await trigger(conn, builtin["id"])
-    async with running_worker(dsn):
-        done = await wait_state(conn, run["id"], {"succeeded", "dead"}, within=30)
+    async with login_role(dsn, "pgsched_worker") as worker_dsn:
+        monkeypatch.setenv("DATABASE_URL", worker_dsn)  # run_builtin connects here
+        async with running_worker(worker_dsn):
+            done = await wait_state(conn, run["id"], {"succeeded", "dead"}, within=30)
     assert done["state"] == "succeeded", done["outcome"]
     assert fourth in await partitions(conn, "pgsched.run")
     assert fourth in await partitions(conn, "pgsched.event")
+
+
+async def test_the_migration_turns_the_stored_sql_builtin_into_the_python_job(
+    empty_dsn: str,
+) -> None:
+    """A database whose built-in schedule is the sql job of 0015 gets the python job, with the
+    same retention, as an ordinary schedule.updated event (verify stays clean)."""
+    migrate(empty_dsn, "0015")
+    conn = await connect(empty_dsn)
+    try:
+        fields = schedules.complete(
+            {
+                "name": maintenance.BUILTIN_NAME,
+                "kind": "cron",
+                "cron": "7 * * * *",
+                "job_type": "sql",
+                "payload": {
+                    "statement": "SELECT * FROM pgsched.maintain_v2(%s::int,"
+                    " make_interval(days => %s::int), make_interval(days => %s::int))",
+                    "params": [4, 31, 92],
+                },
+                "timeout_seconds": 600.0,
+            }
+        )
+        old = await store.create_schedule(conn, fields, actor="pgsched", now=None)
+        migrate(empty_dsn)
+        new = await store.get_schedule(conn, old["id"])
+        assert new is not None
+        assert (new["job_type"], new["version"]) == ("python", old["version"] + 1)
+        assert new["payload"] == {
+            "target": maintenance.BUILTIN_TARGET,
+            "kwargs": {"months_ahead": 4, "run_days": 31, "event_days": 92},
+        }
+        assert await replay.verify(conn) == []
+        # What `pgsched ticker` then finds is what it would install: nothing to change.
+        same = await maintenance.ensure_builtin_schedule(
+            conn, maintenance.Retention(4, 31, 92), now=None
+        )
+        assert same["version"] == new["version"]
+    finally:
+        await conn.close()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from app.db import store
-from tests.conftest import connect
+from app import maintenance, schedules, ticker, tokens
+from app.api import writes
+from app.db import replay, store
+from app.db.store import Conn
+from tests.conftest import ROOT, connect
+from tests.db.roles import login_role
 from tests.factories import make_schedule
 
 APP_ROLES = ["pgsched_api", "pgsched_worker", "pgsched_operator"]
@@ -145,3 +155,301 @@ async def test_application_roles_are_enough_for_their_work(dsn: str) -> None:
     finally:
         await api.close()
         await worker.close()
+
+
+# -- the event guard (migration 0016, ADR 0021) ----------------------------------------------
+
+T = datetime.now(UTC).replace(microsecond=0)
+
+
+async def _world(dsn: str) -> dict[str, int]:
+    """A schedule, a waiting run, a worker and a token, made by the superuser."""
+    conn = await connect(dsn)
+    try:
+        s = await make_schedule(conn)
+        (run,) = await store.insert_runs(
+            conn, [(s["id"], T, T)], origin="trigger", adhoc=True, actor="t", now=None
+        )
+        worker = await store.register_worker(
+            conn, name="w1", host="h", pid=1, version="v", queues=["default"], slots=1, now=None
+        )
+        token, _ = await tokens.create_token(conn, name="ops", role="admin", actor="t", now=None)
+        return {"schedule": s["id"], "run": run["id"], "worker": worker["id"], "token": token["id"]}
+    finally:
+        await conn.close()
+
+
+# (stream, type, subject, data): one forged event of every family, each appended directly with
+# no transition behind it. Some types are ones the role does append, through its transitions.
+FORGED = [
+    ("system", "token.revoked", "token", {}),
+    ("system", "token.created", "token", {}),
+    ("system", "partition.retired", None, {}),
+    ("system", "queue.updated", None, {}),
+    ("system", "partition.archive_failed", None, {"forged": True}),
+    ("system", "anything.at_all", None, {}),
+    ("schedule", "schedule.created", "schedule", {}),
+    ("schedule", "schedule.updated", "schedule", {"payload": {"argv": ["rm", "-rf", "/"]}}),
+    ("schedule", "schedule.deleted", "schedule", {"deleted_at": T.isoformat()}),
+    ("schedule", "schedule.advanced", "schedule", {"next_due_at": T.isoformat()}),
+    ("schedule", "schedule.backfilled", "schedule", {"enabled": False}),
+    ("schedule", "schedule.occurrence_missed", 999_999, {}),
+    ("run", "run.created", "run", {}),
+    ("run", "run.claimed", "run", {"state": "running"}),
+    ("run", "run.succeeded", "run", {"state": "succeeded"}),
+    ("run", "run.cancelled", "run", {"state": "cancelled"}),
+    ("run", "run.retried", "run", {"state": "waiting"}),
+    ("run", "run.completion_fenced", 999_999, {}),
+    ("run", "run.snapshot", "run", {}),
+    ("worker", "worker.registered", "worker", {}),
+    ("worker", "worker.gone", "worker", {"state": "gone"}),
+]
+
+
+@pytest.mark.parametrize("role", ["pgsched_api", "pgsched_worker"])
+@pytest.mark.parametrize("forged", FORGED, ids=[f[1] for f in FORGED])
+async def test_application_roles_cannot_append_forged_events(
+    dsn: str, role: str, forged: tuple[str, str, str | int | None, object]
+) -> None:
+    stream, kind, subject, data = forged
+    ids = await _world(dsn)
+    stream_id = ids[subject] if isinstance(subject, str) else subject
+    conn = await connect(dsn, role=role)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not append"):
+            await conn.execute(
+                "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+                " VALUES (now(), %s, %s, %s, 'admin', %s)",
+                [stream, stream_id, kind, store.jsonb(data)],
+            )
+    finally:
+        await conn.close()
+
+
+async def test_a_forged_event_beside_a_real_transition_is_refused_with_it(dsn: str) -> None:
+    """One statement that makes a real transition and appends one event too many: the whole
+    statement fails, the real transition with it."""
+    ids = await _world(dsn)
+    conn = await connect(dsn, role="pgsched_worker")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(
+                "WITH w AS (UPDATE pgsched.worker SET state = 'stopping' WHERE id = %(w)s"
+                "           RETURNING *)"
+                " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+                " SELECT now(), 'worker', w.id, 'worker.stopping', 'w1',"
+                "        jsonb_build_object('state', w.state) FROM w UNION ALL"
+                " SELECT now(), 'system', %(t)s, 'token.revoked', 'admin', '{}' FROM w",
+                {"w": ids["worker"], "t": ids["token"]},
+            )
+        cur = await conn.execute("SELECT state FROM pgsched.worker WHERE id = %s", [ids["worker"]])
+        assert await cur.fetchone() == {"state": "active"}
+    finally:
+        await conn.close()
+
+
+async def test_a_login_role_of_the_worker_is_refused_too(dsn: str) -> None:
+    """Not only SET ROLE: a login role that is a member of pgsched_worker (a deployment's
+    worker user) cannot append the forged token.revoked, and verify would catch one anyway."""
+    ids = await _world(dsn)
+    async with login_role(dsn, "pgsched_worker") as worker_dsn:
+        conn = await connect(worker_dsn)
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"token\.revoked"):
+                await conn.execute(
+                    "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor)"
+                    " VALUES (now(), 'system', %s, 'token.revoked', 'admin')",
+                    [ids["token"]],
+                )
+        finally:
+            await conn.close()
+
+
+async def test_verify_reports_token_events_no_token_explains(conn: Conn) -> None:
+    """What the guard would refuse, appended by the owner anyway: verify names each one."""
+    live, _ = await tokens.create_token(conn, name="live", role="admin", actor="t", now=None)
+    gone, _ = await tokens.create_token(conn, name="gone", role="viewer", actor="t", now=None)
+    assert await tokens.revoke_token(conn, "gone", actor="t", now=None) is not None
+    assert await replay.verify(conn) == []
+    forged = (
+        "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, meta)"
+        " VALUES (now() + interval '1 second', 'system', %s, %s, 'admin',"
+        " jsonb_build_object('token', %s::text))"
+    )
+    await conn.execute(forged, [live["id"], "token.revoked", "live"])  # live, not revoked
+    await conn.execute(forged, [gone["id"], "token.revoked", "gone"])  # a second revocation
+    await conn.execute(forged, [424242, "token.created", "ghost"])  # no such token
+    found = {(d.table, d.id, str(d.column).split(" event ")[0]) for d in await replay.verify(conn)}
+    assert found == {
+        ("api_token", live["id"], "token.revoked"),
+        ("api_token", gone["id"], "token.revoked"),
+        ("api_token", 424242, "token.created"),
+    }
+
+
+async def test_a_revocation_without_its_event_is_reported(conn: Conn) -> None:
+    await tokens.create_token(conn, name="quiet", role="admin", actor="t", now=None)
+    await conn.execute("UPDATE pgsched.api_token SET revoked_at = now() WHERE name = 'quiet'")
+    (difference,) = await replay.verify(conn)
+    assert "revoked, but its token.revoked event is missing" in str(difference)
+
+
+async def _api_transitions(api: Conn) -> None:
+    """The API: definitions, operator actions, a queue limit; a pause inside a savepoint."""
+    s = await make_schedule(api, now=T - timedelta(minutes=10), missed_policy="skip")
+    other = await make_schedule(api, now=T)
+    await store.update_schedule(
+        api, s["id"], {"priority": 5}, event_type="schedule.updated", actor="a", now=None
+    )
+    async with api.transaction(), api.transaction():  # the inner one is a SAVEPOINT
+        await schedules.pause(api, s["id"], actor="a", now=None)
+    await schedules.resume(api, s["id"], actor="a", now=None)
+    first, _ = await schedules.trigger(api, s["id"], actor="a", now=None)
+    await schedules.backfill(api, s["id"], T - timedelta(minutes=5), T, actor="a", now=None)
+    cancelled = await store.cancel_run(api, first["id"], actor="a", now=None)
+    assert cancelled is not None and cancelled["state"] == "cancelled"
+    assert await writes.retry_run(api, first["id"], actor="a", now=None, meta={}) is not None
+    await store.set_queue_limit(api, "default", 10, actor="a", now=None)
+    await schedules.delete(api, other["id"], actor="a", now=None)
+
+
+async def _worker_transitions(worker: Conn, api: Conn) -> None:
+    """The ticker (missed occurrences too; the built-in schedule at its start), a worker's
+    claim, every completion, a release, a fenced report, the rescuer, stopping; and the API
+    asking a running run to stop."""
+    await maintenance.ensure_builtin_schedule(worker, maintenance.Retention(), now=None)
+    ticked = await ticker.tick(worker, now=T + timedelta(minutes=1))
+    assert ticked.created >= 1
+    me = await store.register_worker(
+        worker, name="w", host="h", pid=1, version="v", queues=["default"], slots=9, now=None
+    )
+    claimed = await store.claim_runs(
+        worker,
+        worker_id=me["id"],
+        queues=["default"],
+        limit=9,
+        lease_seconds=30,
+        actor="w",
+        now=None,
+    )
+    assert len(claimed) >= 6, "the test needs six runs"
+    leases = [store.Lease.of(r) for r in claimed]
+    ok = {"status": "ok"}
+    assert await store.succeed_run(worker, leases[0], ok, actor="w", now=None)
+    assert await store.fail_run(worker, leases[1], ok, jitter=0.5, actor="w", now=None)
+    assert await store.fail_run(worker, leases[2], ok, jitter=0.5, actor="w", now=None, final=True)
+    assert await store.cancelled_attempt(worker, leases[3], ok, actor="w", now=None)
+    assert await store.release_run(worker, leases[4], actor="w", now=None)
+    assert await store.succeed_run(worker, leases[4], ok, actor="w", now=None) is None  # fenced
+    asked = await store.cancel_run(api, leases[5].run_id, actor="a", now=None)
+    assert asked is not None and asked["cancel_requested"]
+    later = T + timedelta(hours=1)
+    assert await store.rescue_expired(worker, limit=10, actor="rescuer", now=later)
+    await store.set_worker_state(worker, me["id"], "stopping", now=None)
+    await store.set_worker_state(worker, me["id"], "stopped", now=None)
+    gone = await store.register_worker(
+        worker, name="w2", host="h", pid=2, version="v", queues=["q"], slots=1, now=None
+    )
+    marked = await store.mark_gone_workers(worker, after_seconds=0, actor="rescuer", now=later)
+    assert gone["id"] in marked
+    note = {"error": "disk full"}
+    await store.record_system_event(
+        worker, "partition.archive_failed", note, actor="maintenance", now=None
+    )
+
+
+async def test_every_transition_of_the_application_roles_passes_the_guard(dsn: str) -> None:
+    """What the API and the ticker, workers and rescuer really do, each as its role, appends
+    every event it did before the guard; afterwards the log still folds into the tables."""
+    api = await connect(dsn, role="pgsched_api")
+    worker = await connect(dsn, role="pgsched_worker")
+    admin = await connect(dsn)
+    try:
+        await _api_transitions(api)
+        await _worker_transitions(worker, api)
+        cur = await admin.execute("SELECT DISTINCT type FROM pgsched.event")
+        types = {r["type"] for r in await cur.fetchall()}
+        cur = await admin.execute("SELECT type FROM pgsched.event_grant")
+        granted = {r["type"] for r in await cur.fetchall()}
+        # worker.active: no transition of today's code appends it (a worker starts active).
+        assert granted - types == {"worker.active"}, "each granted type was appended by its role"
+        assert await replay.verify(admin) == []
+    finally:
+        await api.close()
+        await worker.close()
+        await admin.close()
+
+
+# -- least privilege that starts (ADR 0021) ---------------------------------------------------
+
+
+async def test_a_ticker_logged_in_as_a_worker_member_starts_and_ticks(
+    dsn: str, tmp_path: Path
+) -> None:
+    """`pgsched ticker` as a login role that is a member of pgsched_worker only, on a freshly
+    migrated database: it installs the built-in schedule (through the owner's function) and
+    materialises a due run; SIGTERM stops it cleanly."""
+    conn = await connect(dsn)
+    log = tmp_path / "ticker.log"
+    async with login_role(dsn, "pgsched_worker") as worker_dsn:
+        s = await make_schedule(conn, now=datetime.now(UTC) - timedelta(seconds=1))
+        with log.open("w") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "app.cli",
+                "ticker",
+                cwd=ROOT,
+                env={**os.environ, "DATABASE_URL": worker_dsn},
+                stdout=sink,
+                stderr=sink,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                cur = await conn.execute(
+                    "SELECT (SELECT count(*) FROM pgsched.run WHERE schedule_id = %s) AS runs,"
+                    " (SELECT count(*) FROM pgsched.schedule WHERE name = %s) AS builtin",
+                    [s["id"], maintenance.BUILTIN_NAME],
+                )
+                seen = await cur.fetchone()
+                if seen == {"runs": 1, "builtin": 1}:
+                    break
+                assert proc.returncode is None, f"the ticker exited: {log.read_text()}"
+                assert time.monotonic() < deadline, f"the ticker did not tick: {seen}"
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await proc.wait() == 0, log.read_text()
+            assert "permission denied" not in log.read_text()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await conn.close()
+
+
+async def test_a_sql_job_run_by_a_worker_cannot_forge_history(db: Conn, dsn: str) -> None:
+    """Issue 12's attack end to end: a sql schedule whose statement appends a forged
+    token.revoked, run by a real worker (here even one whose own DSN is a superuser's). The job
+    logs in as pgsched_job: the run ends dead with the privilege error, the log holds no forged
+    event, and verify finds nothing to report."""
+    from tests.workers.test_worker import running_worker, trigger, wait_state
+
+    await db.execute("GRANT CREATE ON SCHEMA public TO pgsched_job")  # an operator's grant
+    token, _ = await tokens.create_token(db, name="ops", role="admin", actor="t", now=None)
+    forge = {
+        "statement": "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor,"
+        " meta) VALUES (now(), 'system', %s, 'token.revoked', 'admin',"
+        " jsonb_build_object('token', 'ops'))",
+        "params": [token["id"]],
+    }
+    s = await make_schedule(db, job_type="sql", payload=forge)
+    run = await trigger(db, s["id"])
+    async with running_worker(dsn):
+        done = await wait_state(db, run["id"], {"succeeded", "dead"}, within=30)
+    assert done["state"] == "dead"
+    assert done["outcome"]["error"].startswith("SQLSTATE 42501: permission denied for schema")
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.event WHERE type = 'token.revoked'")
+    assert await cur.fetchone() == {"n": 0}
+    assert await replay.verify(db) == []

@@ -225,12 +225,13 @@ async def update_schedule(
     tags=TAGS,
     opt=ADMIN,
     status_code=204,
-    responses=responses(404),
+    responses=responses(404, 409),
 )
 async def delete_schedule(
     request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> None:
-    """The row and its history stay (as events); its runs are not cancelled; the name is free."""
+    """The row and its history stay (as events); its runs are not cancelled; the name is free.
+    The built-in schedule `pgsched.maintenance` cannot be deleted (409)."""
     actor, meta = audit(request)
     await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
 

@@ -1,5 +1,6 @@
 -- Maintenance: partitions ahead and retention, all inside pgsched.maintain_v2 (ADR 0005,
--- sql/partitions/maintain_v2.sql). The built-in schedule runs the same function as a sql job.
+-- sql/partitions/maintain_v2.sql). The built-in schedule runs the same function, from the python
+-- job app.maintenance:run_builtin (ADR 0021).
 
 -- name: maintain
 -- One maintenance pass; returns a row per partition created, kept or retired.
@@ -10,6 +11,10 @@ FROM pgsched.maintain_v2(%(months_ahead)s, make_interval(days => %(run_days)s),
 -- name: live_schedule_by_name
 -- A live schedule by name (the built-in ones are found this way).
 SELECT * FROM pgsched.schedule WHERE name = %(name)s AND deleted_at IS NULL;
+
+-- name: install_builtin_maintenance
+-- Install or bring up to date the built-in maintenance schedule, as the owner (migration 0016).
+SELECT * FROM pgsched.install_builtin_maintenance_v1(%(fields)s::jsonb, %(now)s::timestamptz);
 
 -- Archiving maintenance (PGSCHED_ARCHIVE_DIR, ADR 0018) retires one partition per transaction
 -- with the functions of sql/partitions/retire_v1.sql; the months ahead still come from

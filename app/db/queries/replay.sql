@@ -68,3 +68,38 @@ FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
       GROUP BY e.stream_id) f
 WHERE (f.state ->> 'due_at')::timestamptz
       >= (SELECT min(month_start) FROM pgsched.month_partitions_v1('pgsched.run'));
+
+-- name: can_read_tokens
+-- Whether this session may read pgsched.api_token (the operator role may not: token hashes).
+SELECT has_table_privilege('pgsched.api_token', 'SELECT') AS ok;
+
+-- name: diff_token_events
+-- Token events are not folded into a projection, so they are checked against the token table
+-- (ADR 0021): each token.created and token.revoked event must name a token whose row says the
+-- same (its name, created or revoked at the event's instant), once; and a token revoked while
+-- that month's events are still kept must have its token.revoked event. A forged event, which
+-- changes no token, fails the first check; a revocation without its event, the second.
+WITH token_events AS (
+    SELECT e.id, e.type, e.stream_id, e.occurred_at, e.meta ->> 'token' AS name,
+           count(*) OVER (PARTITION BY e.stream_id, e.type) AS copies
+    FROM pgsched.event e
+    WHERE e.stream = 'system' AND e.type IN ('token.created', 'token.revoked')
+)
+SELECT coalesce(x.stream_id, 0) AS id, x.type || ' event ' || x.id AS column,
+       jsonb_build_object('token', x.name, 'at', x.occurred_at) AS expected,
+       CASE WHEN t.id IS NOT NULL THEN jsonb_build_object(
+           'token', t.name,
+           'at', CASE x.type WHEN 'token.created' THEN t.created_at ELSE t.revoked_at END,
+           'events', x.copies) END AS actual
+FROM token_events x
+LEFT JOIN pgsched.api_token t ON t.id = x.stream_id
+WHERE t.id IS NULL OR x.copies > 1 OR t.name IS DISTINCT FROM x.name
+   OR x.occurred_at IS DISTINCT FROM
+      CASE x.type WHEN 'token.created' THEN t.created_at ELSE t.revoked_at END
+UNION ALL
+SELECT t.id, 'token.revoked event', NULL, jsonb_build_object('token', t.name, 'at', t.revoked_at)
+FROM pgsched.api_token t
+WHERE t.revoked_at >= (SELECT min(month_start) FROM pgsched.month_partitions_v1('pgsched.event'))
+  AND NOT EXISTS (SELECT 1 FROM token_events x
+                  WHERE x.stream_id = t.id AND x.type = 'token.revoked')
+ORDER BY 1, 2;

@@ -1,0 +1,341 @@
+"""A login role for sql jobs, a guard on appended events, and the built-in schedule by function.
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-04
+
+Design: docs/adr/0021-job-role-and-event-guard.md.
+
+1. `pgsched_job`: the LOGIN role `sql` jobs connect as (workers/jobs/sql.py). It is a member of
+   no pgsched role and has no privilege on the schema pgsched, so a job's statement can neither
+   read pgsched's tables nor write its history, and RESET ROLE leads nowhere. Cluster-wide like
+   the roles of 0001: created if missing, never dropped by a downgrade. Without a password it
+   can log in only where pg_hba.conf trusts it; operators set one (ADR 0021).
+
+2. `pgsched.event_guard_v1`: an AFTER INSERT statement trigger on pgsched.event that lets the
+   application roles append only the events their own transitions produce: per role, a list of
+   (stream, type) in pgsched.event_grant; each run, schedule and worker event must describe its
+   subject row as this very transaction left it (the row's xmin is this transaction's, and the
+   row says what the event says: a run's state; a schedule's or worker's whole row contains the
+   event's data; runs are the hot path, and verify compares the rest); evidence events (a fenced completion, a missed occurrence, a
+   backfill) change no row, carry no data and must name a row that exists. The owner (maintenance,
+   migrations, SECURITY DEFINER functions) and superusers pass untouched. One statement-level
+   trigger per INSERT, over its transition table, so a batch of completions costs one call.
+
+3. `pgsched.install_builtin_maintenance_v1`: installs or brings up to date the built-in
+   maintenance schedule as the owner, so a ticker connecting as a member of pgsched_worker (no
+   INSERT on schedule) starts on a freshly migrated database. It accepts only that schedule, only
+   as the python job app.maintenance:run_builtin. The stored built-in schedule, a `sql` job until
+   now, becomes that python job here (pgsched_job may not call maintain_v2, and should not).
+"""
+
+from __future__ import annotations
+
+from app.db.migration_sql import execute
+
+revision = "0016"
+down_revision = "0015"
+branch_labels = None
+depends_on = None
+
+APP_ROLES = ("pgsched_owner", "pgsched_api", "pgsched_worker", "pgsched_operator")
+
+JOB_ROLE = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsched_job') THEN
+        CREATE ROLE pgsched_job LOGIN NOINHERIT;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles
+               WHERE rolname = 'pgsched_job' AND (rolsuper OR rolcreaterole OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'role pgsched_job exists with SUPERUSER, CREATEROLE or BYPASSRLS; '
+                        'sql jobs must not run as such a role (ADR 0021)';
+    END IF;
+END
+$$;
+-- Whatever an earlier hand may have granted: no way from the job role into pgsched's roles.
+REVOKE pgsched_owner, pgsched_api, pgsched_worker, pgsched_operator FROM pgsched_job;
+REVOKE ALL ON SCHEMA pgsched FROM pgsched_job;
+REVOKE ALL ON ALL TABLES IN SCHEMA pgsched FROM pgsched_job;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgsched FROM pgsched_job;
+"""
+
+GUARD = r"""
+SET LOCAL ROLE pgsched_owner;
+
+-- Which application role may append which events. A new transition that appends a new event
+-- type adds its row here in the migration that introduces it.
+CREATE TABLE pgsched.event_grant (
+    role   name NOT NULL CHECK (role IN ('pgsched_api', 'pgsched_worker')),
+    stream text NOT NULL CHECK (stream IN ('schedule', 'run', 'worker', 'system')),
+    type   text NOT NULL,
+    -- transition: the subject row was written by this transaction and says what the event
+    -- says (a run: its state; a schedule or worker: the whole row contains the event's data);
+    -- evidence: the subject row exists, the event carries no data (the fold cannot change);
+    -- note: a system event with no subject row (data must be empty too).
+    kind   text NOT NULL CHECK (kind IN ('transition', 'evidence', 'note')),
+    PRIMARY KEY (role, stream, type)
+);
+COMMENT ON TABLE pgsched.event_grant IS
+    'events each application role may append (pgsched.event_guard_v1, ADR 0021)';
+INSERT INTO pgsched.event_grant (role, stream, type, kind) VALUES
+    -- the API: schedule definitions and operator actions on runs
+    ('pgsched_api', 'schedule', 'schedule.created', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.updated', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.paused', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.resumed', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.deleted', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.backfilled', 'evidence'),
+    ('pgsched_api', 'run', 'run.created', 'transition'),
+    ('pgsched_api', 'run', 'run.retried', 'transition'),
+    ('pgsched_api', 'run', 'run.cancelled', 'transition'),
+    ('pgsched_api', 'run', 'run.cancel_requested', 'transition'),
+    ('pgsched_api', 'system', 'queue.updated', 'transition'),
+    -- the ticker, the workers and the rescuer
+    ('pgsched_worker', 'run', 'run.created', 'transition'),
+    ('pgsched_worker', 'run', 'run.claimed', 'transition'),
+    ('pgsched_worker', 'run', 'run.succeeded', 'transition'),
+    ('pgsched_worker', 'run', 'run.retry_scheduled', 'transition'),
+    ('pgsched_worker', 'run', 'run.dead', 'transition'),
+    ('pgsched_worker', 'run', 'run.cancelled', 'transition'),
+    ('pgsched_worker', 'run', 'run.released', 'transition'),
+    ('pgsched_worker', 'run', 'run.rescued', 'transition'),
+    ('pgsched_worker', 'run', 'run.completion_fenced', 'evidence'),
+    ('pgsched_worker', 'schedule', 'schedule.advanced', 'transition'),
+    ('pgsched_worker', 'schedule', 'schedule.occurrence_missed', 'evidence'),
+    ('pgsched_worker', 'worker', 'worker.registered', 'transition'),
+    ('pgsched_worker', 'worker', 'worker.active', 'transition'),
+    ('pgsched_worker', 'worker', 'worker.stopping', 'transition'),
+    ('pgsched_worker', 'worker', 'worker.stopped', 'transition'),
+    ('pgsched_worker', 'worker', 'worker.gone', 'transition'),
+    ('pgsched_worker', 'system', 'partition.archive_failed', 'note');
+GRANT SELECT ON pgsched.event_grant TO pgsched_api, pgsched_worker, pgsched_operator;
+
+-- Whether a row version was written by this transaction or one of its subtransactions. The
+-- common case, no savepoint, is one comparison (inlined into the guard's query). Otherwise the
+-- xid is widened to an xid8 above our own top-level xid (a subtransaction's always is) and
+-- asked about: a row version this snapshot sees whose writer is still in progress can only be
+-- our own; one beyond the next xid is an old row of an earlier epoch.
+CREATE FUNCTION pgsched.written_in_subtransaction_v1(x xid) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    top bigint := pg_current_xact_id()::text::bigint;
+    candidate bigint := top - top % 4294967296 + x::text::bigint;
+BEGIN
+    IF candidate <= top THEN
+        candidate := candidate + 4294967296;
+    END IF;
+    RETURN pg_xact_status(candidate::text::xid8) = 'in progress';
+EXCEPTION WHEN invalid_parameter_value THEN  -- "transaction ID ... is in the future"
+    RETURN false;
+END
+$$;
+CREATE FUNCTION pgsched.written_here_v1(x xid) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN x::text::bigint = pg_current_xact_id()::text::bigint % 4294967296
+    OR pgsched.written_in_subtransaction_v1(x);
+
+CREATE FUNCTION pgsched.event_guard_v1() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    granted jsonb;
+    bad record;
+BEGIN
+    -- Not an application role: the owner (migrations, maintenance and every SECURITY DEFINER
+    -- function) and superusers, who could drop this trigger anyway.
+    IF current_setting('is_superuser') = 'on'
+       OR pg_has_role(current_user, 'pgsched_owner', 'USAGE') THEN
+        RETURN NULL;
+    END IF;
+    -- A statement that appended nothing (an idle worker's claim) has nothing to check.
+    PERFORM FROM appended LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- What this role may append, once per statement: "stream/type" -> kind (a type granted to
+    -- two of its roles counts as a transition if either grants it so).
+    SELECT jsonb_object_agg(g.stream || '/' || g.type, g.kind ORDER BY g.kind = 'transition')
+    INTO granted
+    FROM pgsched.event_grant g
+    WHERE pg_has_role(current_user, g.role, 'USAGE');
+    granted := coalesce(granted, '{}');
+    -- The first event that is not granted, or does not match what its statement did to its
+    -- subject row.
+    SELECT a.stream, a.type, a.stream_id,
+           CASE WHEN k.kind IS NULL THEN 'not an event this role appends'
+                ELSE 'does not match a change of its row' END AS why
+    INTO bad
+    FROM appended a
+    CROSS JOIN LATERAL (SELECT granted ->> (a.stream || '/' || a.type) AS kind) k
+    WHERE k.kind IS NULL OR NOT CASE
+        WHEN k.kind = 'note' THEN a.stream_id IS NULL AND a.data = '{}'
+        WHEN k.kind = 'evidence' THEN a.data = '{}' AND CASE a.stream
+            WHEN 'run' THEN EXISTS (SELECT 1 FROM pgsched.run r WHERE r.id = a.stream_id)
+            WHEN 'schedule' THEN EXISTS (SELECT 1 FROM pgsched.schedule s
+                                         WHERE s.id = a.stream_id)
+            ELSE false END
+        ELSE CASE a.stream
+            -- Runs are the hot path (claims, batched completions): the state the event
+            -- names, not the whole row; verify compares the rest (ADR 0021).
+            WHEN 'run' THEN EXISTS (
+                SELECT 1 FROM pgsched.run r
+                WHERE r.id = a.stream_id AND pgsched.written_here_v1(r.xmin)
+                  AND r.state = a.data ->> 'state')
+            WHEN 'schedule' THEN EXISTS (
+                SELECT 1 FROM pgsched.schedule s
+                WHERE s.id = a.stream_id AND pgsched.written_here_v1(s.xmin)
+                  AND to_jsonb(s) @> a.data)
+            WHEN 'worker' THEN EXISTS (
+                SELECT 1 FROM pgsched.worker w
+                WHERE w.id = a.stream_id AND pgsched.written_here_v1(w.xmin)
+                  AND to_jsonb(w) @> a.data)
+            WHEN 'system' THEN a.stream_id IS NULL AND a.data = '{}' AND EXISTS (
+                SELECT 1 FROM pgsched.queue q
+                WHERE a.type = 'queue.updated' AND q.name = a.meta ->> 'queue'
+                  AND pgsched.written_here_v1(q.xmin))
+            ELSE false END
+        END
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% may not append % (stream %, id %): %',
+                        current_user, bad.type, bad.stream, bad.stream_id, bad.why
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'application roles append only the events of their own transitions '
+                         '(pgsched.event_grant, ADR 0021)';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER event_guard AFTER INSERT ON pgsched.event
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.event_guard_v1();
+RESET ROLE;
+"""
+
+BUILTIN = r"""
+SET LOCAL ROLE pgsched_owner;
+
+-- Installs (or brings up to date) the built-in maintenance schedule and returns it. `fields` is
+-- the whole schedule as app.maintenance builds it; only the built-in one, only as the python
+-- job app.maintenance:run_builtin, is accepted. An existing one changes only its job (job_type,
+-- payload, timeout), with schedule.updated; a missing one is created, with schedule.created.
+CREATE FUNCTION pgsched.install_builtin_maintenance_v1(fields jsonb, at timestamptz DEFAULT NULL)
+RETURNS SETOF pgsched.schedule
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    t timestamptz := coalesce(at, now());
+    prior pgsched.schedule;
+    made pgsched.schedule;
+    changes jsonb;
+BEGIN
+    IF fields ->> 'name' IS DISTINCT FROM 'pgsched.maintenance'
+       OR fields ->> 'job_type' IS DISTINCT FROM 'python'
+       OR fields #>> '{payload,target}' IS DISTINCT FROM 'app.maintenance:run_builtin'
+       OR EXISTS (SELECT 1 FROM jsonb_object_keys(fields -> 'payload') k
+                  WHERE k NOT IN ('target', 'kwargs'))
+       OR EXISTS (SELECT 1 FROM jsonb_object_keys(coalesce(fields #> '{payload,kwargs}', '{}')) k
+                  WHERE k NOT IN ('months_ahead', 'run_days', 'event_days', 'archive_dir')) THEN
+        RAISE EXCEPTION 'only the built-in maintenance schedule, as its python job, is installed here'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR attempt IN 1 .. 2 LOOP
+        SELECT * INTO prior FROM pgsched.schedule
+        WHERE name = 'pgsched.maintenance' AND deleted_at IS NULL
+        FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO pgsched.schedule (
+            name, job_type, payload, kind, cron, interval_seconds, run_at, timezone, starts_at,
+            ends_at, jitter_seconds, queue, priority, max_attempts, retry_delay_seconds,
+            retry_factor, retry_max_delay_seconds, timeout_seconds, overlap_policy,
+            missed_policy, missed_cap, grace_seconds, max_concurrency, enabled, paused_at,
+            next_due_at, created_at, updated_at)
+        SELECT d.name, d.job_type, d.payload, d.kind, d.cron, d.interval_seconds, d.run_at,
+               d.timezone, d.starts_at, d.ends_at, d.jitter_seconds, d.queue, d.priority,
+               d.max_attempts, d.retry_delay_seconds, d.retry_factor,
+               d.retry_max_delay_seconds, d.timeout_seconds, d.overlap_policy, d.missed_policy,
+               d.missed_cap, d.grace_seconds, d.max_concurrency, d.enabled,
+               CASE WHEN d.enabled THEN NULL ELSE t END, d.next_due_at, t, t
+        FROM jsonb_populate_record(NULL::pgsched.schedule, fields) d
+        -- A concurrent installer got there first: take its row on the second pass.
+        ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING
+        RETURNING * INTO made;
+        IF made.id IS NOT NULL THEN
+            INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)
+            VALUES (t, 'schedule', made.id, 'schedule.created', 'pgsched', to_jsonb(made));
+            RETURN NEXT made;
+            RETURN;
+        END IF;
+    END LOOP;
+    IF prior.id IS NULL THEN
+        RAISE EXCEPTION 'the built-in maintenance schedule could not be installed';
+    END IF;
+    SELECT jsonb_object_agg(k, fields -> k) INTO changes
+    FROM unnest(ARRAY['job_type', 'payload', 'timeout_seconds']) k
+    WHERE fields ? k AND fields -> k IS DISTINCT FROM to_jsonb(prior) -> k;
+    IF changes IS NULL THEN
+        RETURN NEXT prior;
+        RETURN;
+    END IF;
+    UPDATE pgsched.schedule s
+    SET job_type = coalesce(changes ->> 'job_type', s.job_type),
+        payload = coalesce(changes -> 'payload', s.payload),
+        timeout_seconds = coalesce((changes ->> 'timeout_seconds')::double precision,
+                                   s.timeout_seconds),
+        version = s.version + 1,
+        updated_at = t
+    WHERE s.id = prior.id
+    RETURNING * INTO made;
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT t, 'schedule', made.id, 'schedule.updated', 'pgsched',
+           (SELECT jsonb_object_agg(k, to_jsonb(made) -> k)
+            FROM jsonb_object_keys(changes || '{"version": 0, "updated_at": 0}') k),
+           jsonb_build_object('old', (SELECT jsonb_object_agg(k, to_jsonb(prior) -> k)
+                                      FROM jsonb_object_keys(changes) k));
+    RETURN NEXT made;
+END
+$$;
+REVOKE ALL ON FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz)
+    TO pgsched_worker;
+
+-- The stored built-in schedule, a sql job calling maintain_v2 until now, becomes the python job
+-- (same settings); one archiving already is that job and stays as it is.
+SELECT pgsched.install_builtin_maintenance_v1(jsonb_build_object(
+    'name', 'pgsched.maintenance',
+    'job_type', 'python',
+    'payload', jsonb_build_object(
+        'target', 'app.maintenance:run_builtin',
+        'kwargs', jsonb_build_object('months_ahead', (s.payload #>> '{params,0}')::int,
+                                     'run_days', (s.payload #>> '{params,1}')::int,
+                                     'event_days', (s.payload #>> '{params,2}')::int)),
+    'timeout_seconds', s.timeout_seconds))
+FROM pgsched.schedule s
+WHERE s.name = 'pgsched.maintenance' AND s.deleted_at IS NULL AND s.job_type = 'sql';
+RESET ROLE;
+"""
+
+
+def upgrade() -> None:
+    execute(JOB_ROLE)
+    execute(GUARD)
+    execute(BUILTIN)
+
+
+def downgrade() -> None:
+    execute("""
+SET LOCAL ROLE pgsched_owner;
+DROP FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz);
+DROP TRIGGER event_guard ON pgsched.event;
+DROP FUNCTION pgsched.event_guard_v1();
+DROP FUNCTION pgsched.written_here_v1(xid);
+DROP FUNCTION pgsched.written_in_subtransaction_v1(xid);
+DROP TABLE pgsched.event_grant;
+RESET ROLE;
+""")

@@ -1,0 +1,98 @@
+"""The built-in schedule `pgsched.maintenance` over HTTP: it keeps partitions ahead, so the API
+refuses to delete it or give it another name or job (409, a problem naming it; ADR 0021), and
+allows what an operator may need (pause, resume, another minute)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app import maintenance
+from app.db import replay
+from app.db.store import Conn
+from tests.api.conftest import Tokens
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+async def builtin(db: Conn) -> dict[str, Any]:
+    return await maintenance.ensure_builtin_schedule(db, maintenance.Retention(), now=None)
+
+
+def conflict(response: Any, field: str | None) -> dict[str, Any]:
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    doc: dict[str, Any] = response.json()
+    assert doc["type"] == "urn:pgsched:problem:builtin-schedule"
+    assert "'pgsched.maintenance'" in doc["detail"]
+    assert [e["field"] for e in doc.get("errors", [])] == ([field] if field else [])
+    return doc
+
+
+async def test_the_builtin_schedule_cannot_be_deleted(
+    api: Client, role_tokens: Tokens, db: Conn, builtin: dict[str, Any]
+) -> None:
+    response = await api.delete(f"/v1/schedules/{builtin['id']}", headers=role_tokens.auth("admin"))
+    doc = conflict(response, None)
+    assert "cannot be deleted" in doc["detail"]
+    cur = await db.execute(
+        "SELECT deleted_at, version FROM pgsched.schedule WHERE id = %s", [builtin["id"]]
+    )
+    assert await cur.fetchone() == {"deleted_at": None, "version": builtin["version"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "mine-now"}, "name"),
+        ({"job_type": "noop", "payload": {}}, "job_type"),
+        ({"payload": {"target": "os:system", "kwargs": {}}}, "payload"),
+        ({"interval_seconds": 60}, "kind"),
+    ],
+)
+async def test_the_builtin_schedule_keeps_its_name_and_job(
+    api: Client,
+    role_tokens: Tokens,
+    builtin: dict[str, Any],
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    response = await api.patch(
+        f"/v1/schedules/{builtin['id']}", json=change, headers=role_tokens.auth("admin")
+    )
+    conflict(response, field)
+
+
+async def test_an_operator_may_still_pause_it_and_move_its_minute(
+    api: Client, role_tokens: Tokens, db: Conn, builtin: dict[str, Any]
+) -> None:
+    admin = role_tokens.auth("admin")
+    paused = await api.post(f"/v1/schedules/{builtin['id']}/pause", headers=admin)
+    assert paused.status_code == 200, paused.text
+    resumed = await api.post(f"/v1/schedules/{builtin['id']}/resume", headers=admin)
+    assert resumed.status_code == 200, resumed.text
+    moved = await api.patch(
+        f"/v1/schedules/{builtin['id']}", json={"cron": "37 * * * *"}, headers=admin
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["cron"] == "37 * * * *"
+    assert await replay.verify(db) == []
+
+
+async def test_other_schedules_are_deleted_as_before(
+    api: Client, role_tokens: Tokens, builtin: dict[str, Any]
+) -> None:
+    """Only the live built-in one is protected: a schedule of the operator's is deleted."""
+    admin = role_tokens.auth("admin")
+    made = await api.post(
+        "/v1/schedules",
+        json={"name": "pgsched.maintenance-copy", "job_type": "noop", "cron": "0 * * * *"},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    response = await api.delete(f"/v1/schedules/{made.json()['id']}", headers=admin)
+    assert response.status_code == 204, response.text
