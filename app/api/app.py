@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 import otel
 from app.api.auth import authorize
 from app.api.config import ApiSettings
+from app.api.decoding import ApiRequest
 from app.api.metrics import MetricsController, prometheus_config
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.routes import events, runs, schedules, system
@@ -145,6 +146,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
         plugins=[opentelemetry_plugin()],
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,
+        # Bodies are bounded and strictly typed before any handler sees them (app.api.decoding).
+        request_class=ApiRequest,
         state=State({"settings": settings, "clock": clock or SystemClock()}),
         debug=False,
         # Logging is the process's business (`pgsched api` configures it), not the app's: a
