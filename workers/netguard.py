@@ -290,7 +290,44 @@ def _parse_allow_network(entry: str, where: str) -> IPNetwork:
         raise ValueError(f"{where}: host bits set; did you mean {loose}?") from exc
     if net.prefixlen == 0:
         raise ValueError(f"{where}: a /0 allow-list would switch the SSRF guard off")
+    _check_breadth(net, where)
     return net
+
+
+# The instance metadata services (AWS, GCP, Azure, OpenStack: 169.254.169.254; AWS over IPv6:
+# fd00:ec2::254) hand out the machine's credentials: admitted only by an entry naming exactly
+# that address, never as part of a wider network.
+_METADATA = (ipaddress.IPv4Address("169.254.169.254"), ipaddress.IPv6Address("fd00:ec2::254"))
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _check_breadth(net: IPNetwork, where: str) -> None:
+    """Refuse an allow entry that reaches the public internet or covers a metadata address.
+
+    The allow-list exists to admit *non-public* targets, so an entry must lie wholly inside one
+    of the special-purpose blocks ``is_public`` refuses (10.0.0.0/8, 127.0.0.0/8, fc00::/7, …).
+    A wider entry admits nothing a job needs and, like ``0.0.0.0/1,128.0.0.0/1`` (a /0 in two
+    halves), can switch the guard off. An entry in ``::ffff:0:0/96`` is judged as the IPv4
+    network it maps to.
+    """
+    judged: IPNetwork = net
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        judged = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    if isinstance(judged, ipaddress.IPv4Network):
+        inside = any(judged.subnet_of(block) for block, _ in _V4_DENY)  # type: ignore[arg-type]
+    else:
+        inside = any(judged.subnet_of(block) for block, _ in _V6_DENY)  # type: ignore[arg-type]
+    if not inside:
+        raise ValueError(
+            f"{where}: reaches public addresses; list only private, loopback or link-local "
+            "networks (the allow-list admits what the guard refuses, nothing else)"
+        )
+    for address in _METADATA:
+        if address.version == judged.version and address in judged and judged.num_addresses > 1:
+            raise ValueError(
+                f"{where}: covers the cloud metadata address {address}; "
+                f"allow it only by the exact entry {address}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
