@@ -311,7 +311,9 @@ def _set(body: dict[str, Any], dotted: str, value: object) -> None:
     *parents, last = dotted.split(".")
     node = body
     for name in parents:
-        node = node.setdefault(name, {})
+        if not isinstance(node.get(name), dict):  # an earlier draw may have put a scalar here
+            node[name] = {}
+        node = node[name]
     node[last] = value
 
 
