@@ -171,3 +171,36 @@ async def test_options_allows_what_the_document_lists(
         refused = await api.request(missing, _url(path, ids), headers=auth("admin"))
         assert refused.status_code == 405, (path, refused.text)
         assert {m.strip() for m in refused.headers["allow"].split(",")} == documented
+
+
+async def test_a_number_in_a_date_time_query_parameter_is_422_naming_it(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    doc = await _document(api, auth)
+    ids = await _ids(db)
+    checked = 0
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                formats = {s.get("format") for s in _schemas(parameter["schema"])}
+                if parameter["in"] != "query" or "date-time" not in formats:
+                    continue
+                for number in ("1700000000", "1e9", "-1.5"):
+                    response = await api.request(
+                        method.upper(),
+                        _url(path, ids),
+                        params={parameter["name"]: number},
+                        headers=auth("admin"),
+                    )
+                    assert response.status_code == 422, (path, parameter["name"], response.text)
+                    fields = [e["field"] for e in response.json()["errors"]]
+                    assert fields == [parameter["name"]], response.text
+                ok = await api.request(
+                    method.upper(),
+                    _url(path, ids),
+                    params={parameter["name"]: "2026-01-01T00:00:00+01:00"},
+                    headers=auth("admin"),
+                )
+                assert ok.status_code == 200, ok.text
+                checked += 1
+    assert checked >= 2  # since, until
