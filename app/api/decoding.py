@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import ValidationException
+from litestar.exceptions import ClientException, ValidationException
 from litestar.types import Empty
 
 MAX_JSON_DEPTH: Final = 32
@@ -124,7 +124,11 @@ class ApiRequest(Request[Any, Any, Any]):
 
     async def json(self) -> Any:  # noqa: ANN401 (Litestar's signature: any JSON value)
         if self._json is Empty and self._connection_state.json is Empty:
-            depth = nesting_depth(await self.body())
+            body = await self.body()
+            if not body.strip() and _body_type(self) is not None:
+                # Litestar would read it as `null` and report the missing value as "'data'".
+                raise ClientException(detail="a JSON body is required")
+            depth = nesting_depth(body)
             if depth > MAX_JSON_DEPTH:
                 raise _problem(
                     "body", f"nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted"

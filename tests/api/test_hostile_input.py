@@ -198,3 +198,19 @@ async def test_a_number_as_a_backfill_instant_is_422(
         f"/v1/schedules/{schedule['id']}/backfill", json=body, headers=auth("operator")
     )
     problem(response, 422, "from")
+
+
+async def test_an_empty_body_is_400_saying_a_body_is_required(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    for method, path in [
+        ("POST", "/v1/schedules"),
+        ("PATCH", f"/v1/schedules/{schedule['id']}"),
+        ("POST", f"/v1/schedules/{schedule['id']}/backfill"),
+    ]:
+        headers = {**auth("admin"), "content-type": "application/json"}
+        response = await api.request(method, path, content=b" ", headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["detail"].endswith("a JSON body is required"), response.text
