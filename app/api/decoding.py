@@ -43,7 +43,7 @@ LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
 RANGE_TEXT: Final = "from 1970-01-01T00:00:00Z up to (not including) 9000-01-01T00:00:00Z"
 
 # A JSON string (escapes included): brackets inside strings do not nest.
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: linear, fast
 _NOT_BRACKET: Final = re.compile(rb"[^\[\]{}]+")
 # Opening brackets count +1, closing ones -1 (translated to 2 and 0, then shifted by one).
 _STEP: Final = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
