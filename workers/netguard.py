@@ -37,6 +37,8 @@ from typing import cast
 import httpx
 import idna
 
+from app.settings import SettingsError
+
 __all__ = [
     "DEFAULT_MAX_BODY",
     "REDACTED",
@@ -217,6 +219,14 @@ def _normalise_hostname(host: str) -> str:
     return ascii_host
 
 
+class AllowListError(SettingsError):
+    """A ``PGSCHED_HTTP_ALLOW`` entry is refused; the message is one line naming it.
+
+    A SettingsError (so a ValueError), which ``pgsched`` reports as one line with exit code 2
+    instead of a traceback.
+    """
+
+
 @dataclass(frozen=True)
 class NetPolicy:
     """What an ``http`` job may reach beyond the public internet.
@@ -243,7 +253,7 @@ class NetPolicy:
         """Parse ``PGSCHED_HTTP_ALLOW``: comma-separated CIDRs, bare IPs and hostnames.
 
         ``"10.0.0.0/8, 127.0.0.1/32, internal.example"``. Empty or None is the default policy
-        (public internet only). A bad entry raises ValueError naming it.
+        (public internet only). A bad entry raises AllowListError naming it.
         """
         nets: list[IPNetwork] = []
         hosts: set[str] = set()
@@ -256,11 +266,11 @@ class NetPolicy:
                 nets.append(_parse_allow_network(entry, where))
                 continue
             if "*" in entry:
-                raise ValueError(f"{where}: wildcards are not supported; list exact hostnames")
+                raise AllowListError(f"{where}: wildcards are not supported; list exact hostnames")
             try:
                 hosts.add(_normalise_hostname(entry))
             except ValueError as exc:
-                raise ValueError(f"{where}: not a CIDR, IP address or hostname") from exc
+                raise AllowListError(f"{where}: not a CIDR, IP address or hostname") from exc
         return cls(allow=tuple(nets), allow_hosts=frozenset(hosts))
 
     def admits(self, ip: IPAddress) -> bool:
@@ -286,10 +296,10 @@ def _parse_allow_network(entry: str, where: str) -> IPNetwork:
         try:
             loose = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ValueError(f"{where}: not a valid CIDR or IP address") from exc
-        raise ValueError(f"{where}: host bits set; did you mean {loose}?") from exc
+            raise AllowListError(f"{where}: not a valid CIDR or IP address") from exc
+        raise AllowListError(f"{where}: host bits set; did you mean {loose}?") from exc
     if net.prefixlen == 0:
-        raise ValueError(f"{where}: a /0 allow-list would switch the SSRF guard off")
+        raise AllowListError(f"{where}: a /0 allow-list would switch the SSRF guard off")
     _check_breadth(net, where)
     return net
 
@@ -318,13 +328,13 @@ def _check_breadth(net: IPNetwork, where: str) -> None:
     else:
         inside = any(judged.subnet_of(block) for block, _ in _V6_DENY)  # type: ignore[arg-type]
     if not inside:
-        raise ValueError(
+        raise AllowListError(
             f"{where}: reaches public addresses; list only private, loopback or link-local "
             "networks (the allow-list admits what the guard refuses, nothing else)"
         )
     for address in _METADATA:
         if address.version == judged.version and address in judged and judged.num_addresses > 1:
-            raise ValueError(
+            raise AllowListError(
                 f"{where}: covers the cloud metadata address {address}; "
                 f"allow it only by the exact entry {address}"
             )

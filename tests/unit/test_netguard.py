@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -463,6 +466,26 @@ def test_from_env_accepts_non_public_networks(value: str) -> None:
     policy = NetPolicy.from_env(value)
     assert len(policy.allow) == value.count(",") + 1
     assert not any(policy.admits(ipaddress.ip_address(a)) for a in ("8.8.8.8", "2606:4700::1"))
+
+
+def test_a_worker_with_a_too_broad_allow_list_exits_2_with_one_line(dsn: str) -> None:
+    """`pgsched worker` reports the refused entry as one line, exit code 2, no traceback."""
+    env = {**os.environ, "PGSCHED_HTTP_ALLOW": "10.0.0.0/8,0.0.0.0/1,128.0.0.0/1"}
+    env.pop("PGSCHED_TEST_DSN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--database-url", dsn, "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "pgsched: PGSCHED_HTTP_ALLOW entry 2 ('0.0.0.0/1'): reaches public addresses; list only"
+        " private, loopback or link-local networks (the allow-list admits what the guard"
+        " refuses, nothing else)"
+    ], done.stderr
 
 
 def test_the_metadata_address_is_admitted_only_when_named() -> None:
