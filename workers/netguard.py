@@ -37,6 +37,8 @@ from typing import cast
 import httpx
 import idna
 
+from app.settings import SettingsError
+
 __all__ = [
     "DEFAULT_MAX_BODY",
     "REDACTED",
@@ -217,6 +219,14 @@ def _normalise_hostname(host: str) -> str:
     return ascii_host
 
 
+class AllowListError(SettingsError):
+    """A ``PGSCHED_HTTP_ALLOW`` entry is refused; the message is one line naming it.
+
+    A SettingsError (so a ValueError), which ``pgsched`` reports as one line with exit code 2
+    instead of a traceback.
+    """
+
+
 @dataclass(frozen=True)
 class NetPolicy:
     """What an ``http`` job may reach beyond the public internet.
@@ -243,7 +253,7 @@ class NetPolicy:
         """Parse ``PGSCHED_HTTP_ALLOW``: comma-separated CIDRs, bare IPs and hostnames.
 
         ``"10.0.0.0/8, 127.0.0.1/32, internal.example"``. Empty or None is the default policy
-        (public internet only). A bad entry raises ValueError naming it.
+        (public internet only). A bad entry raises AllowListError naming it.
         """
         nets: list[IPNetwork] = []
         hosts: set[str] = set()
@@ -256,11 +266,11 @@ class NetPolicy:
                 nets.append(_parse_allow_network(entry, where))
                 continue
             if "*" in entry:
-                raise ValueError(f"{where}: wildcards are not supported; list exact hostnames")
+                raise AllowListError(f"{where}: wildcards are not supported; list exact hostnames")
             try:
                 hosts.add(_normalise_hostname(entry))
             except ValueError as exc:
-                raise ValueError(f"{where}: not a CIDR, IP address or hostname") from exc
+                raise AllowListError(f"{where}: not a CIDR, IP address or hostname") from exc
         return cls(allow=tuple(nets), allow_hosts=frozenset(hosts))
 
     def admits(self, ip: IPAddress) -> bool:
@@ -286,11 +296,48 @@ def _parse_allow_network(entry: str, where: str) -> IPNetwork:
         try:
             loose = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ValueError(f"{where}: not a valid CIDR or IP address") from exc
-        raise ValueError(f"{where}: host bits set; did you mean {loose}?") from exc
+            raise AllowListError(f"{where}: not a valid CIDR or IP address") from exc
+        raise AllowListError(f"{where}: host bits set; did you mean {loose}?") from exc
     if net.prefixlen == 0:
-        raise ValueError(f"{where}: a /0 allow-list would switch the SSRF guard off")
+        raise AllowListError(f"{where}: a /0 allow-list would switch the SSRF guard off")
+    _check_breadth(net, where)
     return net
+
+
+# The instance metadata services (AWS, GCP, Azure, OpenStack: 169.254.169.254; AWS over IPv6:
+# fd00:ec2::254) hand out the machine's credentials: admitted only by an entry naming exactly
+# that address, never as part of a wider network.
+_METADATA = (ipaddress.IPv4Address("169.254.169.254"), ipaddress.IPv6Address("fd00:ec2::254"))
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _check_breadth(net: IPNetwork, where: str) -> None:
+    """Refuse an allow entry that reaches the public internet or covers a metadata address.
+
+    The allow-list exists to admit *non-public* targets, so an entry must lie wholly inside one
+    of the special-purpose blocks ``is_public`` refuses (10.0.0.0/8, 127.0.0.0/8, fc00::/7, …).
+    A wider entry admits nothing a job needs and, like ``0.0.0.0/1,128.0.0.0/1`` (a /0 in two
+    halves), can switch the guard off. An entry in ``::ffff:0:0/96`` is judged as the IPv4
+    network it maps to.
+    """
+    judged: IPNetwork = net
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        judged = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    if isinstance(judged, ipaddress.IPv4Network):
+        inside = any(judged.subnet_of(block) for block, _ in _V4_DENY)  # type: ignore[arg-type]
+    else:
+        inside = any(judged.subnet_of(block) for block, _ in _V6_DENY)  # type: ignore[arg-type]
+    if not inside:
+        raise AllowListError(
+            f"{where}: reaches public addresses; list only private, loopback or link-local "
+            "networks (the allow-list admits what the guard refuses, nothing else)"
+        )
+    for address in _METADATA:
+        if address.version == judged.version and address in judged and judged.num_addresses > 1:
+            raise AllowListError(
+                f"{where}: covers the cloud metadata address {address}; "
+                f"allow it only by the exact entry {address}"
+            )
 
 
 # --------------------------------------------------------------------------------------------

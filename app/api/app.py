@@ -15,14 +15,15 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from psycopg_pool import AsyncConnectionPool
 
 import otel
 from app.api.auth import authorize
 from app.api.config import ApiSettings
+from app.api.decoding import ApiRequest
 from app.api.metrics import MetricsController, prometheus_config
+from app.api.openapi import OpenAPIJson, correct_allow
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.routes import events, runs, schedules, system
 from app.api.tracing import opentelemetry_plugin
@@ -108,7 +109,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
             "A job scheduler on PostgreSQL whose every state change is an event. "
             "Authenticate with `Authorization: Bearer pgs_…` (pgsched token create)."
         ),
-        render_plugins=[JsonRenderPlugin()],
+        render_plugins=[OpenAPIJson()],  # tidied: app.api.openapi
         use_handler_docstrings=True,
         # The schema documents every route: readable with any valid token (default deny).
         openapi_router=Router(
@@ -141,6 +142,9 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
         plugins=[opentelemetry_plugin()],
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,
+        # Bodies are bounded and strictly typed before any handler sees them (app.api.decoding).
+        request_class=ApiRequest,
+        before_send=[correct_allow],
         state=State({"settings": settings, "clock": clock or SystemClock()}),
         debug=False,
         # Logging is the process's business (`pgsched api` configures it), not the app's: a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Final, get_args
 
@@ -22,6 +23,8 @@ ADMIN: Final = {"role": "admin"}
 MAX_PAGE: Final = 200
 DEFAULT_PAGE: Final = 50
 
+# What msgspec's lenient conversion reads as seconds since the epoch.
+_NUMBER: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _BOUNDS: Final = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt")
 
 
@@ -105,8 +108,20 @@ def parse_if_match(value: str | None) -> set[int] | None:
     return versions
 
 
-def aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.utcoffset() is None:
+def aware(value: datetime | None, field: str, request: Request[Any, Any, Any]) -> datetime | None:
+    """A date-time query parameter as the OpenAPI document types it: RFC 3339 with an offset.
+
+    Litestar converts query values leniently, and a number (`since=1700000000`) became seconds
+    since the epoch, so the raw text is checked too.
+    """
+    if value is None:
+        return None
+    raw = request.query_params.get(field)
+    if raw is not None and _NUMBER.fullmatch(raw.strip()):
+        raise ApiError(
+            422, "must be an RFC 3339 date-time, not a number", field=field, source="query"
+        )
+    if value.utcoffset() is None:
         raise ApiError(
             422, "must carry a time zone (RFC 3339, e.g. ...Z)", field=field, source="query"
         )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from app.api.decoding import RANGE_TEXT
 from app.schedules import DEFAULTS
 
 INT32: Final = 2**31 - 1
@@ -26,7 +27,8 @@ Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 QueueName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
 CronText = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
-Instant = Annotated[datetime, Meta(tz=True)]
+# The range is checked where bodies are decoded (app.api.decoding): JSON Schema cannot say it.
+Instant = Annotated[datetime, Meta(tz=True, description=f"RFC 3339 with an offset, {RANGE_TEXT}.")]
 Id = Annotated[int, Meta(ge=1, le=BIGINT)]
 JobType = Literal["http", "command", "sql", "python", "noop"]
 Kind = Literal["cron", "interval", "once"]

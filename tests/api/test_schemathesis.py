@@ -14,8 +14,10 @@ it with a bound, tests/api/test_events.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi import formats
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -38,6 +41,49 @@ from tests.conftest import connect
 from tests.factories import make_schedule
 
 EXAMPLES_PER_STRATEGY = 25
+
+# The default date-time strategy stays in ordinary years and offsets, so it never reached the
+# instants that overflowed (ADR 0014, "Bounded input"). This one mixes in the calendar's edges
+# with offsets up to +-23:59, for every date-time in bodies and query parameters.
+EDGE_DATE_TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "0001-01-01T00:00:00+14:00",
+            "0001-01-01T00:00:00-14:00",
+            "9999-12-31T23:59:59-14:00",
+            "9999-12-31T23:59:59.999999+14:00",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "8999-12-31T23:59:59.999999Z",
+            "9000-01-01T00:00:00Z",
+        ]
+    ),
+    st.builds(
+        lambda at, minutes: (
+            f"{at.isoformat()}{'+' if minutes >= 0 else '-'}"
+            f"{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+        ),
+        st.datetimes(
+            min_value=datetime(1, 1, 1),  # noqa: DTZ001 (wall time; the offset is appended)
+            max_value=datetime(9999, 12, 31),  # noqa: DTZ001
+        ),
+        st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    ),
+)
+
+
+@contextlib.contextmanager
+def _date_times(strategy: Any) -> Iterator[None]:
+    """Generate `format: date-time` strings from `strategy`, then restore the default."""
+    default = formats.STRING_FORMATS.get("date-time")
+    schemathesis.openapi.format("date-time", strategy)
+    try:
+        yield
+    finally:
+        if default is not None:
+            schemathesis.openapi.format("date-time", default)
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -163,7 +209,7 @@ def test_the_live_openapi_holds_under_schemathesis(
     statuses: dict[str, dict[int, int]] = {}
     failures: list[str] = []
     started = time.monotonic()
-    with serve(create_app(settings_for(dsn))) as server:
+    with _date_times(EDGE_DATE_TIMES), serve(create_app(settings_for(dsn))) as server:
         schema = schemathesis.openapi.from_url(
             f"{server.url}/schema/openapi.json", headers=headers, timeout=10
         )

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -378,13 +381,13 @@ def test_is_public(address: str, public: bool) -> None:
 
 def test_from_env_parses_cidrs_ips_and_hosts() -> None:
     policy = NetPolicy.from_env(
-        " 10.0.0.0/8, 127.0.0.1/32,internal.example ,, 192.168.5.7, fd00::/8, Other.Example.,"
+        " 10.0.0.0/8, 127.0.0.1/32,internal.example ,, 192.168.5.7, fd12::/16, Other.Example.,"
     )
     assert policy.allow == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("127.0.0.1/32"),
         ipaddress.ip_network("192.168.5.7/32"),
-        ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("fd12::/16"),
     )
     assert policy.allow_hosts == frozenset({"internal.example", "other.example"})
     assert policy.allowed_schemes == frozenset({"http", "https"})
@@ -414,6 +417,81 @@ def test_from_env_rejects_bad_entries(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         NetPolicy.from_env(value)
     assert str(info.value).startswith("PGSCHED_HTTP_ALLOW entry ")
+
+
+_PUBLIC = r"reaches public addresses; list only private, loopback or link-local networks"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # A /0 in two halves: every address, the guard switched off.
+        ("0.0.0.0/1,128.0.0.0/1", r"entry 1 \('0\.0\.0\.0/1'\): " + _PUBLIC),
+        ("10.0.0.0/8,128.0.0.0/1", r"entry 2 \('128\.0\.0\.0/1'\): " + _PUBLIC),
+        ("::/1,8000::/1", r"entry 1 \('::/1'\): " + _PUBLIC),
+        ("2000::/3", _PUBLIC),
+        ("::ffff:0:0/96", _PUBLIC),  # every IPv4 address, mapped
+        ("::ffff:0.0.0.0/97", _PUBLIC),
+        ("10.0.0.0/7", _PUBLIC),  # 10/8 and the public 11/8
+        ("172.0.0.0/8", _PUBLIC),
+        ("192.168.0.0/15", _PUBLIC),
+        ("8.8.8.0/24", _PUBLIC),  # public anyway: listing it admits nothing but hides a mistake
+        ("1.1.1.1", _PUBLIC),
+        ("169.254.0.0/16", r"covers the cloud metadata address 169\.254\.169\.254; allow it "),
+        ("169.254.169.0/24", r"allow it only by the exact entry 169\.254\.169\.254$"),
+        ("::ffff:169.254.0.0/112", r"covers the cloud metadata address 169\.254\.169\.254"),
+        ("fd00::/8", r"covers the cloud metadata address fd00:ec2::254"),
+    ],
+)
+def test_from_env_refuses_entries_that_reach_too_far(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        NetPolicy.from_env(value)
+    text = str(info.value)
+    assert text.startswith("PGSCHED_HTTP_ALLOW entry ") and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10",
+        "127.0.0.0/8,::1",
+        "169.254.169.254",  # the metadata service, by exact entry only
+        "169.254.169.254/32,::ffff:169.254.169.254,fd00:ec2::254",
+        "169.254.0.0/17",  # link-local without the metadata address
+        "fd12:3456::/32,fe80::/10",
+        "::ffff:10.0.0.0/104",  # judged as 10.0.0.0/8
+    ],
+)
+def test_from_env_accepts_non_public_networks(value: str) -> None:
+    policy = NetPolicy.from_env(value)
+    assert len(policy.allow) == value.count(",") + 1
+    assert not any(policy.admits(ipaddress.ip_address(a)) for a in ("8.8.8.8", "2606:4700::1"))
+
+
+def test_a_worker_with_a_too_broad_allow_list_exits_2_with_one_line(dsn: str) -> None:
+    """`pgsched worker` reports the refused entry as one line, exit code 2, no traceback."""
+    env = {**os.environ, "PGSCHED_HTTP_ALLOW": "10.0.0.0/8,0.0.0.0/1,128.0.0.0/1"}
+    env.pop("PGSCHED_TEST_DSN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--database-url", dsn, "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "pgsched: PGSCHED_HTTP_ALLOW entry 2 ('0.0.0.0/1'): reaches public addresses; list only"
+        " private, loopback or link-local networks (the allow-list admits what the guard"
+        " refuses, nothing else)"
+    ], done.stderr
+
+
+def test_the_metadata_address_is_admitted_only_when_named() -> None:
+    metadata = ipaddress.ip_address("169.254.169.254")
+    assert NetPolicy.from_env("169.254.169.254").admits(metadata)
+    assert not NetPolicy.from_env("169.254.0.0/17").admits(metadata)
 
 
 # ------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ async def _run(conn: Conn, run_id: int) -> Row:
 )
 async def list_runs(
     *,
+    request: Request[Any, Any, Any],
     conn: NamedDependency[Conn],
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
@@ -134,8 +135,8 @@ async def list_runs(
         states=status,
         schedule_id=schedule_id,
         queue=queue,
-        since=aware(since, "since"),
-        until=aware(until, "until"),
+        since=aware(since, "since", request),
+        until=aware(until, "until", request),
     )
     more = len(rows) > size
     rows = rows[:size]

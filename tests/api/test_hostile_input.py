@@ -1,0 +1,216 @@
+"""Hostile bodies that used to answer 500: deep nesting and instants at the calendar's edges.
+
+Each case was first reproduced over HTTP against the unchanged app (a 500 with "an internal
+error occurred"); now each is a 422 problem naming the field, or the body for nesting
+(app.api.decoding, ADR 0014 "Bounded input").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.api.decoding import EARLIEST, LATEST, MAX_JSON_DEPTH, nesting_depth
+from app.db.store import Conn
+from tests.factories import make_schedule
+
+Auth = Callable[[str], dict[str, str]]
+
+EDGES = [
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00-14:00",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "1969-12-31T23:59:59.999999Z",
+    "9000-01-01T00:00:00Z",
+]
+
+
+def problem(response: Any, status: int, field: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    doc: dict[str, Any] = response.json()
+    assert [e["field"] for e in doc["errors"]] == [field], doc
+    return doc
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """A JSON object nested `depth` levels (written out: json.dumps itself would recurse)."""
+    return '{"a":' * depth + leaf + "}" * depth
+
+
+async def _post(api: AsyncTestClient[Any], path: str, body: str, auth: Auth) -> Any:
+    headers = {**auth("admin"), "content-type": "application/json"}
+    return await api.post(path, content=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name":"x","job_type":"noop","cron":"* * * * *","payload":' + nested(1000) + "}",
+        '{"name":"x","job_type":"noop","payload":{"a":' + "[" * 1000 + "]" * 1000 + "}}",
+        "[" * 1000 + "]" * 1000,
+        "[" * 5000,  # unterminated: the decoder would recurse before it saw the end
+    ],
+    ids=["payload-objects", "payload-arrays", "whole-body", "unterminated"],
+)
+async def test_deep_json_on_create_is_422_naming_the_body(
+    api: AsyncTestClient[Any], auth: Auth, body: str
+) -> None:
+    doc = problem(await _post(api, "/v1/schedules", body, auth), 422, "body")
+    assert f"at most {MAX_JSON_DEPTH}" in doc["detail"]
+
+
+async def test_deep_json_on_update_and_backfill_is_422(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    headers = {**auth("admin"), "content-type": "application/json"}
+    patched = await api.patch(
+        f"/v1/schedules/{schedule['id']}",
+        content='{"payload":' + nested(1000) + "}",
+        headers=headers,
+    )
+    problem(patched, 422, "body")
+    backfill = await _post(
+        api, f"/v1/schedules/{schedule['id']}/backfill", '{"from":' + nested(1000) + "}", auth
+    )
+    problem(backfill, 422, "body")
+
+
+async def test_nesting_up_to_the_limit_is_accepted(api: AsyncTestClient[Any], auth: Auth) -> None:
+    # The body and its payload, then the http body's own objects: exactly MAX_JSON_DEPTH.
+    inner = nested(MAX_JSON_DEPTH - 2)
+    body = (
+        '{"name":"deep-ok","job_type":"http","cron":"* * * * *",'
+        '"payload":{"url":"https://example.com/","method":"POST","body":' + inner + "}}"
+    )
+    assert nesting_depth(body.encode()) == MAX_JSON_DEPTH
+    response = await _post(api, "/v1/schedules", body, auth)
+    assert response.status_code == 201, response.text
+    too_deep = body.replace(inner, nested(MAX_JSON_DEPTH - 1))
+    problem(await _post(api, "/v1/schedules", too_deep, auth), 422, "body")
+
+
+def test_nesting_depth_skips_brackets_in_strings() -> None:
+    assert nesting_depth(b'{"a": "[[[[{{{{\\"[[["}') == 1
+    assert nesting_depth(b"42") == 0
+    assert nesting_depth(b'[{"a": [1, {"b": []}]}, []]') == 5
+
+
+@pytest.mark.parametrize(
+    ("field", "timing"),
+    [
+        ("run_at", {}),
+        ("starts_at", {"cron": "* * * * *"}),
+        ("ends_at", {"cron": "* * * * *"}),
+        ("starts_at", {"interval_seconds": 1}),
+    ],
+)
+async def test_instants_at_the_calendars_edges_are_422_on_create(
+    api: AsyncTestClient[Any], auth: Auth, field: str, timing: dict[str, Any]
+) -> None:
+    for edge in EDGES:
+        body = {"name": "edge", "job_type": "noop", **timing, field: edge}
+        response = await api.post("/v1/schedules", json=body, headers=auth("admin"))
+        doc = problem(response, 422, field)
+        assert "1970-01-01T00:00:00Z" in doc["detail"], edge
+
+
+async def test_instants_at_the_calendars_edges_are_422_on_update(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    for field in ("run_at", "starts_at", "ends_at"):
+        for edge in EDGES:
+            response = await api.patch(
+                f"/v1/schedules/{schedule['id']}", json={field: edge}, headers=auth("admin")
+            )
+            problem(response, 422, field)
+
+
+async def test_instants_at_the_calendars_edges_are_422_on_backfill(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    for field in ("from", "to"):
+        for edge in EDGES:
+            body = {"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z", field: edge}
+            response = await api.post(
+                f"/v1/schedules/{schedule['id']}/backfill", json=body, headers=auth("operator")
+            )
+            problem(response, 422, field)
+
+
+async def test_the_range_ends_are_where_the_documentation_says(
+    api: AsyncTestClient[Any], auth: Auth
+) -> None:
+    last = (LATEST - timedelta(microseconds=1)).isoformat()
+    inside = [
+        {
+            "name": "first",
+            "job_type": "noop",
+            "cron": "* * * * *",
+            "starts_at": "1970-01-01T00:00:00Z",
+        },
+        {"name": "last", "job_type": "noop", "run_at": last},
+    ]
+    for body in inside:
+        response = await api.post("/v1/schedules", json=body, headers=auth("admin"))
+        assert response.status_code == 201, response.text
+    assert EARLIEST.isoformat() == "1970-01-01T00:00:00+00:00"
+    outside = {"name": "after", "job_type": "noop", "run_at": LATEST.isoformat()}
+    problem(await api.post("/v1/schedules", json=outside, headers=auth("admin")), 422, "run_at")
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"run_at": 4102444800}, "run_at"),
+        ({"run_at": 1e10}, "run_at"),
+        ({"cron": "* * * * *", "starts_at": 0}, "starts_at"),
+        ({"interval_seconds": "60"}, "interval_seconds"),
+        ({"cron": "* * * * *", "enabled": "false"}, "enabled"),
+        ({"cron": "* * * * *", "retry_backoff": {"factor": "2"}}, "retry_backoff.factor"),
+    ],
+)
+async def test_values_of_another_json_type_are_422_naming_the_field(
+    api: AsyncTestClient[Any], auth: Auth, over: dict[str, Any], field: str
+) -> None:
+    """The OpenAPI document says date-time strings, integers, booleans and numbers; a JSON
+    value of another type was converted leniently (a number became a date-time)."""
+    body = {"name": "typed", "job_type": "noop", **over}
+    problem(await api.post("/v1/schedules", json=body, headers=auth("admin")), 422, field)
+
+
+async def test_a_number_as_a_backfill_instant_is_422(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    body = {"from": 0, "to": "2020-01-02T00:00:00Z"}
+    response = await api.post(
+        f"/v1/schedules/{schedule['id']}/backfill", json=body, headers=auth("operator")
+    )
+    problem(response, 422, "from")
+
+
+async def test_an_empty_body_is_400_saying_a_body_is_required(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    for method, path in [
+        ("POST", "/v1/schedules"),
+        ("PATCH", f"/v1/schedules/{schedule['id']}"),
+        ("POST", f"/v1/schedules/{schedule['id']}/backfill"),
+    ]:
+        headers = {**auth("admin"), "content-type": "application/json"}
+        response = await api.request(method, path, content=b" ", headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["detail"].endswith("a JSON body is required"), response.text
