@@ -32,7 +32,7 @@ is a ~4-minute smoke check with smaller numbers). What it does:
   file (held by the job's processes until they all exit, however they die), then appends
   `start <run> <attempt> <pid> <worker pid> <epoch s> <lock held 1/0>` to `exec.log` (O_APPEND;
   one short write per line), sleeps, appends `end <run> <attempt> <pid> <worker pid> <epoch s>
-  <exit code>` and exits. Durations are seeded per run: 50-500 ms, and 2.5 % of runs 12-20 s
+  <exit code>` and exits. Durations are seeded per run: 50-500 ms, and 1.5 % of runs 15-45 s
   (longer than the lease, so a killed worker's orphan can still run when its run is rescued);
   10 % of runs fail their first attempt (exit 1) and are retried after 1 s.
 - **Faults** at seeded random times in the middle of the soak (the first 30 s and last 45 s
@@ -123,8 +123,8 @@ CRON = (
 TRIGGER_EVERY = 1.0
 BACKFILL_EVERY = 20.0
 BACKFILL_RANGE = (40, 10)  # [now - 40 s, now - 10 s), whole seconds
-LONG_PERMILLE = 25
-LONG_MS = (12_000, 20_000)
+LONG_PERMILLE = 15
+LONG_MS = (15_000, 45_000)
 FAIL_PCT = 10
 QUIET_START, QUIET_END = 30.0, 45.0
 LIST_CAP = 50
@@ -136,14 +136,17 @@ r=$PGSCHED_RUN_ID; a=$PGSCHED_ATTEMPT; d=$SOAK_DIR
 exec 9>>"$d/locks/$r"
 if flock -n 9; then held=1; else held=0; fi
 echo "start $r $a $$ $PPID $EPOCHREALTIME $held" >>"$d/exec.log"
-h=$(( (r * 2654435761 + SOAK_SEED * 40503) % 1000003 ))
+# A seeded hash of the run id (murmur-style mixing), so a run keeps its duration on retry.
+h=$(( (r + SOAK_SEED * 7919) * 2654435761 % 4294967296 ))
+h=$(( (h ^ (h >> 15)) * 2246822519 % 4294967296 ))
+h=$(( h ^ (h >> 13) ))
 if (( h % 1000 < SOAK_LONG_PERMILLE )); then
   ms=$(( SOAK_LONG_MIN_MS + (h / 1000) % (SOAK_LONG_MAX_MS - SOAK_LONG_MIN_MS) ))
 else
   ms=$(( 50 + (h / 1000) % 450 ))
 fi
 code=0
-if (( a == 1 && (h / 7) % 100 < SOAK_FAIL_PCT )); then code=1; fi
+if (( a == 1 && (h >> 22) % 100 < SOAK_FAIL_PCT )); then code=1; fi
 printf -v frac '%03d' $(( ms % 1000 ))
 sleep "$(( ms / 1000 )).$frac"
 echo "end $r $a $$ $PPID $EPOCHREALTIME $code" >>"$d/exec.log"
