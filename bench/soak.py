@@ -196,7 +196,8 @@ class Harness:
     params: Params
     tmp: Path
     data_dir: Path
-    t0: float = field(default_factory=time.time)  # times in the results are relative to it
+    # Every `at_s` in the results is seconds since this instant: the start of the soak proper.
+    t0: float = field(default_factory=time.time)
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[tuple[str, int], Proc] = field(default_factory=dict)
     all_procs: list[Proc] = field(default_factory=list)
@@ -653,15 +654,14 @@ def _soak_body(ctx: Soak) -> dict[str, Any]:
     for i in range(p.workers):
         h.spawn("worker", i)
 
-    ctx.client.t0 = h.t0
     stop_client = threading.Event()
     thread = threading.Thread(
         target=client_loop,
         args=(api, sched["trigger"]["id"], sched["backfill"]["id"], stop_client, ctx.client),
         daemon=True,
     )
+    soak_start = h.t0 = ctx.client.t0 = time.time()
     thread.start()
-    soak_start = time.time()
     _fault_loop(ctx, soak_start)
 
     # -- drain ----------------------------------------------------------------------------
