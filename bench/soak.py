@@ -1040,31 +1040,35 @@ def check_completions(
 
 def find_overlaps(ex: list[Execution], killed: dict[int, float], t0: float) -> list[dict[str, Any]]:
     """Executions of one run (sorted by start) that ran while an earlier one was alive: proven by
-    the records (started before the earlier one's end line) or by the lock (found it held while
-    the earlier one had no end line yet). One entry per later execution."""
+    the records (started before an earlier one's end line) or, failing that, by the lock (found
+    it held; the holder is taken to be the latest earlier execution without an end line). One
+    entry per later execution."""
     found = []
     for j, later in enumerate(ex):
-        for earlier in ex[:j]:
-            by_records = earlier.end is not None and later.start < earlier.end
-            by_lock = not later.held and (earlier.end is None or later.start < earlier.end)
-            if not (by_records or by_lock):
-                continue
-            overlap = None
-            if earlier.end is not None:
-                overlap = round(min(earlier.end, later.end or earlier.end) - later.start, 3)
-            found.append(
-                {
-                    "run": later.run,
-                    "attempts": [earlier.attempt, later.attempt],
-                    "pids": [earlier.pid, later.pid],
-                    "worker_pids": [earlier.worker_pid, later.worker_pid],
-                    "earlier_worker_killed": earlier.worker_pid in killed,
-                    "overlap_s": overlap,
-                    "proof": "records" if by_records else "lock",
-                    "at_s": round(later.start - t0, 1),
-                }
-            )
-            break
+        earlier_ones = ex[:j]
+        by_records = [e for e in earlier_ones if e.end is not None and later.start < e.end]
+        unended = [e for e in earlier_ones if e.end is None]
+        if by_records:
+            earlier, proof = by_records[-1], "records"
+        elif not later.held and unended:
+            earlier, proof = unended[-1], "lock"
+        else:
+            continue
+        overlap = None
+        if earlier.end is not None:
+            overlap = round(min(earlier.end, later.end or earlier.end) - later.start, 3)
+        found.append(
+            {
+                "run": later.run,
+                "attempts": [earlier.attempt, later.attempt],
+                "pids": [earlier.pid, later.pid],
+                "worker_pids": [earlier.worker_pid, later.worker_pid],
+                "earlier_worker_killed": earlier.worker_pid in killed,
+                "overlap_s": overlap,
+                "proof": proof,
+                "at_s": round(later.start - t0, 1),
+            }
+        )
     return found
 
 
