@@ -872,7 +872,9 @@ def read_history(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         runs = conn.execute(
             "SELECT id, schedule_id, due_at, adhoc, origin, state, attempt, max_attempts,"
-            " worker_id, created_at, finished_at, idempotency_key, outcome->>'error' AS error"
+            " worker_id, created_at, finished_at, idempotency_key, outcome->>'error' AS error,"
+            " outcome->>'exit_code' AS exit_code, left(outcome->>'output', 200) AS output,"
+            " outcome->>'worker_id' AS outcome_worker_id"
             " FROM pgsched.run"
         ).fetchall()
         events = conn.execute(
@@ -951,8 +953,18 @@ def check(
     ]
     terminal_at, completions = check_completions(events_by_run)
     executions = check_executions(execs_by_run, terminal_at, h)
+    # A run pgsched says succeeded that no execution record knows of: with what it reported.
     never_executed = [
-        r for r, run in runs.items() if run["state"] == "succeeded" and r not in execs_by_run
+        {
+            "run": r,
+            "attempt": run["attempt"],
+            "exit_code": run["exit_code"],
+            "output": run["output"],
+            "worker_id": run["outcome_worker_id"],
+            "origin": run["origin"],
+        }
+        for r, run in runs.items()
+        if run["state"] == "succeeded" and r not in execs_by_run
     ]
     p = h.params
     return {
@@ -963,6 +975,7 @@ def check(
             "executions": len(execs),
             "executions_without_end": sum(1 for e in execs if e.end is None),
             "succeeded_without_execution_record": len(never_executed),
+            "succeeded_without_execution_record_first": never_executed[:LIST_CAP],
             "run_event_types": dict(Counter(e["type"] for e in final["events"])),
         },
         "faults": {
