@@ -932,6 +932,22 @@ def check(
 ) -> dict[str, Any]:
     """Every checker over the final read and the execution records (module docstring)."""
     soak_start, ticker_stopped = window
+    # Only the soak's own schedules: the ticker also installs the built-in hourly maintenance
+    # schedule (a python job with no execution record here), whose runs are listed apart.
+    own = {
+        s["id"] for s in (*sched["interval"], *sched["cron"], sched["backfill"], sched["trigger"])
+    }
+    others = [
+        {k: r[k] for k in ("id", "schedule_id", "origin", "state", "due_at")}
+        for r in final["runs"]
+        if r["schedule_id"] not in own
+    ]
+    foreign = {o["id"] for o in others}
+    final = {
+        **final,
+        "runs": [r for r in final["runs"] if r["schedule_id"] in own],
+        "events": [e for e in final["events"] if e["stream_id"] not in foreign],
+    }
     runs = {r["id"]: r for r in final["runs"]}
     events_by_run: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in final["events"]:
@@ -977,6 +993,7 @@ def check(
             "succeeded_without_execution_record": len(never_executed),
             "succeeded_without_execution_record_first": never_executed[:LIST_CAP],
             "run_event_types": dict(Counter(e["type"] for e in final["events"])),
+            "runs_of_other_schedules": others,
         },
         "faults": {
             "planned": {
