@@ -5,7 +5,7 @@
                          [--lease 10] [--drain-seconds 240] [--seed 12] [--quick] [--keep]
                          [--out soak.json]
 
-Not part of the test suite: run it on demand (~15 minutes with the defaults on 2 cores; `--quick`
+Not part of the test suite: run it on demand (~11-13 minutes with the defaults on 2 cores; `--quick`
 is a ~4-minute smoke check with smaller numbers). What it does:
 
 - **Its own PostgreSQL.** A private cluster (`app.localpg`, durable settings: fsync and
