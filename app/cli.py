@@ -43,6 +43,17 @@ class CommandError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
+def _keep_secrets_in() -> None:
+    """Make this process non-dumpable, first thing in every long-running command (run, api,
+    ticker, worker): a process of the same user, a `command` job among them, can then read
+    neither its `/proc/<pid>/environ` (DATABASE_URL, PGSCHED_SECRET_*) nor its memory (ADRs
+    0012, 0020). Root, or CAP_SYS_PTRACE, still can. It ends at exec, so the programs these
+    commands start (a job's supervisor, pg_ctl) are not affected."""
+    from workers.jobs.procguard import undumpable
+
+    undumpable()
+
+
 def _database_url(args: argparse.Namespace) -> str:
     url: str | None = args.database_url or os.environ.get("DATABASE_URL")
     if not url:
@@ -181,6 +192,7 @@ def _local_database(data_dir: Path) -> tuple[str, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _keep_secrets_in()
     url = args.database_url or os.environ.get("DATABASE_URL")
     started_local = False
     if url:
@@ -278,6 +290,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
+    _keep_secrets_in()
     from app.clock import SystemClock
     from workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
 
@@ -315,6 +328,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     0011). It also installs the built-in maintenance schedule, as `pgsched run` does, so a
     deployment of api + ticker + workers keeps its partitions ahead.
     """
+    _keep_secrets_in()
     from app.clock import SystemClock
     from app.service import default_loops, serve
 
@@ -384,6 +398,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the REST API with uvicorn until SIGTERM/SIGINT."""
+    _keep_secrets_in()
     import uvicorn
 
     from app.api import create_app
