@@ -411,21 +411,28 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else _port(args.port, "--port")
     settings = dataclasses.replace(settings, host=host, port=port)
+    # Bound before anything is printed or started: a port in use, or a host that is no
+    # address here, is one line and exit 2, not "pgsched api on …" and uvicorn's traceback.
+    sock = _listen(host, port)
     with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
         asyncio.run(_refuse_bad_dsn(settings.database_url))
         print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level=args.log_level,
-            # X-Forwarded-For is believed only from these addresses (uvicorn's default).
-            forwarded_allow_ips=settings.trusted_proxies,
-            server_header=False,
-            # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
-            log_config=None,
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level=args.log_level,
+                # X-Forwarded-For is believed only from these addresses (uvicorn's default).
+                forwarded_allow_ips=settings.trusted_proxies,
+                server_header=False,
+                # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
+                log_config=None,
+            )
         )
-    return 0
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+            server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

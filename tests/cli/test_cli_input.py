@@ -120,3 +120,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_api_with_its_port_taken_says_so_in_one_line(dsn: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _cli(dsn, "api", PGSCHED_HTTP_PORT=str(port))
+    _refused(out, f"cannot listen on 127.0.0.1:{port}")
+    assert out.stdout == "", "nothing printed as if it were serving"
+
+
+def test_api_on_a_host_that_is_no_address_says_so_in_one_line(dsn: str) -> None:
+    port = _free_port()
+    out = _cli(dsn, "api", PGSCHED_HTTP_HOST="256.1.1.1", PGSCHED_HTTP_PORT=str(port))
+    _refused(out, f"cannot listen on 256.1.1.1:{port}")
+    assert out.stdout == ""
