@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import psycopg
 from alembic.util.exc import CommandError as AlembicError
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from app.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
+QUEUE_NAME_MAX = 100
 
 
 class CommandError(Exception):
@@ -354,6 +355,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
     from app.db import store
 
+    # As the API's queue names (app.api.schemas.QueueName); checked here so that an empty
+    # name is refused naming it, not by the table's check constraint.
+    if not 1 <= len(args.name) <= QUEUE_NAME_MAX:
+        raise CommandError(
+            f"the queue name must be 1..{QUEUE_NAME_MAX} characters, got {args.name!r}"
+        )
     raw = args.max_running
     if raw == "none":
         limit = None
@@ -501,8 +508,17 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return asyncio.run(_with_conn(_database_url(args), work))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments (`--slots abc`, a missing one) are one line and exit 2, like every other
+    refused input; argparse's own error() prints the usage first. `--help` still has it.
+    Subcommands' parsers are made of this class too (add_subparsers uses the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgsched", description=__doc__.splitlines()[0])
+    p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
