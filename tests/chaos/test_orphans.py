@@ -222,6 +222,67 @@ async def test_the_timeout_holds_while_the_worker_is_stopped(
         assert run["outcome"]["error"] == "timed out after 2 s; terminated (SIGTERM)"
 
 
+# Attempt 1 forks an escapee into a session of its own, which ticks into ./escapee every
+# 20 ms, then SIGKILLs its own supervisor ($PPID) and waits; attempt 2 records its start.
+SABOTEUR = """
+import os, signal, sys, time
+record = sys.argv[1]
+def note(name, text):
+    with open(os.path.join(record, name), "a") as f:
+        f.write(text + "\\n")
+note(os.environ["PGSCHED_IDEMPOTENCY_KEY"].replace(":", "-"), f"start {time.time()}")
+if os.environ["PGSCHED_ATTEMPT"] != "1":
+    sys.exit(0)
+if os.fork() == 0:
+    os.setsid()
+    note("escapee", f"pid {os.getpid()}")
+    while True:
+        note("escapee", f"tick {time.time()}")
+        time.sleep(0.02)
+time.sleep(0.3)
+os.kill(os.getppid(), signal.SIGKILL)
+time.sleep(30)
+"""
+
+
+async def test_a_job_that_kills_its_supervisor_does_not_run_beside_its_retry(
+    db: Conn, dsn: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "record"
+    record.mkdir()
+    s = await make_schedule(
+        db,
+        now=datetime.now().astimezone(),
+        job_type="command",
+        payload={"argv": [sys.executable, "-c", SABOTEUR, str(record)]},
+        retry_delay_seconds=0.2,
+        retry_factor=1,
+        max_attempts=3,
+    )
+    escapee = record / "escapee"
+    try:
+        with worker_process(dsn, tmp_path, "A", lease=5.0) as a:
+            await worker_id_of(db, a)
+            run_id = await trigger(db, int(s["id"]))
+
+            async def succeeded() -> dict[str, Any] | None:
+                run = (await runs(db, [run_id]))[run_id]
+                return run if run["state"] == "succeeded" else None
+
+            run = await eventually("the retry succeeds", succeeded, within=30, proc=a)
+        lines = escapee.read_text().split("\n")
+        pid = int(lines[0].split()[1])
+        assert await process_gone(pid, within=2.0), "the escapee is dead"
+        last_tick = max(float(line.split()[1]) for line in lines if line.startswith("tick"))
+        second = float((record / f"{run_id}-2").read_text().split()[1])
+        assert run["attempt"] == 2
+        assert second > last_tick, f"attempt 2 began {last_tick - second:.3f} s before its end"
+    finally:
+        if escapee.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                os.kill(int(escapee.read_text().split("\n")[0].split()[1]), signal.SIGKILL)
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 # Walk up from $PPID, printing each process's environment, to PID 1.
