@@ -55,6 +55,7 @@ __all__ = [
     "SUPERVISOR_CHECK_SECONDS",
     "run",
     "run_argv",
+    "sweep_orphans",
 ]
 
 # SIGTERM first, SIGKILL this long after (payload "kill_after_seconds" overrides it).

@@ -22,8 +22,10 @@ socket (file descriptor FD) what to run. This process then:
   remaining descendant, reaps them all, reports how the job ended, and exits.
 
 The worker's environment (database URL, ``PGSCHED_SECRET_*``) never reaches this process, so
-a job reading ``/proc/$PPID/environ`` finds it empty (ADR 0012). ``undumpable`` is for the
-worker: it keeps same-user processes out of ``/proc/<worker>/environ`` and ``mem``.
+a job reading ``/proc/$PPID/environ`` finds it empty (ADR 0012). ``undumpable`` is for
+every long-running pgsched process (app.cli): it keeps same-user processes out of their
+``/proc/<pid>/environ`` and ``mem``. ``proc_stat`` and ``children_of`` serve the worker too,
+which sweeps what a job left behind when this process died without a result (ADR 0020).
 
 It starts in ~15 ms: only modules built into the interpreter or tiny (no ``subprocess``,
 ``json``, ``socket``: with ``re`` and ``enum`` they tripled that), and it leaves with
