@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import psycopg
 from alembic.util.exc import CommandError as AlembicError
@@ -37,10 +37,22 @@ if TYPE_CHECKING:
     from app.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
+QUEUE_NAME_MAX = 100
 
 
 class CommandError(Exception):
     """An expected failure: printed as one line, exit code 2."""
+
+
+def _keep_secrets_in() -> None:
+    """Make this process non-dumpable, first thing in every long-running command (run, api,
+    ticker, worker): a process of the same user, a `command` job among them, can then read
+    neither its `/proc/<pid>/environ` (DATABASE_URL, PGSCHED_SECRET_*) nor its memory (ADRs
+    0012, 0020). Root, or CAP_SYS_PTRACE, still can. It ends at exec, so the programs these
+    commands start (a job's supervisor, pg_ctl) are not affected."""
+    from workers.jobs.procguard import undumpable
+
+    undumpable()
 
 
 def _database_url(args: argparse.Namespace) -> str:
@@ -181,6 +193,7 @@ def _local_database(data_dir: Path) -> tuple[str, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _keep_secrets_in()
     url = args.database_url or os.environ.get("DATABASE_URL")
     started_local = False
     if url:
@@ -278,6 +291,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
+    _keep_secrets_in()
     from app.clock import SystemClock
     from workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
 
@@ -315,6 +329,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     0011). It also installs the built-in maintenance schedule, as `pgsched run` does, so a
     deployment of api + ticker + workers keeps its partitions ahead.
     """
+    _keep_secrets_in()
     from app.clock import SystemClock
     from app.service import default_loops, serve
 
@@ -340,6 +355,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
     from app.db import store
 
+    # As the API's queue names (app.api.schemas.QueueName); checked here so that an empty
+    # name is refused naming it, not by the table's check constraint.
+    if not 1 <= len(args.name) <= QUEUE_NAME_MAX:
+        raise CommandError(
+            f"the queue name must be 1..{QUEUE_NAME_MAX} characters, got {args.name!r}"
+        )
     raw = args.max_running
     if raw == "none":
         limit = None
@@ -384,6 +405,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the REST API with uvicorn until SIGTERM/SIGINT."""
+    _keep_secrets_in()
     import uvicorn
 
     from app.api import create_app
@@ -396,21 +418,28 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else _port(args.port, "--port")
     settings = dataclasses.replace(settings, host=host, port=port)
+    # Bound before anything is printed or started: a port in use, or a host that is no
+    # address here, is one line and exit 2, not "pgsched api on …" and uvicorn's traceback.
+    sock = _listen(host, port)
     with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
         asyncio.run(_refuse_bad_dsn(settings.database_url))
         print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level=args.log_level,
-            # X-Forwarded-For is believed only from these addresses (uvicorn's default).
-            forwarded_allow_ips=settings.trusted_proxies,
-            server_header=False,
-            # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
-            log_config=None,
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level=args.log_level,
+                # X-Forwarded-For is believed only from these addresses (uvicorn's default).
+                forwarded_allow_ips=settings.trusted_proxies,
+                server_header=False,
+                # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
+                log_config=None,
+            )
         )
-    return 0
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+            server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -479,8 +508,17 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return asyncio.run(_with_conn(_database_url(args), work))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments (`--slots abc`, a missing one) are one line and exit 2, like every other
+    refused input; argparse's own error() prints the usage first. `--help` still has it.
+    Subcommands' parsers are made of this class too (add_subparsers uses the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgsched", description=__doc__.splitlines()[0])
+    p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

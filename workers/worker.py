@@ -103,9 +103,14 @@ def parse_queues(raw: str, name: str) -> tuple[str, ...]:
     return queues
 
 
+# More slots than this is a typo: each is a job at once, and the count is stored in an
+# integer column (a larger one reached the database as "integer out of range").
+MAX_SLOTS = 10_000
+
+
 def parse_slots(raw: str, name: str) -> int:
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise SettingsError(f"{name} must be a whole number >= 1, got {raw!r}")
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SLOTS:
+        raise SettingsError(f"{name} must be a whole number >= 1 and <= {MAX_SLOTS}, got {raw!r}")
     return int(raw)
 
 
@@ -118,7 +123,7 @@ def _positive(env: Mapping[str, str], name: str, default: float, *, zero: bool =
     except ValueError:
         value = -1.0
     if not (value >= 0 if zero else value > 0) or value == float("inf"):
-        raise SettingsError(f"{name} must be a number of seconds > {'=' if zero else ''}0")
+        raise SettingsError(f"{name} must be a number of seconds {'>=' if zero else '>'} 0")
     return value
 
 

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -221,6 +222,67 @@ async def test_the_timeout_holds_while_the_worker_is_stopped(
         assert run["outcome"]["error"] == "timed out after 2 s; terminated (SIGTERM)"
 
 
+# Attempt 1 forks an escapee into a session of its own, which ticks into ./escapee every
+# 20 ms, then SIGKILLs its own supervisor ($PPID) and waits; attempt 2 records its start.
+SABOTEUR = """
+import os, signal, sys, time
+record = sys.argv[1]
+def note(name, text):
+    with open(os.path.join(record, name), "a") as f:
+        f.write(text + "\\n")
+note(os.environ["PGSCHED_IDEMPOTENCY_KEY"].replace(":", "-"), f"start {time.time()}")
+if os.environ["PGSCHED_ATTEMPT"] != "1":
+    sys.exit(0)
+if os.fork() == 0:
+    os.setsid()
+    note("escapee", f"pid {os.getpid()}")
+    while True:
+        note("escapee", f"tick {time.time()}")
+        time.sleep(0.02)
+time.sleep(0.3)
+os.kill(os.getppid(), signal.SIGKILL)
+time.sleep(30)
+"""
+
+
+async def test_a_job_that_kills_its_supervisor_does_not_run_beside_its_retry(
+    db: Conn, dsn: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "record"
+    record.mkdir()
+    s = await make_schedule(
+        db,
+        now=datetime.now().astimezone(),
+        job_type="command",
+        payload={"argv": [sys.executable, "-c", SABOTEUR, str(record)]},
+        retry_delay_seconds=0.2,
+        retry_factor=1,
+        max_attempts=3,
+    )
+    escapee = record / "escapee"
+    try:
+        with worker_process(dsn, tmp_path, "A", lease=5.0) as a:
+            await worker_id_of(db, a)
+            run_id = await trigger(db, int(s["id"]))
+
+            async def succeeded() -> dict[str, Any] | None:
+                run = (await runs(db, [run_id]))[run_id]
+                return run if run["state"] == "succeeded" else None
+
+            run = await eventually("the retry succeeds", succeeded, within=30, proc=a)
+        lines = escapee.read_text().split("\n")
+        pid = int(lines[0].split()[1])
+        assert await process_gone(pid, within=2.0), "the escapee is dead"
+        last_tick = max(float(line.split()[1]) for line in lines if line.startswith("tick"))
+        second = float((record / f"{run_id}-2").read_text().split()[1])
+        assert run["attempt"] == 2
+        assert second > last_tick, f"attempt 2 began {last_tick - second:.3f} s before its end"
+    finally:
+        if escapee.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                os.kill(int(escapee.read_text().split("\n")[0].split()[1]), signal.SIGKILL)
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 # Walk up from $PPID, printing each process's environment, to PID 1.
@@ -255,18 +317,30 @@ def unprivileged_worker(dsn: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     run this checkout's interpreter (it lives under /root); uid 0 without any capability
     meets the same checks an ordinary user does.
     """
+    env = {"PGSCHED_SECRET_UNUSED": SECRET, "PGSCHED_LEASE_SECONDS": "5"}
+    with unprivileged(dsn, tmp_path, ["worker"], env) as wp:
+        yield wp
+
+
+@contextlib.contextmanager
+def unprivileged(
+    dsn: str, tmp_path: Path, command: list[str], extra: dict[str, str]
+) -> Iterator[WorkerProcess]:
+    """`pgsched <command>` without capabilities (see `unprivileged_worker`), with the
+    database password in its environment and `extra`; killed and reaped at the end."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DATABASE_URL": dsn,
         "PGPASSWORD": PASSWORD,
-        "PGSCHED_SECRET_UNUSED": SECRET,
-        "PGSCHED_LEASE_SECONDS": "5",
         "PGSCHED_QUEUES": "default",
+        "OTEL_SDK_DISABLED": "true",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
     }
-    log_path = tmp_path / "worker-unprivileged.log"
+    log_path = tmp_path / f"{command[0]}-unprivileged.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", "app.cli", *command],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -278,7 +352,7 @@ def unprivileged_worker(dsn: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     try:
         yield wp
     except BaseException:
-        print(f"--- unprivileged worker (pid {proc.pid}) output ---\n{wp.output()}")
+        print(f"--- unprivileged {command[0]} (pid {proc.pid}) output ---\n{wp.output()}")
         raise
     finally:
         if proc.poll() is None:
@@ -315,6 +389,70 @@ async def test_a_job_walking_up_to_the_worker_finds_no_secret(
         [f"%{SECRET}%"],
     )
     assert leaked == [{"n": 0}]
+
+
+# Every process's environment on the host, searched for $1, $2 and $3 (given as arguments,
+# so they are in no environment of the job's): "leak <pid>" for each hit, "denied <pid>" for
+# each of the pids in $4 whose environment it could not read.
+SCAN = (
+    "for f in /proc/[0-9]*/environ; do p=${f#/proc/}; p=${p%/environ};"
+    " if env=$(tr '\\0' '\\n' < \"$f\"); then"
+    ' case "$env" in *"$1"*|*"$2"*|*"$3"*) echo "leak $p";; esac;'
+    ' else case " $4 " in *" $p "*) echo "denied $p";; esac; fi;'
+    " done 2>/dev/null; echo scanned"
+)
+
+
+async def test_a_job_scanning_every_process_finds_no_secret_of_any_pgsched_process(
+    db: Conn, dsn: str, tmp_path: Path
+) -> None:
+    # Values of this test only: another checkout's test may run meanwhile with its own.
+    secret = f"s3cret-of-{tmp_path.name}-{os.getpid()}"
+    password = f"password-of-{tmp_path.name}-{os.getpid()}"
+    env = {"PGSCHED_SECRET_UNUSED": secret, "PGPASSWORD": password}
+    port = str(_free_port())
+    with (
+        unprivileged(dsn, tmp_path, ["api"], {**env, "PGSCHED_HTTP_PORT": port}) as api,
+        unprivileged(dsn, tmp_path, ["ticker"], env) as ticker,
+        unprivileged(dsn, tmp_path, ["worker"], {**env, "PGSCHED_LEASE_SECONDS": "5"}) as a,
+    ):
+
+        async def serving() -> bool:
+            return "pgsched api on" in api.output() and "ticker is running" in ticker.output()
+
+        await eventually("the api and the ticker start", serving, proc=api)
+        await worker_id_of(db, a)
+        pids = [api.pid, ticker.pid, a.pid]
+        schedule = await make_schedule(
+            db,
+            now=datetime.now().astimezone(),
+            job_type="command",
+            payload={
+                "argv": ["sh", "-c", SCAN, "scan", secret, password, dsn, " ".join(map(str, pids))]
+            },
+            max_attempts=1,
+        )
+        run_id = await trigger(db, int(schedule["id"]))
+
+        async def finished() -> dict[str, Any] | None:
+            run = (await runs(db, [run_id]))[run_id]
+            return run if run["state"] in {"succeeded", "dead"} else None
+
+        run = await eventually("the scanning job finishes", finished, proc=a)
+    output = run["outcome"]["output"]
+    assert run["state"] == "succeeded", run["outcome"]
+    assert output.endswith("scanned\n"), output
+    leaks = [line for line in output.splitlines() if line.startswith("leak")]
+    assert leaks == [], f"{leaks}; api {api.pid}, ticker {ticker.pid}, worker {a.pid}"
+    # The reading was tried, and refused, for each of them (in the glob's order).
+    denied = "".join(f"denied {p}\n" for p in sorted(map(str, pids)))
+    assert output == denied + "scanned\n", output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- in-process jobs -------------------------------------------------------------------------

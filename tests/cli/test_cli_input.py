@@ -44,7 +44,7 @@ def _refused(out: subprocess.CompletedProcess[str], reason: str) -> None:
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("pgsched: ") and reason in lines[0], lines[0]
+    assert lines[0].startswith("pgsched") and reason in lines[0], lines[0]
 
 
 def _workers(dsn: str) -> int:
@@ -71,6 +71,9 @@ def test_run_with_its_port_taken_starts_nothing(dsn: str) -> None:
         (("--slots", "-3"), "--slots must be a whole number >= 1"),
         (("--queues", ""), "--queues must be comma-separated queue names"),
         (("--queues", "a,,b"), "--queues must be comma-separated queue names"),
+        # Not "database error: integer out of range" from the worker's registration.
+        (("--slots", "99999999999"), "--slots must be a whole number >= 1 and <= 10000"),
+        (("--slots", "10001"), "--slots must be a whole number >= 1 and <= 10000"),
     ],
 )
 def test_worker_refuses_options_that_would_fall_back_to_defaults(
@@ -86,6 +89,14 @@ def test_worker_refuses_options_that_would_fall_back_to_defaults(
         ({"PGSCHED_WORKER_SLOTS": "0"}, "PGSCHED_WORKER_SLOTS must be a whole number >= 1"),
         ({"PGSCHED_QUEUES": ""}, "PGSCHED_QUEUES must be comma-separated queue names"),
         ({"PGSCHED_LEASE_SECONDS": "soon"}, "PGSCHED_LEASE_SECONDS must be a number"),
+        (
+            {"PGSCHED_SHUTDOWN_GRACE_SECONDS": "-1"},
+            "PGSCHED_SHUTDOWN_GRACE_SECONDS must be a number of seconds >= 0",
+        ),
+        (
+            {"PGSCHED_WORKER_SLOTS": "99999999999"},
+            "PGSCHED_WORKER_SLOTS must be a whole number >= 1 and <= 10000",
+        ),
     ],
 )
 def test_worker_refuses_settings_that_would_fall_back_or_crash(
@@ -120,3 +131,43 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_api_with_its_port_taken_says_so_in_one_line(dsn: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _cli(dsn, "api", PGSCHED_HTTP_PORT=str(port))
+    _refused(out, f"cannot listen on 127.0.0.1:{port}")
+    assert out.stdout == "", "nothing printed as if it were serving"
+
+
+def test_api_on_a_host_that_is_no_address_says_so_in_one_line(dsn: str) -> None:
+    port = _free_port()
+    out = _cli(dsn, "api", PGSCHED_HTTP_HOST="256.1.1.1", PGSCHED_HTTP_PORT=str(port))
+    _refused(out, f"cannot listen on 256.1.1.1:{port}")
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("worker", "--slots", "abc"), "argument --slots: invalid int value: 'abc'"),
+        (("api", "--port", "http"), "argument --port: invalid int value: 'http'"),
+        (("queue", "q"), "the following arguments are required: --max-running"),
+        (("no-such-command",), "invalid choice: 'no-such-command'"),
+    ],
+)
+def test_arguments_argparse_refuses_are_one_line_too(
+    dsn: str, args: tuple[str, ...], reason: str
+) -> None:
+    _refused(_cli(dsn, *args), reason)
+
+
+@pytest.mark.parametrize("name", ["", "q" * 101])
+def test_queue_refuses_a_name_before_the_database_does(dsn: str, name: str) -> None:
+    out = _cli(dsn, "queue", name, "--max-running", "1")
+    _refused(out, f"the queue name must be 1..100 characters, got {name!r}")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgsched.queue").fetchone() == (0,)

@@ -4,7 +4,9 @@ the supervisor's own bounds (timeout and lease while the worker's loop is stuck)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -250,3 +252,63 @@ async def test_pgsched_command_user_runs_the_job_as_that_user(make_ctx: MakeCtx)
     assert missing.error == (
         "cannot start 'true': PGSCHED_COMMAND_USER names no user ('no-such-user-pgsched')"
     )
+
+
+# A job that starts an escapee in a session of its own (it writes its pid to ./escapee), then
+# does to its supervisor ($PPID) what $1 says: kill -9 it, or stop it.
+ESCAPE = (
+    "setsid sh -c 'echo $$ > escapee; exec sleep 3005' >/dev/null 2>&1 &"
+    " while [ ! -s escapee ]; do sleep 0.01; done; kill -$1 $PPID; sleep 1"
+)
+
+
+def _kill_if_alive(path: Path) -> None:
+    """Test hygiene: the escapee must not outlive a failed test."""
+    if path.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+async def test_a_job_that_kills_its_supervisor_leaves_nothing_running(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    # The escapee's parents die with the supervisor; it is re-parented to this process (a
+    # subreaper), not to PID 1, and killed before the outcome comes back.
+    payload = {"argv": ["sh", "-c", ESCAPE, "job", "9"], "cwd": str(tmp_path)}
+    try:
+        outcome = await execute("command", payload, make_ctx(timeout_seconds=30))
+        escapee = int((tmp_path / "escapee").read_text())
+        assert _dead_now(escapee), "the escapee is dead by the time the outcome is known"
+        assert (outcome.status, outcome.retryable) == ("failed", True)
+        assert outcome.error == (
+            "the job's supervisor ended without a result (terminated by signal SIGKILL)"
+        )
+    finally:
+        _kill_if_alive(tmp_path / "escapee")
+
+
+async def test_a_job_that_stops_its_supervisor_is_killed(make_ctx: MakeCtx, tmp_path: Path) -> None:
+    # A stopped supervisor enforces nothing (timeout, lease, the worker's death): the worker
+    # notices and kills it, the job and the escapee, well before the 30 s timeout.
+    payload = {"argv": ["sh", "-c", ESCAPE, "job", "STOP"], "cwd": str(tmp_path)}
+    try:
+        started = time.monotonic()
+        outcome = await execute("command", payload, make_ctx(timeout_seconds=30))
+        assert time.monotonic() - started < 10
+        escapee = int((tmp_path / "escapee").read_text())
+        assert _dead_now(escapee)
+        assert (outcome.status, outcome.retryable) == ("failed", True)
+        assert outcome.error == (
+            "the job's supervisor was stopped (SIGSTOP); it and the job were killed"
+        )
+    finally:
+        _kill_if_alive(tmp_path / "escapee")
+
+
+def _dead_now(pid: int) -> bool:
+    """Gone, or a zombie, right now (no waiting: the outcome must come after its death)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")

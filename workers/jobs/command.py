@@ -6,7 +6,10 @@ telling the supervisor of every lease renewal, capturing stdout and stderr inter
 bounded buffer, and turning how the job ended into an outcome. The supervisor owns the job's
 processes: the session, the timeout and cancellation path (SIGTERM to the group, a grace
 period, then SIGKILL), the lease bound, and killing every descendant (the group, and anything
-that left it) when the job ends or the worker dies; see its docstring and ADR 0020.
+that left it) when the job ends or the worker dies; see its docstring and ADR 0020. The
+worker is the supervisor's own backstop: a supervisor the job killed or stopped is killed,
+and what the job left running (re-parented to the worker, a child subreaper) is killed and
+reaped before the attempt's outcome counts (``sweep_orphans``).
 
 We use ``loop.subprocess_exec`` with our own protocol rather than
 ``asyncio.create_subprocess_exec``: the protocol appends each chunk straight into the bounded
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pwd
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Mapping, Sequence
+from typing import TypeVar
 
 from workers.jobs import procguard
 from workers.jobs.base import (
@@ -46,8 +52,10 @@ __all__ = [
     "HEAD_BYTES",
     "KILL_GRACE_SECONDS",
     "PASSED_ENV",
+    "SUPERVISOR_CHECK_SECONDS",
     "run",
     "run_argv",
+    "sweep_orphans",
 ]
 
 # SIGTERM first, SIGKILL this long after (payload "kill_after_seconds" overrides it).
@@ -59,6 +67,10 @@ DRAIN_SECONDS = 1.0
 # How long past its own deadlines a supervisor may take to report and exit before the worker
 # kills it (its job's leader dies with it, PR_SET_PDEATHSIG). It never should.
 BACKSTOP_SECONDS = 5.0
+# How often the worker looks whether a supervisor was stopped (SIGSTOP; only a process of the
+# job's user, the job itself among them, can do that): a stopped supervisor enforces nothing,
+# so the worker kills it and the job's processes (ADR 0020).
+SUPERVISOR_CHECK_SECONDS = 0.25
 # The worker setting that runs every command job as another user (uid, its primary group, no
 # supplementary groups; HOME is that user's unless the payload sets it). The worker must be
 # root then; a job running as another user can neither read the worker's memory or
@@ -73,6 +85,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # was doing, the end usually says why it failed.
 HEAD_BYTES = 2_048
 _MARKER_ROOM = 48  # "\n[... N bytes omitted ...]\n" for any N below 10**20
+
+log = logging.getLogger("pgsched.worker")
+T = TypeVar("T")
 
 
 class _Capture(asyncio.SubprocessProtocol):
@@ -207,6 +222,7 @@ async def run_argv(
     masker = masker or Masker(())
     _guard_this_process()
     loop = asyncio.get_running_loop()
+    since = _ticks_now()
     ours, theirs = socket.socketpair()
     try:
         # Capture beyond each limit by the masker's margin, so a secret cut by a limit is
@@ -220,15 +236,19 @@ async def run_argv(
             stderr=asyncio.subprocess.STDOUT,
             env={},  # nothing of the worker's: $PPID of the job is the supervisor (ADR 0012)
             pass_fds=(theirs.fileno(),),
-            start_new_session=True,  # a terminal's ^C or ^Z for the worker does not reach it
+            # A process group of its own, so a terminal's ^C or ^Z for the worker does not
+            # reach it; the worker's session, so no orphan of a job (always in a session of
+            # its own, below the supervisor's setsid) is ever taken for a supervisor.
+            process_group=0,
         )
     finally:
         theirs.close()
     line = _Line(ours)
+    supervisor = _Supervisor(transport, since)
     try:
         return await _supervise(
             line,
-            transport,
+            supervisor,
             capture,
             job={
                 "argv": list(argv),
@@ -250,7 +270,7 @@ async def run_argv(
 
 async def _supervise(
     line: _Line,
-    transport: asyncio.SubprocessTransport,
+    supervisor: _Supervisor,
     capture: _Capture,
     *,
     job: dict[str, object],
@@ -260,12 +280,14 @@ async def _supervise(
 ) -> Outcome:
     argv0 = str_list(job["argv"])[0]
     grace = number(job["grace"], KILL_GRACE_SECONDS)
+    transport = supervisor.transport
     line.send(job)
     unsubscribe = (
         None
         if lease is None
         else lease.subscribe(lambda stop_at: line.send({"stop_at": _local(lease, stop_at)}))
     )
+    watch = asyncio.create_task(supervisor.watch(), name="supervisor watch")
     try:
         started = await line.receive()
         if started is not None and "spawn_error" in started:
@@ -278,6 +300,8 @@ async def _supervise(
                 retryable=False,
                 error=f"cannot start {argv0!r}: {started['spawn_error']}{where}",
             )
+        if started is not None and isinstance(pid := started.get("pid"), int):
+            supervisor.leader = pid
         # The supervisor enforces the timeout; this bound only catches a supervisor that
         # hangs, and then kills it and the job's group (the job's leader would die with the
         # supervisor, PR_SET_PDEATHSIG, but not the rest of its group).
@@ -285,23 +309,116 @@ async def _supervise(
             async with asyncio.timeout(timeout_seconds + grace + BACKSTOP_SECONDS):
                 result = await line.receive()
         except TimeoutError:
-            if started is not None and isinstance(pid := started.get("pid"), int):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            transport.kill()
+            supervisor.kill()
             result = None
     except asyncio.CancelledError:
         # Cooperative cancel or shutdown: the supervisor stops the job (SIGTERM, grace,
         # SIGKILL); a second cancel makes it SIGKILL at once. We return only once it has
-        # exited and been reaped, then let the cancel propagate.
+        # exited and been reaped, and no orphan of the job is left, then let the cancel
+        # propagate.
         line.send({"stop": True})
-        await _through_cancels(_report_and_exit(line, transport, capture, grace), line)
+        await _through_cancels(_report_and_exit(line, supervisor, capture, grace), line)
         raise
     finally:
+        watch.cancel()
         if unsubscribe is not None:
             unsubscribe()
     await _through_cancels(_finished(transport, capture), line)
-    return _outcome(result, transport, capture, masker, timeout_seconds)
+    if result is None:
+        # The supervisor died without saying how the job ended: killed by the job itself, by
+        # the OOM killer, or by us (stopped, hung). What the job had running is re-parented
+        # to this process (a child subreaper): it must be dead before the attempt can count
+        # as over, or attempt 2 could run beside it (ADR 0020).
+        survivors = await _through_cancels_value(sweep_orphans(supervisor.since), line)
+        if survivors:
+            return Outcome(
+                "failed",
+                retryable=False,
+                error=f"{supervisor.why_no_result()}; processes of the job could not be "
+                f"killed (pids {', '.join(map(str, survivors))}): not retried while they "
+                "may still run",
+                output=capture.text(masker),
+            )
+    return _outcome(result, supervisor, capture, masker, timeout_seconds)
+
+
+class _Supervisor:
+    """The worker's view of one supervisor: its process, the job's leader once reported, and
+    the instant before it was started (whatever of the job's is found later started after)."""
+
+    def __init__(self, transport: asyncio.SubprocessTransport, since: int) -> None:
+        self.transport = transport
+        self.since = since
+        self.leader: int | None = None
+        self.stopped = False
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and the job's group (the rest, re-parented to this process
+        once the supervisor is gone, is for ``sweep_orphans``)."""
+        if self.leader is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.leader, signal.SIGKILL)
+        self.transport.kill()
+
+    async def watch(self) -> None:
+        """Kill the supervisor if it is stopped (SIGSTOP, or a tracer): stopped, it enforces
+        neither the timeout nor the lease, and would not notice the worker's death."""
+        pid = self.transport.get_pid()
+        while True:
+            await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+            stat = procguard.proc_stat(pid)
+            if stat is None or stat.state in ("Z", "X"):
+                return
+            if stat.state in ("T", "t"):
+                self.stopped = True
+                self.kill()
+                return
+
+    def why_no_result(self) -> str:
+        if self.stopped:
+            return "the job's supervisor was stopped (SIGSTOP); it and the job were killed"
+        died = self.transport.get_returncode()
+        return f"the job's supervisor ended without a result ({_describe_exit(died or 0)})"
+
+
+def _ticks_now() -> int:
+    """Now, in the unit and on the clock of ``/proc/<pid>/stat``'s start time (clock ticks
+    of CLOCK_BOOTTIME), rounded down."""
+    return int(procguard.lease_clock() * os.sysconf("SC_CLK_TCK"))
+
+
+async def sweep_orphans(since: int, within: float = BACKSTOP_SECONDS) -> list[int]:
+    """SIGKILL and reap every orphan of a command job that was re-parented to this process;
+    the pids still alive after ``within`` seconds (none, unless one is out of our reach).
+
+    An orphan is a child of this process in another session than ours, started at or after
+    ``since`` (clock ticks, ``_ticks_now``). Every process of a job is in a session of its
+    own (the supervisor's ``setsid``) and no process can join an existing session, while the
+    supervisors themselves are in ours. Only a ``python`` job's child started in a session of
+    its own meanwhile would be taken for one (ADR 0020). Each orphan is waited for by pid,
+    never ``waitpid(-1)``, which would take the supervisors' exits from asyncio's watcher.
+    """
+    me, session = os.getpid(), os.getsid(0)
+    give_up = time.monotonic() + within
+    while True:
+        orphans: list[int] = []
+        for pid in procguard.children_of(me):
+            stat = procguard.proc_stat(pid)
+            if stat is None or stat.session == session or stat.started < since:
+                continue
+            orphans.append(pid)
+            if stat.state not in ("Z", "X"):
+                # Its own children are re-parented to us as it dies; the next round has them.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        if not orphans:
+            return []
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
+        if time.monotonic() >= give_up:
+            return [p for p in orphans if procguard.proc_stat(p) is not None]
+        await asyncio.sleep(0.01)
 
 
 async def _through_cancels(work: Awaitable[None], line: _Line) -> None:
@@ -311,6 +428,11 @@ async def _through_cancels(work: Awaitable[None], line: _Line) -> None:
     Returning before the supervisor is reaped would leave a process for asyncio to warn about
     later, in whatever code runs then.
     """
+    await _through_cancels_value(work, line)
+
+
+async def _through_cancels_value(work: Awaitable[T], line: _Line) -> T:
+    """``_through_cancels``, returning what ``work`` returned."""
     done = asyncio.ensure_future(work)
     cancelled = False
     while not done.done():
@@ -321,21 +443,31 @@ async def _through_cancels(work: Awaitable[None], line: _Line) -> None:
                 break
             cancelled = True
             line.send({"kill": True})
-    done.result()
+    value = done.result()
     if cancelled:
         raise asyncio.CancelledError
+    return value
 
 
 async def _report_and_exit(
-    line: _Line, transport: asyncio.SubprocessTransport, capture: _Capture, grace: float
+    line: _Line, supervisor: _Supervisor, capture: _Capture, grace: float
 ) -> None:
+    message: dict[str, object] | None = None
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace + BACKSTOP_SECONDS):
             # The cancel may have come before the supervisor said it started the job: skip
             # that message, wait for how the job ended (or the end of the line).
             while (message := await line.receive()) is not None and "ended" not in message:
                 pass
-    await _finished(transport, capture)
+    await _finished(supervisor.transport, capture)
+    # No result: whatever it left behind is ours to kill (see _supervise).
+    no_result = message is None or "ended" not in message
+    if no_result and (survivors := await sweep_orphans(supervisor.since)):
+        log.error(
+            "a cancelled command's supervisor ended without a result and processes of "
+            "its job could not be killed (pids %s)",
+            ", ".join(map(str, survivors)),
+        )
 
 
 async def _finished(transport: asyncio.SubprocessTransport, capture: _Capture) -> None:
@@ -355,20 +487,15 @@ async def _finished(transport: asyncio.SubprocessTransport, capture: _Capture) -
 
 def _outcome(
     result: dict[str, object] | None,
-    transport: asyncio.SubprocessTransport,
+    supervisor: _Supervisor,
     capture: _Capture,
     masker: Masker,
     timeout_seconds: float,
 ) -> Outcome:
     output = capture.text(masker)
     if result is None:
-        died = transport.get_returncode()
-        return Outcome(
-            "failed",
-            retryable=True,
-            error=f"the job's supervisor ended without a result ({_describe_exit(died or 0)})",
-            output=output,
-        )
+        # Every process of the job is dead (swept): another attempt cannot overlap this one.
+        return Outcome("failed", retryable=True, error=supervisor.why_no_result(), output=output)
     code = result["exit_code"]
     exit_code = code if isinstance(code, int) else None
     ended, how = result["ended"], str(result["how"])
@@ -441,9 +568,16 @@ _guarded = False
 
 
 def _guard_this_process() -> None:
-    """Make the process that runs command jobs non-dumpable, once (ADR 0012): a job running
-    as the same user can then not read ``/proc/<worker>/environ`` (the database password,
-    ``PGSCHED_SECRET_*``) or ``mem``. Root, or CAP_SYS_PTRACE, still can."""
+    """Prepare the process that runs command jobs, once:
+
+    - non-dumpable (ADR 0012): a job running as the same user can then not read
+      ``/proc/<worker>/environ`` (the database password, ``PGSCHED_SECRET_*``) or ``mem``.
+      Root, or CAP_SYS_PTRACE, still can. (Every long-running ``pgsched`` command does this at
+      its start; this is for a worker embedded elsewhere.)
+    - a child subreaper: what a job still runs when its supervisor dies (the job killed it,
+      or the OOM killer did) is re-parented here instead of to PID 1, where ``sweep_orphans``
+      kills it before the attempt's result counts (ADR 0020).
+    """
     global _guarded  # noqa: PLW0603 - once per process
     if not _guarded:
-        _guarded = procguard.undumpable()
+        _guarded = procguard.undumpable() & procguard.child_subreaper()

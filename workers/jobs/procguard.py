@@ -22,8 +22,10 @@ socket (file descriptor FD) what to run. This process then:
   remaining descendant, reaps them all, reports how the job ended, and exits.
 
 The worker's environment (database URL, ``PGSCHED_SECRET_*``) never reaches this process, so
-a job reading ``/proc/$PPID/environ`` finds it empty (ADR 0012). ``undumpable`` is for the
-worker: it keeps same-user processes out of ``/proc/<worker>/environ`` and ``mem``.
+a job reading ``/proc/$PPID/environ`` finds it empty (ADR 0012). ``undumpable`` is for
+every long-running pgsched process (app.cli): it keeps same-user processes out of their
+``/proc/<pid>/environ`` and ``mem``. ``proc_stat`` and ``children_of`` serve the worker too,
+which sweeps what a job left behind when this process died without a result (ADR 0020).
 
 It starts in ~15 ms: only modules built into the interpreter or tiny (no ``subprocess``,
 ``json``, ``socket``: with ``re`` and ``enum`` they tripled that), and it leaves with
@@ -51,12 +53,15 @@ import time
 import warnings  # noqa: F401 - os.execvpe imports it; after a switch to another user it could not
 
 __all__ = [
+    "ProcStat",
     "child_subreaper",
+    "children_of",
     "decode",
     "encode",
     "lease_clock",
     "main",
     "parent_death_signal",
+    "proc_stat",
     "undumpable",
 ]
 
@@ -130,28 +135,59 @@ def decode(buffer: bytes) -> tuple[list[dict[str, object]], bytes]:
     return messages, buffer
 
 
-def _children() -> list[int]:
-    """This process's direct children (zombies included)."""
-    me = os.getpid()
+class ProcStat:
+    """What ``/proc/<pid>/stat`` says of a process that decides whether it is a job's."""
+
+    __slots__ = ("ppid", "session", "started", "state")
+
+    def __init__(self, state: str, ppid: int, session: int, started: int) -> None:
+        self.state = state  # R, S, D, T (stopped), t (stopped by a tracer), Z (zombie), ...
+        self.ppid = ppid
+        self.session = session
+        self.started = started  # clock ticks after boot
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``pid``'s state, parent, session and start time; None once it is gone (reaped)."""
     try:
-        with open(f"/proc/{me}/task/{me}/children") as f:  # noqa: PTH123 - pathlib imports re
-            return [int(p) for p in f.read().split()]
+        with open(f"/proc/{pid}/stat") as f:  # noqa: PTH123 - pathlib imports re
+            stat = f.read()
     except OSError:
-        pass
-    # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
-    found = []
-    for entry in os.listdir("/proc"):  # noqa: PTH208 - as above
-        if not entry.isdigit():
-            continue
+        return None
+    # "pid (comm) state ppid pgrp session ... starttime(22nd) ..."; comm may hold spaces or
+    # parentheses, so the fields are counted from the last ")".
+    fields = stat.rsplit(")", 1)[1].split()
+    return ProcStat(fields[0], int(fields[1]), int(fields[3]), int(fields[19]))
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (zombies included), whichever of its threads
+    is their parent (an orphan is re-parented to any live thread of a subreaper)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")  # noqa: PTH208 - pathlib imports re
+    except OSError:
+        return []  # gone
+    found: list[int] = []
+    listed = False
+    for tid in tasks:
         try:
-            with open(f"/proc/{entry}/stat") as f:  # noqa: PTH123 - as above
-                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/children") as f:  # noqa: PTH123 - as above
+                found.extend(int(p) for p in f.read().split())
+            listed = True
         except OSError:
-            continue
-        # "pid (comm) state ppid ..."; comm may hold spaces or parentheses.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            pass  # a thread that ended meanwhile, or no CONFIG_PROC_CHILDREN
+    if listed:
+        return found
+    # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
+    for entry in os.listdir("/proc"):  # noqa: PTH208 - as above
+        if entry.isdigit() and (stat := proc_stat(int(entry))) and stat.ppid == pid:
             found.append(int(entry))
     return found
+
+
+def _children() -> list[int]:
+    """This process's direct children (zombies included)."""
+    return children_of(os.getpid())
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -168,6 +204,7 @@ def _spawn(
     """Fork and exec the job in a session of its own, as ``user`` (uid, gid) if given; its
     pid, or why it could not start."""
     report_r, report_w = os.pipe()  # close-on-exec: end-of-file means the exec succeeded
+    supervisor = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe work until exec, then nothing of ours
         phase = "setup"
@@ -183,6 +220,8 @@ def _spawn(
             # If this supervisor is SIGKILLed (it cannot clean up then), the job's leader at
             # least does not outlive it. (After the user switch, which clears it.)
             parent_death_signal(signal.SIGKILL)
+            if os.getppid() != supervisor:
+                os._exit(127)  # the supervisor died before that: the signal would never come
             # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
