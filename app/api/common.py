@@ -8,11 +8,13 @@ from typing import Annotated, Any, Final, get_args
 
 import msgspec
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
 from app.api.problems import ApiError
-from app.api.schemas import Id, Name, QueueName
+from app.api.schemas import BIGINT, Id, Name, QueueName
 
 # Every route handler declares the least role it needs (app.api.auth; default deny).
 PUBLIC: Final = {"role": "public"}
@@ -43,7 +45,13 @@ def bounds(annotated: object) -> dict[str, Any]:
     return {k: v for k in _BOUNDS for m in metas if (v := getattr(m, k)) is not None}
 
 
+# An id in a path is declared `{schedule_id:str}` and typed `PathId`: Litestar's `int` converter
+# is Python's int(), which reads `+1`, ` 1`, `1_0` (10) and other scripts' digits (U+0661) as
+# numbers, and its failures are a bare 404 from the router. As a string the segment reaches
+# `strict_path_ids` (a guard), so every spelling but the document's integer is one 422 naming
+# the parameter, like an id out of range (ADR 0014, "Bounded input").
 PathId = Annotated[int, PathParameter(**bounds(Id))]
+PATH_ID: Final = re.compile(r"[1-9][0-9]{0,18}")  # fullmatch; re's [0-9] is ASCII only
 ScheduleIdFilter = Annotated[
     int | None,
     QueryParameter(required=False, description="Only this schedule's runs.", **bounds(Id)),
@@ -80,6 +88,28 @@ ETAG_HEADER: Final = ResponseHeader(
 LOCATION_HEADER: Final = ResponseHeader(
     name="Location", description="The new schedule's URL.", documentation_only=True
 )
+
+
+def strict_path_ids(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Refuse a path id that is not written as the OpenAPI integer: `^[1-9][0-9]{0,18}$`.
+
+    Runs as an application guard after authorisation and before parameters are converted
+    (msgspec's lenient conversion would read `1.0` and `1e0` as 1); the value's range is the
+    `PathId` bounds' business.
+    """
+    signature = handler.parsed_fn_signature.parameters
+    for name, raw in connection.path_params.items():
+        declared = signature.get(name)
+        if declared is not None and declared.annotation is int and not PATH_ID.fullmatch(raw):
+            raise ApiError(
+                422,
+                f"must be an integer from 1 to {BIGINT} in ASCII digits, without sign, spaces "
+                "or leading zeros",
+                field=name,
+                source="path",
+            )
 
 
 def page_size(limit: int) -> int:
