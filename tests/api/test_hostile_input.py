@@ -214,3 +214,28 @@ async def test_an_empty_body_is_400_saying_a_body_is_required(
         assert response.status_code == 400, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["detail"].endswith("a JSON body is required"), response.text
+
+
+async def test_if_match_uses_the_strong_comparison(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    """RFC 9110 13.1.1: If-Match compares strongly, so a weak validator never matches, and an
+    entity tag matches only character for character (`"01"` is not `"1"`)."""
+    schedule = await make_schedule(db)
+    url = f"/v1/schedules/{schedule['id']}"
+    admin = auth("admin")
+    stale = ['W/"1"', 'W/"1", "x"', '"x", W/"1"', '"01"', '"+1"', '" 1"', '"1"x', '"1', "1"]
+    stale += ['"1,2"', '"x,"1"', '"1" "1"', '*, "1"']
+    for value in stale:
+        response = await api.patch(url, json={"priority": 5}, headers={**admin, "If-Match": value})
+        problem(response, 412, "If-Match")
+    got = await api.get(url, headers=auth("viewer"))
+    assert got.json()["version"] == 1 and got.json()["priority"] != 5, got.text
+    version = 1
+    for template in ['"{v}"', ' "x" ,\t"{v}" ', 'W/"{v}", "{v}"', "*"]:
+        value = template.format(v=version)
+        body = {"priority": version + 10}
+        response = await api.patch(url, json=body, headers={**admin, "If-Match": value})
+        assert response.status_code == 200, (value, response.text)
+        assert response.json()["version"] == version + 1
+        version += 1
