@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import otel
 from app.api.auth import authorize
+from app.api.common import strict_path_ids
 from app.api.config import ApiSettings
 from app.api.decoding import ApiRequest
 from app.api.metrics import MetricsController, prometheus_config
@@ -136,7 +137,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
         route_handlers=[v1, *system.ROOT_ROUTES, MetricsController],
         lifespan=[_pool, _telemetry],
         dependencies={"conn": Provide(_provide_conn)},
-        guards=[authorize],
+        # Authorisation first: a caller without a token learns nothing about input rules.
+        guards=[authorize, strict_path_ids],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[prometheus_config().middleware],
         plugins=[opentelemetry_plugin()],

@@ -8,11 +8,13 @@ from typing import Annotated, Any, Final, get_args
 
 import msgspec
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
 from app.api.problems import ApiError
-from app.api.schemas import Id, Name, QueueName
+from app.api.schemas import BIGINT, Id, Name, QueueName
 
 # Every route handler declares the least role it needs (app.api.auth; default deny).
 PUBLIC: Final = {"role": "public"}
@@ -43,7 +45,19 @@ def bounds(annotated: object) -> dict[str, Any]:
     return {k: v for k in _BOUNDS for m in metas if (v := getattr(m, k)) is not None}
 
 
+# An id in a path is declared `{schedule_id:str}` and typed `PathId`: Litestar's `int` converter
+# is Python's int(), which reads `+1`, ` 1`, `1_0` (10) and other scripts' digits (U+0661) as
+# numbers, and its failures are a bare 404 from the router. As a string the segment reaches
+# `strict_path_ids` (a guard), so every spelling but the document's integer is one 422 naming
+# the parameter, like an id out of range (ADR 0014, "Bounded input").
 PathId = Annotated[int, PathParameter(**bounds(Id))]
+# One element of an If-Match list (RFC 9110 8.8.3: `[W/] DQUOTE *etagc DQUOTE`) and the comma or
+# end after it; empty list elements are allowed (RFC 9110 5.6.1).
+_ETAG_ITEM: Final = re.compile(
+    r'[ \t,]*(?P<weak>W/)?"(?P<opaque>[\x21\x23-\x7e\x80-\U0010ffff]*)"[ \t]*(?:,[ \t,]*|$)'
+)
+_VERSION: Final = re.compile(r"0|[1-9][0-9]{0,18}")  # as etag() writes a version
+PATH_ID: Final = re.compile(r"[1-9][0-9]{0,18}")  # fullmatch; re's [0-9] is ASCII only
 ScheduleIdFilter = Annotated[
     int | None,
     QueryParameter(required=False, description="Only this schedule's runs.", **bounds(Id)),
@@ -82,6 +96,28 @@ LOCATION_HEADER: Final = ResponseHeader(
 )
 
 
+def strict_path_ids(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Refuse a path id that is not written as the OpenAPI integer: `^[1-9][0-9]{0,18}$`.
+
+    Runs as an application guard after authorisation and before parameters are converted
+    (msgspec's lenient conversion would read `1.0` and `1e0` as 1); the value's range is the
+    `PathId` bounds' business.
+    """
+    signature = handler.parsed_fn_signature.parameters
+    for name, raw in connection.path_params.items():
+        declared = signature.get(name)
+        if declared is not None and declared.annotation is int and not PATH_ID.fullmatch(raw):
+            raise ApiError(
+                422,
+                f"must be an integer from 1 to {BIGINT} in ASCII digits, without sign, spaces "
+                "or leading zeros",
+                field=name,
+                source="path",
+            )
+
+
 def page_size(limit: int) -> int:
     return min(limit, MAX_PAGE)
 
@@ -97,15 +133,27 @@ def etag(version: int) -> str:
 
 
 def parse_if_match(value: str | None) -> set[int] | None:
-    """The versions an If-Match header accepts; None for no header or `*` (any version)."""
-    if value is None or value.strip() == "*":
+    """The versions an If-Match header accepts; None for no header or `*` (any version).
+
+    If-Match uses the strong comparison (RFC 9110 13.1.1 and 13.1.1.2): a weak tag (`W/"3"`)
+    never matches, and a strong one only when its opaque tag is exactly what `etag` writes,
+    so `"03"` or `"+3"` match nothing. A header that is not a list of entity tags matches
+    nothing either (412). Tags are taken whole before the list is split, as a tag may hold a
+    comma.
+    """
+    if value is None or value.strip(" \t") == "*":
         return None
     versions: set[int] = set()
-    for item in value.split(","):
-        tag = item.strip().removeprefix("W/").strip('"')
-        if tag.isdigit() and len(tag) < 19:
-            versions.add(int(tag))
-    return versions
+    rest = value
+    while True:
+        item = _ETAG_ITEM.match(rest)
+        if item is None:
+            return set()  # not a list of entity tags: no version matches
+        if item["weak"] is None and _VERSION.fullmatch(item["opaque"]):
+            versions.add(int(item["opaque"]))
+        rest = rest[item.end() :]
+        if not rest:
+            return versions
 
 
 def aware(value: datetime | None, field: str, request: Request[Any, Any, Any]) -> datetime | None:

@@ -8,6 +8,10 @@ struct in msgspec's lax mode. Three kinds of hostile input got through that way 
 - **Nesting.** msgspec, `json.dumps` and every recursive walk of a payload fail with a
   RecursionError at about 1,000 levels (a 2 KB body). A body nested deeper than
   `MAX_JSON_DEPTH` is refused by a linear scan of its bytes, before it is decoded.
+- **Duplicate keys.** A JSON decoder keeps the last of two equal keys in one object, silently
+  (`{"name": "a", ..., "name": "b"}` created "b"), so what a client, a proxy or a log reads
+  from a body could differ from what the API stored. A body with a key twice in one object, at
+  any depth, is refused naming the key's path; found by a linear, non-recursive scan.
 - **Strict types.** Lax conversion turns a JSON number into a date-time (seconds since the
   epoch) and the string `"5"` into an integer, which the OpenAPI document does not allow. The
   body is converted once more in strict mode, so it is accepted exactly when the document
@@ -47,6 +51,21 @@ _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled
 _NOT_BRACKET: Final = re.compile(rb"[^\[\]{}]+")
 # Opening brackets count +1, closing ones -1 (translated to 2 and 0, then shifted by one).
 _STEP: Final = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+# The tokens that shape a JSON text: strings, brackets, colons and commas (scalars are skipped).
+_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]', re.DOTALL)
+# The same text as runs that hold no key and no brace, keys (a string, then a colon) and braces:
+# `duplicate_key` loops in Python only over keys and braces. Possessive, so nothing backtracks.
+_S = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_SHAPE: Final = re.compile(
+    rb"(?:[^\"{}]++|"
+    + _S
+    + rb"(?![ \t\n\r]*+:))++|(?P<key>"
+    + _S
+    + rb")[ \t\n\r]*+:|(?P<brace>[{}])",
+    re.DOTALL,
+)
+_QUOTE, _COLON, _COMMA = ord('"'), ord(":"), ord(",")
+_OPEN_OBJECT, _OPEN_ARRAY = ord("{"), ord("[")
 # msgspec's "... - at `$.retry_backoff.factor`" suffix: the path of the offending value.
 _AT: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _FIELD: Final = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
@@ -62,6 +81,78 @@ def nesting_depth(body: bytes) -> int:
     if not brackets:
         return 0
     return max(accumulate(step - 1 for step in brackets.translate(_STEP)))
+
+
+def _key(token: bytes) -> str:
+    """A JSON string token as the key it names (escapes decoded: `"a"` and `"\\u0061"` are one)."""
+    if b"\\" not in token:
+        return token[1:-1].decode("utf-8", "surrogateescape")
+    key: str = msgspec.json.decode(token)
+    return key
+
+
+def _path(place: list[str | int], key: str) -> str:
+    """Where a key is, as the API names fields: `retry_backoff.factor`, `payload.body.a[1].b`."""
+    path = ""
+    for step in [*place, key]:
+        path += f"[{step}]" if isinstance(step, int) else f".{step}" if path else step
+    return path
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The path of the first key that appears twice in one object of a JSON text, or None.
+
+    Linear and never recursive, like `nesting_depth`: one pass over the keys and braces with a
+    stack of the open objects' keys (a colon outside a string is always in the innermost open
+    object, so arrays need no tracking). Only a body that has a duplicate is scanned again, by
+    `_locate`, to name it. Meant for a text the decoder accepted; on any other it returns
+    something or None and changes nothing.
+    """
+    objects: list[set[str]] = []
+    for match in _SHAPE.finditer(body):
+        if (token := match["key"]) is not None:
+            if not objects:
+                return None  # not JSON; the decoder reports it
+            key = _key(token)
+            if key in objects[-1]:
+                return _locate(body)
+            objects[-1].add(key)
+        elif (brace := match["brace"]) == b"{":
+            objects.append(set())
+        elif brace is not None and objects:
+            objects.pop()
+    return None
+
+
+def _locate(body: bytes) -> str | None:
+    """`duplicate_key`'s answer with its path: every container tracked, arrays by index."""
+    seen: list[set[str] | None] = []  # per open container: an object's keys, None for an array
+    place: list[str | int] = []  # per open container: the current key or index
+    last = b""
+    for match in _TOKEN.finditer(body):
+        token = match.group()
+        first = token[0]
+        if first == _QUOTE:
+            last = token
+        elif first == _COLON and seen and (keys := seen[-1]) is not None:
+            key = _key(last)
+            if key in keys:
+                return _path(place[:-1], key)
+            keys.add(key)
+            place[-1] = key
+        elif first == _OPEN_OBJECT:
+            seen.append(set())
+            place.append("")
+        elif first == _OPEN_ARRAY:
+            seen.append(None)
+            place.append(0)
+        elif first == _COMMA:
+            if place and isinstance(index := place[-1], int):
+                place[-1] = index + 1
+        elif seen:  # a closing bracket
+            seen.pop()
+            place.pop()
+    return None
 
 
 def _problem(field: str, message: str) -> ValidationException:
@@ -135,6 +226,11 @@ class ApiRequest(Request[Any, Any, Any]):
                 )
         value = await super().json()
         if not self._checked:
+            duplicate = duplicate_key(await self.body())
+            if duplicate is not None:
+                raise _problem(
+                    duplicate, "appears more than once in its object; send each key once"
+                )
             target = _body_type(self)
             if target is not None:
                 check_body(value, target)

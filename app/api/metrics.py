@@ -1,7 +1,7 @@
 """Prometheus exposition for the API process (minimal; issue 6 owns the metric catalogue).
 
 Litestar's Prometheus middleware counts requests and times them, labelled by the *route
-template* (`group_path=True`: `/v1/runs/{run_id:int}`, never `/v1/runs/42`), so label
+template* (`group_path=True`: `/v1/runs/{run_id}`, never `/v1/runs/42`), so label
 cardinality is bounded by the route table. `/metrics` is public, like `/health`.
 """
 

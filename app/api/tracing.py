@@ -2,7 +2,7 @@
 
 The plugin's default names a span (and its `http.route`) by the raw path, `GET /v1/runs/42`:
 one name per run, against the specification and unbounded for anything keyed by it. Spans
-here are named `GET /v1/runs/{run_id:int}`; a path that matches no route is named by its
+here are named `GET /v1/runs/{run_id}`; a path that matches no route is named by its
 method alone. The HTTP metrics the instrumentation would add are not taken (a no-op meter):
 the Prometheus middleware already counts requests by route template (app.api.metrics).
 """

@@ -27,19 +27,19 @@ from tests.api.conftest import Tokens, settings_for
 ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/schedules"): "admin",
     ("GET", "/v1/schedules"): "viewer",
-    ("GET", "/v1/schedules/{schedule_id:int}"): "viewer",
-    ("PATCH", "/v1/schedules/{schedule_id:int}"): "admin",
-    ("DELETE", "/v1/schedules/{schedule_id:int}"): "admin",
-    ("POST", "/v1/schedules/{schedule_id:int}/pause"): "operator",
-    ("POST", "/v1/schedules/{schedule_id:int}/resume"): "operator",
-    ("POST", "/v1/schedules/{schedule_id:int}/trigger"): "operator",
-    ("POST", "/v1/schedules/{schedule_id:int}/backfill"): "operator",
-    ("GET", "/v1/schedules/{schedule_id:int}/preview"): "viewer",
+    ("GET", "/v1/schedules/{schedule_id:str}"): "viewer",
+    ("PATCH", "/v1/schedules/{schedule_id:str}"): "admin",
+    ("DELETE", "/v1/schedules/{schedule_id:str}"): "admin",
+    ("POST", "/v1/schedules/{schedule_id:str}/pause"): "operator",
+    ("POST", "/v1/schedules/{schedule_id:str}/resume"): "operator",
+    ("POST", "/v1/schedules/{schedule_id:str}/trigger"): "operator",
+    ("POST", "/v1/schedules/{schedule_id:str}/backfill"): "operator",
+    ("GET", "/v1/schedules/{schedule_id:str}/preview"): "viewer",
     ("GET", "/v1/runs"): "viewer",
-    ("GET", "/v1/runs/{run_id:int}"): "viewer",
-    ("GET", "/v1/runs/{run_id:int}/events"): "viewer",
-    ("POST", "/v1/runs/{run_id:int}/retry"): "operator",
-    ("POST", "/v1/runs/{run_id:int}/cancel"): "operator",
+    ("GET", "/v1/runs/{run_id:str}"): "viewer",
+    ("GET", "/v1/runs/{run_id:str}/events"): "viewer",
+    ("POST", "/v1/runs/{run_id:str}/retry"): "operator",
+    ("POST", "/v1/runs/{run_id:str}/cancel"): "operator",
     ("GET", "/v1/events"): "viewer",
     ("GET", "/v1/events/stream"): "viewer",
     ("GET", "/v1/workers"): "viewer",
@@ -82,8 +82,8 @@ def test_every_route_declares_a_role_and_is_in_the_inventory() -> None:
 def _concrete(path: str) -> str:
     """A request path for a route template: ids that do not exist, a schema file name."""
     return (
-        path.replace("{schedule_id:int}", "987654")
-        .replace("{run_id:int}", "987654")
+        path.replace("{schedule_id:str}", "987654")
+        .replace("{run_id:str}", "987654")
         .replace("{path:str}", "nothing-here")
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.api.decoding import EARLIEST, LATEST, MAX_JSON_DEPTH, nesting_depth
+from app.api.decoding import EARLIEST, LATEST, MAX_JSON_DEPTH, duplicate_key, nesting_depth
 from app.db.store import Conn
 from tests.factories import make_schedule
 
@@ -214,3 +214,96 @@ async def test_an_empty_body_is_400_saying_a_body_is_required(
         assert response.status_code == 400, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["detail"].endswith("a JSON body is required"), response.text
+
+
+async def test_if_match_uses_the_strong_comparison(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    """RFC 9110 13.1.1: If-Match compares strongly, so a weak validator never matches, and an
+    entity tag matches only character for character (`"01"` is not `"1"`)."""
+    schedule = await make_schedule(db)
+    url = f"/v1/schedules/{schedule['id']}"
+    admin = auth("admin")
+    stale = ['W/"1"', 'W/"1", "x"', '"x", W/"1"', '"01"', '"+1"', '" 1"', '"1"x', '"1', "1"]
+    stale += ['"1,2"', '"x,"1"', '"1" "1"', '*, "1"']
+    for value in stale:
+        response = await api.patch(url, json={"priority": 5}, headers={**admin, "If-Match": value})
+        problem(response, 412, "If-Match")
+    got = await api.get(url, headers=auth("viewer"))
+    assert got.json()["version"] == 1 and got.json()["priority"] != 5, got.text
+    version = 1
+    for template in ['"{v}"', ' "x" ,\t"{v}" ', 'W/"{v}", "{v}"', "*"]:
+        value = template.format(v=version)
+        body = {"priority": version + 10}
+        response = await api.patch(url, json=body, headers={**admin, "If-Match": value})
+        assert response.status_code == 200, (value, response.text)
+        assert response.json()["version"] == version + 1
+        version += 1
+
+
+CREATE = '"job_type":"noop","cron":"* * * * *"'
+
+
+def http(body: str) -> str:
+    """A create body for an http job whose request body (any JSON) is `body`."""
+    return (
+        '{"name":"h","job_type":"http","cron":"* * * * *",'
+        '"payload":{"url":"https://example.com/","method":"POST","body":' + body + "}}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"name":"z3",' + CREATE + ',"name":"dup"}', "name"),
+        ('{"name":"z3",' + CREATE + ',"n\\u0061me":"dup"}', "name"),  # the same key, escaped
+        (
+            '{"name":"z3",' + CREATE + ',"retry_backoff":{"factor":2,"factor":3}}',
+            "retry_backoff.factor",
+        ),
+        (http('{"a":[1,{"b":1,"b":2}]}'), "payload.body.a[1].b"),
+        (http('[[], {"": 1, "" : 2}]'), "payload.body[1]."),
+    ],
+    ids=["top", "escaped", "nested", "in-array", "empty-key"],
+)
+async def test_a_duplicate_key_is_422_naming_it(
+    api: AsyncTestClient[Any], auth: Auth, body: str, field: str
+) -> None:
+    """JSON decoders keep the last of two equal keys silently; the API refuses the body."""
+    doc = problem(await _post(api, "/v1/schedules", body, auth), 422, field)
+    assert "more than once" in doc["detail"], doc
+    listed = await api.get("/v1/schedules", headers=auth("viewer"))
+    assert listed.json()["items"] == [], "nothing was created"
+
+
+async def test_a_duplicate_key_on_update_and_backfill_is_422(
+    api: AsyncTestClient[Any], auth: Auth, db: Conn
+) -> None:
+    schedule = await make_schedule(db)
+    headers = {**auth("admin"), "content-type": "application/json"}
+    url = f"/v1/schedules/{schedule['id']}"
+    patched = await api.patch(url, content='{"priority":1,"priority":2}', headers=headers)
+    problem(patched, 422, "priority")
+    body = '{"from":"2026-01-01T00:00:00Z","to":"2026-01-01T01:00:00Z","to":"2026-01-02T00:00:00Z"}'
+    problem(await _post(api, url + "/backfill", body, auth), 422, "to")
+    assert (await api.get(url, headers=auth("viewer"))).json()["version"] == 1
+
+
+async def test_equal_keys_in_different_objects_or_strings_are_accepted(
+    api: AsyncTestClient[Any], auth: Auth
+) -> None:
+    payload = '{"a":{"a":1},"b":[{"a":1},{"a":2}],"c":"{\\"a\\":1,\\"a\\":2}","d":{"e\\"":1,"e":2}}'
+    response = await _post(api, "/v1/schedules", http(payload), auth)
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"]["body"]["d"] == {'e"': 1, "e": 2}
+
+
+def test_duplicate_key_reads_keys_as_json_does() -> None:
+    """Keys, not strings: braces, colons and escaped quotes inside strings are text."""
+    assert duplicate_key(b'{"a": 1, "a" :2}') == "a"
+    assert duplicate_key(b'{"a":1,"b":{"c":[{}, "x", {"d":1,"d":2}]}}') == "b.c[2].d"
+    assert duplicate_key(b'[0, [1, 2], {"e\\u0022": 1, "e\\"": 2}]') == '[2].e"'
+    assert duplicate_key(b'{"k":"\\":","k:":1}') is None
+    assert duplicate_key(b'{"a":"{\\"a\\":1}", "b": {"a": {"a": 1}}}') is None
+    assert duplicate_key(b'[{"a":1},{"a":1}]') is None
+    assert duplicate_key(b'"a" : "a"') is None

@@ -10,6 +10,7 @@ route is tried here with the values that break it; the body rules themselves (`Q
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from litestar import Litestar
@@ -28,6 +29,31 @@ NUL_TEXT = ["%00", "a%00b", "%00" * 50]
 CURSORS = [*NUL_TEXT, "c" * 513, "WzkyMjMzNzIwMzY4NTQ3NzU4MDhd", "WyIyMDIwLTAxLTAxXHUwMDAwIiwgMV0"]
 IDS = ["0", "-1", str(2**63), str(10**30)]
 PAGED = ["/v1/runs", "/v1/schedules", "/v1/workers", "/v1/runs/{run}/events"]
+# Every route with an id in its path: (method, path with {} for the id, the path parameter).
+ID_ROUTES: list[tuple[str, str, str]] = [
+    *[
+        (method, path, "run_id")
+        for method, path in [
+            ("GET", "/v1/runs/{}"),
+            ("GET", "/v1/runs/{}/events"),
+            ("POST", "/v1/runs/{}/retry"),
+            ("POST", "/v1/runs/{}/cancel"),
+        ]
+    ],
+    *[
+        (method, path, "schedule_id")
+        for method, path in [
+            ("GET", "/v1/schedules/{}"),
+            ("PATCH", "/v1/schedules/{}"),
+            ("DELETE", "/v1/schedules/{}"),
+            ("POST", "/v1/schedules/{}/pause"),
+            ("POST", "/v1/schedules/{}/resume"),
+            ("POST", "/v1/schedules/{}/trigger"),
+            ("POST", "/v1/schedules/{}/backfill"),
+            ("GET", "/v1/schedules/{}/preview"),
+        ]
+    ],
+]
 
 # (method, URL with {} for the bad value, the parameter the problem must name, bad values)
 CASES: list[tuple[str, str, str, list[str]]] = [
@@ -48,28 +74,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ("GET", "/v1/events/stream?after={}", "after", CURSORS),
     *[("GET", path + "?limit={}", "limit", ["0", "%00"]) for path in [*PAGED, "/v1/events"]],
     ("GET", "/v1/schedules/{schedule}/preview?count={}", "count", ["0", "1001", str(10**30)]),
-    *[
-        (method, path, "run_id", IDS)
-        for method, path in [
-            ("GET", "/v1/runs/{}"),
-            ("GET", "/v1/runs/{}/events"),
-            ("POST", "/v1/runs/{}/retry"),
-            ("POST", "/v1/runs/{}/cancel"),
-        ]
-    ],
-    *[
-        (method, path, "schedule_id", IDS)
-        for method, path in [
-            ("GET", "/v1/schedules/{}"),
-            ("PATCH", "/v1/schedules/{}"),
-            ("DELETE", "/v1/schedules/{}"),
-            ("POST", "/v1/schedules/{}/pause"),
-            ("POST", "/v1/schedules/{}/resume"),
-            ("POST", "/v1/schedules/{}/trigger"),
-            ("POST", "/v1/schedules/{}/backfill"),
-            ("GET", "/v1/schedules/{}/preview"),
-        ]
-    ],
+    *[(method, path, field, IDS) for method, path, field in ID_ROUTES],
 ]
 HEADER_CASES: list[tuple[str, str, str, list[str]]] = [
     ("PATCH", "/v1/schedules/{schedule}", "If-Match", ["1" * 1001]),
@@ -111,6 +116,49 @@ async def test_a_bad_parameter_is_a_problem_naming_it(
         doc = problem(response, 422, field)
         assert doc["errors"][0]["source"] == ("path" if "?" not in url else "query"), doc
         assert "Traceback" not in response.text
+
+
+def loose_spellings(n: int) -> list[str]:
+    """Spellings of id `n` that Python's int() (Litestar's `int` path converter) or msgspec's lax
+    conversion read as a number, none of them the document's integer: sign, spaces, other
+    scripts' digits, underscores, leading zeros, decimals and exponents."""
+    digits = str(n)
+    arabic_indic = "".join(chr(0x660 + int(d)) for d in digits)  # U+0661 is ARABIC-INDIC ONE
+    fullwidth = "".join(chr(0xFF10 + int(d)) for d in digits)
+    return [
+        f"+{n}",
+        f"%20{n}",
+        f"{n}%20",
+        f"%09{n}",
+        quote(arabic_indic),
+        quote(fullwidth),
+        f"0{n}",
+        f"0_{n}",
+        "_".join(digits) + "_0",  # n0 as int() reads it
+        "1_0",
+        f"{n}.0",
+        f"{n}e0",
+        f"{n}E0",
+        "abc",
+    ]
+
+
+@pytest.mark.parametrize("route", ID_ROUTES, ids=[f"{m} {p}" for m, p, _ in ID_ROUTES])
+async def test_a_loosely_spelled_path_id_is_a_problem_naming_it(
+    api: Client, role_tokens: Tokens, ids: dict[str, int], route: tuple[str, str, str]
+) -> None:
+    """Only `^[1-9][0-9]{0,18}$` names a row: `+1` or `%D9%A1` used to reach schedule 1."""
+    method, url, field = route
+    admin = role_tokens.auth("admin")
+    n = ids["run" if field == "run_id" else "schedule"]
+    for value in loose_spellings(n):
+        target = url.replace("{}", value)
+        response = await api.request(method, target, headers=admin, json=_body(method, target))
+        doc = problem(response, 422, field)
+        assert doc["errors"][0]["source"] == "path", (target, doc)
+    # Nothing was changed through a loose spelling: the schedule is still at version 1, live.
+    got = await api.get(f"/v1/schedules/{ids['schedule']}", headers=admin)
+    assert got.status_code == 200 and got.json()["version"] == 1, got.text
 
 
 @pytest.mark.parametrize("case", HEADER_CASES, ids=[f"{m} {u} {h}" for m, u, h, _ in HEADER_CASES])

@@ -227,7 +227,9 @@ async def test_patch_with_if_match(api: Client, role_tokens: Tokens, db: Conn) -
     stale = await api.patch(url, json={"priority": 8}, headers={**admin, "If-Match": '"1"'})
     problem(stale, 412, "If-Match")
     weak = await api.patch(url, json={"priority": 8}, headers={**admin, "If-Match": 'W/"2"'})
-    assert weak.status_code == 200 and weak.headers["etag"] == '"3"'
+    problem(weak, 412, "If-Match")  # If-Match compares strongly (RFC 9110 13.1.1)
+    strong = await api.patch(url, json={"priority": 8}, headers={**admin, "If-Match": '"2"'})
+    assert strong.status_code == 200 and strong.headers["etag"] == '"3"'
     star = await api.patch(url, json={"queue": "q2"}, headers={**admin, "If-Match": "*"})
     assert star.status_code == 200
     bare = await api.patch(url, json={"queue": "q3"}, headers=admin)

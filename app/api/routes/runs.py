@@ -148,7 +148,7 @@ async def list_runs(
 
 
 @get(
-    "/runs/{run_id:int}",
+    "/runs/{run_id:str}",
     operation_id="getRun",
     summary="Get a run with its attempts",
     tags=TAGS,
@@ -164,7 +164,7 @@ async def get_run(run_id: PathId, conn: NamedDependency[Conn]) -> RunDetail:
 
 
 @get(
-    "/runs/{run_id:int}/events",
+    "/runs/{run_id:str}/events",
     operation_id="listRunEvents",
     summary="A run's events, in order",
     tags=TAGS,
@@ -188,7 +188,7 @@ async def list_run_events(
 
 
 @post(
-    "/runs/{run_id:int}/retry",
+    "/runs/{run_id:str}/retry",
     operation_id="retryRun",
     summary="Send a dead or cancelled run back to waiting",
     tags=TAGS,
@@ -213,7 +213,7 @@ async def retry_run(
 
 
 @post(
-    "/runs/{run_id:int}/cancel",
+    "/runs/{run_id:str}/cancel",
     operation_id="cancelRun",
     summary="Cancel a run",
     tags=TAGS,

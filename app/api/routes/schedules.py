@@ -168,7 +168,7 @@ async def list_schedules(
 
 
 @get(
-    "/schedules/{schedule_id:int}",
+    "/schedules/{schedule_id:str}",
     operation_id="getSchedule",
     summary="Get a schedule",
     tags=TAGS,
@@ -181,7 +181,7 @@ async def get_schedule(schedule_id: PathId, conn: NamedDependency[Conn]) -> Resp
 
 
 @patch(
-    "/schedules/{schedule_id:int}",
+    "/schedules/{schedule_id:str}",
     operation_id="updateSchedule",
     summary="Update a schedule",
     tags=TAGS,
@@ -219,7 +219,7 @@ async def update_schedule(
 
 
 @delete(
-    "/schedules/{schedule_id:int}",
+    "/schedules/{schedule_id:str}",
     operation_id="deleteSchedule",
     summary="Delete a schedule (soft)",
     tags=TAGS,
@@ -237,7 +237,7 @@ async def delete_schedule(
 
 
 @post(
-    "/schedules/{schedule_id:int}/pause",
+    "/schedules/{schedule_id:str}/pause",
     operation_id="pauseSchedule",
     summary="Pause a schedule",
     tags=TAGS,
@@ -256,7 +256,7 @@ async def pause_schedule(
 
 
 @post(
-    "/schedules/{schedule_id:int}/resume",
+    "/schedules/{schedule_id:str}/resume",
     operation_id="resumeSchedule",
     summary="Resume a schedule",
     tags=TAGS,
@@ -275,7 +275,7 @@ async def resume_schedule(
 
 
 @post(
-    "/schedules/{schedule_id:int}/trigger",
+    "/schedules/{schedule_id:str}/trigger",
     operation_id="triggerSchedule",
     summary="Run a schedule now",
     tags=TAGS,
@@ -323,7 +323,7 @@ async def trigger_schedule(
 
 
 @post(
-    "/schedules/{schedule_id:int}/backfill",
+    "/schedules/{schedule_id:str}/backfill",
     operation_id="backfillSchedule",
     summary="Materialise past occurrences",
     tags=TAGS,
@@ -365,7 +365,7 @@ async def backfill_schedule(
 
 
 @get(
-    "/schedules/{schedule_id:int}/preview",
+    "/schedules/{schedule_id:str}/preview",
     operation_id="previewSchedule",
     summary="The next due times",
     tags=TAGS,
