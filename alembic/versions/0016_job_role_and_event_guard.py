@@ -213,6 +213,38 @@ $$;
 CREATE TRIGGER event_guard AFTER INSERT ON pgsched.event
     REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.event_guard_v1();
+
+-- A snapshot (run.snapshot, schedule.snapshot: maintenance, before event months retire) restates
+-- what the log already says, never what the table says: its data is the fold of the stream's
+-- events so far, whoever appends it and whatever the caller of the SECURITY DEFINER function
+-- that appends it chose as retention. Written from the table, a snapshot would turn any drift of
+-- a row (a worker role's UPDATE of a run to succeeded) into history, and verify would stop
+-- seeing it (ADR 0021). A row with no events has nothing to restate: no snapshot, and verify
+-- goes on reporting it. Only snapshots call this (the trigger's WHEN), so the hot path pays a
+-- comparison per row.
+CREATE FUNCTION pgsched.snapshot_restates_fold_v1() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    folded jsonb;
+BEGIN
+    SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) INTO folded
+    FROM pgsched.event e
+    WHERE e.stream = NEW.stream AND e.stream_id = NEW.stream_id;
+    IF folded IS NULL OR folded = '{}' THEN
+        RETURN NULL;
+    END IF;
+    NEW.data := CASE NEW.stream
+        WHEN 'run' THEN to_jsonb(jsonb_populate_record(NULL::pgsched.run, folded))
+        ELSE to_jsonb(jsonb_populate_record(NULL::pgsched.schedule, folded)) END;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER snapshot_restates_fold BEFORE INSERT ON pgsched.event
+    FOR EACH ROW
+    WHEN (NEW.type IN ('run.snapshot', 'schedule.snapshot'))
+    EXECUTE FUNCTION pgsched.snapshot_restates_fold_v1();
 RESET ROLE;
 """
 
@@ -332,6 +364,8 @@ def downgrade() -> None:
     execute("""
 SET LOCAL ROLE pgsched_owner;
 DROP FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz);
+DROP TRIGGER snapshot_restates_fold ON pgsched.event;
+DROP FUNCTION pgsched.snapshot_restates_fold_v1();
 DROP TRIGGER event_guard ON pgsched.event;
 DROP FUNCTION pgsched.event_guard_v1();
 DROP FUNCTION pgsched.written_here_v1(xid);

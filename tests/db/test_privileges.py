@@ -453,3 +453,41 @@ async def test_a_sql_job_run_by_a_worker_cannot_forge_history(db: Conn, dsn: str
     cur = await db.execute("SELECT count(*) AS n FROM pgsched.event WHERE type = 'token.revoked'")
     assert await cur.fetchone() == {"n": 0}
     assert await replay.verify(db) == []
+
+
+# -- snapshots restate the log, never the table (ADR 0021) ------------------------------------
+
+
+async def test_a_snapshot_cannot_launder_a_run_the_worker_rewrote(dsn: str) -> None:
+    """A worker login rewrites a waiting run as succeeded, then has maintenance's snapshot
+    function (SECURITY DEFINER, its retention the caller's) write the rows as history: verify
+    still reports the run, and a schedule's earlier drift too."""
+    ids = await _world(dsn)
+    admin = await connect(dsn)
+    try:
+        # An unrelated drift from before: a schedule changed with no event.
+        await admin.execute(
+            "UPDATE pgsched.schedule SET priority = 42 WHERE id = %s", [ids["schedule"]]
+        )
+        async with login_role(dsn, "pgsched_worker") as worker_dsn:
+            worker = await connect(worker_dsn)
+            try:
+                await worker.execute(
+                    "UPDATE pgsched.run SET state = 'succeeded', finished_at = now(),"
+                    ' outcome = \'{"status": "succeeded", "output": "laundered"}\''
+                    " WHERE id = %s",
+                    [ids["run"]],
+                )
+                await worker.execute(
+                    "SELECT pgsched.snapshot_for_event_retirement_v1('0 days', now())"
+                )
+            finally:
+                await worker.close()
+        cur = await admin.execute("SELECT state FROM pgsched.run WHERE id = %s", [ids["run"]])
+        assert await cur.fetchone() == {"state": "succeeded"}  # the table was rewritten
+        found = {(d.table, d.id, d.column) for d in await replay.verify(admin)}
+        assert ("run", ids["run"], "state") in found
+        assert ("run", ids["run"], "outcome") in found
+        assert ("schedule", ids["schedule"], "priority") in found
+    finally:
+        await admin.close()
