@@ -74,41 +74,61 @@ CREATE TABLE pgsched.event_grant (
     -- evidence: the subject row exists, the event carries no data (the fold cannot change);
     -- note: a system event with no subject row (data must be empty too).
     kind   text NOT NULL CHECK (kind IN ('transition', 'evidence', 'note')),
+    -- The keys the event's data may carry: exactly the columns its statement sets (see
+    -- app/db/queries/*.sql). NULL: any column (a created or registered row carries all of
+    -- them; the API's schedule.updated any it may change). A key outside the list is a claim
+    -- about a column this transition does not set (an outcome on run.cancel_requested).
+    keys   text[],
+    -- For runs, the states the transition leaves a run in (NULL: not a run transition).
+    states text[] CHECK (states IS NULL OR stream = 'run'),
     PRIMARY KEY (role, stream, type)
 );
 COMMENT ON TABLE pgsched.event_grant IS
     'events each application role may append (pgsched.event_guard_v1, ADR 0021)';
-INSERT INTO pgsched.event_grant (role, stream, type, kind) VALUES
+INSERT INTO pgsched.event_grant (role, stream, type, kind, keys, states) VALUES
     -- the API: schedule definitions and operator actions on runs
-    ('pgsched_api', 'schedule', 'schedule.created', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.updated', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.paused', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.resumed', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.deleted', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.backfilled', 'evidence'),
-    ('pgsched_api', 'run', 'run.created', 'transition'),
-    ('pgsched_api', 'run', 'run.retried', 'transition'),
-    ('pgsched_api', 'run', 'run.cancelled', 'transition'),
-    ('pgsched_api', 'run', 'run.cancel_requested', 'transition'),
-    ('pgsched_api', 'system', 'queue.updated', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.created', 'transition', NULL, NULL),
+    ('pgsched_api', 'schedule', 'schedule.updated', 'transition', NULL, NULL),
+    ('pgsched_api', 'schedule', 'schedule.paused', 'transition',
+     '{enabled,paused_at,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.resumed', 'transition',
+     '{enabled,paused_at,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.deleted', 'transition',
+     '{deleted_at,enabled,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.backfilled', 'evidence', '{}', NULL),
+    ('pgsched_api', 'run', 'run.created', 'transition', NULL, '{waiting}'),
+    ('pgsched_api', 'run', 'run.retried', 'transition',
+     '{state,available_at,max_attempts,finished_at,cancel_requested}', '{waiting}'),
+    ('pgsched_api', 'run', 'run.cancelled', 'transition',
+     '{state,finished_at,cancel_requested}', '{cancelled}'),
+    ('pgsched_api', 'run', 'run.cancel_requested', 'transition',
+     '{state,finished_at,cancel_requested}', '{running}'),
+    ('pgsched_api', 'system', 'queue.updated', 'transition', '{}', NULL),
     -- the ticker, the workers and the rescuer
-    ('pgsched_worker', 'run', 'run.created', 'transition'),
-    ('pgsched_worker', 'run', 'run.claimed', 'transition'),
-    ('pgsched_worker', 'run', 'run.succeeded', 'transition'),
-    ('pgsched_worker', 'run', 'run.retry_scheduled', 'transition'),
-    ('pgsched_worker', 'run', 'run.dead', 'transition'),
-    ('pgsched_worker', 'run', 'run.cancelled', 'transition'),
-    ('pgsched_worker', 'run', 'run.released', 'transition'),
-    ('pgsched_worker', 'run', 'run.rescued', 'transition'),
-    ('pgsched_worker', 'run', 'run.completion_fenced', 'evidence'),
-    ('pgsched_worker', 'schedule', 'schedule.advanced', 'transition'),
-    ('pgsched_worker', 'schedule', 'schedule.occurrence_missed', 'evidence'),
-    ('pgsched_worker', 'worker', 'worker.registered', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.active', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.stopping', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.stopped', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.gone', 'transition'),
-    ('pgsched_worker', 'system', 'partition.archive_failed', 'note');
+    ('pgsched_worker', 'run', 'run.created', 'transition', NULL, '{waiting}'),
+    ('pgsched_worker', 'run', 'run.claimed', 'transition',
+     '{state,attempt,lease_token,lease_expires_at,worker_id,started_at}', '{running}'),
+    ('pgsched_worker', 'run', 'run.succeeded', 'transition',
+     '{state,finished_at,lease_expires_at,outcome}', '{succeeded}'),
+    ('pgsched_worker', 'run', 'run.retry_scheduled', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.dead', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{dead}'),
+    ('pgsched_worker', 'run', 'run.cancelled', 'transition',
+     '{state,finished_at,lease_expires_at,outcome}', '{cancelled}'),
+    ('pgsched_worker', 'run', 'run.released', 'transition',
+     '{state,attempt,available_at,lease_expires_at}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.rescued', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.completion_fenced', 'evidence', '{}', NULL),
+    ('pgsched_worker', 'schedule', 'schedule.advanced', 'transition', '{next_due_at}', NULL),
+    ('pgsched_worker', 'schedule', 'schedule.occurrence_missed', 'evidence', '{}', NULL),
+    ('pgsched_worker', 'worker', 'worker.registered', 'transition', NULL, NULL),
+    ('pgsched_worker', 'worker', 'worker.active', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.stopping', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.stopped', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.gone', 'transition', '{state}', NULL),
+    ('pgsched_worker', 'system', 'partition.archive_failed', 'note', '{}', NULL);
 GRANT SELECT ON pgsched.event_grant TO pgsched_api, pgsched_worker, pgsched_operator;
 
 -- Whether a row version was written by this transaction or one of its subtransactions. The
@@ -156,22 +176,45 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    -- What this role may append, once per statement: "stream/type" -> kind (a type granted to
-    -- two of its roles counts as a transition if either grants it so).
-    SELECT jsonb_object_agg(g.stream || '/' || g.type, g.kind ORDER BY g.kind = 'transition')
+    -- What this role may append, once per statement: "stream/type" -> {kind, keys, states}.
+    -- A type granted to two of its roles takes the union of the two (a transition if either
+    -- grants it so; any key or state either allows).
+    SELECT jsonb_object_agg(x.stream || '/' || x.type, jsonb_build_object(
+               'kind', x.kind, 'keys', x.keys, 'states', x.states))
     INTO granted
-    FROM pgsched.event_grant g
-    WHERE pg_has_role(current_user, g.role, 'USAGE');
+    FROM (SELECT g.stream, g.type,
+                 CASE WHEN bool_or(g.kind = 'transition') THEN 'transition'
+                      ELSE min(g.kind) END AS kind,
+                 CASE WHEN bool_or(g.keys IS NULL) THEN NULL
+                      ELSE coalesce(array_agg(DISTINCT k) FILTER (WHERE k IS NOT NULL), '{}')
+                      END AS keys,
+                 CASE WHEN bool_or(g.states IS NULL) THEN NULL
+                      ELSE array_agg(DISTINCT st) FILTER (WHERE st IS NOT NULL) END AS states
+          FROM pgsched.event_grant g
+          LEFT JOIN LATERAL unnest(g.keys) k ON true
+          LEFT JOIN LATERAL unnest(g.states) st ON true
+          WHERE pg_has_role(current_user, g.role, 'USAGE')
+          GROUP BY g.stream, g.type) x;
     granted := coalesce(granted, '{}');
     -- The first event that is not granted, or does not match what its statement did to its
     -- subject row.
     SELECT a.stream, a.type, a.stream_id,
            CASE WHEN k.kind IS NULL THEN 'not an event this role appends'
+                WHEN NOT k.keys_ok THEN 'carries a column its transition does not set'
+                WHEN NOT k.state_ok THEN 'names a state its transition does not produce'
                 ELSE 'does not match a change of its row' END AS why
     INTO bad
     FROM appended a
-    CROSS JOIN LATERAL (SELECT granted ->> (a.stream || '/' || a.type) AS kind) k
-    WHERE k.kind IS NULL OR NOT CASE
+    CROSS JOIN LATERAL (SELECT granted -> (a.stream || '/' || a.type) AS g) gr
+    CROSS JOIN LATERAL (
+        SELECT gr.g ->> 'kind' AS kind,
+               -- every key of the data among the granted ones (a JSON array's strings)
+               coalesce(gr.g -> 'keys' = 'null'
+                        OR (gr.g -> 'keys') ?& ARRAY(SELECT jsonb_object_keys(a.data)),
+                        false) AS keys_ok,
+               coalesce(gr.g -> 'states' = 'null' OR (gr.g -> 'states') ? (a.data ->> 'state'),
+                        false) AS state_ok) k
+    WHERE k.kind IS NULL OR NOT k.keys_ok OR NOT k.state_ok OR NOT CASE
         WHEN k.kind = 'note' THEN a.stream_id IS NULL AND a.data = '{}'
         WHEN k.kind = 'evidence' THEN a.data = '{}' AND CASE a.stream
             WHEN 'run' THEN EXISTS (SELECT 1 FROM pgsched.run r WHERE r.id = a.stream_id)
@@ -245,6 +288,36 @@ CREATE TRIGGER snapshot_restates_fold BEFORE INSERT ON pgsched.event
     FOR EACH ROW
     WHEN (NEW.type IN ('run.snapshot', 'schedule.snapshot'))
     EXECUTE FUNCTION pgsched.snapshot_restates_fold_v1();
+RESET ROLE;
+"""
+
+# Column-level UPDATE instead of table-wide (0001 granted the whole table): each role may change
+# only the columns its own statements set (app/db/queries/runs.sql, ticker.sql, api_writes.sql),
+# so a forged change of any other column (a run's payload-free columns such as schedule_id or
+# due_at, a schedule's payload by the worker role) is refused before the event guard sees it.
+# The API keeps table-wide UPDATE on schedules: its update_schedule sets every column a client
+# may change. SELECT ... FOR UPDATE needs UPDATE on one column, which each role keeps.
+RUN_COLUMNS = {
+    "pgsched_worker": "state, attempt, lease_token, lease_expires_at, worker_id, started_at,"
+    " available_at, finished_at, outcome",
+    "pgsched_api": "state, available_at, max_attempts, finished_at, cancel_requested",
+}
+COLUMN_GRANTS = f"""
+SET LOCAL ROLE pgsched_owner;
+REVOKE UPDATE ON pgsched.run FROM pgsched_worker, pgsched_api;
+GRANT UPDATE ({RUN_COLUMNS["pgsched_worker"]}) ON pgsched.run TO pgsched_worker;
+GRANT UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run TO pgsched_api;
+REVOKE UPDATE ON pgsched.schedule FROM pgsched_worker;
+GRANT UPDATE (next_due_at) ON pgsched.schedule TO pgsched_worker;
+RESET ROLE;
+"""
+COLUMN_GRANTS_DOWN = f"""
+SET LOCAL ROLE pgsched_owner;
+REVOKE UPDATE ({RUN_COLUMNS["pgsched_worker"]}) ON pgsched.run FROM pgsched_worker;
+REVOKE UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run FROM pgsched_api;
+REVOKE UPDATE (next_due_at) ON pgsched.schedule FROM pgsched_worker;
+GRANT UPDATE ON pgsched.run TO pgsched_worker, pgsched_api;
+GRANT UPDATE ON pgsched.schedule TO pgsched_worker;
 RESET ROLE;
 """
 
@@ -357,10 +430,12 @@ RESET ROLE;
 def upgrade() -> None:
     execute(JOB_ROLE)
     execute(GUARD)
+    execute(COLUMN_GRANTS)
     execute(BUILTIN)
 
 
 def downgrade() -> None:
+    execute(COLUMN_GRANTS_DOWN)
     execute("""
 SET LOCAL ROLE pgsched_owner;
 DROP FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz);
