@@ -326,8 +326,9 @@ SET LOCAL ROLE pgsched_owner;
 
 -- Installs (or brings up to date) the built-in maintenance schedule and returns it. `fields` is
 -- the whole schedule as app.maintenance builds it; only the built-in one, only as the python
--- job app.maintenance:run_builtin, is accepted. An existing one changes only its job (job_type,
--- payload, timeout), with schedule.updated; a missing one is created, with schedule.created.
+-- job app.maintenance:run_builtin, is accepted. An existing one gets back its job (job_type,
+-- payload, timeout) and whatever could stop it (queue, timing but the minute of its hourly
+-- cron), with schedule.updated; a missing one is created, with schedule.created.
 CREATE FUNCTION pgsched.install_builtin_maintenance_v1(fields jsonb, at timestamptz DEFAULT NULL)
 RETURNS SETOF pgsched.schedule
 LANGUAGE plpgsql
@@ -381,18 +382,34 @@ BEGIN
     IF prior.id IS NULL THEN
         RAISE EXCEPTION 'the built-in maintenance schedule could not be installed';
     END IF;
+    -- What must hold, put back whoever changed it (app.schedules.check_builtin_change): its job
+    -- and timeout, and everything that could stop it quietly (another queue, a starts_at in
+    -- 2099, an ends_at, another kind, timezone or jitter).
     SELECT jsonb_object_agg(k, fields -> k) INTO changes
-    FROM unnest(ARRAY['job_type', 'payload', 'timeout_seconds']) k
+    FROM unnest(ARRAY['job_type', 'payload', 'timeout_seconds', 'queue', 'kind',
+                      'interval_seconds', 'run_at', 'starts_at', 'ends_at', 'timezone',
+                      'jitter_seconds']) k
     WHERE fields ? k AND fields -> k IS DISTINCT FROM to_jsonb(prior) -> k;
+    -- Its cron is the operator's while it fires some minute of every hour; otherwise, or when
+    -- its timing was put back above, it is the default again, due when `fields` says.
+    IF coalesce(prior.cron, '') !~ '^([0-9]|[1-5][0-9]) \* \* \* \*$'
+       OR changes ?| ARRAY['kind', 'interval_seconds', 'run_at', 'starts_at', 'ends_at',
+                           'timezone', 'jitter_seconds'] THEN
+        changes := coalesce(changes, '{}')
+                   || jsonb_build_object('cron', fields -> 'cron',
+                                         'next_due_at', fields -> 'next_due_at');
+    END IF;
     IF changes IS NULL THEN
         RETURN NEXT prior;
         RETURN;
     END IF;
     UPDATE pgsched.schedule s
-    SET job_type = coalesce(changes ->> 'job_type', s.job_type),
-        payload = coalesce(changes -> 'payload', s.payload),
-        timeout_seconds = coalesce((changes ->> 'timeout_seconds')::double precision,
-                                   s.timeout_seconds),
+    SET (job_type, payload, timeout_seconds, queue, kind, cron, interval_seconds, run_at,
+         starts_at, ends_at, timezone, jitter_seconds, next_due_at) =
+        (SELECT n.job_type, n.payload, n.timeout_seconds, n.queue, n.kind, n.cron,
+                n.interval_seconds, n.run_at, n.starts_at, n.ends_at, n.timezone,
+                n.jitter_seconds, n.next_due_at
+         FROM jsonb_populate_record(prior, changes) n),
         version = s.version + 1,
         updated_at = t
     WHERE s.id = prior.id
