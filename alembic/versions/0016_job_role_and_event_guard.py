@@ -309,6 +309,10 @@ GRANT UPDATE ({RUN_COLUMNS["pgsched_worker"]}) ON pgsched.run TO pgsched_worker;
 GRANT UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run TO pgsched_api;
 REVOKE UPDATE ON pgsched.schedule FROM pgsched_worker;
 GRANT UPDATE (next_due_at) ON pgsched.schedule TO pgsched_worker;
+-- No code of this release calls maintain_v1 (the built-in schedule is the python job, which
+-- calls maintain_v2): one SECURITY DEFINER function with caller-chosen retention fewer.
+REVOKE EXECUTE ON FUNCTION pgsched.maintain_v1(integer, interval, interval, timestamptz)
+    FROM pgsched_worker;
 RESET ROLE;
 """
 COLUMN_GRANTS_DOWN = f"""
@@ -318,6 +322,8 @@ REVOKE UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run FROM pgsched_api;
 REVOKE UPDATE (next_due_at) ON pgsched.schedule FROM pgsched_worker;
 GRANT UPDATE ON pgsched.run TO pgsched_worker, pgsched_api;
 GRANT UPDATE ON pgsched.schedule TO pgsched_worker;
+GRANT EXECUTE ON FUNCTION pgsched.maintain_v1(integer, interval, interval, timestamptz)
+    TO pgsched_worker;
 RESET ROLE;
 """
 

@@ -613,3 +613,32 @@ async def test_the_worker_cannot_advance_a_schedule_into_a_new_payload(dsn: str)
             )
     finally:
         await worker.close()
+
+
+# Every SECURITY DEFINER function of pgsched and the application roles that may call it (each
+# grant is justified in ADR 0021): only the worker role, which runs maintenance, and only what
+# maintenance and the ticker call. A new one fails here until it is added, with its reason.
+DEFINER_EXECUTE = {
+    "pgsched.maintain_v1(integer,interval,interval,timestamp with time zone)": set(),
+    "pgsched.maintain_v2(integer,interval,interval,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.snapshot_for_event_retirement_v1(interval,timestamp with time zone)": {
+        "pgsched_worker"
+    },
+    "pgsched.detach_for_archive_v1(regclass,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.drop_detached_v1(regclass,timestamp with time zone,jsonb)": {"pgsched_worker"},
+    "pgsched.reattach_v1(regclass,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.install_builtin_maintenance_v1(jsonb,timestamp with time zone)": {"pgsched_worker"},
+}
+
+
+async def test_who_may_call_each_security_definer_function(conn: Conn) -> None:
+    cur = await conn.execute(
+        "SELECT p.oid::regprocedure::text AS f,"
+        "       array(SELECT r FROM unnest(%s::text[]) r"
+        "             WHERE has_function_privilege(r, p.oid, 'EXECUTE')) AS roles"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'pgsched' AND p.prosecdef",
+        [[*APP_ROLES, "pgsched_job"]],
+    )
+    found = {r["f"]: set(r["roles"]) for r in await cur.fetchall()}
+    assert found == DEFINER_EXECUTE
