@@ -21,11 +21,18 @@ Design: docs/adr/0021-job-role-and-event-guard.md.
    backfill) change no row, carry no data and must name a row that exists. The owner (maintenance,
    migrations, SECURITY DEFINER functions) and superusers pass untouched. One statement-level
    trigger per INSERT, over its transition table, so a batch of completions costs one call.
+   Each grant also names the data keys its event may carry (the columns its statement sets)
+   and, for runs, the states it may produce; beneath it, the roles' UPDATE on runs (and the
+   worker's on schedules) is narrowed to the columns their statements set. A snapshot event
+   restates the fold of its stream's events, never the table's row (trigger
+   snapshot_restates_fold), so maintenance's SECURITY DEFINER functions cannot turn a rewritten
+   row into history; the worker may no longer call maintain_v1.
 
 3. `pgsched.install_builtin_maintenance_v1`: installs or brings up to date the built-in
    maintenance schedule as the owner, so a ticker connecting as a member of pgsched_worker (no
    INSERT on schedule) starts on a freshly migrated database. It accepts only that schedule, only
-   as the python job app.maintenance:run_builtin. The stored built-in schedule, a `sql` job until
+   as the python job app.maintenance:run_builtin, and puts back its job, queue and timing (the
+   minute of its hourly cron and a pause stay). The stored built-in schedule, a `sql` job until
    now, becomes that python job here (pgsched_job may not call maintain_v2, and should not).
 """
 
