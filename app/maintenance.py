@@ -316,8 +316,10 @@ async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: date
     """Install (or bring up to date) the hourly maintenance schedule; idempotent.
 
     Through pgsched.install_builtin_maintenance_v1 (as the owner), so the worker role may call
-    it: a ticker needs no right to insert schedules. Only the job (type, payload, timeout) of
-    an existing built-in schedule is brought up to date; an operator's other changes stay.
+    it: a ticker needs no right to insert schedules. An existing built-in schedule gets back
+    its job (type, payload, timeout) and whatever could stop it (queue, kind, starts_at,
+    ends_at, timezone, jitter; a cron that is not some minute of every hour); an operator's
+    pause, minute, priority and retries stay (app.schedules.check_builtin_change).
     """
     async with conn.transaction():
         fields = builtin_fields(retention, await store.db_now(conn, now))

@@ -6,6 +6,7 @@ through `complete()`, so a schedule's stored row always carries every column exp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -99,11 +100,32 @@ class Protected(ScheduleError):
         self.field = field
 
 
-# pgsched's own schedule: partition upkeep (app.maintenance, ADR 0021). It may be paused or
-# moved in time, but not deleted, renamed or given another job, because nothing else keeps
-# partitions ahead and its loss would show only when inserts start to fail.
+# pgsched's own schedule: partition upkeep (app.maintenance, ADR 0021). Nothing else keeps
+# partitions ahead, and its loss shows only when inserts start to fail, so over the API it may
+# only be paused and resumed (explicit, recorded as schedule.paused), moved to another minute of
+# its hour, or given another priority or retry policy. Everything else could stop it quietly or
+# change what it is: another queue no worker serves, a starts_at in 2099, an ends_at in the
+# past, a cron that never fires ('0 0 29 2 1'), another kind, timezone, jitter or timeout, a
+# delete, a rename, another job. install_builtin_maintenance_v1 (migration 0016) puts those back
+# when the ticker starts, whoever changed them.
 BUILTIN_NAME = "pgsched.maintenance"
-_BUILTIN_FIXED = ("name", "job_type", "payload", "kind", "interval_seconds", "run_at", "ends_at")
+_BUILTIN_ADJUSTABLE = frozenset(
+    {
+        "cron",
+        "enabled",
+        "priority",
+        "max_attempts",
+        "retry_delay_seconds",
+        "retry_factor",
+        "retry_max_delay_seconds",
+        "grace_seconds",
+    }
+)
+# The order the culprit is looked for, so a change of kind is named as that (not as the
+# interval or cron it brings along).
+_BUILTIN_ORDER = ("name", "job_type", "payload", "kind")
+# Its cron: some minute of every hour, nothing else.
+_HOURLY = re.compile(r"(?:[0-9]|[1-5][0-9]) \* \* \* \*")
 
 
 def is_builtin(row: Mapping[str, Any]) -> bool:
@@ -111,13 +133,25 @@ def is_builtin(row: Mapping[str, Any]) -> bool:
 
 
 def check_builtin_change(row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
-    """Raise Protected if `changes` would delete, rename or re-job the built-in schedule."""
+    """Raise Protected if `changes` would delete the built-in schedule or change anything of
+    it but its minute, pause, priority and retries."""
     if not is_builtin(row):
         return
     if changes.get("deleted_at") is not None:
         raise Protected(row, "it keeps partitions ahead and cannot be deleted (pause it instead)")
-    for field in _BUILTIN_FIXED:
-        if field in changes and changes[field] != row[field]:
+
+    def order(field: str) -> tuple[int, str]:
+        known = field in _BUILTIN_ORDER
+        return (_BUILTIN_ORDER.index(field) if known else len(_BUILTIN_ORDER), field)
+
+    for field in sorted(changes, key=order):
+        if field == "deleted_at" or changes[field] == row.get(field):
+            continue
+        if field == "cron" and not _HOURLY.fullmatch(str(changes[field])):
+            raise Protected(
+                row, "its cron may only move the minute of its hour ('M * * * *')", field
+            )
+        if field not in _BUILTIN_ADJUSTABLE:
             raise Protected(row, f"its {field} cannot change", field)
 
 

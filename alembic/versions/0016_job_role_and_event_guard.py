@@ -21,11 +21,18 @@ Design: docs/adr/0021-job-role-and-event-guard.md.
    backfill) change no row, carry no data and must name a row that exists. The owner (maintenance,
    migrations, SECURITY DEFINER functions) and superusers pass untouched. One statement-level
    trigger per INSERT, over its transition table, so a batch of completions costs one call.
+   Each grant also names the data keys its event may carry (the columns its statement sets)
+   and, for runs, the states it may produce; beneath it, the roles' UPDATE on runs (and the
+   worker's on schedules) is narrowed to the columns their statements set. A snapshot event
+   restates the fold of its stream's events, never the table's row (trigger
+   snapshot_restates_fold), so maintenance's SECURITY DEFINER functions cannot turn a rewritten
+   row into history; the worker may no longer call maintain_v1.
 
 3. `pgsched.install_builtin_maintenance_v1`: installs or brings up to date the built-in
    maintenance schedule as the owner, so a ticker connecting as a member of pgsched_worker (no
    INSERT on schedule) starts on a freshly migrated database. It accepts only that schedule, only
-   as the python job app.maintenance:run_builtin. The stored built-in schedule, a `sql` job until
+   as the python job app.maintenance:run_builtin, and puts back its job, queue and timing (the
+   minute of its hourly cron and a pause stay). The stored built-in schedule, a `sql` job until
    now, becomes that python job here (pgsched_job may not call maintain_v2, and should not).
 """
 
@@ -74,41 +81,61 @@ CREATE TABLE pgsched.event_grant (
     -- evidence: the subject row exists, the event carries no data (the fold cannot change);
     -- note: a system event with no subject row (data must be empty too).
     kind   text NOT NULL CHECK (kind IN ('transition', 'evidence', 'note')),
+    -- The keys the event's data may carry: exactly the columns its statement sets (see
+    -- app/db/queries/*.sql). NULL: any column (a created or registered row carries all of
+    -- them; the API's schedule.updated any it may change). A key outside the list is a claim
+    -- about a column this transition does not set (an outcome on run.cancel_requested).
+    keys   text[],
+    -- For runs, the states the transition leaves a run in (NULL: not a run transition).
+    states text[] CHECK (states IS NULL OR stream = 'run'),
     PRIMARY KEY (role, stream, type)
 );
 COMMENT ON TABLE pgsched.event_grant IS
     'events each application role may append (pgsched.event_guard_v1, ADR 0021)';
-INSERT INTO pgsched.event_grant (role, stream, type, kind) VALUES
+INSERT INTO pgsched.event_grant (role, stream, type, kind, keys, states) VALUES
     -- the API: schedule definitions and operator actions on runs
-    ('pgsched_api', 'schedule', 'schedule.created', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.updated', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.paused', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.resumed', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.deleted', 'transition'),
-    ('pgsched_api', 'schedule', 'schedule.backfilled', 'evidence'),
-    ('pgsched_api', 'run', 'run.created', 'transition'),
-    ('pgsched_api', 'run', 'run.retried', 'transition'),
-    ('pgsched_api', 'run', 'run.cancelled', 'transition'),
-    ('pgsched_api', 'run', 'run.cancel_requested', 'transition'),
-    ('pgsched_api', 'system', 'queue.updated', 'transition'),
+    ('pgsched_api', 'schedule', 'schedule.created', 'transition', NULL, NULL),
+    ('pgsched_api', 'schedule', 'schedule.updated', 'transition', NULL, NULL),
+    ('pgsched_api', 'schedule', 'schedule.paused', 'transition',
+     '{enabled,paused_at,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.resumed', 'transition',
+     '{enabled,paused_at,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.deleted', 'transition',
+     '{deleted_at,enabled,version,updated_at}', NULL),
+    ('pgsched_api', 'schedule', 'schedule.backfilled', 'evidence', '{}', NULL),
+    ('pgsched_api', 'run', 'run.created', 'transition', NULL, '{waiting}'),
+    ('pgsched_api', 'run', 'run.retried', 'transition',
+     '{state,available_at,max_attempts,finished_at,cancel_requested}', '{waiting}'),
+    ('pgsched_api', 'run', 'run.cancelled', 'transition',
+     '{state,finished_at,cancel_requested}', '{cancelled}'),
+    ('pgsched_api', 'run', 'run.cancel_requested', 'transition',
+     '{state,finished_at,cancel_requested}', '{running}'),
+    ('pgsched_api', 'system', 'queue.updated', 'transition', '{}', NULL),
     -- the ticker, the workers and the rescuer
-    ('pgsched_worker', 'run', 'run.created', 'transition'),
-    ('pgsched_worker', 'run', 'run.claimed', 'transition'),
-    ('pgsched_worker', 'run', 'run.succeeded', 'transition'),
-    ('pgsched_worker', 'run', 'run.retry_scheduled', 'transition'),
-    ('pgsched_worker', 'run', 'run.dead', 'transition'),
-    ('pgsched_worker', 'run', 'run.cancelled', 'transition'),
-    ('pgsched_worker', 'run', 'run.released', 'transition'),
-    ('pgsched_worker', 'run', 'run.rescued', 'transition'),
-    ('pgsched_worker', 'run', 'run.completion_fenced', 'evidence'),
-    ('pgsched_worker', 'schedule', 'schedule.advanced', 'transition'),
-    ('pgsched_worker', 'schedule', 'schedule.occurrence_missed', 'evidence'),
-    ('pgsched_worker', 'worker', 'worker.registered', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.active', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.stopping', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.stopped', 'transition'),
-    ('pgsched_worker', 'worker', 'worker.gone', 'transition'),
-    ('pgsched_worker', 'system', 'partition.archive_failed', 'note');
+    ('pgsched_worker', 'run', 'run.created', 'transition', NULL, '{waiting}'),
+    ('pgsched_worker', 'run', 'run.claimed', 'transition',
+     '{state,attempt,lease_token,lease_expires_at,worker_id,started_at}', '{running}'),
+    ('pgsched_worker', 'run', 'run.succeeded', 'transition',
+     '{state,finished_at,lease_expires_at,outcome}', '{succeeded}'),
+    ('pgsched_worker', 'run', 'run.retry_scheduled', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.dead', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{dead}'),
+    ('pgsched_worker', 'run', 'run.cancelled', 'transition',
+     '{state,finished_at,lease_expires_at,outcome}', '{cancelled}'),
+    ('pgsched_worker', 'run', 'run.released', 'transition',
+     '{state,attempt,available_at,lease_expires_at}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.rescued', 'transition',
+     '{state,available_at,finished_at,lease_expires_at,outcome}', '{waiting}'),
+    ('pgsched_worker', 'run', 'run.completion_fenced', 'evidence', '{}', NULL),
+    ('pgsched_worker', 'schedule', 'schedule.advanced', 'transition', '{next_due_at}', NULL),
+    ('pgsched_worker', 'schedule', 'schedule.occurrence_missed', 'evidence', '{}', NULL),
+    ('pgsched_worker', 'worker', 'worker.registered', 'transition', NULL, NULL),
+    ('pgsched_worker', 'worker', 'worker.active', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.stopping', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.stopped', 'transition', '{state,stopped_at}', NULL),
+    ('pgsched_worker', 'worker', 'worker.gone', 'transition', '{state}', NULL),
+    ('pgsched_worker', 'system', 'partition.archive_failed', 'note', '{}', NULL);
 GRANT SELECT ON pgsched.event_grant TO pgsched_api, pgsched_worker, pgsched_operator;
 
 -- Whether a row version was written by this transaction or one of its subtransactions. The
@@ -156,22 +183,45 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    -- What this role may append, once per statement: "stream/type" -> kind (a type granted to
-    -- two of its roles counts as a transition if either grants it so).
-    SELECT jsonb_object_agg(g.stream || '/' || g.type, g.kind ORDER BY g.kind = 'transition')
+    -- What this role may append, once per statement: "stream/type" -> {kind, keys, states}.
+    -- A type granted to two of its roles takes the union of the two (a transition if either
+    -- grants it so; any key or state either allows).
+    SELECT jsonb_object_agg(x.stream || '/' || x.type, jsonb_build_object(
+               'kind', x.kind, 'keys', x.keys, 'states', x.states))
     INTO granted
-    FROM pgsched.event_grant g
-    WHERE pg_has_role(current_user, g.role, 'USAGE');
+    FROM (SELECT g.stream, g.type,
+                 CASE WHEN bool_or(g.kind = 'transition') THEN 'transition'
+                      ELSE min(g.kind) END AS kind,
+                 CASE WHEN bool_or(g.keys IS NULL) THEN NULL
+                      ELSE coalesce(array_agg(DISTINCT k) FILTER (WHERE k IS NOT NULL), '{}')
+                      END AS keys,
+                 CASE WHEN bool_or(g.states IS NULL) THEN NULL
+                      ELSE array_agg(DISTINCT st) FILTER (WHERE st IS NOT NULL) END AS states
+          FROM pgsched.event_grant g
+          LEFT JOIN LATERAL unnest(g.keys) k ON true
+          LEFT JOIN LATERAL unnest(g.states) st ON true
+          WHERE pg_has_role(current_user, g.role, 'USAGE')
+          GROUP BY g.stream, g.type) x;
     granted := coalesce(granted, '{}');
     -- The first event that is not granted, or does not match what its statement did to its
     -- subject row.
     SELECT a.stream, a.type, a.stream_id,
            CASE WHEN k.kind IS NULL THEN 'not an event this role appends'
+                WHEN NOT k.keys_ok THEN 'carries a column its transition does not set'
+                WHEN NOT k.state_ok THEN 'names a state its transition does not produce'
                 ELSE 'does not match a change of its row' END AS why
     INTO bad
     FROM appended a
-    CROSS JOIN LATERAL (SELECT granted ->> (a.stream || '/' || a.type) AS kind) k
-    WHERE k.kind IS NULL OR NOT CASE
+    CROSS JOIN LATERAL (SELECT granted -> (a.stream || '/' || a.type) AS g) gr
+    CROSS JOIN LATERAL (
+        SELECT gr.g ->> 'kind' AS kind,
+               -- every key of the data among the granted ones (a JSON array's strings)
+               coalesce(gr.g -> 'keys' = 'null'
+                        OR (gr.g -> 'keys') ?& ARRAY(SELECT jsonb_object_keys(a.data)),
+                        false) AS keys_ok,
+               coalesce(gr.g -> 'states' = 'null' OR (gr.g -> 'states') ? (a.data ->> 'state'),
+                        false) AS state_ok) k
+    WHERE k.kind IS NULL OR NOT k.keys_ok OR NOT k.state_ok OR NOT CASE
         WHEN k.kind = 'note' THEN a.stream_id IS NULL AND a.data = '{}'
         WHEN k.kind = 'evidence' THEN a.data = '{}' AND CASE a.stream
             WHEN 'run' THEN EXISTS (SELECT 1 FROM pgsched.run r WHERE r.id = a.stream_id)
@@ -213,6 +263,74 @@ $$;
 CREATE TRIGGER event_guard AFTER INSERT ON pgsched.event
     REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.event_guard_v1();
+
+-- A snapshot (run.snapshot, schedule.snapshot: maintenance, before event months retire) restates
+-- what the log already says, never what the table says: its data is the fold of the stream's
+-- events so far, whoever appends it and whatever the caller of the SECURITY DEFINER function
+-- that appends it chose as retention. Written from the table, a snapshot would turn any drift of
+-- a row (a worker role's UPDATE of a run to succeeded) into history, and verify would stop
+-- seeing it (ADR 0021). A row with no events has nothing to restate: no snapshot, and verify
+-- goes on reporting it. Only snapshots call this (the trigger's WHEN), so the hot path pays a
+-- comparison per row.
+CREATE FUNCTION pgsched.snapshot_restates_fold_v1() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgsched
+AS $$
+DECLARE
+    folded jsonb;
+BEGIN
+    SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) INTO folded
+    FROM pgsched.event e
+    WHERE e.stream = NEW.stream AND e.stream_id = NEW.stream_id;
+    IF folded IS NULL OR folded = '{}' THEN
+        RETURN NULL;
+    END IF;
+    NEW.data := CASE NEW.stream
+        WHEN 'run' THEN to_jsonb(jsonb_populate_record(NULL::pgsched.run, folded))
+        ELSE to_jsonb(jsonb_populate_record(NULL::pgsched.schedule, folded)) END;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER snapshot_restates_fold BEFORE INSERT ON pgsched.event
+    FOR EACH ROW
+    WHEN (NEW.type IN ('run.snapshot', 'schedule.snapshot'))
+    EXECUTE FUNCTION pgsched.snapshot_restates_fold_v1();
+RESET ROLE;
+"""
+
+# Column-level UPDATE instead of table-wide (0001 granted the whole table): each role may change
+# only the columns its own statements set (app/db/queries/runs.sql, ticker.sql, api_writes.sql),
+# so a forged change of any other column (a run's payload-free columns such as schedule_id or
+# due_at, a schedule's payload by the worker role) is refused before the event guard sees it.
+# The API keeps table-wide UPDATE on schedules: its update_schedule sets every column a client
+# may change. SELECT ... FOR UPDATE needs UPDATE on one column, which each role keeps.
+RUN_COLUMNS = {
+    "pgsched_worker": "state, attempt, lease_token, lease_expires_at, worker_id, started_at,"
+    " available_at, finished_at, outcome",
+    "pgsched_api": "state, available_at, max_attempts, finished_at, cancel_requested",
+}
+COLUMN_GRANTS = f"""
+SET LOCAL ROLE pgsched_owner;
+REVOKE UPDATE ON pgsched.run FROM pgsched_worker, pgsched_api;
+GRANT UPDATE ({RUN_COLUMNS["pgsched_worker"]}) ON pgsched.run TO pgsched_worker;
+GRANT UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run TO pgsched_api;
+REVOKE UPDATE ON pgsched.schedule FROM pgsched_worker;
+GRANT UPDATE (next_due_at) ON pgsched.schedule TO pgsched_worker;
+-- No code of this release calls maintain_v1 (the built-in schedule is the python job, which
+-- calls maintain_v2): one SECURITY DEFINER function with caller-chosen retention fewer.
+REVOKE EXECUTE ON FUNCTION pgsched.maintain_v1(integer, interval, interval, timestamptz)
+    FROM pgsched_worker;
+RESET ROLE;
+"""
+COLUMN_GRANTS_DOWN = f"""
+SET LOCAL ROLE pgsched_owner;
+REVOKE UPDATE ({RUN_COLUMNS["pgsched_worker"]}) ON pgsched.run FROM pgsched_worker;
+REVOKE UPDATE ({RUN_COLUMNS["pgsched_api"]}) ON pgsched.run FROM pgsched_api;
+REVOKE UPDATE (next_due_at) ON pgsched.schedule FROM pgsched_worker;
+GRANT UPDATE ON pgsched.run TO pgsched_worker, pgsched_api;
+GRANT UPDATE ON pgsched.schedule TO pgsched_worker;
+GRANT EXECUTE ON FUNCTION pgsched.maintain_v1(integer, interval, interval, timestamptz)
+    TO pgsched_worker;
 RESET ROLE;
 """
 
@@ -221,8 +339,9 @@ SET LOCAL ROLE pgsched_owner;
 
 -- Installs (or brings up to date) the built-in maintenance schedule and returns it. `fields` is
 -- the whole schedule as app.maintenance builds it; only the built-in one, only as the python
--- job app.maintenance:run_builtin, is accepted. An existing one changes only its job (job_type,
--- payload, timeout), with schedule.updated; a missing one is created, with schedule.created.
+-- job app.maintenance:run_builtin, is accepted. An existing one gets back its job (job_type,
+-- payload, timeout) and whatever could stop it (queue, timing but the minute of its hourly
+-- cron), with schedule.updated; a missing one is created, with schedule.created.
 CREATE FUNCTION pgsched.install_builtin_maintenance_v1(fields jsonb, at timestamptz DEFAULT NULL)
 RETURNS SETOF pgsched.schedule
 LANGUAGE plpgsql
@@ -276,18 +395,34 @@ BEGIN
     IF prior.id IS NULL THEN
         RAISE EXCEPTION 'the built-in maintenance schedule could not be installed';
     END IF;
+    -- What must hold, put back whoever changed it (app.schedules.check_builtin_change): its job
+    -- and timeout, and everything that could stop it quietly (another queue, a starts_at in
+    -- 2099, an ends_at, another kind, timezone or jitter).
     SELECT jsonb_object_agg(k, fields -> k) INTO changes
-    FROM unnest(ARRAY['job_type', 'payload', 'timeout_seconds']) k
+    FROM unnest(ARRAY['job_type', 'payload', 'timeout_seconds', 'queue', 'kind',
+                      'interval_seconds', 'run_at', 'starts_at', 'ends_at', 'timezone',
+                      'jitter_seconds']) k
     WHERE fields ? k AND fields -> k IS DISTINCT FROM to_jsonb(prior) -> k;
+    -- Its cron is the operator's while it fires some minute of every hour; otherwise, or when
+    -- its timing was put back above, it is the default again, due when `fields` says.
+    IF coalesce(prior.cron, '') !~ '^([0-9]|[1-5][0-9]) \* \* \* \*$'
+       OR changes ?| ARRAY['kind', 'interval_seconds', 'run_at', 'starts_at', 'ends_at',
+                           'timezone', 'jitter_seconds'] THEN
+        changes := coalesce(changes, '{}')
+                   || jsonb_build_object('cron', fields -> 'cron',
+                                         'next_due_at', fields -> 'next_due_at');
+    END IF;
     IF changes IS NULL THEN
         RETURN NEXT prior;
         RETURN;
     END IF;
     UPDATE pgsched.schedule s
-    SET job_type = coalesce(changes ->> 'job_type', s.job_type),
-        payload = coalesce(changes -> 'payload', s.payload),
-        timeout_seconds = coalesce((changes ->> 'timeout_seconds')::double precision,
-                                   s.timeout_seconds),
+    SET (job_type, payload, timeout_seconds, queue, kind, cron, interval_seconds, run_at,
+         starts_at, ends_at, timezone, jitter_seconds, next_due_at) =
+        (SELECT n.job_type, n.payload, n.timeout_seconds, n.queue, n.kind, n.cron,
+                n.interval_seconds, n.run_at, n.starts_at, n.ends_at, n.timezone,
+                n.jitter_seconds, n.next_due_at
+         FROM jsonb_populate_record(prior, changes) n),
         version = s.version + 1,
         updated_at = t
     WHERE s.id = prior.id
@@ -325,13 +460,17 @@ RESET ROLE;
 def upgrade() -> None:
     execute(JOB_ROLE)
     execute(GUARD)
+    execute(COLUMN_GRANTS)
     execute(BUILTIN)
 
 
 def downgrade() -> None:
+    execute(COLUMN_GRANTS_DOWN)
     execute("""
 SET LOCAL ROLE pgsched_owner;
 DROP FUNCTION pgsched.install_builtin_maintenance_v1(jsonb, timestamptz);
+DROP TRIGGER snapshot_restates_fold ON pgsched.event;
+DROP FUNCTION pgsched.snapshot_restates_fold_v1();
 DROP TRIGGER event_guard ON pgsched.event;
 DROP FUNCTION pgsched.event_guard_v1();
 DROP FUNCTION pgsched.written_here_v1(xid);

