@@ -2,7 +2,7 @@
 them.
 
 A token reads `pgs_<43 base62 chars: 32 random bytes><6 base62 chars: CRC32 of the body>`, after
-GitHub's format (reliability guide §4.2): the prefix lets secret scanners recognise a leaked
+GitHub's format: the prefix lets secret scanners recognise a leaked
 token, and the checksum rejects a mistyped or truncated one without a database round trip. Only
 `sha256(token)` is stored; `prefix` (the first characters, enough to tell tokens apart in a list)
 is what people see. Tokens are shown once, when created.
@@ -76,7 +76,7 @@ def well_formed(token: str) -> bool:
 
 
 def digest(token: str) -> bytes:
-    """What is stored and looked up: a fast hash suffices for 256 random bits (guide §4.2)."""
+    """What is stored and looked up: a fast hash suffices for 256 random bits."""
     return hashlib.sha256(token.encode("ascii")).digest()
 
 

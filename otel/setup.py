@@ -197,7 +197,7 @@ class Telemetry:
             and not self._instrumented_psycopg
         ):
             # The commenter stays off: a per-request comment would defeat psycopg's prepared
-            # statements for the hot claim query (ecosystem guide §3).
+            # statements for the hot claim query (each distinct text is a new statement).
             PsycopgInstrumentor().instrument(
                 tracer_provider=self.tracer_provider, skip_dep_check=True
             )

@@ -1,8 +1,8 @@
 """SSRF guard for ``http`` jobs: decide whether a URL may be fetched, then fetch it safely.
 
 Operators define ``http`` jobs (method, URL, headers, body, expected status) and workers run them
-from inside our network, so a job URL is a request to reach *from here*. Reliability guide §4.6
-and ADR 0010 set the rules this module enforces:
+from inside our network, so a job URL is a request to reach *from here*. ADR 0010
+sets the rules this module enforces:
 
 * Only ``http``/``https`` (configurable), no userinfo, optional port allow-list.
 * The host is normalised the way resolvers would read it (``2130706433``, ``0x7f000001``,

@@ -107,7 +107,7 @@ CREATE TABLE pgsched.worker (
 CREATE INDEX worker_active ON pgsched.worker (heartbeat_at) WHERE state IN ('active', 'stopping');
 
 -- Runs: one row per occurrence (or ad-hoc trigger), partitioned by the occurrence's nominal instant,
--- which never changes, so a row never moves between partitions (peers guide §1c).
+-- which never changes, so a row never moves between partitions (ADR 0005).
 CREATE TABLE pgsched.run (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     schedule_id      bigint NOT NULL REFERENCES pgsched.schedule (id),
@@ -135,7 +135,8 @@ CREATE TABLE pgsched.run (
     -- Ad-hoc triggers are not occurrences, so they never collide with one at the same instant.
     CONSTRAINT run_occurrence UNIQUE (schedule_id, due_at, adhoc)
 ) PARTITION BY RANGE (due_at);
--- The claim's index: exactly its WHERE and ORDER BY (reliability guide F19).
+-- The claim's index: exactly its WHERE and ORDER BY, so the planner
+-- walks it in order and stops at LIMIT instead of sorting every waiting run.
 CREATE INDEX run_claimable ON pgsched.run (queue, priority, available_at, id) WHERE state = 'waiting';
 CREATE INDEX run_lease ON pgsched.run (lease_expires_at) WHERE state = 'running';
 CREATE INDEX run_active_by_schedule ON pgsched.run (schedule_id) WHERE state IN ('waiting', 'running');

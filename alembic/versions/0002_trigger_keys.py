@@ -19,7 +19,8 @@ def upgrade() -> None:
     execute("""
 SET LOCAL ROLE pgsched_owner;
 -- One row per (schedule, Idempotency-Key). The primary key is the guard: a concurrent retry
--- waits on the first insert and then finds its run (reliability guide F15: no advisory locks).
+-- waits on the first insert and then finds its run. No advisory lock: a key
+-- in a table is visible, survives reconnects and needs no cleanup.
 CREATE TABLE pgsched.trigger_key (
     -- No foreign key: schedules are never deleted (soft delete), and `pgsched rebuild` must be
     -- able to truncate and refill the schedule projection underneath this table.

@@ -19,7 +19,8 @@ class ApiSettings:
     database_url: str
     host: str = "127.0.0.1"
     port: int = 8000
-    # Bodies larger than this are refused with 413 before they are read (reliability guide §4.5).
+    # Bodies larger than this are refused with 413 before they are read, so a client cannot
+    # make the server buffer an unbounded body.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     pool_min_size: int = 1
     pool_max_size: int = 10

@@ -1,7 +1,8 @@
 """Run SQL text and released SQL files from alembic revisions.
 
 SQL goes through the driver connection without parameters, so psycopg sends it as a simple query:
-several statements, `%` and `:name` inside PL/pgSQL bodies all pass untouched (ecosystem guide §5).
+several statements, `%` and `:name` inside PL/pgSQL bodies all pass untouched (with
+parameters, psycopg would read `%` as a placeholder).
 Released files are immutable; the caller pins each one by SHA-256 so an edit fails loudly.
 """
 

@@ -12,7 +12,7 @@ It must stay pure: no I/O, no database, no logging, and no reads of the clock. E
 instant is an argument, so the ticker, the API preview and the tests get the same answer
 for the same input. Every datetime in and out is timezone-aware; outputs are in UTC.
 
-croniter parses and expands the cron fields (the design card requires it). The walk over
+croniter parses and expands the cron fields (ADR 0009). The walk over
 local wall time and the DST policy are ours, because croniter 7.0.0 deviates from the policy
 (it fires fixed-time jobs twice at a fall-back fold, and skips gap times when the hour field
 is '*') and costs 40-190 us per ``get_next`` where the ticker needs a few us for 100k

@@ -669,7 +669,7 @@ def test_occurrences_equal_the_oracle_for_random_expressions(expr, window):
     start=st.datetimes(min_value=NAIVE.replace(year=1971), max_value=NAIVE.replace(year=2090)),
 )
 def test_naive_matching_agrees_with_croniter(expr, start):
-    # In UTC there is no DST, so croniter (which the design card puts behind us) and our
+    # In UTC there is no DST, so croniter (which ADR 0009 puts behind us) and our
     # fast matcher over croniter's own field expansion must agree exactly.
     expected = croniter(expr, start).get_next(datetime)
     got = next_after(cron(expr), start.replace(tzinfo=UTC))

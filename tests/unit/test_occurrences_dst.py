@@ -6,7 +6,7 @@ sample days instead. Around each one, for each expression, ``occurrences()`` ove
 +-1 day window must equal the oracle exactly, and ``next_after()`` started from points
 inside the gap/fold (and at odd seconds) must equal the oracle's next occurrence.
 
-This is acceptance check A3 of the reliability guide (F17). The number of
+This is the DST acceptance check of ADR 0009 ("A3" in its printed lines). The number of
 (zone, transition, expression) cases is printed even without ``-s``.
 """
 
@@ -25,7 +25,7 @@ except ImportError:
 
 FIRST_YEAR, LAST_YEAR = 2000, 2040
 
-# The zones and expressions A3 names.
+# The core zones and expressions: US and EU DST, a 30-minute shift, a skipped day, no DST.
 CORE_ZONES = (
     "America/New_York",
     "Europe/Berlin",
@@ -149,4 +149,4 @@ def test_occurrences_match_oracle_at_every_transition_2000_2040(capsys, record_p
     assert per_zone["Australia/Lord_Howe"] >= 52
     assert per_zone["Pacific/Apia"] >= 23  # DST 2010-2021 plus the 2011-12-30 jump
     assert per_zone["UTC"] == per_zone["Asia/Kolkata"] == 41 * len(SAMPLE_DAYS)
-    assert core_cases >= 2400  # A3's expected order of magnitude
+    assert core_cases >= 2400  # the core set's expected order of magnitude

@@ -4,7 +4,7 @@ This module owns the reference syntax, where a reference's value comes from
 (``PGSCHED_SECRET_<NAME>`` in the worker's environment, ADR 0012), and the :class:`Masker`
 that removes resolved values from anything a job produced before it is stored.
 
-Why references: schedules, runs and events are append-only history (reliability guide §4.7),
+Why references: schedules, runs and events are append-only history (ADR 0006),
 so a secret written into a payload would stay in the event log until its partition is
 dropped. A reference is safe to store, show and log; only the worker ever sees the value, and
 only for the duration of one attempt.

@@ -1,11 +1,12 @@
 -- Runs: the run state machine (docs/adr/0004-run-state-machine.md). Every transition is one
 -- statement that updates the row and appends its event; the event's data is the set of columns
 -- changed. Completions are fenced by (attempt, lease_token) so a zombie cannot overwrite a newer
--- attempt (reliability guide F13).
+-- attempt (ADR 0004).
 
 -- name: insert_runs
 -- Materialise runs for (schedule_id, due_at, available_at) triples; an occurrence that exists
--- already is skipped by the unique key, never an error (reliability guide F14).
+-- already is skipped by the unique key, never an error, so a retried or
+-- concurrent materialisation cannot create a run twice.
 WITH input AS (
     SELECT *
     FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[],
@@ -55,8 +56,9 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM schedules) AS schedule_ids,
 
 -- name: claim_runs
 -- Claim up to `limit` claimable runs of the given queues for one worker. Each MATERIALIZED CTE
--- is a fence that keeps LIMIT from being re-evaluated per row (reliability guide F3); ordering
--- is best effort under SKIP LOCKED (F4). The job definition comes from the schedule at claim time.
+-- is a fence that keeps LIMIT from being re-evaluated per row (without it the planner may
+-- inline the subquery and lock more rows than LIMIT); ordering is best effort under SKIP
+-- LOCKED, which passes over rows other claimers hold. The job definition comes from the schedule at claim time.
 -- Runs of limited schedules or queues take part only if this transaction locked them
 -- (lock_limits) and only up to their free slots; rows locked but not chosen stay locked until
 -- this short transaction ends.
@@ -233,7 +235,7 @@ RETURNING id, lease_token, cancel_requested;
 -- or to dead (the dead-letter state) once the attempts are spent or `final` says a retry cannot
 -- help (bad payload, refused target, missing secret).
 -- A result that no longer holds its lease changes nothing and is kept as a
--- run.completion_fenced event (reliability guide F13). A result already recorded (the same
+-- run.completion_fenced event (ADR 0004). A result already recorded (the same
 -- attempt, token and outcome: a retry after the connection broke during COMMIT) is returned as
 -- `applied` and written again nowhere, so a retried report can neither double-count nor be
 -- mistaken for a zombie's.
@@ -323,7 +325,7 @@ SELECT * FROM r;
 
 -- name: record_fenced
 -- A completion arrived for an attempt that no longer holds the lease: change nothing, but keep
--- the evidence (reliability guide F13).
+-- the evidence (ADR 0004).
 INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
 VALUES (coalesce(%(now)s::timestamptz, now()), 'run', %(id)s, 'run.completion_fenced', %(actor)s,
         '{}'::jsonb, %(meta)s::jsonb)

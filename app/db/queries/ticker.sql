@@ -1,6 +1,6 @@
 -- Ticker: due schedules become runs. Several tickers may run at once: SKIP LOCKED gives each
 -- schedule to one of them per batch, and the run's unique occurrence key makes any overlap a
--- no-op (reliability guide F14). A killed ticker's transaction rolls back whole.
+-- no-op, so two tickers never create the same run twice. A killed ticker's transaction rolls back whole.
 
 -- name: db_now
 -- The instant this transaction decides with (ADR 0003).
@@ -34,7 +34,8 @@ GROUP BY kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at,
          CASE WHEN jitter_seconds > 0 THEN id END;
 
 -- name: notify_runs
--- Wake workers: one NOTIFY per batch, never per row (reliability guide F8).
+-- Wake workers: one NOTIFY per batch, never per row: NOTIFY serialises committing
+-- transactions on a global lock, and workers need one wake-up, not one per run.
 SELECT pg_notify('pgsched_runs', '');
 
 -- name: materialise_batch
