@@ -1,7 +1,8 @@
 """The long-running service: the processes of pgsched in one asyncio program.
 
-`pgsched run` starts the ticker loops, a worker (which also runs the built-in maintenance
-schedule) and the API; `pgsched ticker` the loops alone. Each loop has its own period. While the
+`pgsched run` (app.cli) migrates the database and installs the built-in maintenance schedule,
+then serves two ticker loops plus two services with their own shutdown: a worker (which runs
+that schedule like any job) and the API. `pgsched ticker` serves the ticker loops alone. While the
 database is away a loop retries with capped backoff and jitter, so it resumes within a second or
 two of the database coming back, and the process logs the outage once (app.db.outage, ADR
 0022); any other failure is logged and retried after its period. A loop never takes the others

@@ -14,7 +14,7 @@ A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
   before the lease can expire, and command jobs' supervisors enforce the same deadline without
   the worker (ADR 0020);
 - **rescue**: runs whose lease expired go back to waiting (or dead), and silent workers are
-  marked gone. Safe on every worker at once (ADR 0006 of the state machine: SKIP LOCKED and the
+  marked gone. Safe on every worker at once (ADRs 0004 and 0013: SKIP LOCKED and the
   state guard), so there is no leader to elect.
 
 When the database goes away every loop retries with capped backoff and jitter, the process

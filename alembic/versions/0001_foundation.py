@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-23
 
 Design: docs/adr/0005-event-log-and-partitions.md (events and partitions) and
-docs/adr/0006-roles-and-append-only.md (roles, privileges, the append-only guard).
+docs/adr/0006-roles-and-append-only-events.md (roles, privileges, the append-only guard).
 """
 
 from __future__ import annotations
@@ -174,6 +174,7 @@ CREATE TRIGGER event_no_truncate BEFORE TRUNCATE ON pgsched.event
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.event_is_append_only();
 
 -- A named lease per singleton duty (ticker leader, maintenance), held until expires_at.
+-- Never used: tickers need no leader (ADR 0011) and maintenance became a built-in schedule.
 CREATE TABLE pgsched.leader (
     name       text PRIMARY KEY,
     holder     text NOT NULL,

@@ -1,9 +1,10 @@
 """The API's state changes, each in one transaction, each appending its event with the caller's
 audit context (actor = token name; meta = source IP, user agent, token prefix; old values).
 
-Schedule creation and updates go through `app.db.store`. Pause, resume and delete follow
-`app.schedules` exactly but pass `meta` through to the store, which those functions do not take
-yet (so the audit context would be lost); when they do, these three become plain calls.
+Schedule creation and partial updates (with the `If-Match` version check, and the timing
+recomputed from the database's now) go through `app.db.store`. Pause, resume, delete, trigger
+and backfill are not here: the routes call `app.schedules`, which takes `meta` itself.
+`wake_workers` sends the NOTIFY that tells idle workers runs are waiting.
 `retry_run` is the one transition only the API makes (ADR 0004: dead --> waiting by an
 operator): a named statement in `app/db/queries/api_writes.sql`, in the store's pattern.
 """
