@@ -6,9 +6,11 @@ A file holds blocks like:
     -- One-line purpose.
     WITH ... ;
 
-Only `app.db.store` and `app.db.replay` execute these. Parameters are psycopg named placeholders
-with explicit casts (`%(now)s::timestamptz`). The loader fails at import on a duplicate name, and
-`query()` fails on an unknown one, so a typo cannot reach the database.
+Today these modules execute them: `app.db.store`, `app.db.replay`, `app.db.reads`, `app.ticker`,
+`app.maintenance`, `app.tokens` and `app.api.writes` (and the benchmarks in `bench/`).
+Parameters are psycopg named placeholders with explicit casts (`%(now)s::timestamptz`). The
+loader fails at import on a duplicate name, and `query()` fails on an unknown one, so a typo
+cannot reach the database.
 """
 
 from __future__ import annotations

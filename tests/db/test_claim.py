@@ -177,9 +177,9 @@ async def test_concurrent_claimers_respect_max_concurrency(dsn: str) -> None:
 
 
 async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> None:
-    """Reliability guide F19, and bench/PEERS.md: with 20,000 finished runs and 5,000 waiting
-    runs not yet due, the claim must walk a partial index over waiting runs and stop after its
-    LIMIT: no sequential scan of the month, no walk of its primary key."""
+    """ADR 0004 (the claim's partial index) and bench/PEERS.md: with 20,000 finished runs and
+    5,000 waiting runs not yet due, the claim must walk a partial index over waiting runs and
+    stop after its LIMIT: no sequential scan of the month, no walk of its primary key."""
     s = await make_schedule(conn, now=T)
     await conn.execute(
         "INSERT INTO pgsched.run (schedule_id, due_at, origin, state, queue, priority,"
@@ -223,7 +223,7 @@ async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> Non
 
 
 async def test_a_backlog_across_a_month_boundary_is_read_in_index_order(conn: Conn) -> None:
-    """F19 at a month boundary: on the 1st, runs still waiting in last month's partition and
+    """The same at a month boundary: on the 1st, runs still waiting in last month's partition and
     the new month's runs are both claimable. With a backlog in each (20,000 + 20,000), the
     lean claim and the limits-checked claim must merge the two partitions' index ranges and
     stop after their LIMIT, never read or sort a month's backlog. (With a few thousand the

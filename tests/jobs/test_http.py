@@ -1,8 +1,8 @@
 """``http`` jobs against an in-process server on 127.0.0.1, under a 127.0.0.1/32 allow-list.
 
-Traffic rule (reliability guide §4.6): nothing but 127.0.0.1 is ever contacted. Two autouse
-guards make that a test failure rather than a convention: real DNS raises, and every request
-httpx is about to send is checked for its host before it is sent.
+Traffic rule: nothing but 127.0.0.1 is ever contacted, so a test cannot reach a real service.
+Two autouse guards make that a test failure rather than a convention: real DNS raises, and
+every request httpx is about to send is checked for its host before it is sent.
 """
 
 from __future__ import annotations
