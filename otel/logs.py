@@ -1,6 +1,6 @@
 """Log lines: JSON for collectors, readable text on a terminal, both with trace and run ids.
 
-The JSON shape is the design seed's (`timestamp`, `service`, `level`, `message`, then the
+The JSON shape is the one collectors expect (`timestamp`, `service`, `level`, `message`, then the
 identifiers of what the line is about): here `trace_id`/`span_id` of the current span, and
 `run_id`, `schedule`, `queue`, `attempt` while a worker runs a job (set by `otel.runs`). Known
 secret values (the worker's `PGSCHED_SECRET_*`) are masked in every line, whatever code wrote

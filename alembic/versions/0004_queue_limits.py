@@ -1,4 +1,4 @@
-"""Queues with a global concurrency limit (the seeds' "max parallel jobs").
+"""Queues with a global concurrency limit ("max parallel jobs" per queue).
 
 Revision ID: 0004
 Revises: 0003

@@ -113,7 +113,7 @@ FROM pgsched.event e
 LEFT JOIN pgsched.schedule s ON s.id = e.stream_id
 WHERE e.type = 'schedule.occurrence_missed';
 
--- Who did what when, shaped like the design seed's audit_logs, from the event log.
+-- Who did what when, in the usual audit-log columns, from the event log.
 CREATE VIEW pgsched.audit_log WITH (security_invoker = true) AS
 SELECT e.id AS audit_id, e.actor, e.type AS action, e.stream AS resource_type,
        e.stream_id AS resource_id, e.meta -> 'old' AS old_value, e.data AS new_value,

@@ -472,7 +472,7 @@ async def test_a_ticker_logged_in_as_a_worker_member_starts_and_ticks(
 
 
 async def test_a_sql_job_run_by_a_worker_cannot_forge_history(db: Conn, dsn: str) -> None:
-    """Issue 12's attack end to end: a sql schedule whose statement appends a forged
+    """ADR 0021's forged event end to end: a sql schedule whose statement appends a forged
     token.revoked, run by a real worker (here even one whose own DSN is a superuser's). The job
     logs in as pgsched_job: the run ends dead with the privilege error, the log holds no forged
     event, and verify finds nothing to report."""

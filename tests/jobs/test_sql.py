@@ -185,7 +185,7 @@ FORGED_REVOCATION = (
 async def test_a_job_can_neither_read_nor_write_pgsched(
     job_dsn: str, make_ctx: MakeCtx, statement: str
 ) -> None:
-    """Issue 12's forged `token.revoked`, and its relatives, through the real executor."""
+    """A forged `token.revoked` (ADR 0021), and its relatives, through the real executor."""
     conn = await connect(job_dsn)
     try:
         cur = await conn.execute("SELECT count(*) AS n FROM pgsched.event")

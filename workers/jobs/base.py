@@ -32,7 +32,8 @@ __all__ = [
     "timeout_error",
 ]
 
-# The 10 KB for outputs and response bodies, in bytes of UTF-8 (what the jsonb holds).
+# 10 KB for outputs and response bodies (ADR 0012: a job cannot bloat run and event rows), in
+# bytes of UTF-8 (what the jsonb holds).
 MAX_OUTPUT_BYTES = 10_240
 # Errors are "one line-ish": long enough for a SQLSTATE message or an HTTP mismatch, short
 # enough that an event row stays small.
