@@ -1,4 +1,4 @@
-"""Maintenance: partitions kept ahead of need, history kept within retention (issue 7, ADR 0005).
+"""Maintenance: partitions kept ahead of need, history kept within retention (ADRs 0005, 0018).
 
 By default the work is one SQL function, `pgsched.maintain_v2`, so that it runs the same way from
 `pgsched maintain` and as pgsched's own built-in schedule `pgsched.maintenance`: hourly, so every

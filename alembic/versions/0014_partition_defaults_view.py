@@ -6,7 +6,7 @@ Create Date: 2026-12-02
 
 pgsched creates no DEFAULT partition (ADR 0005): a row whose month has no partition is refused,
 so maintenance falling behind is loud. If someone attaches one anyway, rows that land there
-will block creating their month's partition later. Issue 7's alarm fires both on /health and in
+will block creating their month's partition later. The alarm for that fires both on /health and in
 the metric `pgsched_partitions_default_rows`; both read this view, so they cannot disagree. The
 count is the statistics collector's live-tuple estimate, which costs nothing to read and is
 exact enough for an alarm (it follows each committed transaction within a second or so).

@@ -1,4 +1,4 @@
-"""The REST API (issue 5): `create_app()` builds the Litestar application; `pgsched api` serves it.
+"""The REST API (ADR 0014): `create_app()` builds the Litestar application; `pgsched api` serves it.
 
 Modules: `app` (factory, pool, OpenAPI), `auth` (bearer tokens, roles, the default-deny guard),
 `problems` (RFC 9457 errors), `schemas` (msgspec contract), `definition` and `writes` (schedule

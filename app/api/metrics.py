@@ -1,4 +1,4 @@
-"""Prometheus exposition for the API process (minimal; issue 6 owns the metric catalogue).
+"""Prometheus exposition for the API process (minimal; the metric catalogue is ADR 0017).
 
 Litestar's Prometheus middleware counts requests and times them, labelled by the *route
 template* (`group_path=True`: `/v1/runs/{run_id}`, never `/v1/runs/42`), so label

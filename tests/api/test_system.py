@@ -86,8 +86,8 @@ async def test_health_partitions_alarm_then_unhealthy(api: Client, db: Conn) -> 
 
 
 async def test_health_degrades_when_a_default_partition_holds_rows(api: Client, db: Conn) -> None:
-    """Issue 7's second alarm. pgsched makes no DEFAULT partition; one that someone attached and
-    that caught a row would block creating that row's month later."""
+    """The second partition alarm (ADR 0005). pgsched makes no DEFAULT partition; one that
+    someone attached and that caught a row would block creating that row's month later."""
     await _live_worker(db)
     healthy = (await api.get("/health")).json()
     assert healthy["components"]["partitions"] == "healthy", healthy

@@ -1,4 +1,4 @@
-"""Archive before drop (issue 7, ADR 0018): a retired partition's rows go to a gzip'd CSV first."""
+"""Archive before drop (ADR 0018): a retired partition's rows go to a gzip'd CSV first."""
 
 from __future__ import annotations
 
