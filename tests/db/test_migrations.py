@@ -60,3 +60,45 @@ def test_alembic_cli_reads_database_url(empty_dsn: str) -> None:
     assert (
         version == ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
     )
+
+
+# Superseded objects dropped by 0017 (sql/partitions/README.md, "Dropping a function").
+DROPPED_FUNCTIONS = (
+    "pgsched.maintain_v1(integer,interval,interval,timestamptz)",
+    "pgsched.drop_month_partitions_before_v1(regclass,date)",
+)
+DROPPED_TABLES = ("pgsched.leader",)
+
+
+def _existing(dsn: str) -> list[str]:
+    """Which of the objects 0017 drops exist in the database."""
+    with psycopg.connect(dsn) as c:
+        functions = c.execute(
+            "SELECT f FROM unnest(%s::text[]) f WHERE to_regprocedure(f) IS NOT NULL ORDER BY f",
+            [list(DROPPED_FUNCTIONS)],
+        ).fetchall()
+        tables = c.execute(
+            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NOT NULL ORDER BY t",
+            [list(DROPPED_TABLES)],
+        ).fetchall()
+    return [r[0] for r in functions + tables]
+
+
+def test_superseded_objects_are_gone_at_head_and_come_back_on_downgrade(empty_dsn: str) -> None:
+    migrate(empty_dsn, "0016")
+    assert _existing(empty_dsn) == sorted(DROPPED_FUNCTIONS) + list(DROPPED_TABLES)
+    at_0016 = _schema_dump(empty_dsn)
+    migrate(empty_dsn)
+    assert _existing(empty_dsn) == []
+    # The downgrade restores them exactly: definitions, owners' grants and all.
+    migrate(empty_dsn, "0016", down=True)
+    assert _schema_dump(empty_dsn) == at_0016
+    # pg_dump --no-owner leaves owners out: the SECURITY DEFINER maintain_v1 must be the owner's.
+    with psycopg.connect(empty_dsn) as c:
+        owners = c.execute(
+            "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc"
+            " WHERE oid = ANY(%s::regprocedure[])"
+            " UNION SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = ANY(%s::regclass[])",
+            [list(DROPPED_FUNCTIONS), list(DROPPED_TABLES)],
+        ).fetchall()
+    assert owners == [("pgsched_owner",)]

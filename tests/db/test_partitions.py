@@ -107,21 +107,6 @@ async def test_partition_horizon_alarms_below_two_months_ahead(conn: Conn) -> No
     assert await cur.fetchone() == {"months_ahead": 1, "alarm": True}
 
 
-async def test_drop_months_before_a_date(conn: Conn) -> None:
-    parts = await _partitions(conn, "pgsched.event")
-    cutoff = parts[1]["month_start"]
-    assert isinstance(cutoff, datetime)
-    cur = await conn.execute(
-        "SELECT pgsched.drop_month_partitions_before_v1('pgsched.event', %s::date) AS name",
-        [cutoff.date()],
-    )
-    # Names come back as the function sees them, with pgsched on its search_path.
-    assert [r["name"] for r in await cur.fetchall()] == [
-        str(parts[0]["name"]).removeprefix("pgsched.")
-    ]
-    assert await _partitions(conn, "pgsched.event") == parts[1:]
-
-
 async def test_the_runbook_moves_rows_out_of_a_default_partition(conn: Conn) -> None:
     """docs/runbook.md, "Rows in a DEFAULT partition", step by step as the owner. The order
     matters: with the DEFAULT still attached, creating the month of a row it holds is refused

@@ -46,11 +46,6 @@ MATRIX = {
         "pgsched_worker": {"SELECT", "INSERT", "UPDATE"},
         "pgsched_operator": {"SELECT"},
     },
-    "pgsched.leader": {
-        "pgsched_api": {"SELECT"},
-        "pgsched_worker": {"SELECT", "INSERT", "UPDATE", "DELETE"},
-        "pgsched_operator": {"SELECT"},
-    },
     "pgsched.api_token": {
         "pgsched_api": {"SELECT"},
         "pgsched_worker": set(),
@@ -619,7 +614,6 @@ async def test_the_worker_cannot_advance_a_schedule_into_a_new_payload(dsn: str)
 # grant is justified in ADR 0021): only the worker role, which runs maintenance, and only what
 # maintenance and the ticker call. A new one fails here until it is added, with its reason.
 DEFINER_EXECUTE = {
-    "pgsched.maintain_v1(integer,interval,interval,timestamp with time zone)": set(),
     "pgsched.maintain_v2(integer,interval,interval,timestamp with time zone)": {"pgsched_worker"},
     "pgsched.snapshot_for_event_retirement_v1(interval,timestamp with time zone)": {
         "pgsched_worker"
