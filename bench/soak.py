@@ -423,34 +423,32 @@ def client_loop(
             if 200 <= status < 300:
                 log.backfills.append({"from": start, "to": end_s, "answer": body})
                 pending_backfill = None
-        status, body = _request(
-            api,
-            log,
-            "POST",
-            f"/v1/schedules/{trigger_id}/trigger",
-            None,
-            headers={"Idempotency-Key": key},
-        )
-        if 200 <= status < 300:
-            log.triggers[key] = {"status": status, "run_id": body["id"]}
+        if _trigger(api, log, trigger_id, key):
             key = None
         stop.wait(max(0.05, TRIGGER_EVERY - (time.time() - tick)))
     # A key sent but never answered may or may not have created a run: settle it with one more
     # try (the API is up at the end) so the trigger checker knows what to expect.
     if key is not None:
         for _ in range(20):
-            status, body = _request(
-                api,
-                log,
-                "POST",
-                f"/v1/schedules/{trigger_id}/trigger",
-                None,
-                headers={"Idempotency-Key": key},
-            )
-            if 200 <= status < 300:
-                log.triggers[key] = {"status": status, "run_id": body["id"]}
+            if _trigger(api, log, trigger_id, key):
                 break
             time.sleep(1)
+
+
+def _trigger(api: Api, log: ClientLog, trigger_id: int, key: str) -> bool:
+    """One trigger with its Idempotency-Key; whether it was acknowledged (then it is logged)."""
+    status, body = _request(
+        api,
+        log,
+        "POST",
+        f"/v1/schedules/{trigger_id}/trigger",
+        None,
+        headers={"Idempotency-Key": key},
+    )
+    if 200 <= status < 300:
+        log.triggers[key] = {"status": status, "run_id": body["id"]}
+        return True
+    return False
 
 
 def _request(
