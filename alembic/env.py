@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from app.settings import sqlalchemy_url
+from pgsched.app.settings import sqlalchemy_url
 
 
 def run_migrations_online() -> None:

@@ -28,15 +28,14 @@ from alembic.util.exc import CommandError as AlembicError
 from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import outage, replay
-from app.db.store import Conn
-from app.settings import SettingsError, libpq_url, sqlalchemy_url
-from otel.config import TelemetryConfigError
+from pgsched.app.db import outage, replay
+from pgsched.app.db.store import Conn
+from pgsched.app.settings import SettingsError, libpq_url
+from pgsched.otel.config import TelemetryConfigError
 
 if TYPE_CHECKING:
-    from app.service import Service
+    from pgsched.app.service import Service
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE_NAME_MAX = 100
 
 
@@ -50,7 +49,7 @@ def _keep_secrets_in() -> None:
     neither its `/proc/<pid>/environ` (DATABASE_URL, PGSCHED_SECRET_*) nor its memory (ADRs
     0012, 0020). Root, or CAP_SYS_PTRACE, still can. It ends at exec, so the programs these
     commands start (a job's supervisor, pg_ctl) are not affected."""
-    from workers.jobs.procguard import undumpable
+    from pgsched.workers.jobs.procguard import undumpable
 
     undumpable()
 
@@ -63,14 +62,10 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def migrate(url: str, target: str = "head") -> None:
-    """`alembic upgrade <target>` against `url`, as run from the repository root."""
-    from alembic.config import Config
+    """`alembic upgrade <target>` against `url`, with the scripts the package carries."""
+    from pgsched.app.db import migrations
 
-    from alembic import command
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
-    command.upgrade(cfg, target)
+    migrations.upgrade(url, target)
 
 
 async def _with_conn(url: str, work: Callable[[Conn], Awaitable[int]]) -> int:
@@ -147,7 +142,7 @@ async def _rebuild(conn: Conn) -> int:
 
 def _telemetry(role: str, **overrides: str) -> contextlib.AbstractContextManager[object]:
     """Logs, traces and metrics for this command's process (app.telemetry, ADR 0016)."""
-    from app import telemetry
+    from pgsched.app import telemetry
 
     return telemetry.running(role, {**os.environ, **overrides})
 
@@ -178,7 +173,7 @@ def _local_database(data_dir: Path) -> tuple[str, bool]:
     """
     from psycopg import sql
 
-    from app import localpg
+    from pgsched.app import localpg
 
     try:
         started = not localpg.is_running(data_dir)
@@ -206,13 +201,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _run_service(url)
     finally:
         if started_local:
-            from app import localpg
+            from pgsched.app import localpg
 
             localpg.stop(Path(args.data_dir))
 
 
 async def _install_builtins(conn: Conn) -> int:
-    from app import maintenance
+    from pgsched.app import maintenance
 
     await maintenance.ensure_builtin_schedule(
         conn, maintenance.Retention.from_env(os.environ), now=None
@@ -224,8 +219,8 @@ def _api_service(url: str) -> tuple[Service, str]:
     """The REST API as one of `pgsched run`'s services: uvicorn in this process and loop."""
     import uvicorn
 
-    from app.api import create_app
-    from app.api.config import ApiSettings
+    from pgsched.app.api import create_app
+    from pgsched.app.api.config import ApiSettings
 
     settings = ApiSettings.from_env({**os.environ, "DATABASE_URL": url})
     sock = _listen(settings.host, settings.port)
@@ -252,9 +247,9 @@ def _api_service(url: str) -> tuple[Service, str]:
 
 
 def _run_service(url: str) -> int:
-    from app.clock import SystemClock
-    from app.service import default_loops, serve
-    from workers.worker import Worker, WorkerSettings
+    from pgsched.app.clock import SystemClock
+    from pgsched.app.service import default_loops, serve
+    from pgsched.workers.worker import Worker, WorkerSettings
 
     # The built-in maintenance job, when it archives, runs in this process and connects here.
     os.environ["DATABASE_URL"] = url
@@ -292,8 +287,8 @@ def _stop_on_signals() -> asyncio.Event:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
     _keep_secrets_in()
-    from app.clock import SystemClock
-    from workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
+    from pgsched.app.clock import SystemClock
+    from pgsched.workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
 
     url = _database_url(args)
     os.environ["DATABASE_URL"] = url  # python jobs of pgsched itself connect here (maintenance)
@@ -330,8 +325,8 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     deployment of api + ticker + workers keeps its partitions ahead.
     """
     _keep_secrets_in()
-    from app.clock import SystemClock
-    from app.service import default_loops, serve
+    from pgsched.app.clock import SystemClock
+    from pgsched.app.service import default_loops, serve
 
     url = _database_url(args)
 
@@ -353,7 +348,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
-    from app.db import store
+    from pgsched.app.db import store
 
     # As the API's queue names (app.api.schemas.QueueName); checked here so that an empty
     # name is refused naming it, not by the table's check constraint.
@@ -380,8 +375,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     """One maintenance pass: partitions ahead, retention (the built-in schedule's work)."""
-    import otel
-    from app import maintenance
+    from pgsched import otel
+    from pgsched.app import maintenance
 
     retention = maintenance.Retention.from_env(os.environ)
 
@@ -408,8 +403,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     _keep_secrets_in()
     import uvicorn
 
-    from app.api import create_app
-    from app.api.config import ApiSettings
+    from pgsched.app.api import create_app
+    from pgsched.app.api.config import ApiSettings
 
     env = dict(os.environ)
     if args.database_url:
@@ -446,7 +441,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     """Create a token and print it once; only its SHA-256 is stored."""
     from datetime import UTC, datetime, timedelta
 
-    from app import tokens
+    from pgsched.app import tokens
 
     if args.role not in tokens.ROLES:
         raise CommandError(f"--role must be one of {', '.join(tokens.ROLES)}")
@@ -478,7 +473,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from app import tokens
+    from pgsched.app import tokens
 
     async def work(conn: Conn) -> int:
         rows = await tokens.list_tokens(conn, now=None)
@@ -496,7 +491,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from app import tokens
+    from pgsched.app import tokens
 
     async def work(conn: Conn) -> int:
         row = await tokens.revoke_token(conn, args.name, actor="cli", now=None)

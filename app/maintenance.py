@@ -37,13 +37,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app import schedules
-from app.db import store
-from app.db.sql import query
-from app.db.store import Conn, Row
+from pgsched.app import schedules
+from pgsched.app.db import store
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn, Row
 
 BUILTIN_NAME = schedules.BUILTIN_NAME
-BUILTIN_TARGET = "app.maintenance:run_builtin"
+BUILTIN_TARGET = "pgsched.app.maintenance:run_builtin"
 # Rows are gathered into blocks this large before a thread compresses them: gzip must not run
 # on the event loop (the worker's heartbeats share it), nor once per row.
 _BLOCK = 1 << 20

@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from app.db import store
-from app.db.store import Conn, Row
-from app.domain.occurrences import ScheduleSpec, jitter_offset, next_after, occurrences
-from app.domain.occurrences import preview as domain_preview
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row
+from pgsched.app.domain.occurrences import ScheduleSpec, jitter_offset, next_after, occurrences
+from pgsched.app.domain.occurrences import preview as domain_preview
 
 DEFAULTS: Mapping[str, Any] = {
     "payload": {},

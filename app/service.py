@@ -20,13 +20,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-import otel
-from app import ticker
-from app.clock import Clock
-from app.db import outage
-from app.db.outage import Backoff, first_line
-from app.db.store import Conn
-from otel import runs
+from pgsched import otel
+from pgsched.app import ticker
+from pgsched.app.clock import Clock
+from pgsched.app.db import outage
+from pgsched.app.db.outage import Backoff, first_line
+from pgsched.app.db.store import Conn
+from pgsched.otel import runs
 
 log = logging.getLogger("pgsched.service")
 

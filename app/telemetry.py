@@ -19,12 +19,12 @@ from datetime import datetime
 
 import psycopg
 
-import otel
-from app.db import reads
-from app.db.store import Conn
-from app.settings import metrics_port
-from otel.config import TelemetryConfig
-from otel.logs import configure_logging
+from pgsched import otel
+from pgsched.app.db import reads
+from pgsched.app.db.store import Conn
+from pgsched.app.settings import metrics_port
+from pgsched.otel.config import TelemetryConfig
+from pgsched.otel.logs import configure_logging
 
 log = logging.getLogger("pgsched.telemetry")
 

@@ -24,12 +24,12 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from app.db import store
-from app.db.sql import query
-from app.db.store import Conn
-from app.domain.occurrences import jitter_offset, next_after, occurrences
-from app.schedules import spec_of
-from otel.runs import trace_context_json
+from pgsched.app.db import store
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn
+from pgsched.app.domain.occurrences import jitter_offset, next_after, occurrences
+from pgsched.app.schedules import spec_of
+from pgsched.otel.runs import trace_context_json
 
 # Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
 # the next tick, so one tick's work stays bounded however long the ticker was down.

@@ -24,8 +24,8 @@ from typing import Final, Literal, get_args
 
 import psycopg
 
-from app.db.sql import query
-from app.db.store import Conn, Row, jsonb
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn, Row, jsonb
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench._common import command_line, machine, now_iso, source_digests, table, write_results
-from workers.jobs.base import LeaseDeadline
-from workers.jobs.command import run_argv
+from pgsched.workers.jobs.base import LeaseDeadline
+from pgsched.workers.jobs.command import run_argv
 
 ARGVS = {"true": ["true"], "sleep 0.05": ["sleep", "0.05"]}
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}

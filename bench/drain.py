@@ -70,12 +70,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app import localpg, schedules
-from app.cli import migrate
-from app.clock import SystemClock
-from app.db import replay, store
-from app.db.sql import query
-from app.db.store import Conn
 from bench._common import RESULTS, command_line, machine, now_iso, table, version_of, write_results
 from bench.peers import (
     latency_summary,
@@ -84,7 +78,13 @@ from bench.peers import (
     scalar_rows,
     wait_until_zero,
 )
-from workers.worker import Worker, WorkerSettings
+from pgsched.app import localpg, schedules
+from pgsched.app.cli import migrate
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import replay, store
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn
+from pgsched.workers.worker import Worker, WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 INSERT_CHUNK = 5000
@@ -282,7 +282,7 @@ def dataclass_dict(obj: Any) -> dict[str, Any]:
 
 
 async def pgsched_drain_processes(url: str, n: int, slots: int, processes: int) -> dict[str, Any]:
-    argv = ["-m", "app.cli", "--database-url", url, "worker", "--slots", str(slots)]
+    argv = ["-m", "pgsched", "--database-url", url, "worker", "--slots", str(slots)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.monotonic()
     procs = [
@@ -629,7 +629,7 @@ async def profile_pgsched(c: Cluster, n: int, slots: int, template: str) -> dict
     raw.unlink(missing_ok=True)
     rate = 200
     pyspy = Path(sys.executable).parent / "py-spy"
-    argv = [sys.executable, "-m", "app.cli", "--database-url", url, "worker"]
+    argv = [sys.executable, "-m", "pgsched", "--database-url", url, "worker"]
     argv += ["--slots", str(slots)]
     if pyspy.exists():
         argv = [str(pyspy), "record", "--rate", str(rate), "--format", "raw", "-o", str(raw),

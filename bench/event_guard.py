@@ -27,10 +27,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app import schedules
-from app.db import store
-from app.settings import with_database
 from bench._common import command_line, machine, now_iso, source_digests, table, write_results
+from pgsched.app import schedules
+from pgsched.app.db import store
+from pgsched.app.settings import with_database
 
 
 def _migrate(dsn: str) -> None:

@@ -78,11 +78,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app import localpg, maintenance, tokens
-from app.cli import migrate
-from app.db import store
-from app.db.sql import query
-from app.db.store import Conn
 from bench._common import (
     command_line,
     machine,
@@ -93,6 +88,11 @@ from bench._common import (
     write_results,
 )
 from bench.ticker import seed as seed_schedules
+from pgsched.app import localpg, maintenance, tokens
+from pgsched.app.cli import migrate
+from pgsched.app.db import store
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.10
@@ -350,7 +350,7 @@ async def start_api(url: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli",
+        "pgsched",
         "--database-url",
         url,
         "api",

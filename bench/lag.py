@@ -50,10 +50,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app import schedules
-from app.clock import SystemClock
-from app.db import store
-from app.service import default_loops, serve
 from bench._common import command_line, machine, now_iso, table, version_of, write_results
 from bench.drain import (
     INSERT_CHUNK,
@@ -68,8 +64,12 @@ from bench.drain import (
     vacuum_analyze,
 )
 from bench.peers import latency_summary, procrastinate_bench, scalar_rows, wait_until_zero
-from workers.jobs import JobContext, Outcome, execute
-from workers.worker import Worker, WorkerSettings
+from pgsched.app import schedules
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import store
+from pgsched.app.service import default_loops, serve
+from pgsched.workers.jobs import JobContext, Outcome, execute
+from pgsched.workers.worker import Worker, WorkerSettings
 
 TEMPLATE = "pgsched_template"
 
@@ -270,7 +270,7 @@ def scenarios(args: argparse.Namespace, n: int) -> list[Scenario]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.cli import migrate
+    from pgsched.app.cli import migrate
 
     info = machine()
     n = int(args.rate * args.seconds)

@@ -39,7 +39,6 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from app.domain.occurrences import ScheduleSpec, next_after
 from bench._common import (
     command_line,
     machine,
@@ -49,6 +48,7 @@ from bench._common import (
     version_of,
     write_results,
 )
+from pgsched.app.domain.occurrences import ScheduleSpec, next_after
 
 SEED = 20_251_123
 WINDOW_START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -38,11 +38,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import otel
-from app.cli import migrate
 from bench._common import command_line, machine, now_iso, source_digests, table, write_results
 from bench.drain import cluster, pgsched_drain_inprocess, pgsched_span, seed_runs, vacuum_analyze
-from otel.config import TelemetryConfig
+from pgsched import otel
+from pgsched.app.cli import migrate
+from pgsched.otel.config import TelemetryConfig
 
 MODES = ("off", "metrics", "traces+metrics", "traces-no-sql", "traces-10%")
 

@@ -106,8 +106,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import dict_row
 
-from app import localpg
 from bench._common import RESULTS, command_line, machine, now_iso, source_digests, write_results
+from pgsched.app import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = RESULTS / "tmp" / "soak"
@@ -214,7 +214,7 @@ class Harness:
     # -- processes -----------------------------------------------------------------------
 
     def spawn(self, role: str, index: int) -> Proc:
-        argv = [sys.executable, "-m", "app.cli", role]
+        argv = [sys.executable, "-m", "pgsched", role]
         if role == "api":
             argv += ["--port", str(self.api_port), "--log-level", "warning"]
         generation = sum(1 for p in self.all_procs if (p.role, p.index) == (role, index))
@@ -480,7 +480,7 @@ def _request(
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "pgsched", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

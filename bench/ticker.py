@@ -60,12 +60,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app import schedules, ticker
-from app.cli import migrate
-from app.db import replay, store
-from app.db.sql import names, query
-from app.db.store import Conn
-from app.settings import libpq_url, with_database
 from bench._common import (
     RESULTS,
     command_line,
@@ -75,6 +69,12 @@ from bench._common import (
     table,
     write_results,
 )
+from pgsched.app import schedules, ticker
+from pgsched.app.cli import migrate
+from pgsched.app.db import replay, store
+from pgsched.app.db.sql import names, query
+from pgsched.app.db.store import Conn
+from pgsched.app.settings import libpq_url, with_database
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MINUTE = timedelta(minutes=1)

@@ -72,9 +72,6 @@ from typing import Any
 
 import psycopg
 
-from app import localpg, ticker
-from app.cli import migrate
-from app.db.store import Conn
 from bench._common import command_line, machine, now_iso, source_digests, table, write_results
 from bench.ticker import (
     MINUTE,
@@ -86,7 +83,10 @@ from bench.ticker import (
     seed,
     timed_tick,
 )
-from otel.runs import trace_context_json
+from pgsched.app import localpg, ticker
+from pgsched.app.cli import migrate
+from pgsched.app.db.store import Conn
+from pgsched.otel.runs import trace_context_json
 
 SETTINGS = (
     "server_version",

@@ -7,7 +7,7 @@ Prometheus and Grafana are under otel/deploy/. Decisions: docs/adr/0016 and 0017
 
 from __future__ import annotations
 
-from otel.config import TelemetryConfig, TelemetryConfigError
-from otel.setup import Telemetry, current, setup, shutdown
+from pgsched.otel.config import TelemetryConfig, TelemetryConfigError
+from pgsched.otel.setup import Telemetry, current, setup, shutdown
 
 __all__ = ["Telemetry", "TelemetryConfig", "TelemetryConfigError", "current", "setup", "shutdown"]

@@ -17,8 +17,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
-from otel.config import TelemetryConfigError
-from otel.spans import current_ids
+from pgsched.otel.config import TelemetryConfigError
+from pgsched.otel.spans import current_ids
 
 # What the current task is about (a worker's job task sets it): merged into every log line.
 LOG_FIELDS: ContextVar[Mapping[str, object] | None] = ContextVar("pgsched_log_fields", default=None)

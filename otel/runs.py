@@ -35,9 +35,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
-from otel import spans
-from otel.logs import LOG_FIELDS, redact
-from otel.setup import PoolLike, current
+from pgsched.otel import spans
+from pgsched.otel.logs import LOG_FIELDS, redact
+from pgsched.otel.setup import PoolLike, current
 
 T = TypeVar("T")
 

@@ -46,9 +46,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 from prometheus_client import start_http_server
 
-from otel import catalogue
-from otel.config import TelemetryConfig
-from otel.spans import IdleFilter
+from pgsched.otel import catalogue
+from pgsched.otel.config import TelemetryConfig
+from pgsched.otel.spans import IdleFilter
 
 log = logging.getLogger("pgsched.otel")
 

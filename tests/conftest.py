@@ -24,8 +24,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from app.db.store import Conn
-from app.settings import with_database
+from pgsched.app.db.store import Conn
+from pgsched.app.settings import with_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def _server() -> Iterator[str]:
         with PostgresContainer("postgres:15", driver=None) as pg:
             yield pg.get_connection_url()
         return
-    from app import localpg
+    from pgsched.app import localpg
 
     try:
         with localpg.throwaway(fast=True) as server:
@@ -85,15 +85,13 @@ def admin_dsn() -> Iterator[str]:
 
 
 def migrate(dsn: str, target: str = "head", *, down: bool = False) -> None:
-    """Run alembic against `dsn`, as `alembic upgrade/downgrade` would from the repo root."""
-    from alembic.config import Config
+    """Run the packaged migrations against `dsn`, up (or down) to `target`."""
+    from pgsched.app.db import migrations
 
-    from alembic import command
-    from app.settings import sqlalchemy_url
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn).replace("%", "%%"))
-    (command.downgrade if down else command.upgrade)(cfg, target)
+    if down:
+        migrations.downgrade(dsn, target)
+    else:
+        migrations.upgrade(dsn, target)
 
 
 def _create_database(admin: str, name: str, template: str | None = None) -> None:

@@ -6,9 +6,9 @@ import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
-from app import schedules
-from app.db import store
-from app.db.store import Conn, Row
+from pgsched.app import schedules
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row
 
 _names = itertools.count(1)
 

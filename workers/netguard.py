@@ -37,7 +37,7 @@ from typing import cast
 import httpx
 import idna
 
-from app.settings import SettingsError
+from pgsched.app.settings import SettingsError
 
 __all__ = [
     "DEFAULT_MAX_BODY",

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import psycopg
 
-from app.clock import Clock
-from app.db import store
-from app.db.outage import Backoff, first_line
-from app.db.store import Report, Row
-from otel import runs as telemetry
-from workers.session import DedicatedConnection
+from pgsched.app.clock import Clock
+from pgsched.app.db import store
+from pgsched.app.db.outage import Backoff, first_line
+from pgsched.app.db.store import Report, Row
+from pgsched.otel import runs as telemetry
+from pgsched.workers.session import DedicatedConnection
 
 log = logging.getLogger("pgsched.worker")
 

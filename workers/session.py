@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 
 from psycopg.rows import dict_row
 
-from app.db.outage import Connection, first_line
-from app.db.store import Conn
+from pgsched.app.db.outage import Connection, first_line
+from pgsched.app.db.store import Conn
 
 # first_line moved to app.db.outage; still importable from here.
 __all__ = ["DedicatedConnection", "configure_session", "first_line"]

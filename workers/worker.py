@@ -45,17 +45,17 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from app.clock import Clock
-from app.db import outage, store
-from app.db.outage import Backoff, first_line
-from app.db.store import Conn, Lease, Row
-from app.settings import SettingsError
-from otel import runs as telemetry
-from workers.jobs import JobContext, Outcome, execute
-from workers.jobs.base import LeaseDeadline, lease_margin
-from workers.netguard import NetPolicy
-from workers.reporter import Reporter, ReportFailed
-from workers.session import DedicatedConnection, configure_session
+from pgsched.app.clock import Clock
+from pgsched.app.db import outage, store
+from pgsched.app.db.outage import Backoff, first_line
+from pgsched.app.db.store import Conn, Lease, Row
+from pgsched.app.settings import SettingsError
+from pgsched.otel import runs as telemetry
+from pgsched.workers.jobs import JobContext, Outcome, execute
+from pgsched.workers.jobs.base import LeaseDeadline, lease_margin
+from pgsched.workers.netguard import NetPolicy
+from pgsched.workers.reporter import Reporter, ReportFailed
+from pgsched.workers.session import DedicatedConnection, configure_session
 
 log = logging.getLogger("pgsched.worker")
 

@@ -10,7 +10,7 @@ docs/adr/0006-roles-and-append-only-events.md (roles, privileges, the append-onl
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute, execute_file
+from pgsched.app.db.migration_sql import execute, execute_file
 
 revision = "0001"
 down_revision = None

@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0004"
 down_revision = "0003"

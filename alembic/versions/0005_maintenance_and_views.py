@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute, execute_file
+from pgsched.app.db.migration_sql import execute, execute_file
 
 revision = "0005"
 down_revision = "0004"

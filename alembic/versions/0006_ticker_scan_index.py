@@ -10,7 +10,7 @@ bench/ticker.py showed the old index (next_due_at alone) could not serve
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0006"
 down_revision = "0005"

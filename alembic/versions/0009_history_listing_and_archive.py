@@ -25,7 +25,7 @@ built-in schedule does), as it may run maintain_v1.
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute, execute_file
+from pgsched.app.db.migration_sql import execute, execute_file
 
 revision = "0009"
 down_revision = "0006"

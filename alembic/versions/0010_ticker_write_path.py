@@ -17,7 +17,7 @@ reads run_occurrence backwards. The copy cost each run insert an index entry, ~7
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0010"
 down_revision = "0009"

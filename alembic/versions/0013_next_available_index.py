@@ -19,7 +19,7 @@ name; this revision then finds it (IF NOT EXISTS), as 0009 does.
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0013"
 down_revision = "0010"

@@ -14,7 +14,7 @@ exact enough for an alarm (it follows each committed transaction within a second
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0014"
 down_revision = "0013"

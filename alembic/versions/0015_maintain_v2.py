@@ -12,7 +12,7 @@ pgsched.run first. maintain_v1 stays until no running code calls it (sql/partiti
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute, execute_file
+from pgsched.app.db.migration_sql import execute, execute_file
 
 revision = "0015"
 down_revision = "0014"

@@ -38,7 +38,7 @@ Design: docs/adr/0021-job-role-and-event-guard.md.
 
 from __future__ import annotations
 
-from app.db.migration_sql import execute
+from pgsched.app.db.migration_sql import execute
 
 revision = "0016"
 down_revision = "0015"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
-from app.db.migration_sql import SQL_DIR, execute, execute_file
+from pgsched.app.db.migration_sql import SQL_DIR, execute, execute_file
 
 revision = "0017"
 down_revision = "0016"
@@ -60,7 +60,7 @@ DROP_BEFORE_V1_START = "CREATE FUNCTION pgsched.drop_month_partitions_before_v1(
 
 def _drop_before_v1_text() -> str:
     relative, sha256 = MONTH_PARTITIONS_V1
-    text = (SQL_DIR / relative).read_text(encoding="utf-8")
+    text = SQL_DIR.joinpath(relative).read_text(encoding="utf-8")
     digest = hashlib.sha256(text.encode()).hexdigest()
     if digest != sha256:
         raise RuntimeError(f"sql/{relative} changed after release ({digest})")

@@ -8,6 +8,6 @@ definitions and the API's state changes), `cursors` (keyset pagination), `routes
 
 from __future__ import annotations
 
-from app.api.app import create_app
+from pgsched.app.api.app import create_app
 
 __all__ = ["create_app"]

@@ -18,20 +18,20 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from psycopg_pool import AsyncConnectionPool
 
-import otel
-from app.api.auth import authorize
-from app.api.common import strict_path_ids
-from app.api.config import ApiSettings
-from app.api.decoding import ApiRequest
-from app.api.metrics import MetricsController, prometheus_config
-from app.api.openapi import OpenAPIJson, correct_allow
-from app.api.problems import EXCEPTION_HANDLERS
-from app.api.routes import events, runs, schedules, system
-from app.api.tracing import opentelemetry_plugin
-from app.clock import Clock, SystemClock
-from app.db import outage
-from app.db.store import Conn
-from app.telemetry import sample, sample_forever
+from pgsched import otel
+from pgsched.app.api.auth import authorize
+from pgsched.app.api.common import strict_path_ids
+from pgsched.app.api.config import ApiSettings
+from pgsched.app.api.decoding import ApiRequest
+from pgsched.app.api.metrics import MetricsController, prometheus_config
+from pgsched.app.api.openapi import OpenAPIJson, correct_allow
+from pgsched.app.api.problems import EXCEPTION_HANDLERS
+from pgsched.app.api.routes import events, runs, schedules, system
+from pgsched.app.api.tracing import opentelemetry_plugin
+from pgsched.app.clock import Clock, SystemClock
+from pgsched.app.db import outage
+from pgsched.app.db.store import Conn
+from pgsched.app.telemetry import sample, sample_forever
 
 log = logging.getLogger("pgsched.api")
 

@@ -13,8 +13,8 @@ from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
-from app.api.problems import ApiError
-from app.api.schemas import BIGINT, Id, Name, QueueName
+from pgsched.app.api.problems import ApiError
+from pgsched.app.api.schemas import BIGINT, Id, Name, QueueName
 
 # Every route handler declares the least role it needs (app.api.auth; default deny).
 PUBLIC: Final = {"role": "public"}

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.settings import Settings, SettingsError
+from pgsched.app.settings import Settings, SettingsError
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 

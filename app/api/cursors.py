@@ -12,7 +12,7 @@ import binascii
 import json
 from datetime import datetime
 
-from app.api.problems import ApiError
+from pgsched.app.api.problems import ApiError
 
 
 def encode(*parts: object) -> str:

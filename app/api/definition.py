@@ -13,11 +13,11 @@ from typing import Any, Final
 
 import msgspec
 
-from app import schedules
-from app.api.problems import ApiError
-from app.api.schemas import ScheduleCreate, ScheduleUpdate
-from app.domain.occurrences import ScheduleSpec, next_after, validate
-from workers.jobs import validate_payload
+from pgsched.app import schedules
+from pgsched.app.api.problems import ApiError
+from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
+from pgsched.app.domain.occurrences import ScheduleSpec, next_after, validate
+from pgsched.workers.jobs import validate_payload
 
 TIMING: Final = ("cron", "interval_seconds", "run_at")
 KIND_OF: Final = {"cron": "cron", "interval_seconds": "interval", "run_at": "once"}

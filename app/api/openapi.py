@@ -27,8 +27,8 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 from litestar.types import Message, Scope
 
-from app.api import schemas
-from app.api.auth import is_generated_options
+from pgsched.app.api import schemas
+from pgsched.app.api.auth import is_generated_options
 
 _BOUNDS: Final = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 

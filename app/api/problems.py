@@ -28,10 +28,10 @@ from litestar.params import ParameterKwarg
 from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
-from app import schedules
-from app.db import store
-from app.domain.occurrences import InvalidSchedule
-from workers.jobs import InvalidPayload
+from pgsched.app import schedules
+from pgsched.app.db import store
+from pgsched.app.domain.occurrences import InvalidSchedule
+from pgsched.workers.jobs import InvalidPayload
 
 log = logging.getLogger("pgsched.api")
 

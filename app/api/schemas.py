@@ -15,8 +15,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from app.api.decoding import RANGE_TEXT
-from app.schedules import DEFAULTS
+from pgsched.app.api.decoding import RANGE_TEXT
+from pgsched.app.schedules import DEFAULTS
 
 INT32: Final = 2**31 - 1
 BIGINT: Final = 2**63 - 1

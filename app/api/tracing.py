@@ -16,7 +16,7 @@ from litestar.types import Scope
 from litestar.utils import normalize_path
 from opentelemetry.metrics import NoOpMeterProvider
 
-import otel
+from pgsched import otel
 
 # Probes and scrapes every few seconds would bury the requests people look for.
 UNTRACED = ["^/metrics", "^/health$"]

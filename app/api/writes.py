@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from app import schedules
-from app.api import definition
-from app.api.problems import ApiError
-from app.api.schemas import ScheduleCreate, ScheduleUpdate
-from app.db import store
-from app.db.sql import query
-from app.db.store import Conn, Row, jsonb
+from pgsched.app import schedules
+from pgsched.app.api import definition
+from pgsched.app.api.problems import ApiError
+from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
+from pgsched.app.db import store
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn, Row, jsonb
 
 Meta = Mapping[str, object]
 

@@ -9,11 +9,13 @@ Released files are immutable; the caller pins each one by SHA-256 so an edit fai
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 from alembic import op
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# The repository's sql/, carried in the package as pgsched/sql (ADR 0023).
+SQL_DIR: Traversable = resources.files("pgsched").joinpath("sql")
 
 
 def execute(sql: str) -> None:
@@ -23,7 +25,7 @@ def execute(sql: str) -> None:
 
 def execute_file(relative: str, sha256: str) -> None:
     """Execute a released file under sql/, refusing it if it changed after release."""
-    text = (SQL_DIR / relative).read_text(encoding="utf-8")
+    text = SQL_DIR.joinpath(relative).read_text(encoding="utf-8")
     digest = hashlib.sha256(text.encode()).hexdigest()
     if digest != sha256:
         raise RuntimeError(f"sql/{relative} changed after release ({digest}); add a new _vN file")

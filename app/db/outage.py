@@ -40,7 +40,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
-from app.db.store import Conn
+from pgsched.app.db.store import Conn
 
 log = logging.getLogger("pgsched.db")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from app.db.sql import query
-from app.db.store import Conn, Row
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn, Row
 
 
 async def _rows(conn: Conn, name: str, params: Mapping[str, object]) -> list[Row]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.db.sql import query
-from app.db.store import Conn
+from pgsched.app.db.sql import query
+from pgsched.app.db.store import Conn
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 @cache
 def _load() -> dict[str, LiteralString]:
     queries: dict[str, LiteralString] = {}
-    for entry in sorted(resources.files("app.db").joinpath("queries").iterdir(), key=str):
+    for entry in sorted(resources.files("pgsched.app.db").joinpath("queries").iterdir(), key=str):
         if not entry.name.endswith(".sql"):
             continue
         text = entry.read_text(encoding="utf-8")

@@ -22,8 +22,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from app.db.sql import query
-from otel import spans
+from pgsched.app.db.sql import query
+from pgsched.otel import spans
 
 Conn: TypeAlias = AsyncConnection[DictRow]
 Row: TypeAlias = dict[str, Any]

@@ -12,9 +12,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app import maintenance
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched.app import maintenance
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
 from tests.api.conftest import Tokens
 
 Client = AsyncTestClient[Litestar]

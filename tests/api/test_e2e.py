@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app import ticker
-from app.clock import SystemClock
-from app.db import replay
-from app.db.store import Conn
+from pgsched.app import ticker
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import replay
+from pgsched.app.db.store import Conn
+from pgsched.workers.worker import Worker, WorkerSettings
 from tests.api.conftest import Tokens, as_role, wait_for
-from workers.worker import Worker, WorkerSettings
 
 
 @contextlib.asynccontextmanager

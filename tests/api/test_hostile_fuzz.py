@@ -35,9 +35,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from app import schedules, tokens
-from app.api import create_app
-from app.db import store
+from pgsched.app import schedules, tokens
+from pgsched.app.api import create_app
+from pgsched.app.db import store
 from tests.api.conftest import serve, settings_for
 from tests.conftest import connect
 from tests.factories import make_schedule

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.api.decoding import EARLIEST, LATEST, MAX_JSON_DEPTH, duplicate_key, nesting_depth
-from app.db.store import Conn
+from pgsched.app.api.decoding import EARLIEST, LATEST, MAX_JSON_DEPTH, duplicate_key, nesting_depth
+from pgsched.app.db.store import Conn
 from tests.factories import make_schedule
 
 Auth = Callable[[str], dict[str, str]]

@@ -13,8 +13,8 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from app.api.schemas import BIGINT
-from app.db.store import Conn
+from pgsched.app.api.schemas import BIGINT
+from pgsched.app.db.store import Conn
 from tests.factories import make_schedule
 
 Auth = Callable[[str], dict[str, str]]

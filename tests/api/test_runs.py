@@ -9,9 +9,9 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app import schedules
-from app.db import replay, store
-from app.db.store import Conn, Lease
+from pgsched.app import schedules
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease
 from tests.api.conftest import Tokens
 from tests.api.test_schedules import problem
 from tests.factories import cover_last_month, make_schedule

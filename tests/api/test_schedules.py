@@ -10,8 +10,8 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.db import replay
-from app.db.store import Conn
+from pgsched.app.db import replay
+from pgsched.app.db.store import Conn
 from tests.api.conftest import Tokens
 from tests.factories import cover_last_month
 

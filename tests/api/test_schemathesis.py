@@ -33,9 +33,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import schedules, tokens
-from app.api import create_app
-from app.db import store
+from pgsched.app import schedules, tokens
+from pgsched.app.api import create_app
+from pgsched.app.db import store
 from tests.api.conftest import serve, settings_for
 from tests.conftest import connect
 from tests.factories import make_schedule

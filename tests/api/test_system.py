@@ -9,13 +9,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app import schedules
-from app.api import create_app
-from app.api.config import ApiSettings
-from app.clock import FakeClock
-from app.db import reads, store
-from app.db.store import Conn, Lease
-from app.settings import SettingsError
+from pgsched.app import schedules
+from pgsched.app.api import create_app
+from pgsched.app.api.config import ApiSettings
+from pgsched.app.clock import FakeClock
+from pgsched.app.db import reads, store
+from pgsched.app.db.store import Conn, Lease
+from pgsched.app.settings import SettingsError
 from tests.api.conftest import Tokens, settings_for, wait_for
 from tests.api.test_schedules import problem
 from tests.factories import cover_last_month, make_schedule

@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from app.db.store import Conn
+from pgsched.app.db.store import Conn
 from tests.chaos.test_worker_faults import (
     WorkerProcess,
     eventually,
@@ -340,7 +340,7 @@ def unprivileged(
     log_path = tmp_path / f"{command[0]}-unprivileged.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *command],
+            [sys.executable, "-m", "pgsched", *command],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -27,10 +27,10 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app import tokens
-from app.api import create_app
-from app.db import replay
-from app.db.store import Conn
+from pgsched.app import tokens
+from pgsched.app.api import create_app
+from pgsched.app.db import replay
+from pgsched.app.db.store import Conn
 from tests.api.conftest import settings_for
 from tests.chaos.proxy import Proxy
 from tests.conftest import ROOT
@@ -127,7 +127,7 @@ def _pgsched(
     }
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "pgsched", *args],
             cwd=ROOT,
             env=environ,
             stdout=subprocess.DEVNULL,

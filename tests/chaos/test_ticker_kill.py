@@ -31,9 +31,9 @@ from typing import IO, Any
 
 import pytest
 
-from app import ticker
-from app.db import replay
-from app.db.store import Conn
+from pgsched.app import ticker
+from pgsched.app.db import replay
+from pgsched.app.db.store import Conn
 from tests.conftest import ROOT, connect
 from tests.factories import make_schedule
 from tests.unit.cron_oracle import OracleCron, evaluate, walk

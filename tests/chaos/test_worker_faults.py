@@ -1,6 +1,6 @@
 """Issue 4: worker processes killed (SIGKILL) or paused (SIGSTOP) mid-run, with counts.
 
-Worker A is a real `pgsched worker` process (`python -m app.cli worker`) with a short lease; the
+Worker A is a real `pgsched worker` process (`python -m pgsched worker`) with a short lease; the
 fault is a signal sent to it while its jobs run. Worker B, in this process, has a fast rescue
 loop and picks up what A left behind. The jobs are this module's own functions (the worker
 imports `tests.chaos.test_worker_faults:slow_then_done`), and each execution writes "start" and
@@ -36,13 +36,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from app import schedules
-from app.clock import SystemClock
-from app.db import replay
-from app.db.store import Conn
+from pgsched.app import schedules
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import replay
+from pgsched.app.db.store import Conn
+from pgsched.workers.worker import Worker, WorkerSettings
 from tests.conftest import ROOT
 from tests.factories import make_schedule
-from workers.worker import Worker, WorkerSettings
 
 JOB = f"{__name__}:slow_then_done"
 LEASE_A = 2.0  # worker A's lease: heartbeat every 2/3 s, expiry soon after a fault
@@ -116,7 +116,7 @@ def worker_process(
     log_path = tmp_path / f"worker-{name}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", "pgsched", "worker"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -19,7 +19,7 @@ import sys
 import psycopg
 from psycopg.rows import dict_row
 
-from app import ticker
+from pgsched.app import ticker
 
 # Schedules per transaction: small, so one tick of the chaos test is many transactions.
 BATCH = 50

@@ -28,7 +28,7 @@ def _cli(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     }
     try:
         return subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "pgsched", *args],
             cwd=ROOT,
             env=environ,
             capture_output=True,

@@ -15,9 +15,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from app import maintenance
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched.app import maintenance
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
 from tests.db.test_maintenance import NOW, create_months, month_start, partitions
 from tests.factories import make_schedule
 
@@ -171,7 +171,7 @@ async def test_the_builtin_archives_when_given_a_directory(conn: Conn, tmp_path:
     assert archived["id"] == plain["id"] and archived["version"] == plain["version"] + 1
     assert archived["job_type"] == "python"
     assert archived["payload"] == {
-        "target": "app.maintenance:run_builtin",
+        "target": "pgsched.app.maintenance:run_builtin",
         "kwargs": {
             "months_ahead": 3,
             "run_days": 30,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.db import replay, store
-from app.db.store import Conn, Lease
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import clear_of_month_ends, make_schedule
 
@@ -197,7 +197,7 @@ async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> Non
     )
     await _waiting_runs(conn, s["id"], 10)
     await conn.execute("ANALYZE pgsched.run")
-    from app.db.sql import query
+    from pgsched.app.db.sql import query
 
     cur = await conn.execute(
         "EXPLAIN (ANALYZE, BUFFERS OFF, TIMING OFF, COSTS OFF) " + query("claim_runs"),
@@ -241,7 +241,7 @@ async def test_a_backlog_across_a_month_boundary_is_read_in_index_order(conn: Co
             {"s": s["id"], "start": start, "step": step, "t": T},
         )
     await conn.execute("ANALYZE pgsched.run")
-    from app.db.sql import query
+    from pgsched.app.db.sql import query
 
     params = {
         "worker_id": 1,
@@ -377,7 +377,7 @@ async def test_the_next_due_time_is_one_index_probe_per_queue(conn: Conn) -> Non
         conn, [(s["id"], d, d) for d in later], origin="backfill", actor="t", now=T
     )
     await conn.execute("ANALYZE pgsched.run")
-    from app.db.sql import query
+    from pgsched.app.db.sql import query
 
     params = {"queues": ["default", "other"], "now": T}
     assert await store.seconds_until_next_run(conn, ["default", "other"], now=T) == 30
@@ -416,7 +416,7 @@ async def test_the_open_claim_and_the_full_claim_write_and_return_alike(conn: Co
     events = await cur.fetchall()
     assert [set(e["data"]) for e in events[:2]] == [set(e["data"]) for e in events[2:]]
     assert [e["stream_id"] for e in events] == [r["id"] for r in fast + full]
-    from app.db.sql import query
+    from pgsched.app.db.sql import query
 
     cur = await conn.execute(
         "EXPLAIN (COSTS OFF) " + query("claim_open_runs"),

@@ -6,8 +6,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-from app.db import replay, store
-from app.db.store import Conn, Lease, Report
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease, Report
 from tests.factories import make_schedule
 
 T = datetime.now(UTC).replace(microsecond=0)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from app import maintenance, schedules, ticker
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched.app import maintenance, schedules, ticker
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
 from tests.conftest import connect, migrate
 from tests.db.roles import login_role
 from tests.factories import make_schedule

@@ -7,9 +7,9 @@ import subprocess
 
 import psycopg
 import pytest
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from pgsched.app.db import migrations
 from tests.conftest import ROOT, migrate
 
 
@@ -32,7 +32,7 @@ def _schema_dump(dsn: str) -> str:
 
 
 def test_single_head() -> None:
-    heads = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_heads()
+    heads = ScriptDirectory.from_config(migrations.config()).get_heads()
     assert len(heads) == 1, heads
 
 
@@ -57,9 +57,7 @@ def test_alembic_cli_reads_database_url(empty_dsn: str) -> None:
     subprocess.run([alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     with psycopg.connect(empty_dsn) as c:
         (version,) = c.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
-    assert (
-        version == ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
-    )
+    assert version == migrations.head()
 
 
 # Superseded objects dropped by 0017 (sql/partitions/README.md, "Dropping a function").
@@ -102,3 +100,61 @@ def test_superseded_objects_are_gone_at_head_and_come_back_on_downgrade(empty_ds
             [list(DROPPED_FUNCTIONS), list(DROPPED_TABLES)],
         ).fetchall()
     assert owners == [("pgsched_owner",)]
+
+
+OLD_TARGET = "app.maintenance:run_builtin"
+
+
+def _builtin(dsn: str) -> tuple[str, list[tuple[str, object]]]:
+    """The built-in schedule's target, and the payloads its schedule.updated events recorded."""
+    with psycopg.connect(dsn) as c:
+        target, sid = c.execute(
+            "SELECT payload ->> 'target', id FROM pgsched.schedule"
+            " WHERE name = 'pgsched.maintenance' AND deleted_at IS NULL"
+        ).fetchone()
+        events = c.execute(
+            "SELECT data #>> '{payload,target}', meta #>> '{old,payload,target}' FROM pgsched.event"
+            " WHERE stream = 'schedule' AND stream_id = %s AND type = 'schedule.updated'"
+            " ORDER BY id",
+            [sid],
+        ).fetchall()
+    return target, events
+
+
+def test_0018_moves_the_builtin_target_into_the_package_and_back(empty_dsn: str) -> None:
+    from pgsched.app.db.store import jsonb
+    from pgsched.app.maintenance import BUILTIN_TARGET, Retention, builtin_fields
+
+    migrate(empty_dsn, "0017")
+    # The built-in as a release at 0017 installed it: the same schedule, the old import path.
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        now = c.execute("SELECT now()").fetchone()[0]
+        fields = builtin_fields(Retention(), now)
+        fields["payload"]["target"] = OLD_TARGET
+        c.execute(
+            "SELECT pgsched.install_builtin_maintenance_v1(%s::jsonb)",
+            [jsonb(fields)],
+        )
+    assert _builtin(empty_dsn) == (OLD_TARGET, [])
+
+    migrate(empty_dsn)
+    assert BUILTIN_TARGET == "pgsched.app.maintenance:run_builtin"
+    assert _builtin(empty_dsn) == (BUILTIN_TARGET, [(BUILTIN_TARGET, OLD_TARGET)])
+    # The function now accepts the new path, and only it.
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        fields["payload"]["target"] = BUILTIN_TARGET
+        c.execute(
+            "SELECT pgsched.install_builtin_maintenance_v1(%s::jsonb)",
+            [jsonb(fields)],
+        )
+        fields["payload"]["target"] = OLD_TARGET
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute(
+                "SELECT pgsched.install_builtin_maintenance_v1(%s::jsonb)",
+                [jsonb(fields)],
+            )
+
+    migrate(empty_dsn, "0017", down=True)
+    target, events = _builtin(empty_dsn)
+    assert target == OLD_TARGET
+    assert events[-1] == (OLD_TARGET, BUILTIN_TARGET)

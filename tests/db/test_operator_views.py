@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from app import ticker
-from app.db import store
-from app.db.store import Conn, Lease
+from pgsched.app import ticker
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import cover_last_month, make_schedule
 

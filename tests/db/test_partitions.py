@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.db import store
-from app.db.store import Conn
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn
 from tests.factories import make_schedule
 
 

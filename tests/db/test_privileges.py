@@ -13,10 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import maintenance, schedules, ticker, tokens
-from app.api import writes
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched.app import maintenance, schedules, ticker, tokens
+from pgsched.app.api import writes
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
 from tests.conftest import ROOT, connect
 from tests.db.roles import login_role
 from tests.factories import make_schedule
@@ -434,7 +434,7 @@ async def test_a_ticker_logged_in_as_a_worker_member_starts_and_ticks(
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "app.cli",
+                "pgsched",
                 "ticker",
                 cwd=ROOT,
                 env={**os.environ, "DATABASE_URL": worker_dsn},

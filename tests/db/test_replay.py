@@ -7,8 +7,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-from app.db import replay, store
-from app.db.store import Conn, Lease
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease
 from tests.conftest import ROOT, connect
 from tests.factories import make_schedule
 
@@ -164,7 +164,7 @@ def _cli(dsn: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     if dsn is not None:
         env["DATABASE_URL"] = dsn
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "pgsched", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import schedules, ticker
-from app.db import replay, store
-from app.db.store import Conn, Lease
+from pgsched.app import schedules, ticker
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import clear_of_month_ends, make_schedule
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.jobs import JobContext
-from workers.netguard import NetPolicy
+from pgsched.workers.jobs import JobContext
+from pgsched.workers.netguard import NetPolicy
 
 LOOPBACK_ONLY = NetPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pgsched.workers.jobs import MAX_OUTPUT_BYTES, execute
+from pgsched.workers.jobs.base import LeaseDeadline
 from tests.jobs.conftest import MakeCtx, process_gone, wait_for_file
-from workers.jobs import MAX_OUTPUT_BYTES, execute
-from workers.jobs.base import LeaseDeadline
 
 # Appends "tick <wall time>" to ./ticks every 20 ms until killed: when it last ran.
 TICKER = (

@@ -18,9 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from pgsched.workers import netguard
+from pgsched.workers.jobs import MAX_OUTPUT_BYTES, execute
 from tests.jobs.conftest import MakeCtx
-from workers import netguard
-from workers.jobs import MAX_OUTPUT_BYTES, execute
 
 TOKEN = "Bearer tok-3f9a-c4nary"  # noqa: S105 - a test value
 LONG = "Bearer " + "0123456789abcdef" * 4 + "-c4nary-end"  # longer than the marker slack

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from pgsched.workers.jobs import execute
 from tests.jobs import sample_jobs
 from tests.jobs.conftest import MakeCtx
-from workers.jobs import execute
 
 MOD = "tests.jobs.sample_jobs"
 
@@ -123,3 +123,12 @@ async def test_secret_kwargs_are_resolved_and_the_result_masked(make_ctx: MakeCt
     outcome = await execute("python", payload, ctx)
     # repr escapes the quote; the masker knows repr's spelling too
     assert outcome.output == "{'pw': '***'}"
+
+
+def test_a_run_queued_under_the_old_builtin_target_loads_the_moved_function() -> None:
+    # Runs queued before migration 0018 name the built-in job `app.maintenance:run_builtin`.
+    from pgsched.app.maintenance import run_builtin
+    from pgsched.workers.jobs.python_call import _load
+
+    assert _load("app.maintenance:run_builtin") is run_builtin
+    assert _load("pgsched.app.maintenance:run_builtin") is run_builtin

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pgsched.workers.jobs import MAX_OUTPUT_BYTES, MissingSecret, Outcome, env_var, execute, resolve
+from pgsched.workers.jobs.secretrefs import Masker, secret_names
 from tests.jobs.conftest import MakeCtx
-from workers.jobs import MAX_OUTPUT_BYTES, MissingSecret, Outcome, env_var, execute, resolve
-from workers.jobs.secretrefs import Masker, secret_names
 
 SECRET = "S3cr3t-VaLuE-4242"  # noqa: S105 - a test value
 ENV = {"PATH": "/usr/bin:/bin", "PGSCHED_SECRET_TOKEN": SECRET, "PGSCHED_SECRET_OTHER": "o-val"}

@@ -21,11 +21,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgsched.workers.jobs import execute
+from pgsched.workers.jobs.sql import JOB_ROLE, _target
 from tests.conftest import ROOT, connect
 from tests.db.roles import as_user, login_role
 from tests.jobs.conftest import MakeCtx
-from workers.jobs import execute
-from workers.jobs.sql import JOB_ROLE, _target
 
 
 @pytest.fixture
@@ -306,8 +306,8 @@ def test_the_job_role_dsn_is_the_workers_database_without_its_credentials(
 
 KILLED_JOB = """
 import asyncio, sys
-from workers.jobs import JobContext, execute
-from workers.netguard import NetPolicy
+from pgsched.workers.jobs import JobContext, execute
+from pgsched.workers.netguard import NetPolicy
 
 ctx = JobContext(run_id=7, attempt=2, schedule_name="kill-test", timeout_seconds=120,
                  database_url=sys.argv[1], named_dsns={}, http_policy=NetPolicy(), environ={})

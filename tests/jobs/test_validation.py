@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pgsched.workers.jobs import InvalidPayload, execute, max_overrun_seconds, validate_payload
 from tests.jobs.conftest import MakeCtx
-from workers.jobs import InvalidPayload, execute, max_overrun_seconds, validate_payload
 
 REF = {"$secret": "TOKEN"}
 

@@ -17,8 +17,8 @@ from typing import LiteralString
 import psycopg
 import pytest
 
-from app import localpg
-from app.localpg import LocalPostgres, LocalPostgresError
+from pgsched.app import localpg
+from pgsched.app.localpg import LocalPostgres, LocalPostgresError
 
 SHARED_SERVER_PORT = 5432  # the machine's own server; never ours
 

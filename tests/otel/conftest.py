@@ -14,10 +14,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-import otel
-from app.api import create_app
-from app.clock import SystemClock
-from otel.config import TelemetryConfig
+from pgsched import otel
+from pgsched.app.api import create_app
+from pgsched.app.clock import SystemClock
+from pgsched.otel.config import TelemetryConfig
+from pgsched.workers.worker import Executor, Worker, WorkerSettings
 from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API tests
     Tokens,
     auth,
@@ -26,7 +27,6 @@ from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API te
     settings_for,
 )
 from tests.otel.receiver import Receiver, otlp_receiver
-from workers.worker import Executor, Worker, WorkerSettings
 
 
 def promtool() -> str | None:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.cli import main
-from otel import catalogue
-from otel.config import TelemetryConfig, TelemetryConfigError
-from otel.logs import LOG_FIELDS, configure_logging
+from pgsched.app.cli import main
+from pgsched.otel import catalogue
+from pgsched.otel.config import TelemetryConfig, TelemetryConfigError
+from pgsched.otel.logs import LOG_FIELDS, configure_logging
 from tests.conftest import ROOT
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from otel import catalogue
+from pgsched.otel import catalogue
 from tests.conftest import ROOT
 from tests.otel.conftest import promtool
 
@@ -185,3 +185,23 @@ def test_the_compose_file_wires_the_stack_together() -> None:
             source = volume.split(":", 1)[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{name} mounts a missing {source}"
+
+
+def test_the_stack_runs_pgsched_from_an_image_of_the_wheel() -> None:
+    """compose builds the repository's Dockerfile (no install from a mount of the checkout), and
+    the Dockerfile's build stage copies every folder the package's links point at."""
+    pgsched = load("compose.yaml")["services"]["pgsched"]
+    assert "volumes" not in pgsched
+    context = (DEPLOY / pgsched["build"]["context"]).resolve()
+    dockerfile = (context / pgsched["build"]["dockerfile"]).read_text()
+    assert context == ROOT
+    copied = {
+        line.split()[1]
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+    }
+    links = {p.readlink().name for p in (ROOT / "pgsched").iterdir() if p.is_symlink()}
+    assert links == {"app", "workers", "otel", "alembic", "sql"}
+    assert links | {"pgsched", "pyproject.toml"} <= copied
+    assert "pip wheel" in dockerfile
+    assert 'ENTRYPOINT ["pgsched"]' in dockerfile

@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-import otel
-from app import schedules
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched import otel
+from pgsched.app import schedules
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
+from pgsched.workers.jobs import JobContext, Outcome
 from tests.api.conftest import wait_for
 from tests.factories import make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver
 from tests.otel.test_metrics import scrape, value
-from workers.jobs import JobContext, Outcome
 
 # How the job is stopped -> the counter's reason, and the fenced event's meta.transition.
 CASES = {"shutdown": ("release", "release_run"), "cancel": ("cancel", "complete")}

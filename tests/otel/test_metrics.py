@@ -23,20 +23,20 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import otel
-from app import schedules
-from app.clock import SystemClock
-from app.db import store
-from app.db.store import Conn
-from app.service import default_loops
-from otel import catalogue
+from pgsched import otel
+from pgsched.app import schedules
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn
+from pgsched.app.service import default_loops
+from pgsched.otel import catalogue
+from pgsched.workers.jobs import JobContext, Outcome
+from pgsched.workers.worker import POOL_SIZE
 from tests.api.conftest import wait_for
 from tests.conftest import ROOT
 from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import promtool, running_worker
 from tests.otel.receiver import Receiver
-from workers.jobs import JobContext, Outcome
-from workers.worker import POOL_SIZE
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -98,7 +98,7 @@ def _start(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", command],
+        [sys.executable, "-m", "pgsched", command],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -22,9 +22,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import otel
-from app.db.store import Conn
-from otel.logs import configure_logging
+from pgsched import otel
+from pgsched.app.db.store import Conn
+from pgsched.otel.logs import configure_logging
 from tests.api.conftest import Tokens, wait_for
 from tests.factories import make_schedule
 from tests.otel.conftest import running_worker

@@ -14,18 +14,18 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-import otel
-from app import schedules
-from app.clock import SystemClock
-from app.db import store
-from app.db.store import Conn
-from app.service import default_loops
-from otel.logs import MASK, Redactor, set_redactor
+from pgsched import otel
+from pgsched.app import schedules
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn
+from pgsched.app.service import default_loops
+from pgsched.otel.logs import MASK, Redactor, set_redactor
+from pgsched.workers.jobs import JobContext, Outcome
 from tests.api.conftest import Tokens, wait_for
 from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver, Span
-from workers.jobs import JobContext, Outcome
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
 STATUS_ERROR = 2

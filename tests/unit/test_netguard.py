@@ -24,8 +24,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from workers import netguard
-from workers.netguard import (
+from pgsched.workers import netguard
+from pgsched.workers.netguard import (
     DEFAULT_MAX_BODY,
     REDACTED,
     HttpResult,
@@ -473,7 +473,7 @@ def test_a_worker_with_a_too_broad_allow_list_exits_2_with_one_line(dsn: str) ->
     env = {**os.environ, "PGSCHED_HTTP_ALLOW": "10.0.0.0/8,0.0.0.0/1,128.0.0.0/1"}
     env.pop("PGSCHED_TEST_DSN", None)
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--database-url", dsn, "worker"],
+        [sys.executable, "-m", "pgsched", "--database-url", dsn, "worker"],
         env=env,
         capture_output=True,
         text=True,

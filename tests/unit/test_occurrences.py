@@ -17,7 +17,7 @@ from croniter import croniter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from app.domain.occurrences import (
+from pgsched.app.domain.occurrences import (
     InvalidSchedule,
     ScheduleSpec,
     jitter_offset,

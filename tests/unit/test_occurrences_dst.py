@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from app.domain.occurrences import ScheduleSpec, next_after, occurrences
+from pgsched.app.domain.occurrences import ScheduleSpec, next_after, occurrences
 
 try:  # tests/unit may or may not become a package; work either way
     from . import cron_oracle

@@ -7,7 +7,7 @@ import logging
 import psycopg
 import pytest
 
-from app.db.outage import CAP_SECONDS, Availability, Backoff, refused
+from pgsched.app.db.outage import CAP_SECONDS, Availability, Backoff, refused
 
 
 def test_backoff_grows_to_its_cap_and_jitters_fully() -> None:

@@ -9,13 +9,13 @@ from uuid import uuid4
 
 import pytest
 
-from app.clock import SystemClock
-from app.db import replay, store
-from app.db.store import Conn, Lease, Report
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn, Lease, Report
+from pgsched.workers.reporter import Reporter, ReportFailed
 from tests.chaos.proxy import Proxy
 from tests.factories import cover_last_month, make_schedule
 from tests.workers.test_worker import python_job, running_worker, trigger, wait_state
-from workers.reporter import Reporter, ReportFailed
 
 
 async def _waiting_runs(conn: Conn, n: int) -> int:

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from app import schedules, ticker
-from app.clock import SystemClock
-from app.db import replay, store
-from app.db.store import Conn
+from pgsched.app import schedules, ticker
+from pgsched.app.clock import SystemClock
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
+from pgsched.workers.worker import Worker, WorkerSettings
 from tests.factories import make_schedule
-from workers.worker import Worker, WorkerSettings
 
 JOBS = "tests.workers.jobs_for_tests"
 

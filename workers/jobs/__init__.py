@@ -13,7 +13,7 @@ before a schedule is stored. ADR 0012 records the decisions; modules:
 
 from __future__ import annotations
 
-from workers.jobs.base import (
+from pgsched.workers.jobs.base import (
     MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
     InvalidPayload,
@@ -21,10 +21,10 @@ from workers.jobs.base import (
     Outcome,
     Status,
 )
-from workers.jobs.command import KILL_GRACE_SECONDS
-from workers.jobs.runner import execute, max_overrun_seconds
-from workers.jobs.secretrefs import SECRET_ENV_PREFIX, MissingSecret, env_var, resolve
-from workers.jobs.validation import JOB_TYPES, MAX_KILL_AFTER_SECONDS, validate_payload
+from pgsched.workers.jobs.command import KILL_GRACE_SECONDS
+from pgsched.workers.jobs.runner import execute, max_overrun_seconds
+from pgsched.workers.jobs.secretrefs import SECRET_ENV_PREFIX, MissingSecret, env_var, resolve
+from pgsched.workers.jobs.validation import JOB_TYPES, MAX_KILL_AFTER_SECONDS, validate_payload
 
 __all__ = [
     "JOB_TYPES",

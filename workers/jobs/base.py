@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.netguard import NetPolicy, Resolver
+from pgsched.workers.netguard import NetPolicy, Resolver
 
 __all__ = [
     "MAX_ERROR_BYTES",

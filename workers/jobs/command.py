@@ -31,8 +31,8 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
-from workers.jobs import procguard
-from workers.jobs.base import (
+from pgsched.workers.jobs import procguard
+from pgsched.workers.jobs.base import (
     MAX_OUTPUT_BYTES,
     JobContext,
     LeaseDeadline,
@@ -42,7 +42,7 @@ from workers.jobs.base import (
     str_list,
     timeout_error,
 )
-from workers.jobs.secretrefs import Masker
+from pgsched.workers.jobs.secretrefs import Masker
 
 __all__ = [
     "BACKSTOP_SECONDS",

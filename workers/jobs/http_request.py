@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import httpx
 
-from workers import netguard
-from workers.jobs.base import (
+from pgsched.workers import netguard
+from pgsched.workers.jobs.base import (
     MAX_OUTPUT_BYTES,
     JobContext,
     Outcome,
@@ -22,7 +22,7 @@ from workers.jobs.base import (
     str_dict,
     timeout_error,
 )
-from workers.jobs.secretrefs import Masker
+from pgsched.workers.jobs.secretrefs import Masker
 
 __all__ = ["NON_RETRYABLE_STATUSES", "run", "status_matches"]
 

@@ -31,8 +31,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from workers.jobs.base import JobContext, Outcome, clip_tail, one_line, timeout_error
-from workers.jobs.secretrefs import Masker
+from pgsched.workers.jobs.base import JobContext, Outcome, clip_tail, one_line, timeout_error
+from pgsched.workers.jobs.secretrefs import Masker
 
 __all__ = ["IDEMPOTENCY_PARAMETER", "run"]
 
@@ -44,8 +44,13 @@ class _TargetError(Exception):
     """The target cannot be called as written: a non-retryable failure."""
 
 
+# Targets whose module moved. Runs queued before migration 0018 name the built-in maintenance
+# job by its import path from before pgsched was one package (ADR 0023).
+_MOVED = {"app.maintenance:run_builtin": "pgsched.app.maintenance:run_builtin"}
+
+
 def _load(target: str) -> Callable[..., Any]:
-    module_name, _, attr_path = target.partition(":")
+    module_name, _, attr_path = _MOVED.get(target, target).partition(":")
     try:
         # Runs the module's top-level code on the loop thread, once per process (sys.modules
         # caches it). Modules with slow imports should be imported at worker start.

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from workers.jobs import command, http_request, python_call, sql
-from workers.jobs.base import (
+from pgsched.workers.jobs import command, http_request, python_call, sql
+from pgsched.workers.jobs.base import (
     MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
     InvalidPayload,
@@ -27,8 +27,8 @@ from workers.jobs.base import (
     one_line,
     storable,
 )
-from workers.jobs.secretrefs import Masker, MissingSecret, resolve
-from workers.jobs.validation import validate_payload
+from pgsched.workers.jobs.secretrefs import Masker, MissingSecret, resolve
+from pgsched.workers.jobs.validation import validate_payload
 
 __all__ = ["execute", "max_overrun_seconds"]
 

@@ -33,8 +33,14 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from workers.jobs.base import MAX_OUTPUT_BYTES, JobContext, Outcome, clip_head, timeout_error
-from workers.jobs.secretrefs import Masker
+from pgsched.workers.jobs.base import (
+    MAX_OUTPUT_BYTES,
+    JobContext,
+    Outcome,
+    clip_head,
+    timeout_error,
+)
+from pgsched.workers.jobs.secretrefs import Masker
 
 __all__ = ["BACKSTOP_SECONDS", "CHECK_INTERVAL_MS", "JOB_ROLE", "MAX_ROWS", "run"]
 

@@ -19,9 +19,9 @@ from typing import TypeGuard
 
 import httpx
 
-from workers.jobs.base import InvalidPayload
-from workers.jobs.secretrefs import SECRET_KEY, is_secret_ref, valid_name
-from workers.netguard import SECRET_HEADERS
+from pgsched.workers.jobs.base import InvalidPayload
+from pgsched.workers.jobs.secretrefs import SECRET_KEY, is_secret_ref, valid_name
+from pgsched.workers.netguard import SECRET_HEADERS
 
 __all__ = [
     "HTTP_METHODS",

@@ -27,17 +27,17 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg_pool import PoolTimeout
 
-from app import tokens
-from app.api import cursors
-from app.api.auth import principal
-from app.api.common import DEFAULT_PAGE, VIEWER, Cursor, Limit, page_size
-from app.api.config import ApiSettings
-from app.api.metrics import EVENT_STREAMS
-from app.api.problems import responses
-from app.api.routes.runs import event_out
-from app.api.schemas import EventPage
-from app.db import reads
-from app.db.store import Conn
+from pgsched.app import tokens
+from pgsched.app.api import cursors
+from pgsched.app.api.auth import principal
+from pgsched.app.api.common import DEFAULT_PAGE, VIEWER, Cursor, Limit, page_size
+from pgsched.app.api.config import ApiSettings
+from pgsched.app.api.metrics import EVENT_STREAMS
+from pgsched.app.api.problems import responses
+from pgsched.app.api.routes.runs import event_out
+from pgsched.app.api.schemas import EventPage
+from pgsched.app.db import reads
+from pgsched.app.db.store import Conn
 
 log = logging.getLogger("pgsched.api")
 

@@ -10,9 +10,9 @@ from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from app.api import cursors, writes
-from app.api.auth import audit
-from app.api.common import (
+from pgsched.app.api import cursors, writes
+from pgsched.app.api.auth import audit
+from pgsched.app.api.common import (
     DEFAULT_PAGE,
     OPERATOR,
     VIEWER,
@@ -25,8 +25,8 @@ from app.api.common import (
     clock_now,
     page_size,
 )
-from app.api.problems import ApiError, responses
-from app.api.schemas import (
+from pgsched.app.api.problems import ApiError, responses
+from pgsched.app.api.schemas import (
     Attempt,
     Event,
     EventPage,
@@ -36,8 +36,8 @@ from app.api.schemas import (
     RunState,
     run_out,
 )
-from app.db import reads, store
-from app.db.store import Conn, Row
+from pgsched.app.db import reads, store
+from pgsched.app.db.store import Conn, Row
 
 TAGS = ["runs"]
 # Events that end an attempt, and what the attempt's `result` says.

@@ -11,10 +11,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import BodyKwarg, HeaderParameter, JSONBody, QueryParameter
 
-from app import schedules
-from app.api import cursors, writes
-from app.api.auth import audit
-from app.api.common import (
+from pgsched.app import schedules
+from pgsched.app.api import cursors, writes
+from pgsched.app.api.auth import audit
+from pgsched.app.api.common import (
     ADMIN,
     DEFAULT_PAGE,
     ETAG_HEADER,
@@ -31,8 +31,8 @@ from app.api.common import (
     page_size,
     parse_if_match,
 )
-from app.api.problems import ApiError, responses
-from app.api.schemas import (
+from pgsched.app.api.problems import ApiError, responses
+from pgsched.app.api.schemas import (
     BackfillRequest,
     BackfillResult,
     JobType,
@@ -45,8 +45,8 @@ from app.api.schemas import (
     run_out,
     schedule_out,
 )
-from app.db import reads, store
-from app.db.store import Conn, Row
+from pgsched.app.db import reads, store
+from pgsched.app.db.store import Conn, Row
 
 TAGS = ["schedules"]
 CREATE_EXAMPLES = [

@@ -14,9 +14,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from psycopg_pool import PoolTimeout
 
-from app import tokens
-from app.api import cursors
-from app.api.common import (
+from pgsched.app import tokens
+from pgsched.app.api import cursors
+from pgsched.app.api.common import (
     ADMIN,
     DEFAULT_PAGE,
     PUBLIC,
@@ -26,9 +26,9 @@ from app.api.common import (
     clock_now,
     page_size,
 )
-from app.api.config import ApiSettings
-from app.api.problems import responses
-from app.api.schemas import (
+from pgsched.app.api.config import ApiSettings
+from pgsched.app.api.problems import responses
+from pgsched.app.api.schemas import (
     ErrorStats,
     ExecutionStats,
     Health,
@@ -43,8 +43,8 @@ from app.api.schemas import (
     token_out,
     worker_out,
 )
-from app.db import reads
-from app.db.store import Conn, Row
+from pgsched.app.db import reads
+from pgsched.app.db.store import Conn, Row
 
 log = logging.getLogger("pgsched.api")
 

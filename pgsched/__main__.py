@@ -1,0 +1,8 @@
+"""`python -m pgsched …` is the `pgsched` command."""
+
+from __future__ import annotations
+
+from pgsched.app.cli import main
+
+if __name__ == "__main__":
+    main()
