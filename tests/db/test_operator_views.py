@@ -37,59 +37,66 @@ async def _write_history(conn: Conn) -> dict[str, Any]:
     """One of each thing the views look for, at known times relative to now (taken here: the
     views compare with the database's now(), so module import time would drift)."""
     NOW = datetime.now(UTC)
-    await cover_last_month(conn)  # 6 h back is last month's before 06:00 on the 1st
-    jobs = await make_schedule(
-        conn, now=NOW - 6 * H, name="nightly-report", max_attempts=1, next_due_at=None
-    )
-    # Succeeded: started 5 h ago, took 4 s (an hour bucket of its own).
-    await _run(conn, jobs["id"], NOW - 5 * H)
-    ok = await _claim_one(conn, NOW - 5 * H)
-    await store.succeed_run(
-        conn,
-        Lease.of(ok),
-        {"status": "succeeded"},
-        actor="w",
-        now=NOW - 5 * H + timedelta(seconds=4),
-    )
-    # Dead: one attempt, failed with an error, 2 hours ago.
-    await _run(conn, jobs["id"], NOW - 2 * H)
-    bad = await _claim_one(conn, NOW - 2 * H)
-    await store.fail_run(
-        conn,
-        Lease.of(bad),
-        {"status": "failed", "error": "boom"},
-        jitter=0.5,
-        actor="w",
-        now=NOW - 2 * H + timedelta(seconds=2),
-    )
-    # Running for 20 minutes.
-    await _run(conn, jobs["id"], NOW - timedelta(minutes=20))
-    long = await _claim_one(conn, NOW - timedelta(minutes=20))
-    # Waiting: one ready for 5 minutes, one scheduled for later.
-    await _run(conn, jobs["id"], NOW - timedelta(minutes=5))
-    await _run(conn, jobs["id"], NOW + H)
-    # A schedule that never ran, one with a missed occurrence, and one 10 minutes overdue.
-    quiet = await make_schedule(conn, now=NOW, name="quiet", next_due_at=NOW + H)
-    skipper = await make_schedule(
-        conn, now=NOW - 3 * H, name="skipper", interval_seconds=3600, missed_policy="skip"
-    )
-    await ticker.tick(conn, now=NOW - timedelta(seconds=30))
-    # Created after the tick, so nothing has advanced it: the ticker looks behind.
-    overdue = await make_schedule(
-        conn, now=NOW - H, name="overdue", next_due_at=NOW - timedelta(minutes=10)
-    )
-    # An audited change from the API.
-    await store.update_schedule(
-        conn,
-        quiet["id"],
-        {"priority": 7},
-        event_type="schedule.updated",
-        actor="token:alice",
-        now=NOW,
-        meta={"source_ip": "203.0.113.9", "user_agent": "curl/8"},
-    )
-    await store.set_queue_limit(conn, "default", 8, actor="op", now=NOW)
-    return {"jobs": jobs, "long": long, "overdue": overdue, "quiet": quiet, "skipper": skipper}
+    async with conn.transaction():  # all or nothing (a savepoint under `tx`)
+        await cover_last_month(conn)  # 6 h back is last month's before 06:00 on the 1st
+        jobs = await make_schedule(
+            conn, now=NOW - 6 * H, name="nightly-report", max_attempts=1, next_due_at=None
+        )
+        # Succeeded: started 5 h ago, took 4 s (an hour bucket of its own).
+        await _run(conn, jobs["id"], NOW - 5 * H)
+        ok = await _claim_one(conn, NOW - 5 * H)
+        await store.succeed_run(
+            conn,
+            Lease.of(ok),
+            {"status": "succeeded"},
+            actor="w",
+            now=NOW - 5 * H + timedelta(seconds=4),
+        )
+        # Dead: one attempt, failed with an error, 2 hours ago.
+        await _run(conn, jobs["id"], NOW - 2 * H)
+        bad = await _claim_one(conn, NOW - 2 * H)
+        await store.fail_run(
+            conn,
+            Lease.of(bad),
+            {"status": "failed", "error": "boom"},
+            jitter=0.5,
+            actor="w",
+            now=NOW - 2 * H + timedelta(seconds=2),
+        )
+        # Running for 20 minutes.
+        await _run(conn, jobs["id"], NOW - timedelta(minutes=20))
+        long = await _claim_one(conn, NOW - timedelta(minutes=20))
+        # Waiting: one ready for 5 minutes, one scheduled for later.
+        await _run(conn, jobs["id"], NOW - timedelta(minutes=5))
+        await _run(conn, jobs["id"], NOW + H)
+        # A schedule that never ran, one with a missed occurrence, and one 10 minutes overdue.
+        quiet = await make_schedule(conn, now=NOW, name="quiet", next_due_at=NOW + H)
+        skipper = await make_schedule(
+            conn, now=NOW - 3 * H, name="skipper", interval_seconds=3600, missed_policy="skip"
+        )
+        await ticker.tick(conn, now=NOW - timedelta(seconds=30))
+        # Created after the tick, so nothing has advanced it: the ticker looks behind.
+        overdue = await make_schedule(
+            conn, now=NOW - H, name="overdue", next_due_at=NOW - timedelta(minutes=10)
+        )
+        # An audited change from the API.
+        await store.update_schedule(
+            conn,
+            quiet["id"],
+            {"priority": 7},
+            event_type="schedule.updated",
+            actor="token:alice",
+            now=NOW,
+            meta={"source_ip": "203.0.113.9", "user_agent": "curl/8"},
+        )
+        await store.set_queue_limit(conn, "default", 8, actor="op", now=NOW)
+    return {
+        "jobs": jobs,
+        "long": long,
+        "overdue": overdue,
+        "quiet": quiet,
+        "skipper": skipper,
+    }
 
 
 @pytest.fixture
