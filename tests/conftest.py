@@ -1,4 +1,4 @@
-"""Test harness: a real PostgreSQL for every test (ADR 0007, the ladder; ADR 0025, the tiers).
+"""Test harness: a real PostgreSQL for every test (ADR 0007, the ladder; ADR 0026, the tiers).
 
 The server, migrations and database helpers live in tests/support/db.py; this file only turns
 them into fixtures. Two tiers of database, by what a test needs:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pgsched.app import ticker
-from pgsched.app.db import reads, store
+from pgsched.app.db import store
 from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn, Lease, Report
 from tests.factories import clear_of_month_ends, make_schedule
@@ -38,6 +38,12 @@ US = timedelta(microseconds=1)
 ZERO = timedelta(0)
 MIN = timedelta(minutes=1)
 SIDES = ["before", "at", "after"]
+
+
+async def _read(conn: Conn, name: str, **params: Any) -> list[dict[str, Any]]:
+    """A named statement's rows. The readers are run by name: what is under test is their SQL."""
+    cur = await conn.execute(query(name), params)
+    return await cur.fetchall()
 
 
 async def _one_run(conn: Conn, **schedule: Any) -> dict[str, Any]:
@@ -82,8 +88,7 @@ async def test_a_lease_is_rescued_only_once_it_has_expired(
     now = expires - expires_minus_now
     got = await store.rescue_expired(tx, limit=10, actor="rescuer", now=now)
     assert [r["id"] for r in got] == ([run["id"]] if rescued else [])
-    row = await store.get_run(tx, run["id"])
-    assert row is not None
+    (row,) = await _read(tx, "get_run", id=run["id"])
     assert row["state"] == ("waiting" if rescued else "running")
 
 
@@ -133,7 +138,7 @@ async def test_a_retry_is_claimable_from_its_available_at(
 
     wait = await store.seconds_until_next_run(tx, ["default"], now=now)
     assert wait is not None and (wait == 0) == due
-    sample = await reads.telemetry_sample(tx, stale_seconds=30, now=now)
+    (sample,) = await _read(tx, "telemetry_sample", stale_seconds=30, now=now)
     (queue,) = [q for q in sample["queues"] if q["queue"] == "default"]
     assert (queue["ready"], queue["scheduled"]) == ((1, 0) if due else (0, 1))
     got = await _claim(tx, now, limits=statement != "open")
@@ -163,10 +168,13 @@ async def test_a_worker_is_gone_only_when_silent_longer_than_the_limit(
         await store.set_worker_state(tx, worker["id"], "stopping", now=T)
     now = T + timedelta(seconds=limit) + silence_minus_limit
 
-    (listed,) = await reads.page_workers(tx, limit=10, stale_seconds=limit, now=now)
+    (listed,) = await _read(
+        tx, "page_workers", limit=10, stale_seconds=limit, now=now, before_id=None, states=None
+    )
     assert listed["healthy"] is not gone
-    assert (await reads.health(tx, stale_seconds=limit, now=now))["live_workers"] == int(not gone)
-    sample = await reads.telemetry_sample(tx, stale_seconds=limit, now=now)
+    (health,) = await _read(tx, "health", stale_seconds=limit, now=now)
+    assert health["live_workers"] == int(not gone)
+    (sample,) = await _read(tx, "telemetry_sample", stale_seconds=limit, now=now)
     assert (sample["live_workers"], sample["silent_workers"]) == (int(not gone), int(gone))
     marked = await store.mark_gone_workers(tx, after_seconds=limit, actor="t", now=now)
     assert marked == ([worker["id"]] if gone else [])
@@ -287,8 +295,6 @@ async def test_a_month_is_retirable_once_wholly_past_retention(
     finally:
         await tx.execute("RESET ROLE")
     now = end + timedelta(days=days) + now_minus_cutoff
-    cur = await tx.execute(
-        query("retirable_partitions"), {"run_days": 30, "event_days": 90, "now": now}
-    )
-    months = {(r["table_name"], r["month_end"]) for r in await cur.fetchall()}
+    rows = await _read(tx, "retirable_partitions", run_days=30, event_days=90, now=now)
+    months = {(r["table_name"], r["month_end"]) for r in rows}
     assert ((f"pgsched.{table}", end) in months) is retired
