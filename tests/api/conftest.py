@@ -57,7 +57,10 @@ class Tokens:
 
 @pytest.fixture
 async def db(dsn: str) -> AsyncIterator[Conn]:
-    """A superuser connection to the test's database (for setup and for checking events)."""
+    """A superuser connection to the test's database (for setup and for checking events).
+
+    This overrides tests/conftest.py's `db` for the API tests: the same database (`dsn`), but
+    without that fixture's `public.job_log` table, which only worker tests read."""
     conn = await connect(dsn)
     try:
         yield conn

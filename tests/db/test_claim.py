@@ -18,6 +18,13 @@ from tests.factories import clear_of_month_ends, make_schedule
 T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 
 
+# `conn` here is the rolled-back tier (tests/conftest.py, `tx`): each test using it claims on one
+# connection at explicit instants. The tests of concurrent claimers take `dsn`; the tests of
+# query plans are `own_database`: the shared database's earlier (rolled-back) tests leave dead
+# rows and statistics behind that would sway the planner.
+pytestmark = pytest.mark.tx
+
+
 async def _waiting_runs(conn: Conn, schedule_id: int, n: int) -> None:
     dues = [T - timedelta(seconds=k) for k in range(n)]
     await store.insert_runs(
@@ -176,6 +183,7 @@ async def test_concurrent_claimers_respect_max_concurrency(dsn: str) -> None:
             await c.close()
 
 
+@pytest.mark.own_database  # a plan: the shared database's leftovers would sway it
 async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> None:
     """ADR 0004 (the claim's partial index) and bench/PEERS.md: with 20,000 finished runs and
     5,000 waiting runs not yet due, the claim must walk a partial index over waiting runs and
@@ -222,6 +230,7 @@ async def test_the_claim_reads_an_index_range_not_the_backlog(conn: Conn) -> Non
     assert not re.search(r"->\s+(Incremental )?Sort \(", plan), "no Sort node: index order"
 
 
+@pytest.mark.own_database  # a plan: the shared database's leftovers would sway it
 async def test_a_backlog_across_a_month_boundary_is_read_in_index_order(conn: Conn) -> None:
     """The same at a month boundary: on the 1st, runs still waiting in last month's partition and
     the new month's runs are both claimable. With a backlog in each (20,000 + 20,000), the
@@ -360,6 +369,7 @@ async def test_the_claim_without_the_limits_lock_leaves_limited_runs_alone(conn:
     assert await replay.verify(conn) == []
 
 
+@pytest.mark.own_database  # a plan: the shared database's leftovers would sway it
 async def test_the_next_due_time_is_one_index_probe_per_queue(conn: Conn) -> None:
     """An idle worker asks every poll interval how long until the next run becomes claimable:
     never a scan of the month's runs (migration 0013), and the answer is the earliest waiting
@@ -388,6 +398,7 @@ async def test_the_next_due_time_is_one_index_probe_per_queue(conn: Conn) -> Non
     assert "run_next_available" in plan or "queue_available_at_idx" in plan, plan
 
 
+@pytest.mark.own_database  # a plan: the shared database's leftovers would sway it
 async def test_the_open_claim_and_the_full_claim_write_and_return_alike(conn: Conn) -> None:
     """claim_open_runs repeats claim_runs' UPDATE, event and result (ADR 0019): same columns
     back, same run.claimed data, and its search is an index range too."""

@@ -6,11 +6,18 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+import pytest
+
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease, Report
 from tests.factories import make_schedule
 
 T = datetime.now(UTC).replace(microsecond=0)
+
+
+# `conn` here is the rolled-back tier (tests/conftest.py, `tx`): every test here runs on one
+# connection; the retried report's `now=None` is the transaction's start, the same for both.
+pytestmark = pytest.mark.tx
 
 
 async def _claimed(conn: Conn, n: int, **schedule: object) -> list[Lease]:

@@ -33,13 +33,11 @@ async def _claim_one(conn: Conn, at: datetime) -> dict[str, Any]:
     return run
 
 
-@pytest.fixture
-async def history(dsn: str) -> AsyncIterator[dict[str, Any]]:
+async def _write_history(conn: Conn) -> dict[str, Any]:
     """One of each thing the views look for, at known times relative to now (taken here: the
     views compare with the database's now(), so module import time would drift)."""
     NOW = datetime.now(UTC)
-    conn = await connect(dsn)
-    try:
+    async with conn.transaction():  # all or nothing (a savepoint under `tx`)
         await cover_last_month(conn)  # 6 h back is last month's before 06:00 on the 1st
         jobs = await make_schedule(
             conn, now=NOW - 6 * H, name="nightly-report", max_attempts=1, next_due_at=None
@@ -92,21 +90,45 @@ async def history(dsn: str) -> AsyncIterator[dict[str, Any]]:
             meta={"source_ip": "203.0.113.9", "user_agent": "curl/8"},
         )
         await store.set_queue_limit(conn, "default", 8, actor="op", now=NOW)
-        yield {
-            "jobs": jobs,
-            "long": long,
-            "overdue": overdue,
-            "quiet": quiet,
-            "skipper": skipper,
-            "dsn": dsn,
-        }
+    return {
+        "jobs": jobs,
+        "long": long,
+        "overdue": overdue,
+        "quiet": quiet,
+        "skipper": skipper,
+    }
+
+
+@pytest.fixture
+async def history(tx: Conn) -> dict[str, Any]:
+    """The history, written in the rolled-back tier (tests/conftest.py `tx`): the views only
+    read, so one transaction holds the history and the operator's reads of it."""
+    return await _write_history(tx)
+
+
+@pytest.fixture
+async def operator(tx: Conn, history: dict[str, Any]) -> Conn:
+    """The same connection, as the read-only operator role until the transaction ends.
+    (Inside the transaction now() is its start, a moment before the history's NOW: the
+    minutes the views report still round to the same values.)"""
+    await tx.execute("SET LOCAL ROLE pgsched_operator")
+    return tx
+
+
+@pytest.fixture
+async def own_history(dsn: str) -> AsyncIterator[dict[str, Any]]:
+    """The history in a database of the test's own, committed, for a test that needs other
+    sessions (DDL as the owner, statistics a closing backend flushes)."""
+    conn = await connect(dsn)
+    try:
+        yield {**await _write_history(conn), "dsn": dsn}
     finally:
         await conn.close()
 
 
 @pytest.fixture
-async def operator(history: dict[str, Any]) -> AsyncIterator[Conn]:
-    conn = await connect(history["dsn"], role="pgsched_operator")
+async def own_operator(own_history: dict[str, Any]) -> AsyncIterator[Conn]:
+    conn = await connect(own_history["dsn"], role="pgsched_operator")
     try:
         yield conn
     finally:
@@ -228,20 +250,20 @@ async def test_table_health_and_partition_horizon(operator: Conn) -> None:
     }
 
 
-async def test_partition_defaults(operator: Conn, history: dict[str, Any]) -> None:
+async def test_partition_defaults(own_operator: Conn, own_history: dict[str, Any]) -> None:
     """Empty while pgsched's own partitions hold everything; a stray DEFAULT partition that
     caught a row shows up with its count (the alarm /health and the metric read)."""
-    assert await _rows(operator, "SELECT * FROM pgsched.partition_defaults") == []
-    owner = await connect(history["dsn"], role="pgsched_owner")
+    assert await _rows(own_operator, "SELECT * FROM pgsched.partition_defaults") == []
+    owner = await connect(own_history["dsn"], role="pgsched_owner")
     try:
         await owner.execute("CREATE TABLE pgsched.run_stray PARTITION OF pgsched.run DEFAULT")
     finally:
         await owner.close()
-    writer = await connect(history["dsn"])
+    writer = await connect(own_history["dsn"])
     try:
         far = datetime(2100, 1, 1, tzinfo=UTC)  # no partition of its own
         await store.insert_runs(  # its run.created event is written now, in this month
-            writer, [(history["jobs"]["id"], far, far)], origin="backfill", actor="t", now=None
+            writer, [(own_history["jobs"]["id"], far, far)], origin="backfill", actor="t", now=None
         )
         await writer.execute("SELECT pg_stat_force_next_flush()")
     finally:
@@ -249,7 +271,8 @@ async def test_partition_defaults(operator: Conn, history: dict[str, Any]) -> No
     rows: list[dict[str, Any]] = []
     for _ in range(50):  # the statistics follow within a moment
         rows = await _rows(
-            operator, "SELECT table_name, partition_name, live_rows FROM pgsched.partition_defaults"
+            own_operator,
+            "SELECT table_name, partition_name, live_rows FROM pgsched.partition_defaults",
         )
         if rows and rows[0]["live_rows"]:
             break

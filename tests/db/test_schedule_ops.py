@@ -18,6 +18,12 @@ T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 MIN = timedelta(minutes=1)
 
 
+# `conn` here is the rolled-back tier (tests/conftest.py, `tx`): each test using it runs on one
+# connection with explicit instants and never commits. The idempotency-key race opens four
+# connections, so it takes `dsn` (a database of its own).
+pytestmark = pytest.mark.tx
+
+
 async def _states(conn: Conn, schedule_id: int) -> list[tuple[datetime, str]]:
     cur = await conn.execute(
         "SELECT due_at, state FROM pgsched.run WHERE schedule_id = %s AND NOT adhoc "

@@ -18,6 +18,12 @@ T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
 MIN = timedelta(minutes=1)
 
 
+# `conn` here is the rolled-back tier (tests/conftest.py, `tx`): each test using it runs on one
+# connection with explicit instants (its NOTIFYs are dropped at the rollback, unheard). The tests
+# of concurrent tickers and of NOTIFY take `dsn`, a database of their own.
+pytestmark = pytest.mark.tx
+
+
 async def _runs(conn: Conn, schedule_id: int) -> list[tuple[datetime, str]]:
     cur = await conn.execute(
         "SELECT due_at, origin FROM pgsched.run WHERE schedule_id = %s ORDER BY due_at",
