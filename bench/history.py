@@ -88,11 +88,13 @@ from bench._common import (
     write_results,
 )
 from bench.ticker import seed as seed_schedules
-from pgsched.app import localpg, maintenance, tokens
+from pgsched.app import localpg, maintenance
 from pgsched.app.cli import migrate
 from pgsched.app.db import store
 from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
+from tests.support import store as test_store
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.10
@@ -100,7 +102,7 @@ TARGET = 1.10
 NAMES = ("fresh", "empty", "history")
 PAGE = 50
 CLAIM = 10
-SOURCES = ("app/db/queries", "app/db/store.py", "app/db/reads.py", "app/api", "alembic/versions")
+SOURCES = ("app/db/queries", "app/db/store", "app/api", "alembic/versions")
 SERVER_SETTINGS = (
     "server_version",
     "fsync",
@@ -415,7 +417,7 @@ class Target:
         if len(rows) != expect:
             raise RuntimeError(f"{self.name}: claimed {len(rows)} runs of {queue}, not {expect}")
         for row in rows:
-            done = await store.succeed_run(
+            done = await test_store.succeed_run(
                 self.conn, store.Lease.of(row), OUTCOME, actor="bench", now=None
             )
             if done is None:

@@ -22,7 +22,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from pgsched.app import tokens
+from pgsched.app.services import tokens
 
 PUBLIC: Final = "public"
 RANK: Final[dict[str, int]] = {"viewer": 1, "operator": 2, "admin": 3}
