@@ -8,8 +8,8 @@ declares no role is refused to everyone: forgetting the declaration fails closed
 route-inventory test fails (tests/api/test_auth.py).
 
 `Authorization: Bearer <token>` is checked by shape and checksum first (no database lookup for a
-mistyped or random string), then by its SHA-256 (app.tokens). 401 carries `WWW-Authenticate:
-Bearer`; a valid token with too weak a role is 403.
+mistyped or random string), then by its SHA-256 (app.services.tokens). 401 carries
+`WWW-Authenticate: Bearer`; a valid token with too weak a role is 403.
 """
 
 from __future__ import annotations

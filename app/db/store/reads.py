@@ -131,3 +131,8 @@ async def common_errors(conn: Conn, *, hours: int, limit: int, now: datetime | N
 async def telemetry_sample(conn: Conn, *, stale_seconds: float, now: datetime | None) -> Row:
     """What the metrics sampler reports (app.telemetry), in one round trip."""
     return await _one(conn, "telemetry_sample", {"stale_seconds": stale_seconds, "now": now})
+
+
+async def configure_api_session(conn: Conn) -> None:
+    """Timestamps leave the API in UTC whatever the server's or role's TimeZone setting."""
+    await _rows(conn, "configure_api_session")
