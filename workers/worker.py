@@ -56,7 +56,6 @@ from pgsched.workers.session import DedicatedConnection, configure_session
 log = logging.getLogger("pgsched.worker")
 
 Executor = Callable[[str, Mapping[str, object], JobContext], Awaitable[Outcome]]
-CHANNEL = "pgsched_runs"
 # The pool serves registration, heartbeats, rescue and stopped jobs; claims and reports have
 # connections of their own (workers/session.py), so it does not grow with the slots.
 POOL_SIZE = 4
