@@ -39,9 +39,9 @@ reverses), after one warm-up round:
   sends once per poll interval or while limits are in play; each timed up to the COMMIT (the
   commit's WAL flush is
   the same in both databases and the noisiest part on a shared disk, so it is left out); then,
-  untimed, each claimed run succeeds through `store.succeed_run`, as a worker's would, so the next
-  sample claims the next runs (a rolled-back claim would re-claim the same rows and pile dead
-  versions onto them, which a real queue never does);
+  untimed, each claimed run succeeds through `tests.support.store.succeed_run`, as a worker's
+  would, so the next sample claims the next runs (a rolled-back claim would re-claim the same
+  rows and pile dead versions onto them, which a real queue never does);
 - `claim, nothing due`: the same call for a queue without runs (a worker's idle poll);
 - `GET /v1/runs`: a real HTTP request (httpx, keep-alive) to `pgsched api` (a uvicorn process per
   database) with a viewer token, the first page of 50 (what a dashboard opens); all return the
