@@ -371,7 +371,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
-    from pgsched.app.db import store
+    from pgsched.app.services import runs
 
     # As the API's queue names (app.api.schemas.QueueName); checked here so that an empty
     # name is refused naming it, not by the table's check constraint.
@@ -388,7 +388,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-running must be a whole number >= 1 or 'none', got {raw!r}")
 
     async def work(conn: Conn) -> int:
-        row = await store.set_queue_limit(conn, args.name, limit, actor="cli", now=None)
+        row = await runs.set_queue_limit(conn, args.name, limit, actor="cli", now=None)
         shown = row["max_running"] if row["max_running"] is not None else "unlimited"
         print(f"queue {row['name']}: at most {shown} running")
         return 0
@@ -462,7 +462,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     """Create a token and print it once; only its SHA-256 is stored."""
     from datetime import UTC, datetime, timedelta
 
-    from pgsched.app import tokens
+    from pgsched.app.services import tokens
 
     if args.role not in tokens.ROLES:
         raise CommandError(f"--role must be one of {', '.join(tokens.ROLES)}")
@@ -494,7 +494,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from pgsched.app import tokens
+    from pgsched.app.services import tokens
 
     async def work(conn: Conn) -> int:
         rows = await tokens.list_tokens(conn, now=None)
@@ -512,7 +512,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from pgsched.app import tokens
+    from pgsched.app.services import tokens
 
     async def work(conn: Conn) -> int:
         row = await tokens.revoke_token(conn, args.name, actor="cli", now=None)

@@ -34,15 +34,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
-from pgsched.app import schedules
 from pgsched.app.db import store
-from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn, Row
+from pgsched.app.domain import schedule
+from pgsched.app.services import schedules
 
-BUILTIN_NAME = schedules.BUILTIN_NAME
+BUILTIN_NAME = schedule.BUILTIN_NAME
 BUILTIN_TARGET = "pgsched.app.maintenance:run_builtin"
 # Rows are gathered into blocks this large before a thread compresses them: gzip must not run
 # on the event loop (the worker's heartbeats share it), nor once per row.
@@ -77,16 +76,17 @@ async def maintain(conn: Conn, retention: Retention, *, now: datetime | None) ->
     """
     if retention.archive_dir is not None:
         return await _maintain_archiving(conn, retention, Path(retention.archive_dir), now=now)
-    cur = await conn.execute(
-        query("maintain"),
-        {
-            "months_ahead": retention.months_ahead,
-            "run_days": retention.run_days,
-            "event_days": retention.event_days,
-            "now": now,
-        },
-    )
-    return await cur.fetchall()
+    return await store.maintenance.maintain(conn, _params(retention, now))
+
+
+def _params(retention: Retention, now: datetime | None) -> dict[str, object]:
+    """The retention as the maintenance statements take it."""
+    return {
+        "months_ahead": retention.months_ahead,
+        "run_days": retention.run_days,
+        "event_days": retention.event_days,
+        "now": now,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,31 +111,19 @@ class Archive:
 async def _maintain_archiving(
     conn: Conn, retention: Retention, directory: Path, *, now: datetime | None
 ) -> list[Row]:
-    params = {
-        "months_ahead": retention.months_ahead,
-        "run_days": retention.run_days,
-        "event_days": retention.event_days,
-        "now": now,
-    }
-    cur = await conn.execute(query("maintain_ahead"), params)
-    done = await cur.fetchall()
+    params = _params(retention, now)
+    done = await store.maintenance.maintain_ahead(conn, params)
     # First what a crash left detached (still unchanged: nothing writes a detached table).
-    cur = await conn.execute(query("detached_partitions"))
-    for month in await cur.fetchall():
+    for month in await store.maintenance.detached_partitions(conn):
         done += await _archive_and_drop(conn, month, directory, {}, now=now)
-    cur = await conn.execute(query("retirable_partitions"), params)
     snapshots: int | None = None
-    for month in await cur.fetchall():
+    for month in await store.maintenance.retirable_partitions(conn, params):
         extra: dict[str, object] = {}
         if month["table_name"] == "pgsched.event":
             if snapshots is None:  # once per pass, before the first event month goes
-                cur = await conn.execute(query("snapshot_for_event_retirement"), params)
-                snapshots = int((await cur.fetchone() or {"snapshots": 0})["snapshots"])
+                snapshots = await store.maintenance.snapshot_for_event_retirement(conn, params)
             extra["snapshots"] = snapshots
-        cur = await conn.execute(
-            query("detach_for_archive"), {"partition": month["partition_name"], "now": now}
-        )
-        step = await cur.fetchall()
+        step = await store.maintenance.detach_for_archive(conn, month["partition_name"], now=now)
         if step[0]["action"] == "kept":
             done += step
             continue
@@ -157,20 +145,14 @@ async def _archive_and_drop(
         async with asyncio.timeout(_ARCHIVE_TIMEOUT_SECONDS):
             at = await store.db_now(conn, now)
             archive = await write_archive(conn, month, directory, f"{at:%Y%m%dT%H%M%SZ}")
-            cur = await conn.execute(
-                query("drop_detached"),
-                {
-                    "partition": name,
-                    "now": now,
-                    "detail": store.jsonb({**extra, "archive": archive.as_json()}),
-                },
+            return await store.maintenance.drop_detached(
+                conn, name, {**extra, "archive": archive.as_json()}, now=now
             )
-            return await cur.fetchall()
     except (OSError, psycopg.Error, TimeoutError) as exc:
         reason = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
         where = "the partition is kept"
         try:
-            await conn.execute(query("reattach"), {"partition": name, "now": now})
+            await store.maintenance.reattach(conn, name, now=now)
         except psycopg.Error as again:
             # Still detached and unchanged; the next pass finds it and tries again.
             where = f"the partition stays detached ({type(again).__name__}: {again})"
@@ -197,11 +179,9 @@ async def write_archive(conn: Conn, month: Row, directory: Path, stamp: str) -> 
     a half-written `.partial` file is removed."""
     final = directory / f"{month['partition_name']}.{stamp}.csv.gz"
     partial = directory / f".{final.name}.partial"
-    schema, _, table = str(month["partition_name"]).partition(".")
-    statement = sql.SQL(query("archive_rows")).format(table=sql.Identifier(schema, table))
     raw = await asyncio.to_thread(partial.open, "xb")
     try:
-        rows = await _copy_compressed(conn, statement, raw)
+        rows = await _copy_compressed(conn, str(month["partition_name"]), raw)
         await asyncio.to_thread(_publish, raw, partial, final)
     except BaseException:
         raw.close()
@@ -211,17 +191,17 @@ async def write_archive(conn: Conn, month: Row, directory: Path, stamp: str) -> 
     return Archive(str(final), rows, size, digest)
 
 
-async def _copy_compressed(conn: Conn, statement: sql.Composed, raw: IO[bytes]) -> int:
+async def _copy_compressed(conn: Conn, partition: str, raw: IO[bytes]) -> int:
     gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
     block = bytearray()
-    async with conn.cursor() as cur:
-        async with cur.copy(statement) as copy:
-            async for data in copy:
-                block += data
-                if len(block) >= _BLOCK:
-                    await asyncio.to_thread(gz.write, bytes(block))
-                    block.clear()
-        rows = cur.rowcount
+
+    async def take(data: bytes) -> None:
+        block.extend(data)
+        if len(block) >= _BLOCK:
+            await asyncio.to_thread(gz.write, bytes(block))
+            block.clear()
+
+    rows = await store.maintenance.copy_partition(conn, partition, take)
     await asyncio.to_thread(gz.write, bytes(block))
     await asyncio.to_thread(gz.close)
     return rows
@@ -289,37 +269,10 @@ def _builtin_job(retention: Retention) -> dict[str, Any]:
 
 def builtin_fields(retention: Retention, now: datetime) -> dict[str, Any]:
     """The whole built-in schedule, as it is installed at `now` (the database's instant)."""
-    fields = schedules.complete(
-        {
-            "name": BUILTIN_NAME,
-            "kind": "cron",
-            "cron": "7 * * * *",
-            "overlap_policy": "skip",
-            "missed_policy": "latest",
-            "max_attempts": 3,
-            "queue": "default",
-            **_builtin_job(retention),
-        }
-    )
-    fields["next_due_at"] = schedules.first_due(fields, now)
-    return fields
+    return schedule.builtin_definition(_builtin_job(retention), now)
 
 
 async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: datetime | None) -> Row:
-    """Install (or bring up to date) the hourly maintenance schedule; idempotent.
-
-    Through pgsched.install_builtin_maintenance_v1 (as the owner), so the worker role may call
-    it: a ticker needs no right to insert schedules. An existing built-in schedule gets back
-    its job (type, payload, timeout) and whatever could stop it (queue, kind, starts_at,
-    ends_at, timezone, jitter; a cron that is not some minute of every hour); an operator's
-    pause, minute, priority and retries stay (app.schedules.check_builtin_change).
-    """
-    async with conn.transaction():
-        fields = builtin_fields(retention, await store.db_now(conn, now))
-        cur = await conn.execute(
-            query("install_builtin_maintenance"), {"fields": store.jsonb(fields), "now": now}
-        )
-        row = await cur.fetchone()
-    if row is None:  # the function returns the schedule or raises
-        raise RuntimeError("install_builtin_maintenance returned no row")
-    return row
+    """Install (or bring up to date) the hourly maintenance schedule; idempotent (see
+    app.services.schedules.install_builtin)."""
+    return await schedules.install_builtin(conn, _builtin_job(retention), now=now)

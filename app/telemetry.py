@@ -21,8 +21,7 @@ import psycopg
 
 from pgsched import otel
 from pgsched.app import settings
-from pgsched.app.db import reads
-from pgsched.app.db.store import Conn
+from pgsched.app.db.store import Conn, reads
 from pgsched.otel.logs import configure_logging
 
 log = logging.getLogger("pgsched.telemetry")

@@ -25,10 +25,9 @@ from itertools import islice
 from typing import Any
 
 from pgsched.app.db import store
-from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn
 from pgsched.app.domain.occurrences import jitter_offset, next_after, occurrences
-from pgsched.app.schedules import spec_of
+from pgsched.app.domain.schedule import spec_of
 from pgsched.otel.runs import trace_context_json
 
 # Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
@@ -107,10 +106,7 @@ async def tick(
     while True:
         async with conn.transaction():
             at = await store.db_now(conn, now)
-            cur = await conn.execute(
-                query("lock_due_groups"), {"horizon": at + lookahead, "limit": batch}
-            )
-            groups = await cur.fetchall()
+            groups = await store.ticker.lock_due_groups(conn, horizon=at + lookahead, limit=batch)
             if not groups:
                 return result
             locked = await _materialise(
@@ -180,8 +176,8 @@ async def _materialise(
 
     run_groups, due_ats, available_ats, origins = _columns(runs, 4)
     missed_groups, missed_due_ats, missed_reasons = _columns(missed, 3)
-    cur = await conn.execute(
-        query("materialise_batch"),
+    summary = await store.ticker.materialise_batch(
+        conn,
         {
             "ids": ids,
             "groups": members,
@@ -198,7 +194,6 @@ async def _materialise(
             "now": now,
         },
     )
-    summary = await cur.fetchone() or {}
     created: list[int] = summary["run_ids"]
     result.run_ids += created
     result.created += len(created)
@@ -206,7 +201,7 @@ async def _materialise(
     result.overlapped += summary["refused"]
     result.missed += summary["missed"]
     if created:
-        await conn.execute(query("notify_runs"))
+        await store.wake_workers(conn)
     result.schedules += len(ids)
     return len(ids)
 

@@ -78,12 +78,13 @@ from bench.peers import (
     scalar_rows,
     wait_until_zero,
 )
-from pgsched.app import localpg, schedules
+from pgsched.app import localpg
 from pgsched.app.cli import migrate
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay, store
 from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn
+from pgsched.app.domain import schedule
 from pgsched.workers.worker import Worker, WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -229,7 +230,7 @@ async def vacuum_analyze(url: str) -> None:
 async def create_noop_schedule(conn: Conn, name: str, **fields: Any) -> dict[str, Any]:
     values = {"name": name, "job_type": "noop", "kind": "interval", "interval_seconds": 3600}
     values |= {"enabled": False, **fields}  # no ticker materialises it unless asked
-    return await store.create_schedule(conn, schedules.complete(values), actor="bench", now=None)
+    return await store.create_schedule(conn, schedule.complete(values), actor="bench", now=None)
 
 
 async def seed_runs(url: str, n: int) -> int:

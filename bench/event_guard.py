@@ -28,9 +28,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bench._common import command_line, machine, now_iso, source_digests, table, write_results
-from pgsched.app import schedules
 from pgsched.app.db import store
+from pgsched.app.domain import schedule
 from pgsched.app.settings import with_database
+from tests.support import store as test_store
 
 
 def _migrate(dsn: str) -> None:
@@ -59,7 +60,7 @@ async def _round(worker: store.Conn, batch: int, batches: int) -> tuple[list[flo
     claims, completions = [], []
     for _ in range(batches):
         t0 = time.perf_counter()
-        rows = await store.claim_runs(
+        rows = await test_store.claim_runs(
             worker,
             worker_id=1,
             queues=["default"],
@@ -92,7 +93,7 @@ async def main(args: argparse.Namespace) -> None:
         admin = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
         worker = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
         await worker.execute("SET ROLE pgsched_worker")
-        fields = schedules.complete(
+        fields = schedule.complete(
             {"name": "bench", "job_type": "noop", "kind": "interval", "interval_seconds": 3600}
         )
         s = await store.create_schedule(admin, fields, actor="b", now=None)

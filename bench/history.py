@@ -39,9 +39,9 @@ reverses), after one warm-up round:
   sends once per poll interval or while limits are in play; each timed up to the COMMIT (the
   commit's WAL flush is
   the same in both databases and the noisiest part on a shared disk, so it is left out); then,
-  untimed, each claimed run succeeds through `store.succeed_run`, as a worker's would, so the next
-  sample claims the next runs (a rolled-back claim would re-claim the same rows and pile dead
-  versions onto them, which a real queue never does);
+  untimed, each claimed run succeeds through `tests.support.store.succeed_run`, as a worker's
+  would, so the next sample claims the next runs (a rolled-back claim would re-claim the same
+  rows and pile dead versions onto them, which a real queue never does);
 - `claim, nothing due`: the same call for a queue without runs (a worker's idle poll);
 - `GET /v1/runs`: a real HTTP request (httpx, keep-alive) to `pgsched api` (a uvicorn process per
   database) with a viewer token, the first page of 50 (what a dashboard opens); all return the
@@ -88,11 +88,13 @@ from bench._common import (
     write_results,
 )
 from bench.ticker import seed as seed_schedules
-from pgsched.app import localpg, maintenance, tokens
+from pgsched.app import localpg, maintenance
 from pgsched.app.cli import migrate
 from pgsched.app.db import store
 from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
+from tests.support import store as test_store
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.10
@@ -100,7 +102,7 @@ TARGET = 1.10
 NAMES = ("fresh", "empty", "history")
 PAGE = 50
 CLAIM = 10
-SOURCES = ("app/db/queries", "app/db/store.py", "app/db/reads.py", "app/api", "alembic/versions")
+SOURCES = ("app/db/queries", "app/db/store", "app/api", "alembic/versions")
 SERVER_SETTINGS = (
     "server_version",
     "fsync",
@@ -415,7 +417,7 @@ class Target:
         if len(rows) != expect:
             raise RuntimeError(f"{self.name}: claimed {len(rows)} runs of {queue}, not {expect}")
         for row in rows:
-            done = await store.succeed_run(
+            done = await test_store.succeed_run(
                 self.conn, store.Lease.of(row), OUTCOME, actor="bench", now=None
             )
             if done is None:

@@ -64,9 +64,9 @@ from bench.drain import (
     vacuum_analyze,
 )
 from bench.peers import latency_summary, procrastinate_bench, scalar_rows, wait_until_zero
-from pgsched.app import schedules
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import store
+from pgsched.app.domain import schedule
 from pgsched.app.service import default_loops, serve
 from pgsched.workers.jobs import JobContext, Outcome, execute
 from pgsched.workers.worker import Worker, WorkerSettings
@@ -161,7 +161,7 @@ async def pgsched_ticker(
     async with connection(url) as conn:
         base = await store.db_now(conn, None) + timedelta(seconds=lead + count * 0.004)
         for i in range(count):
-            fields = schedules.complete(
+            fields = schedule.complete(
                 {
                     "name": f"bench-every-second-{i}",
                     "job_type": "noop",
@@ -170,7 +170,9 @@ async def pgsched_ticker(
                     "starts_at": base + timedelta(seconds=i / count),
                 }
             )
-            fields["next_due_at"] = schedules.first_due(fields, base)
+            fields["next_due_at"] = schedule.first_due(
+                schedule.spec_of({**fields, "created_at": base}), base, grace_seconds=0
+            )
             await store.create_schedule(conn, fields, actor="bench", now=None)
         created_by = await store.db_now(conn, None)
     await vacuum_analyze(url)

@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace, sink: str) -> dict[str, Any]:
         "date": now_iso(),
         "machine": machine(),
         "server": server,
-        "sources": source_digests("otel", "workers/worker.py", "app/db/store.py"),
+        "sources": source_digests("otel", "workers/worker.py", "app/db/store"),
         "settings": {"runs": args.runs, "slots": args.slots, "repeat": args.repeat},
         "median_runs_per_s": medians,
         "throughput_ratio_vs_off": {m: statistics.median(per_repeat[m]) for m in MODES[1:]},

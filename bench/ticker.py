@@ -13,7 +13,7 @@ server):
    `pgsched migrate` does (`app.cli.migrate`);
 2. per size N, copies it (CREATE DATABASE … TEMPLATE) and seeds N schedules with one set-based
    statement (SEED_SCHEDULES below): kind 'cron', `* * * * *` UTC, job type 'noop', every other
-   column from `app.schedules.DEFAULTS`, next_due_at = B (a whole minute, now + 2 min), and the
+   column from `app.schedule.DEFAULTS`, next_due_at = B (a whole minute, now + 2 min), and the
    matching `schedule.created` events, exactly as the store's create_schedule writes them; then
    VACUUM ANALYZE. The store's one-row-per-call path would take minutes for 100k;
 3. per repeat and per batch size, copies the seeded database again (so every measurement starts
@@ -69,11 +69,12 @@ from bench._common import (
     table,
     write_results,
 )
-from pgsched.app import schedules, ticker
+from pgsched.app import ticker
 from pgsched.app.cli import migrate
 from pgsched.app.db import replay, store
 from pgsched.app.db.sql import names, query
 from pgsched.app.db.store import Conn
+from pgsched.app.domain import schedule
 from pgsched.app.settings import libpq_url, with_database
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -82,7 +83,7 @@ REPO = RESULTS.parent.parent
 
 # N schedules and their schedule.created events in one statement. The column list and the event
 # are those of the store's create_schedule (app/db/queries/schedules.sql); the values come from
-# app.schedules.complete(), so every column but the name is what the API would store. Only the
+# app.schedule.complete(), so every column but the name is what the API would store. Only the
 # name varies: bench-1 … bench-N.
 SEED_SCHEDULES = """
 WITH s AS (
@@ -116,9 +117,9 @@ DROP_RUN_FK = "ALTER TABLE pgsched.run DROP CONSTRAINT run_schedule_id_fkey"
 SOURCES = (
     "app/ticker.py",
     "app/db/queries",
-    "app/db/store.py",
+    "app/db/store",
     "app/domain/occurrences.py",
-    "app/schedules.py",
+    "app/domain/schedule.py",
     "alembic/versions",
 )
 
@@ -196,17 +197,17 @@ async def connection(url: str) -> AsyncIterator[Conn]:
 
 
 def _check_seed_columns() -> None:
-    """SEED_SCHEDULES must set every column app.schedules.DEFAULTS knows (it may grow)."""
+    """SEED_SCHEDULES must set every column app.schedule.DEFAULTS knows (it may grow)."""
     listed = SEED_SCHEDULES.split("INSERT INTO pgsched.schedule (", 1)[1].split(")", 1)[0]
     columns = {c.strip() for c in listed.split(",")}
-    if missing := set(schedules.DEFAULTS) - columns:
+    if missing := set(schedule.DEFAULTS) - columns:
         raise RuntimeError(f"bench/ticker.py SEED_SCHEDULES lacks columns {sorted(missing)}")
 
 
 async def seed(url: str, n: int, boundary: datetime) -> float:
     """N every-minute schedules due at `boundary`, with their events; returns seconds taken."""
     _check_seed_columns()
-    fields = schedules.complete(
+    fields = schedule.complete(
         {
             "name": "bench",  # replaced per row in SEED_SCHEDULES
             "job_type": "noop",
@@ -609,7 +610,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "batches": args.batches,
             "tickers": args.tickers,
             "fk": args.fk,
-            "schedule": "cron '* * * * *' UTC, job_type noop, app.schedules.DEFAULTS otherwise",
+            "schedule": "cron '* * * * *' UTC, job_type noop, app.schedule.DEFAULTS otherwise",
             "boundary": boundary.isoformat(),
         },
         "target": "100k schedules in under 2 s per boundary; per-schedule cost flat or falling",

@@ -12,8 +12,8 @@ One server: a private cluster from the installed binaries (`app.localpg.throwawa
 settings (fsync, synchronous_commit, full_page_writes on), `autovacuum = off` as on the server
 `bench.ticker` ran against (nothing vacuums or analyses a copy mid-measurement). A template
 database migrated to head with alembic (`app.cli.migrate`), copied per size and seeded by
-`bench.ticker.seed` (N schedules `* * * * *` UTC, job type noop, app.schedules.DEFAULTS, due at
-the boundary B, with their `schedule.created` events; VACUUM ANALYZE).
+`bench.ticker.seed` (N schedules `* * * * *` UTC, job type noop, app.domain.schedule.DEFAULTS,
+due at the boundary B, with their `schedule.created` events; VACUUM ANALYZE).
 
 Variants, each on a fresh copy of the seeded database (CREATE DATABASE … TEMPLATE, then a
 CHECKPOINT so every variant starts from the same clean state), autocommit connections opened
@@ -480,7 +480,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "batch": batch,
             "variants": variants,
-            "schedule": "cron '* * * * *' UTC, job_type noop, app.schedules.DEFAULTS otherwise",
+            "schedule": (
+                "cron '* * * * *' UTC, job_type noop, app.domain.schedule.DEFAULTS otherwise"
+            ),
             "boundary": boundary.isoformat(),
         },
         "statements": {

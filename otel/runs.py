@@ -5,7 +5,7 @@ logic is here so those hot paths stay readable.
 
 Trace structure (ADR 0016):
 - A tick is a root span `tick`; the runs it creates store its context (`run.trace_context`).
-  An API trigger or backfill stores the request's context the same way (app/db/store.py).
+  An API trigger or backfill stores the request's context the same way (app/db/store/runs.py).
 - A claim is a root span `claim` (messaging `receive`), one per claim transaction.
 - Each attempt is a CONSUMER span `process <queue>` from the claim's start to the report. For
   a run triggered over the API it is a *child* of the request's span, so one trace shows

@@ -6,15 +6,15 @@ import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
-from pgsched.app import schedules
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
+from pgsched.app.domain import schedule
 
 _names = itertools.count(1)
 
 
 async def make_schedule(conn: Conn, now: datetime | None = None, **over: Any) -> Row:
-    fields = schedules.complete(
+    fields = schedule.complete(
         {
             "name": f"s{next(_names)}",
             "job_type": "noop",
@@ -24,7 +24,9 @@ async def make_schedule(conn: Conn, now: datetime | None = None, **over: Any) ->
         }
     )
     if now is not None and "next_due_at" not in over:
-        fields["next_due_at"] = schedules.first_due(fields, now)
+        fields["next_due_at"] = schedule.first_due(
+            schedule.spec_of({**fields, "created_at": now}), now, grace_seconds=0
+        )
     return await store.create_schedule(conn, fields, actor="test", now=now)
 
 

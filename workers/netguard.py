@@ -37,6 +37,7 @@ from typing import cast
 import httpx
 import idna
 
+from pgsched.app.domain.jobs import SECRET_HEADERS
 from pgsched.app.settings import SettingsError
 
 __all__ = [
@@ -66,11 +67,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 DEFAULT_MAX_BODY = 10_240
 REDACTED = "[redacted]"
-# Values of these headers never appear in results or logs, and are dropped when a redirect
-# leaves the origin they were written for (httpx only drops Authorization).
-SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"}
-)
 # Managed here, not by the operator: Host must match the validated URL (pinning), and the
 # hop-by-hop/framing headers are httpx's job.
 _DROPPED_REQUEST_HEADERS = frozenset(

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from psycopg.rows import dict_row
 
+from pgsched.app.db import store
 from pgsched.app.db.outage import Connection, first_line
 from pgsched.app.db.store import Conn
 
@@ -28,8 +29,7 @@ async def configure_session(conn: Conn) -> None:
     and commit, say) is ended by the server, its row locks released and its claim rolled back
     (so it cannot hold up the rescue of its runs). Each statement of ours takes milliseconds;
     the limits are generous."""
-    await conn.execute("SET idle_in_transaction_session_timeout = '30s'")
-    await conn.execute("SET statement_timeout = '60s'")
+    await store.configure_session(conn)
 
 
 class DedicatedConnection:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -39,10 +38,8 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.app.clock import Clock
@@ -59,8 +56,6 @@ from pgsched.workers.session import DedicatedConnection, configure_session
 log = logging.getLogger("pgsched.worker")
 
 Executor = Callable[[str, Mapping[str, object], JobContext], Awaitable[Outcome]]
-CHANNEL = "pgsched_runs"
-LISTEN = sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
 # The pool serves registration, heartbeats, rescue and stopped jobs; claims and reports have
 # connections of their own (workers/session.py), so it does not grow with the slots.
 POOL_SIZE = 4
@@ -508,7 +503,7 @@ class Worker:
             try:
                 conn = await outage.Connection.connect(self.url, autocommit=True)
                 try:
-                    await conn.execute(LISTEN)
+                    await store.listen_for_runs(conn)
                     self._wake.set()  # notifications may have been missed: look now
                     backoff.reset()
                     async for _ in conn.notifies():
@@ -630,7 +625,3 @@ class Worker:
         if self._pool is None:
             raise RuntimeError("the worker is not running")
         return self._pool.connection()
-
-
-def describe(stats: WorkerStats) -> dict[str, Any]:
-    return dataclasses.asdict(stats)

@@ -30,7 +30,7 @@ from pgsched.app.api.routes import events, runs, schedules, system
 from pgsched.app.api.tracing import opentelemetry_plugin
 from pgsched.app.clock import Clock, SystemClock
 from pgsched.app.db import outage
-from pgsched.app.db.store import Conn
+from pgsched.app.db.store import Conn, reads
 from pgsched.app.telemetry import sample, sample_forever
 
 log = logging.getLogger("pgsched.api")
@@ -39,8 +39,7 @@ API_VERSION = "1"
 
 
 async def _configure(conn: Conn) -> None:
-    # Timestamps leave the API in UTC whatever the server's or role's TimeZone setting.
-    await conn.execute("SET TIME ZONE 'UTC'")
+    await reads.configure_api_session(conn)
 
 
 @asynccontextmanager

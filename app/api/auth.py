@@ -8,8 +8,8 @@ declares no role is refused to everyone: forgetting the declaration fails closed
 route-inventory test fails (tests/api/test_auth.py).
 
 `Authorization: Bearer <token>` is checked by shape and checksum first (no database lookup for a
-mistyped or random string), then by its SHA-256 (app.tokens). 401 carries `WWW-Authenticate:
-Bearer`; a valid token with too weak a role is 403.
+mistyped or random string), then by its SHA-256 (app.services.tokens). 401 carries
+`WWW-Authenticate: Bearer`; a valid token with too weak a role is 403.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from pgsched.app import tokens
+from pgsched.app.services import tokens
 
 PUBLIC: Final = "public"
 RANK: Final[dict[str, int]] = {"viewer": 1, "operator": 2, "admin": 3}

@@ -28,10 +28,16 @@ from litestar.params import ParameterKwarg
 from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
-from pgsched.app import schedules
 from pgsched.app.db import store
+from pgsched.app.domain.errors import (
+    InvalidDefinition,
+    InvalidRequest,
+    NotFound,
+    Protected,
+    VersionMismatch,
+)
+from pgsched.app.domain.jobs import InvalidPayload
 from pgsched.app.domain.occurrences import InvalidSchedule
-from pgsched.workers.jobs import InvalidPayload
 
 log = logging.getLogger("pgsched.api")
 
@@ -177,21 +183,34 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _from_http_exception(request, exc)
 
 
-def _not_found(request: Request[Any, Any, Any], exc: schedules.NotFound) -> Response[Problem]:
+def _not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[Problem]:
     return problem_response(request, 404, str(exc))
 
 
-def _protected(request: Request[Any, Any, Any], exc: schedules.Protected) -> Response[Problem]:
+def _stale(request: Request[Any, Any, Any], exc: VersionMismatch) -> Response[Problem]:
+    """The If-Match version is not the schedule's."""
+    return _api_error(
+        request,
+        ApiError(412, str(exc), kind="precondition-failed", field="If-Match", source="header"),
+    )
+
+
+def _bad_definition(request: Request[Any, Any, Any], exc: InvalidDefinition) -> Response[Problem]:
+    """A definition the domain refuses: the field is in the body."""
+    return _api_error(request, ApiError(422, exc.message, field=exc.field, source="body"))
+
+
+def _protected(request: Request[Any, Any, Any], exc: Protected) -> Response[Problem]:
     errors = [FieldError(exc.field, str(exc))] if exc.field else []
     return problem_response(request, 409, str(exc), kind="builtin-schedule", errors=errors)
 
 
 def _invalid(
     request: Request[Any, Any, Any],
-    exc: schedules.InvalidRequest | InvalidSchedule | InvalidPayload,
+    exc: InvalidRequest | InvalidSchedule | InvalidPayload,
 ) -> Response[Problem]:
     """The domain's own validation errors, each naming its field."""
-    if isinstance(exc, schedules.InvalidRequest):
+    if isinstance(exc, InvalidRequest):
         message = str(exc).removeprefix(f"{exc.field}: ")
     else:
         message = exc.message
@@ -237,9 +256,11 @@ def _bug(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
 EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     ApiError: _api_error,
     HTTPException: _http_error,
-    schedules.NotFound: _not_found,
-    schedules.Protected: _protected,
-    schedules.InvalidRequest: _invalid,
+    NotFound: _not_found,
+    VersionMismatch: _stale,
+    InvalidDefinition: _bad_definition,
+    Protected: _protected,
+    InvalidRequest: _invalid,
     InvalidSchedule: _invalid,
     InvalidPayload: _invalid,
     store.NameTaken: _name_taken,

@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pgsched.app.api.decoding import RANGE_TEXT
-from pgsched.app.schedules import DEFAULTS
+from pgsched.app.domain.schedule import DEFAULTS
 
 INT32: Final = 2**31 - 1
 BIGINT: Final = 2**63 - 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgsched.app.db.sql import query
+from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 
 
@@ -61,23 +61,16 @@ def _differences(table: str, rows: list[dict[str, Any]]) -> list[Difference]:
 async def verify(conn: Conn) -> list[Difference]:
     """Every difference between the projections and the fold of the event log."""
     differences: list[Difference] = []
-    for table, name in (("schedule", "diff_schedules"), ("run", "diff_runs")):
-        cur = await conn.execute(query(name))
-        differences += _differences(table, await cur.fetchall())
-    cur = await conn.execute(query("can_read_tokens"))
-    if (await cur.fetchone() or {}).get("ok"):
-        cur = await conn.execute(query("diff_token_events"))
-        differences += [
-            Difference("api_token", r["id"], r["column"], r["expected"], r["actual"])
-            for r in await cur.fetchall()
-        ]
+    for table in ("schedule", "run"):
+        differences += _differences(table, await store.replay.projection_differences(conn, table))
+    tokens = await store.replay.token_event_differences(conn)
+    differences += [
+        Difference("api_token", r["id"], r["column"], r["expected"], r["actual"])
+        for r in tokens or []
+    ]
     return differences
 
 
 async def rebuild(conn: Conn) -> dict[str, int]:
     """Replace the schedule and run tables with the fold of the events, in one transaction."""
-    async with conn.transaction():
-        await conn.execute(query("clear_projections"))
-        schedules = await conn.execute(query("rebuild_schedules"))
-        runs = await conn.execute(query("rebuild_runs"))
-    return {"schedules": schedules.rowcount, "runs": runs.rowcount}
+    return await store.replay.rebuild_projections(conn)

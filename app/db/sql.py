@@ -6,8 +6,8 @@ A file holds blocks like:
     -- One-line purpose.
     WITH ... ;
 
-Today these modules execute them: `app.db.store`, `app.db.replay`, `app.db.reads`, `app.ticker`,
-`app.maintenance`, `app.tokens` and `app.api.writes` (and the benchmarks in `bench/`).
+Only the modules of `app.db.store` execute them (ADR 0025; tests/unit/test_sql_boundary.py fails
+on a `query()` anywhere else in app/, workers/ or otel/, and on a named query no store module runs).
 Parameters are psycopg named placeholders with explicit casts (`%(now)s::timestamptz`). The
 loader fails at import on a duplicate name, and `query()` fails on an unknown one, so a typo
 cannot reach the database.

@@ -22,10 +22,10 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import tokens
 from pgsched.app.api import create_app
 from pgsched.app.api.config import ApiSettings
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
 from tests.conftest import connect
 
 ROLES = ("viewer", "operator", "admin")

@@ -16,11 +16,11 @@ import pytest
 from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import tokens
 from pgsched.app.api import create_app
 from pgsched.app.api.auth import RANK, authorize, is_generated_options
 from pgsched.app.api.config import ApiSettings
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
 from tests.api.conftest import Tokens, settings_for
 
 # (method, route template) -> least role. "public" routes need no token.

@@ -18,9 +18,9 @@ import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import tokens
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
 from tests.api.conftest import LiveServer, Tokens, wait_for
 from tests.api.test_schedules import problem
 from tests.conftest import connect

@@ -35,9 +35,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pgsched.app import schedules, tokens
 from pgsched.app.api import create_app
 from pgsched.app.db import store
+from pgsched.app.services import schedules, tokens
 from tests.api.conftest import serve, settings_for
 from tests.conftest import connect
 from tests.factories import make_schedule

@@ -16,8 +16,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import schedules
 from pgsched.app.db.store import Conn
+from pgsched.app.services import schedules
 from tests.api.conftest import Tokens
 from tests.api.test_schedules import problem
 from tests.factories import make_schedule

@@ -9,12 +9,13 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import schedules
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease
+from pgsched.app.services import schedules
 from tests.api.conftest import Tokens
 from tests.api.test_schedules import problem
 from tests.factories import cover_last_month, make_schedule
+from tests.support import store as test_store
 
 Client = AsyncTestClient[Litestar]
 
@@ -27,7 +28,7 @@ async def _worker(db: Conn) -> int:
 
 
 async def _claim(db: Conn, worker_id: int, now: datetime | None = None) -> Lease:
-    (claimed,) = await store.claim_runs(
+    (claimed,) = await test_store.claim_runs(
         db, worker_id=worker_id, queues=["default"], limit=1, lease_seconds=30, actor="w1", now=now
     )
     return Lease.of(claimed)
@@ -43,8 +44,8 @@ async def _dead_run(db: Conn, *, max_attempts: int = 2) -> dict[str, Any]:
         at = datetime.now(UTC) + timedelta(minutes=attempt + 1)
         lease = await _claim(db, worker, now=at)
         outcome = {"status": "failed", "error": f"boom {attempt + 1}", "duration_ms": 5.0}
-        assert await store.fail_run(db, lease, outcome, jitter=0.5, actor="w1", now=at)
-    got = await store.get_run(db, run["id"])
+        assert await test_store.fail_run(db, lease, outcome, jitter=0.5, actor="w1", now=at)
+    got = await test_store.get_run(db, run["id"])
     assert got is not None and got["state"] == "dead"
     return got
 

@@ -9,16 +9,17 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import schedules
 from pgsched.app.api import create_app
 from pgsched.app.api.config import ApiSettings
 from pgsched.app.clock import FakeClock
-from pgsched.app.db import reads, store
-from pgsched.app.db.store import Conn, Lease
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Lease, reads
+from pgsched.app.services import schedules
 from pgsched.app.settings import SettingsError
 from tests.api.conftest import Tokens, settings_for, wait_for
 from tests.api.test_schedules import problem
 from tests.factories import cover_last_month, make_schedule
+from tests.support import store as test_store
 
 Client = AsyncTestClient[Litestar]
 
@@ -139,14 +140,14 @@ async def test_stats(api: Client, role_tokens: Tokens, db: Conn) -> None:
     ]
     for i, (status, error, ms) in enumerate(outcomes):
         await schedules.trigger(db, s["id"], actor="t", now=None, idempotency_key=str(i))
-        (claimed,) = await store.claim_runs(
+        (claimed,) = await test_store.claim_runs(
             db, worker_id=worker, queues=["default"], limit=1, lease_seconds=30, actor="w", now=None
         )
         outcome = {"status": status, "error": error, "duration_ms": ms}
         if status == "succeeded":
-            await store.succeed_run(db, Lease.of(claimed), outcome, actor="w", now=None)
+            await test_store.succeed_run(db, Lease.of(claimed), outcome, actor="w", now=None)
         else:
-            await store.fail_run(db, Lease.of(claimed), outcome, jitter=0, actor="w", now=None)
+            await test_store.fail_run(db, Lease.of(claimed), outcome, jitter=0, actor="w", now=None)
     await schedules.trigger(db, s["id"], actor="t", now=None, idempotency_key="waiting")
 
     stats = (await api.get("/stats", headers=role_tokens.auth("viewer"))).json()
@@ -177,7 +178,7 @@ async def test_workers(api: Client, role_tokens: Tokens, db: Conn) -> None:
     live = await _live_worker(db, "new")
     s = await make_schedule(db)
     await schedules.trigger(db, s["id"], actor="t", now=None)
-    await store.claim_runs(
+    await test_store.claim_runs(
         db, worker_id=live, queues=["default"], limit=1, lease_seconds=30, actor="w", now=None
     )
     viewer = role_tokens.auth("viewer")

@@ -27,10 +27,10 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from pgsched.app import tokens
 from pgsched.app.api import create_app
 from pgsched.app.db import replay
 from pgsched.app.db.store import Conn
+from pgsched.app.services import tokens
 from tests.api.conftest import settings_for
 from tests.chaos.proxy import Proxy
 from tests.conftest import ROOT

@@ -36,10 +36,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgsched.app import schedules
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay
 from pgsched.app.db.store import Conn
+from pgsched.app.services import schedules
 from pgsched.workers.worker import Worker, WorkerSettings
 from tests.conftest import ROOT
 from tests.factories import make_schedule

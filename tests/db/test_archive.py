@@ -20,6 +20,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
 from tests.db.test_maintenance import NOW, create_months, month_start, partitions
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 
 def archiving(directory: Path) -> maintenance.Retention:
@@ -33,10 +34,10 @@ async def finished_runs(conn: Conn, month: datetime, n: int) -> None:
     for k in range(n):
         due = start + timedelta(days=2, hours=k)
         await store.insert_runs(conn, [(s["id"], due, due)], origin="schedule", actor="t", now=due)
-        for run in await store.claim_runs(
+        for run in await test_store.claim_runs(
             conn, worker_id=1, queues=["default"], limit=1, lease_seconds=60, actor="w", now=due
         ):
-            done = await store.succeed_run(
+            done = await test_store.succeed_run(
                 conn, store.Lease.of(run), {"status": "succeeded"}, actor="w", now=due
             )
             assert done is not None

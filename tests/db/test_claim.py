@@ -13,6 +13,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import clear_of_month_ends, make_schedule
+from tests.support import store as test_store
 
 # A day clear of month ends: runs from T - 5.5 h to T + 83 min stay in T's existing partition.
 T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
@@ -33,7 +34,7 @@ async def _waiting_runs(conn: Conn, schedule_id: int, n: int) -> None:
 
 
 async def _claim(conn: Conn, n: int, worker: int = 1) -> list[dict[str, object]]:
-    return await store.claim_runs(
+    return await test_store.claim_runs(
         conn,
         worker_id=worker,
         queues=["default"],
@@ -150,7 +151,7 @@ async def test_max_concurrency_caps_running_runs(conn: Conn) -> None:
     first = await _claim(conn, 10)
     assert len(first) == 2
     assert await _claim(conn, 10) == [], "no free slot"
-    await store.succeed_run(conn, Lease.of(first[0]), {"status": "ok"}, actor="w", now=T)
+    await test_store.succeed_run(conn, Lease.of(first[0]), {"status": "ok"}, actor="w", now=T)
     assert len(await _claim(conn, 10)) == 1
     assert await _running(conn, s["id"]) == 2
 

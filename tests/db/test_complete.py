@@ -11,6 +11,7 @@ import pytest
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease, Report
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 T = datetime.now(UTC).replace(microsecond=0)
 
@@ -26,7 +27,7 @@ async def _claimed(conn: Conn, n: int, **schedule: object) -> list[Lease]:
     await store.insert_runs(
         conn, [(s["id"], d, d) for d in dues], origin="backfill", actor="t", now=T
     )
-    rows = await store.claim_runs(
+    rows = await test_store.claim_runs(
         conn,
         worker_id=1,
         queues=["default"],
@@ -52,8 +53,8 @@ async def test_one_statement_records_every_kind_of_result(conn: Conn) -> None:
         conn, 6, max_attempts=2, retry_delay_seconds=10
     )
     # `spent` is on its last attempt: fail it once through the normal path first.
-    await store.fail_run(conn, spent, {"status": "failed"}, jitter=0.0, actor="w", now=T)
-    (spent_row,) = await store.claim_runs(
+    await test_store.fail_run(conn, spent, {"status": "failed"}, jitter=0.0, actor="w", now=T)
+    (spent_row,) = await test_store.claim_runs(
         conn,
         worker_id=1,
         queues=["default"],
@@ -82,7 +83,7 @@ async def test_one_statement_records_every_kind_of_result(conn: Conn) -> None:
 
     states = [r and r["state"] for r in results]
     assert states == ["succeeded", "waiting", "dead", "dead", "cancelled", None]
-    stored = await store.get_run(conn, ok.run_id)
+    stored = await test_store.get_run(conn, ok.run_id)
     assert stored is not None and stored["outcome"] == {"status": "succeeded", "n": 1}
     # The retry waits delay * factor^(attempt-1) (+/- jitter) from the database's `now`.
     assert results[1] is not None and results[1]["available_at"] > at
@@ -94,7 +95,7 @@ async def test_one_statement_records_every_kind_of_result(conn: Conn) -> None:
     assert (await _types(conn, spent.run_id))[-2:] == ["run.claimed", "run.dead"]
     assert (await _types(conn, cancelled.run_id))[-1] == "run.cancelled"
     assert (await _types(conn, zombie.run_id))[-1] == "run.completion_fenced"
-    zombie_row = await store.get_run(conn, zombie.run_id)
+    zombie_row = await test_store.get_run(conn, zombie.run_id)
     assert zombie_row is not None and zombie_row["state"] == "running", (
         "the fenced run is untouched"
     )

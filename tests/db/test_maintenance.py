@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from pgsched.app import maintenance, schedules, ticker
+from pgsched.app import maintenance, ticker
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
+from pgsched.app.domain import schedule
 from tests.conftest import connect, migrate
 from tests.db.roles import login_role
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 RETENTION = maintenance.Retention(months_ahead=3, run_days=30, event_days=90)
 NOW = datetime.now(UTC)
@@ -128,7 +130,7 @@ async def test_a_month_holding_a_running_run_is_kept(conn: Conn) -> None:
     s = await make_schedule(conn, now=NOW)
     due = old + timedelta(days=5)
     await store.insert_runs(conn, [(s["id"], due, due)], origin="backfill", actor="t", now=NOW)
-    claimed = await store.claim_runs(
+    claimed = await test_store.claim_runs(
         conn, worker_id=1, queues=["default"], limit=1, lease_seconds=60, actor="w", now=NOW
     )
     assert [r["state"] for r in claimed] == ["running"]
@@ -225,10 +227,10 @@ async def test_the_ticker_never_fails_across_month_boundaries(conn: Conn) -> Non
         result = await ticker.tick(conn, now=at)
         assert result.created == len(hourly)
         # The runs finish, so their months may retire once past retention.
-        for run in await store.claim_runs(
+        for run in await test_store.claim_runs(
             conn, worker_id=1, queues=["default"], limit=10, lease_seconds=60, actor="w", now=at
         ):
-            await store.succeed_run(
+            await test_store.succeed_run(
                 conn, store.Lease.of(run), {"status": "succeeded"}, actor="w", now=at
             )
         at = month_start(at, 1) + timedelta(days=2, hours=5)
@@ -264,7 +266,7 @@ async def test_builtin_schedule_is_installed_once_and_updated(conn: Conn) -> Non
         "target": maintenance.BUILTIN_TARGET,
         "kwargs": {"months_ahead": 3, "run_days": 60, "event_days": 90},
     }
-    preview = schedules.preview(changed, NOW, 2)
+    preview = schedule.preview(changed, NOW, 2)
     assert all(t.minute == 7 for t in preview)
     assert await replay.verify(conn) == []
 
@@ -301,7 +303,7 @@ async def test_the_migration_turns_the_stored_sql_builtin_into_the_python_job(
     migrate(empty_dsn, "0015")
     conn = await connect(empty_dsn)
     try:
-        fields = schedules.complete(
+        fields = schedule.complete(
             {
                 "name": maintenance.BUILTIN_NAME,
                 "kind": "cron",

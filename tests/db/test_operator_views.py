@@ -15,6 +15,7 @@ from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Lease
 from tests.conftest import connect
 from tests.factories import cover_last_month, make_schedule
+from tests.support import store as test_store
 
 H = timedelta(hours=1)
 
@@ -27,7 +28,7 @@ async def _run(conn: Conn, schedule_id: int, due: datetime) -> dict[str, Any]:
 
 
 async def _claim_one(conn: Conn, at: datetime) -> dict[str, Any]:
-    (run,) = await store.claim_runs(
+    (run,) = await test_store.claim_runs(
         conn, worker_id=9, queues=["default"], limit=1, lease_seconds=3600, actor="w", now=at
     )
     return run
@@ -45,7 +46,7 @@ async def _write_history(conn: Conn) -> dict[str, Any]:
         # Succeeded: started 5 h ago, took 4 s (an hour bucket of its own).
         await _run(conn, jobs["id"], NOW - 5 * H)
         ok = await _claim_one(conn, NOW - 5 * H)
-        await store.succeed_run(
+        await test_store.succeed_run(
             conn,
             Lease.of(ok),
             {"status": "succeeded"},
@@ -55,7 +56,7 @@ async def _write_history(conn: Conn) -> dict[str, Any]:
         # Dead: one attempt, failed with an error, 2 hours ago.
         await _run(conn, jobs["id"], NOW - 2 * H)
         bad = await _claim_one(conn, NOW - 2 * H)
-        await store.fail_run(
+        await test_store.fail_run(
             conn,
             Lease.of(bad),
             {"status": "failed", "error": "boom"},

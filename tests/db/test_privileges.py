@@ -13,13 +13,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgsched.app import maintenance, schedules, ticker, tokens
-from pgsched.app.api import writes
+from pgsched.app import maintenance, ticker
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
+from pgsched.app.services import runs, schedules, tokens
 from tests.conftest import ROOT, connect
 from tests.db.roles import login_role
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 APP_ROLES = ["pgsched_api", "pgsched_worker", "pgsched_operator"]
 
@@ -176,7 +177,7 @@ async def test_application_roles_are_enough_for_their_work(dsn: str) -> None:
         await store.insert_runs(
             api, [(s["id"], due, due)], origin="trigger", adhoc=True, actor="api", now=None
         )
-        (claimed,) = await store.claim_runs(
+        (claimed,) = await test_store.claim_runs(
             worker,
             worker_id=1,
             queues=["default"],
@@ -185,7 +186,7 @@ async def test_application_roles_are_enough_for_their_work(dsn: str) -> None:
             actor="worker:1",
             now=None,
         )
-        done = await store.succeed_run(
+        done = await test_store.succeed_run(
             worker, store.Lease.of(claimed), {"status": "ok"}, actor="worker:1", now=None
         )
         assert done is not None and done["state"] == "succeeded"
@@ -345,7 +346,7 @@ async def _api_transitions(api: Conn) -> None:
     await schedules.backfill(api, s["id"], T - timedelta(minutes=5), T, actor="a", now=None)
     cancelled = await store.cancel_run(api, first["id"], actor="a", now=None)
     assert cancelled is not None and cancelled["state"] == "cancelled"
-    assert await writes.retry_run(api, first["id"], actor="a", now=None, meta={}) is not None
+    assert await runs.retry(api, first["id"], actor="a", now=None, meta={}) is not None
     await store.set_queue_limit(api, "default", 10, actor="a", now=None)
     await schedules.delete(api, other["id"], actor="a", now=None)
 
@@ -360,7 +361,7 @@ async def _worker_transitions(worker: Conn, api: Conn) -> None:
     me = await store.register_worker(
         worker, name="w", host="h", pid=1, version="v", queues=["default"], slots=9, now=None
     )
-    claimed = await store.claim_runs(
+    claimed = await test_store.claim_runs(
         worker,
         worker_id=me["id"],
         queues=["default"],
@@ -372,12 +373,16 @@ async def _worker_transitions(worker: Conn, api: Conn) -> None:
     assert len(claimed) >= 6, "the test needs six runs"
     leases = [store.Lease.of(r) for r in claimed]
     ok = {"status": "ok"}
-    assert await store.succeed_run(worker, leases[0], ok, actor="w", now=None)
-    assert await store.fail_run(worker, leases[1], ok, jitter=0.5, actor="w", now=None)
-    assert await store.fail_run(worker, leases[2], ok, jitter=0.5, actor="w", now=None, final=True)
+    assert await test_store.succeed_run(worker, leases[0], ok, actor="w", now=None)
+    assert await test_store.fail_run(worker, leases[1], ok, jitter=0.5, actor="w", now=None)
+    assert await test_store.fail_run(
+        worker, leases[2], ok, jitter=0.5, actor="w", now=None, final=True
+    )
     assert await store.cancelled_attempt(worker, leases[3], ok, actor="w", now=None)
     assert await store.release_run(worker, leases[4], actor="w", now=None)
-    assert await store.succeed_run(worker, leases[4], ok, actor="w", now=None) is None  # fenced
+    assert (
+        await test_store.succeed_run(worker, leases[4], ok, actor="w", now=None) is None
+    )  # fenced
     asked = await store.cancel_run(api, leases[5].run_id, actor="a", now=None)
     assert asked is not None and asked["cancel_requested"]
     later = T + timedelta(hours=1)

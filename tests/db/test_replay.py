@@ -11,6 +11,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease
 from tests.conftest import ROOT, connect
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 T0 = datetime.now(UTC).replace(microsecond=0)
 
@@ -67,7 +68,7 @@ async def _history(conn: Conn) -> dict[str, int]:
     )
 
     def claim(at: datetime, n: int) -> list[dict[str, object]]:
-        return store.claim_runs(
+        return test_store.claim_runs(
             conn,
             worker_id=7,
             queues=["default"],
@@ -82,15 +83,17 @@ async def _history(conn: Conn) -> dict[str, int]:
     assert len(claimed) == 6
     leases = [Lease.of(r) for r in claimed]
     await store.renew_leases(conn, [lz.lease_token for lz in leases], lease_seconds=30, now=t)
-    await store.succeed_run(conn, leases[0], {"status": "ok", "duration_ms": 12}, actor="w", now=t)
-    await store.fail_run(
+    await test_store.succeed_run(
+        conn, leases[0], {"status": "ok", "duration_ms": 12}, actor="w", now=t
+    )
+    await test_store.fail_run(
         conn, leases[1], {"status": "error", "error": "boom"}, jitter=0.5, actor="w", now=t
     )
     await store.release_run(conn, leases[2], actor="w", now=t)
     await store.cancel_run(conn, leases[3].run_id, actor="admin", now=t)
     await store.cancelled_attempt(conn, leases[3], {"status": "cancelled"}, actor="w", now=t)
     # A zombie: the same lease presented twice; the second is fenced and changes nothing.
-    assert await store.succeed_run(conn, leases[0], {"status": "ok"}, actor="w", now=t) is None
+    assert await test_store.succeed_run(conn, leases[0], {"status": "ok"}, actor="w", now=t) is None
     # leases[4] and leases[5] go silent; the rescuer takes them after the lease.
     t += timedelta(seconds=31)
     rescued = await store.rescue_expired(conn, limit=10, actor="rescuer", now=t)
@@ -98,7 +101,7 @@ async def _history(conn: Conn) -> dict[str, int]:
     # Retry the failed run until it is dead (max_attempts=2).
     t += timedelta(hours=2)
     again = [r for r in await claim(t, 10) if r["id"] == leases[1].run_id]
-    await store.fail_run(
+    await test_store.fail_run(
         conn, Lease.of(again[0]), {"status": "error"}, jitter=0.1, actor="w", now=t
     )
     waiting = await store.cancel_run(conn, runs[4]["id"], actor="admin", now=t)

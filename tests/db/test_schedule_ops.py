@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pgsched.app import schedules, ticker
-from pgsched.app.db import replay, store
+from pgsched.app import ticker
+from pgsched.app.db import replay
 from pgsched.app.db.store import Conn, Lease
+from pgsched.app.domain import errors, schedule
+from pgsched.app.services import schedules
 from tests.conftest import connect
 from tests.factories import clear_of_month_ends, make_schedule
+from tests.support import store as test_store
 
 # A day clear of month ends: history from T - 10 min never reaches last month (no partition).
 T = clear_of_month_ends(datetime.now(UTC).replace(second=0, microsecond=0))
@@ -44,7 +47,7 @@ async def _overlapped(conn: Conn, schedule_id: int) -> list[datetime]:
 
 
 async def _claim(conn: Conn, at: datetime) -> list[dict[str, object]]:
-    return await store.claim_runs(
+    return await test_store.claim_runs(
         conn, worker_id=1, queues=["default"], limit=10, lease_seconds=600, actor="w", now=at
     )
 
@@ -67,7 +70,9 @@ async def test_overlap_skip_refuses_while_a_run_is_waiting_or_running(conn: Conn
     await ticker.tick(conn, now=T + MIN)  # T still waiting: T+1 refused
     (claimed,) = await _claim(conn, T + MIN)  # T running
     await ticker.tick(conn, now=T + 2 * MIN)  # T running: T+2 refused
-    await store.succeed_run(conn, Lease.of(claimed), {"status": "ok"}, actor="w", now=T + 2 * MIN)
+    await test_store.succeed_run(
+        conn, Lease.of(claimed), {"status": "ok"}, actor="w", now=T + 2 * MIN
+    )
     await ticker.tick(conn, now=T + 3 * MIN)  # nothing active: T+3 runs
     assert await _states(conn, s["id"]) == [(T, "succeeded"), (T + 3 * MIN, "waiting")]
     assert await _overlapped(conn, s["id"]) == [T + MIN, T + 2 * MIN]
@@ -134,10 +139,10 @@ async def test_trigger_with_the_same_idempotency_key_returns_the_first_run(dsn: 
 
 
 async def test_trigger_unknown_schedule_and_bad_key(conn: Conn) -> None:
-    with pytest.raises(schedules.NotFound):
+    with pytest.raises(errors.NotFound):
         await schedules.trigger(conn, 999_999, actor="op", now=T)
     s = await make_schedule(conn, now=T)
-    with pytest.raises(schedules.InvalidRequest) as err:
+    with pytest.raises(errors.InvalidRequest) as err:
         await schedules.trigger(conn, s["id"], actor="op", now=T, idempotency_key="")
     assert err.value.field == "Idempotency-Key"
 
@@ -189,7 +194,7 @@ async def test_backfill_refuses_bad_ranges(
     conn: Conn, start: datetime, end: datetime, cap: int, field: str
 ) -> None:
     s = await make_schedule(conn, now=T - 10 * MIN)
-    with pytest.raises(schedules.InvalidRequest) as err:
+    with pytest.raises(errors.InvalidRequest) as err:
         await schedules.backfill(conn, s["id"], start, end, actor="op", now=T, cap=cap)
     assert err.value.field == field
     cur = await conn.execute("SELECT count(*) AS n FROM pgsched.run")
@@ -214,7 +219,7 @@ async def test_pause_resume_delete_record_events_and_are_idempotent(conn: Conn) 
     assert (resumed["enabled"], resumed["paused_at"]) == (True, None)
     deleted = await schedules.delete(conn, s["id"], actor="op", now=T + MIN)
     assert deleted["deleted_at"] == T + MIN
-    with pytest.raises(schedules.NotFound):
+    with pytest.raises(errors.NotFound):
         await schedules.resume(conn, s["id"], actor="op", now=T)
     # The name is free again after a soft delete.
     await make_schedule(conn, now=T, name=s["name"])
@@ -240,14 +245,14 @@ async def test_preview_uses_the_occurrence_function(conn: Conn) -> None:
         interval_seconds=None,
         timezone="America/New_York",
     )
-    times = schedules.preview(s, datetime(2026, 3, 7, tzinfo=UTC), 3)
+    times = schedule.preview(s, datetime(2026, 3, 7, tzinfo=UTC), 3)
     # 2026-03-08 is spring forward in New York: 02:30 does not exist and runs at 03:00 EDT.
     assert times == [
         datetime(2026, 3, 7, 7, 30, tzinfo=UTC),
         datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
         datetime(2026, 3, 9, 6, 30, tzinfo=UTC),
     ]
-    with pytest.raises(schedules.InvalidRequest):
-        schedules.preview(s, T, 0)
-    with pytest.raises(schedules.InvalidRequest):
-        schedules.preview(s, T, schedules.MAX_PREVIEW + 1)
+    with pytest.raises(errors.InvalidRequest):
+        schedule.preview(s, T, 0)
+    with pytest.raises(errors.InvalidRequest):
+        schedule.preview(s, T, schedule.MAX_PREVIEW + 1)

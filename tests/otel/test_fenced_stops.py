@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 
 from pgsched import otel
-from pgsched.app import schedules
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
+from pgsched.app.services import schedules
 from pgsched.workers.jobs import JobContext, Outcome
 from tests.api.conftest import wait_for
 from tests.factories import make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver
 from tests.otel.test_metrics import scrape, value
+from tests.support import store as test_store
 
 # How the job is stopped -> the counter's reason, and the fenced event's meta.transition.
 CASES = {"shutdown": ("release", "release_run"), "cancel": ("cancel", "complete")}
@@ -57,7 +58,7 @@ async def test_a_fenced_release_or_cancel_is_counted_as_fenced(
         return Outcome("succeeded", retryable=False)
 
     async def running() -> bool:
-        row = await store.get_run(db, run["id"])
+        row = await test_store.get_run(db, run["id"])
         return row is not None and row["state"] == "running"
 
     # A 1.5 s lease: the heartbeat (every 0.5 s) sees the cancel request promptly. The
@@ -81,7 +82,7 @@ async def test_a_fenced_release_or_cancel_is_counted_as_fenced(
     assert worker.stats.fenced == 1
     assert worker.stats.released == worker.stats.cancelled == 0
 
-    after = await store.get_run(db, run["id"])
+    after = await test_store.get_run(db, run["id"])
     assert after is not None and after["state"] == "waiting" and after["attempt"] == 1, after
     cur = await db.execute(
         "SELECT type, meta->>'transition' AS transition FROM pgsched.event"

@@ -24,11 +24,11 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgsched import otel
-from pgsched.app import schedules
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.app.service import default_loops
+from pgsched.app.services import schedules
 from pgsched.otel import catalogue
 from pgsched.workers.jobs import JobContext, Outcome
 from pgsched.workers.worker import POOL_SIZE
@@ -37,6 +37,7 @@ from tests.conftest import ROOT
 from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import promtool, running_worker
 from tests.otel.receiver import Receiver
+from tests.support import store as test_store
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -323,7 +324,7 @@ async def test_a_fenced_completion_is_counted(
     async with running_worker(dsn, executor=rescued_under_it) as worker:
 
         async def done() -> bool:
-            row = await store.get_run(db, run["id"])
+            row = await test_store.get_run(db, run["id"])
             return row is not None and row["state"] == "succeeded"
 
         await wait_for(done, within=20)
@@ -386,7 +387,7 @@ async def test_pgsched_ticker_materialises_runs_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, lines
-    run = await store.get_run(db, run_id)
+    run = await test_store.get_run(db, run_id)
     assert run is not None and run["state"] == "waiting" and run["origin"] == "schedule"
     # The built-in maintenance schedule is installed, as `pgsched run` does.
     cur = await db.execute(

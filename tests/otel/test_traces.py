@@ -15,17 +15,18 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from pgsched import otel
-from pgsched.app import schedules
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.app.service import default_loops
+from pgsched.app.services import schedules
 from pgsched.otel.logs import MASK, Redactor, set_redactor
 from pgsched.workers.jobs import JobContext, Outcome
 from tests.api.conftest import Tokens, wait_for
 from tests.factories import cover_last_month, make_schedule
 from tests.otel.conftest import running_worker
 from tests.otel.receiver import Receiver, Span
+from tests.support import store as test_store
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP Span.SpanKind
 STATUS_ERROR = 2
@@ -33,7 +34,7 @@ STATUS_ERROR = 2
 
 async def _finished(db: Conn, run_id: int) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        run = await store.get_run(db, run_id)
+        run = await test_store.get_run(db, run_id)
         return run if run and run["state"] in ("succeeded", "dead") else None
 
     result: dict[str, Any] = await wait_for(check, within=20)
@@ -220,7 +221,7 @@ async def test_a_rescued_run_is_counted_and_its_next_attempt_traced(
         db, name="ghost", host="h", pid=1, version="v", queues=["default"], slots=1, now=None
     )
     # A worker that claimed the run and vanished: its lease runs out in 50 ms.
-    (claimed,) = await store.claim_runs(
+    (claimed,) = await test_store.claim_runs(
         db,
         worker_id=ghost["id"],
         queues=["default"],

@@ -15,6 +15,7 @@ from pgsched.app.db.store import Conn, Lease, Report
 from pgsched.workers.reporter import Reporter, ReportFailed
 from tests.chaos.proxy import Proxy
 from tests.factories import cover_last_month, make_schedule
+from tests.support import store as test_store
 from tests.workers.test_worker import python_job, running_worker, trigger, wait_state
 
 
@@ -52,7 +53,7 @@ async def test_a_busy_worker_reports_many_runs_per_statement(db: Conn, dsn: str)
 
 async def test_one_unstorable_result_fails_alone(db: Conn, dsn: str) -> None:
     await _waiting_runs(db, 4)
-    rows = await store.claim_runs(
+    rows = await test_store.claim_runs(
         db, worker_id=1, queues=["default"], limit=4, lease_seconds=30, actor="w", now=None
     )
     a, b, c, d = (Lease.of(r) for r in rows)
@@ -76,7 +77,7 @@ async def test_one_unstorable_result_fails_alone(db: Conn, dsn: str) -> None:
     assert isinstance(ok, dict) and ok["state"] == "succeeded"
     assert isinstance(bad, ReportFailed) and isinstance(unencodable, ReportFailed)
     assert isinstance(dead, dict) and dead["state"] == "dead"
-    still = await store.get_run(db, b.run_id)
+    still = await test_store.get_run(db, b.run_id)
     assert still is not None and still["state"] == "running", "left to its lease and rescue"
     assert await replay.verify(db) == []
 
@@ -153,7 +154,7 @@ async def test_a_result_is_kept_while_its_lease_can_be_valid_then_given_up(
     db: Conn, dsn: str
 ) -> None:
     await _waiting_runs(db, 2)
-    rows = await store.claim_runs(
+    rows = await test_store.claim_runs(
         db, worker_id=1, queues=["default"], limit=2, lease_seconds=30, actor="w", now=None
     )
     short, long = (Lease.of(r) for r in rows)
@@ -188,7 +189,7 @@ async def test_a_result_is_kept_while_its_lease_can_be_valid_then_given_up(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     assert row is not None and row["state"] == "succeeded"
-    abandoned = await store.get_run(db, short.run_id)
+    abandoned = await test_store.get_run(db, short.run_id)
     assert abandoned is not None and abandoned["state"] == "running", "left to lease and rescue"
 
 

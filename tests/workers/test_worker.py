@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from pgsched.app import schedules, ticker
+from pgsched.app import ticker
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
+from pgsched.app.services import schedules
 from pgsched.workers.worker import Worker, WorkerSettings
 from tests.factories import make_schedule
+from tests.support import store as test_store
 
 JOBS = "tests.workers.jobs_for_tests"
 
@@ -56,7 +58,7 @@ async def wait_state(
 ) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        run = await store.get_run(conn, run_id)
+        run = await test_store.get_run(conn, run_id)
         assert run is not None
         if run["state"] in states:
             return run
@@ -275,7 +277,7 @@ async def test_a_lease_lost_mid_run_abandons_the_attempt_with_evidence(db: Conn,
     )
     assert await cur.fetchall() == [{"t": "lease_lost", "a": 1}]
     assert [n for _, n in await log(db)] == ["start"], "the abandoned job was stopped"
-    assert (await store.get_run(db, run["id"]) or {})["state"] == "waiting"
+    assert (await test_store.get_run(db, run["id"]) or {})["state"] == "waiting"
 
 
 async def test_the_worker_listens_again_after_its_connections_are_terminated(

@@ -5,7 +5,8 @@ The worker loop (``workers.worker``) claims a run, builds a :class:`JobContext`,
 before a schedule is stored. ADR 0012 records the decisions; modules:
 
 * ``base`` - :class:`JobContext`, :class:`Outcome`, :class:`InvalidPayload`, text bounds;
-* ``validation`` - :func:`validate_payload`, the shape of every payload;
+* ``app.domain.jobs`` (not here: the API needs it too) - :func:`validate_payload`, the
+  catalogue of job types and the shape of every payload;
 * ``secretrefs`` - ``{"$secret": NAME}`` resolution and masking;
 * ``runner`` - :func:`execute`;
 * ``command``, ``http_request``, ``sql``, ``python_call`` - one module per job type.
@@ -13,6 +14,7 @@ before a schedule is stored. ADR 0012 records the decisions; modules:
 
 from __future__ import annotations
 
+from pgsched.app.domain.jobs import JOB_TYPES, MAX_KILL_AFTER_SECONDS, validate_payload
 from pgsched.workers.jobs.base import (
     MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
@@ -24,7 +26,6 @@ from pgsched.workers.jobs.base import (
 from pgsched.workers.jobs.command import KILL_GRACE_SECONDS
 from pgsched.workers.jobs.runner import execute, max_overrun_seconds
 from pgsched.workers.jobs.secretrefs import SECRET_ENV_PREFIX, MissingSecret, env_var, resolve
-from pgsched.workers.jobs.validation import JOB_TYPES, MAX_KILL_AFTER_SECONDS, validate_payload
 
 __all__ = [
     "JOB_TYPES",

@@ -1,8 +1,9 @@
 """The types every job type shares: what a job is given, what it returns, and text bounds.
 
 This module owns :class:`JobContext` (built by the worker for one attempt), :class:`Outcome`
-(what goes into ``run.outcome``), :class:`InvalidPayload` (a structural error naming the
-field), and the helpers that keep stored text small and storable. It performs no I/O.
+(what goes into ``run.outcome``), :class:`InvalidPayload` (re-exported from
+``app.domain.jobs``, where payloads are validated) and the helpers that keep stored text small
+and storable. It performs no I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pgsched.app.domain.jobs import InvalidPayload
 from pgsched.workers.netguard import NetPolicy, Resolver
 
 __all__ = [
@@ -40,15 +42,6 @@ MAX_OUTPUT_BYTES = 10_240
 MAX_ERROR_BYTES = 2_048
 
 Status = Literal["succeeded", "failed", "timeout", "cancelled"]
-
-
-class InvalidPayload(ValueError):
-    """A payload that can never run; ``field`` names where (``payload.argv[0]``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
 
 
 def lease_margin(lease_seconds: float) -> float:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from pgsched.app.domain.jobs import validate_payload
 from pgsched.workers.jobs import command, http_request, python_call, sql
 from pgsched.workers.jobs.base import (
     MAX_ERROR_BYTES,
@@ -28,7 +29,6 @@ from pgsched.workers.jobs.base import (
     storable,
 )
 from pgsched.workers.jobs.secretrefs import Masker, MissingSecret, resolve
-from pgsched.workers.jobs.validation import validate_payload
 
 __all__ = ["execute", "max_overrun_seconds"]
 

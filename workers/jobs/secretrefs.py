@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import TypeGuard
 from urllib.parse import quote
+
+from pgsched.app.domain.jobs import SECRET_KEY, is_secret_ref, valid_name
 
 __all__ = [
     "SECRET_ENV_PREFIX",
@@ -30,11 +31,9 @@ __all__ = [
     "valid_name",
 ]
 
-SECRET_KEY = "$secret"  # noqa: S105 - the reference's key, not a secret
 # Only variables under this prefix can be named, so a payload cannot read DATABASE_URL,
 # PGSCHED_SQL_DSN_* or anything else the worker happens to have in its environment.
 SECRET_ENV_PREFIX = "PGSCHED_SECRET_"  # noqa: S105 - a variable-name prefix
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MASK = "***"
 
 
@@ -44,15 +43,6 @@ class MissingSecret(LookupError):
     def __init__(self, name: str, *, empty: bool = False) -> None:
         self.name = name
         super().__init__(f"secret {name} is {'empty' if empty else 'not set'}")
-
-
-def is_secret_ref(value: object) -> TypeGuard[Mapping[str, str]]:
-    """True for exactly ``{"$secret": "<name>"}``: one key, a string name."""
-    return isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get(SECRET_KEY), str)
-
-
-def valid_name(name: str) -> bool:
-    return _NAME.fullmatch(name) is not None
 
 
 def env_var(name: str) -> str:

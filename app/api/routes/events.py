@@ -27,7 +27,6 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg_pool import PoolTimeout
 
-from pgsched.app import tokens
 from pgsched.app.api import cursors
 from pgsched.app.api.auth import principal
 from pgsched.app.api.common import DEFAULT_PAGE, VIEWER, Cursor, Limit, page_size
@@ -36,8 +35,8 @@ from pgsched.app.api.metrics import EVENT_STREAMS
 from pgsched.app.api.problems import responses
 from pgsched.app.api.routes.runs import event_out
 from pgsched.app.api.schemas import EventPage
-from pgsched.app.db import reads
-from pgsched.app.db.store import Conn
+from pgsched.app.db.store import Conn, reads
+from pgsched.app.services import tokens
 
 log = logging.getLogger("pgsched.api")
 

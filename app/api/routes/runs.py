@@ -10,7 +10,7 @@ from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from pgsched.app.api import cursors, writes
+from pgsched.app.api import cursors
 from pgsched.app.api.auth import audit
 from pgsched.app.api.common import (
     DEFAULT_PAGE,
@@ -36,8 +36,8 @@ from pgsched.app.api.schemas import (
     RunState,
     run_out,
 )
-from pgsched.app.db import reads, store
-from pgsched.app.db.store import Conn, Row
+from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.services import runs
 
 TAGS = ["runs"]
 # Events that end an attempt, and what the attempt's `result` says.
@@ -201,7 +201,7 @@ async def retry_run(
 ) -> Run:
     """It may start at once and gets the schedule's max_attempts more attempts."""
     actor, meta = audit(request)
-    row = await writes.retry_run(conn, run_id, actor=actor, now=clock_now(request), meta=meta)
+    row = await runs.retry(conn, run_id, actor=actor, now=clock_now(request), meta=meta)
     if row is None:
         current = await _run(conn, run_id)
         raise ApiError(
@@ -227,15 +227,7 @@ async def cancel_run(
     """A waiting run ends cancelled at once; a running one is asked to stop
     (`cancel_requested`) and ends cancelled when its worker next heartbeats."""
     actor, meta = audit(request)
-    async with conn.transaction():
-        before = await _run(conn, run_id)
-        row = await store.cancel_run(
-            conn,
-            run_id,
-            actor=actor,
-            now=clock_now(request),
-            meta={**meta, "old": {"state": before["state"]}},
-        )
+    before, row = await runs.cancel(conn, run_id, actor=actor, now=clock_now(request), meta=meta)
     if row is None:
         state = "being cancelled" if before["cancel_requested"] else before["state"]
         raise ApiError(

@@ -11,8 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import BodyKwarg, HeaderParameter, JSONBody, QueryParameter
 
-from pgsched.app import schedules
-from pgsched.app.api import cursors, writes
+from pgsched.app.api import cursors, definition
 from pgsched.app.api.auth import audit
 from pgsched.app.api.common import (
     ADMIN,
@@ -45,8 +44,10 @@ from pgsched.app.api.schemas import (
     run_out,
     schedule_out,
 )
-from pgsched.app.db import reads, store
-from pgsched.app.db.store import Conn, Row
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.domain.schedule import MAX_PREVIEW
+from pgsched.app.services import schedules
 
 TAGS = ["schedules"]
 CREATE_EXAMPLES = [
@@ -97,13 +98,6 @@ def _with_etag(row: Row, status: int = 200) -> Response[Schedule]:
     return Response(schedule_out(row), status_code=status, headers=headers)
 
 
-async def _live(conn: Conn, schedule_id: int) -> Row:
-    row = await store.get_schedule(conn, schedule_id)
-    if row is None:
-        raise schedules.NotFound(f"schedule {schedule_id} does not exist")
-    return row
-
-
 @post(
     "/schedules",
     operation_id="createSchedule",
@@ -125,7 +119,8 @@ async def create_schedule(
     """Validates the timing (cron in its time zone, interval or one-off time) and the payload
     for its job type, and computes the first due time from the database's clock."""
     actor, meta = audit(request)
-    row = await writes.create_schedule(conn, data, actor=actor, now=clock_now(request), meta=meta)
+    fields = definition.create_fields(data)
+    row = await schedules.create(conn, fields, actor=actor, now=clock_now(request), meta=meta)
     return _with_etag(row, 201)
 
 
@@ -177,7 +172,7 @@ async def list_schedules(
     responses=responses(404),
 )
 async def get_schedule(schedule_id: PathId, conn: NamedDependency[Conn]) -> Response[Schedule]:
-    return _with_etag(await _live(conn, schedule_id))
+    return _with_etag(await schedules.live(conn, schedule_id))
 
 
 @patch(
@@ -206,10 +201,10 @@ async def update_schedule(
 ) -> Response[Schedule]:
     """Only the fields given change. A change of timing recomputes `next_due_at` from now."""
     actor, meta = audit(request)
-    row = await writes.update_schedule(
+    row = await schedules.update(
         conn,
         schedule_id,
-        data,
+        definition.patch_fields(data),
         if_match=parse_if_match(if_match),
         actor=actor,
         now=clock_now(request),
@@ -316,8 +311,6 @@ async def trigger_schedule(
         idempotency_key=idempotency_key,
         meta=meta,
     )
-    if created:
-        await writes.wake_workers(conn)
     detail = await reads.run_detail(conn, run["id"])
     return Response(run_out(detail or run), status_code=201 if created else 200)
 
@@ -357,8 +350,6 @@ async def backfill_schedule(
             field="from",
             source="body",
         ) from exc
-    if result.created:
-        await writes.wake_workers(conn)
     return BackfillResult(
         schedule_id=schedule_id, requested=result.requested, created=result.created
     )
@@ -376,13 +367,12 @@ async def preview_schedule(
     request: Request[Any, Any, Any],
     schedule_id: PathId,
     conn: NamedDependency[Conn],
-    count: Annotated[int, QueryParameter(ge=1, le=schedules.MAX_PREVIEW)] = 10,
+    count: Annotated[int, QueryParameter(ge=1, le=MAX_PREVIEW)] = 10,
 ) -> Preview:
     """The next `count` due times after now, from the ticker's own occurrence function (before
     jitter)."""
-    row = await _live(conn, schedule_id)
-    after = await store.db_now(conn, clock_now(request))
-    return Preview(schedule_id=schedule_id, after=after, due=schedules.preview(row, after, count))
+    after, due = await schedules.preview(conn, schedule_id, count, now=clock_now(request))
+    return Preview(schedule_id=schedule_id, after=after, due=due)
 
 
 ROUTES = [

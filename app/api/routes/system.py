@@ -14,7 +14,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from psycopg_pool import PoolTimeout
 
-from pgsched.app import tokens
 from pgsched.app.api import cursors
 from pgsched.app.api.common import (
     ADMIN,
@@ -43,8 +42,8 @@ from pgsched.app.api.schemas import (
     token_out,
     worker_out,
 )
-from pgsched.app.db import reads
-from pgsched.app.db.store import Conn, Row
+from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.services import tokens
 
 log = logging.getLogger("pgsched.api")
 

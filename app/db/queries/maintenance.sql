@@ -8,10 +8,6 @@ SELECT action, table_name, partition_name, detail
 FROM pgsched.maintain_v2(%(months_ahead)s, make_interval(days => %(run_days)s),
                          make_interval(days => %(event_days)s), %(now)s::timestamptz);
 
--- name: live_schedule_by_name
--- A live schedule by name (the built-in ones are found this way).
-SELECT * FROM pgsched.schedule WHERE name = %(name)s AND deleted_at IS NULL;
-
 -- name: install_builtin_maintenance
 -- Install or bring up to date the built-in maintenance schedule, as the owner (migration 0016).
 SELECT * FROM pgsched.install_builtin_maintenance_v1(%(fields)s::jsonb, %(now)s::timestamptz);

@@ -146,3 +146,7 @@ WHERE r.state = 'dead'
 GROUP BY 1
 ORDER BY count(*) DESC, 1
 LIMIT %(limit)s;
+
+-- name: configure_api_session
+-- Timestamps leave the API in UTC whatever the server's or role's TimeZone setting.
+SELECT set_config('TimeZone', 'UTC', false);

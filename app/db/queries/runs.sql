@@ -390,7 +390,3 @@ WITH expired AS MATERIALIZED (
     FROM r
 )
 SELECT * FROM r;
-
--- name: get_run
--- One run by id.
-SELECT * FROM pgsched.run WHERE id = %(id)s;

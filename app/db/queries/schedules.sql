@@ -77,13 +77,6 @@ SELECT * FROM pgsched.schedule WHERE id = %(id)s AND deleted_at IS NULL;
 -- One live schedule by id, locked for a transition that reads it first.
 SELECT * FROM pgsched.schedule WHERE id = %(id)s AND deleted_at IS NULL FOR UPDATE;
 
--- name: list_schedules
--- Live schedules after a keyset cursor, by id.
-SELECT * FROM pgsched.schedule
-WHERE deleted_at IS NULL AND id > %(after_id)s
-ORDER BY id
-LIMIT %(limit)s;
-
 -- name: record_schedule_event
 -- An operator action on a schedule that changes no column of it (e.g. a backfill): evidence only.
 INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)

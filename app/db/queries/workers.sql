@@ -91,3 +91,13 @@ WITH q AS (
     FROM q
 )
 SELECT * FROM q;
+
+-- name: configure_worker_session
+-- A worker session's bounds: a session stuck inside a transaction is ended by the server (its
+-- locks released, its claim rolled back), and no statement of ours may run for a minute.
+SELECT set_config('idle_in_transaction_session_timeout', '30s', false),
+       set_config('statement_timeout', '60s', false);
+
+-- name: listen_for_runs
+-- Wake-ups for idle workers: the channel notify_runs (ticker.sql) sends on.
+LISTEN pgsched_runs;

@@ -1,5 +1,4 @@
-"""API tokens: their format, their storage as SHA-256, and the statements that create and revoke
-them.
+"""API tokens: their format, their storage as SHA-256, and creating, revoking and checking them.
 
 A token reads `pgs_<43 base62 chars: 32 random bytes><6 base62 chars: CRC32 of the body>`, after
 GitHub's format: the prefix lets secret scanners recognise a leaked
@@ -22,10 +21,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final, Literal, get_args
 
-import psycopg
-
-from pgsched.app.db.sql import query
-from pgsched.app.db.store import Conn, Row, jsonb
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row, TokenNameTaken
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
@@ -40,8 +37,22 @@ TOKEN_LENGTH: Final = len(PREFIX) + _BODY_CHARS + _CHECK_CHARS
 _SHOWN_CHARS: Final = 8  # body characters kept as the display prefix
 
 
-class TokenNameTaken(RuntimeError):
-    """A token with this name exists (names stay taken after revocation, for the audit trail)."""
+__all__ = [
+    "PREFIX",
+    "ROLES",
+    "TOKEN_LENGTH",
+    "Role",
+    "TokenNameTaken",
+    "authenticate",
+    "create_token",
+    "digest",
+    "display_prefix",
+    "generate",
+    "is_live",
+    "list_tokens",
+    "revoke_token",
+    "well_formed",
+]
 
 
 def _base62(value: int, width: int) -> str:
@@ -98,27 +109,17 @@ async def create_token(
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = generate()
-    try:
-        cur = await conn.execute(
-            query("create_token"),
-            {
-                "name": name,
-                "role": role,
-                "token_sha256": digest(token),
-                "prefix": display_prefix(token),
-                "expires_at": expires_at,
-                "actor": actor,
-                "now": now,
-                "meta": jsonb(meta or {}),
-            },
-        )
-    except psycopg.errors.UniqueViolation as exc:
-        if exc.diag.constraint_name == "api_token_name_key":
-            raise TokenNameTaken(f"a token named {name!r} exists") from exc
-        raise
-    row = await cur.fetchone()
-    if row is None:  # an INSERT … RETURNING always returns the row
-        raise RuntimeError("create_token returned no row")
+    row = await store.tokens.create_token(
+        conn,
+        name=name,
+        role=role,
+        token_sha256=digest(token),
+        prefix=display_prefix(token),
+        expires_at=expires_at,
+        actor=actor,
+        now=now,
+        meta=meta or {},
+    )
     return row, token
 
 
@@ -131,17 +132,12 @@ async def revoke_token(
     meta: Mapping[str, object] | None = None,
 ) -> Row | None:
     """Revoke the live token called `name` and append token.revoked; None if there is none."""
-    cur = await conn.execute(
-        query("revoke_token"),
-        {"name": name, "actor": actor, "now": now, "meta": jsonb(meta or {})},
-    )
-    return await cur.fetchone()
+    return await store.tokens.revoke_token(conn, name, actor=actor, now=now, meta=meta or {})
 
 
 async def list_tokens(conn: Conn, *, now: datetime | None) -> list[Row]:
     """Every token's metadata (never its hash), by name."""
-    cur = await conn.execute(query("list_tokens"), {"now": now})
-    return await cur.fetchall()
+    return await store.tokens.list_tokens(conn, now=now)
 
 
 async def authenticate(conn: Conn, token: str, *, now: datetime | None) -> Row | None:
@@ -154,8 +150,7 @@ async def authenticate(conn: Conn, token: str, *, now: datetime | None) -> Row |
     if not well_formed(token):
         return None
     hashed = digest(token)
-    cur = await conn.execute(query("authenticate_token"), {"token_sha256": hashed, "now": now})
-    row = await cur.fetchone()
+    row = await store.tokens.live_token_by_hash(conn, hashed, now=now)
     if row is None or not hmac.compare_digest(bytes(row["token_sha256"]), hashed):
         return None
     return {k: v for k, v in row.items() if k != "token_sha256"}
@@ -163,6 +158,4 @@ async def authenticate(conn: Conn, token: str, *, now: datetime | None) -> Row |
 
 async def is_live(conn: Conn, token_id: int, *, now: datetime | None) -> bool:
     """Whether the token is still neither revoked nor expired (for long-lived streams)."""
-    cur = await conn.execute(query("token_is_live"), {"id": token_id, "now": now})
-    row = await cur.fetchone()
-    return bool(row and row["live"])
+    return await store.tokens.token_is_live(conn, token_id, now=now)

@@ -1,12 +1,15 @@
-"""Structural validation of job payloads, for the API (422 naming the field) and for execute.
+"""The job-type catalogue and the structural validation of job payloads (ADR 0012).
 
-This module owns the shape of each job type's payload: required and optional keys, their
-types and ranges, and where secret references may (and, for credential headers, must) appear.
-It does no I/O: whether a host resolves, a module imports or a DSN name is configured is only
-known on a worker, at execution time.
+Pure: no I/O, no database, no HTTP framework. The API calls :func:`validate_payload` before a
+schedule is stored (a 422 naming the field), the built-in schedule is checked by the same
+function, and a worker calls it again before it executes a run. Whether a host resolves, a
+module imports or a DSN name is configured is only known on a worker, at execution time, so
+none of that is checked here.
 
-Unknown keys are refused rather than ignored, so a typo such as ``expected_staus`` is a 422
-instead of a job that silently checks the default.
+This module owns the shape of each job type's payload: required and optional keys, their types
+and ranges, and where secret references (``{"$secret": NAME}``, resolved only on a worker) may
+and, for credential headers, must appear. Unknown keys are refused rather than ignored, so a
+typo such as ``expected_staus`` is a 422 instead of a job that silently checks the default.
 """
 
 from __future__ import annotations
@@ -19,17 +22,48 @@ from typing import TypeGuard
 
 import httpx
 
-from pgsched.workers.jobs.base import InvalidPayload
-from pgsched.workers.jobs.secretrefs import SECRET_KEY, is_secret_ref, valid_name
-from pgsched.workers.netguard import SECRET_HEADERS
-
 __all__ = [
     "HTTP_METHODS",
     "JOB_TYPES",
     "MAX_KILL_AFTER_SECONDS",
     "MAX_REDIRECTS",
+    "SECRET_HEADERS",
+    "SECRET_KEY",
+    "InvalidPayload",
+    "is_secret_ref",
+    "valid_name",
     "validate_payload",
 ]
+
+
+class InvalidPayload(ValueError):
+    """A payload that can never run; ``field`` names where (``payload.argv[0]``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+# A secret reference is exactly ``{"$secret": NAME}``; workers.jobs.secretrefs resolves it.
+SECRET_KEY = "$secret"  # noqa: S105 - the reference's key, not a secret
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Values of these headers never appear in results or logs, must be secret references in a
+# payload, and are dropped when a redirect leaves the origin they were written for.
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"}
+)
+
+
+def is_secret_ref(value: object) -> TypeGuard[Mapping[str, str]]:
+    """True for exactly ``{"$secret": "<name>"}``: one key, a string name."""
+    return isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get(SECRET_KEY), str)
+
+
+def valid_name(name: str) -> bool:
+    """A secret's name: what follows PGSCHED_SECRET_ in the worker's environment."""
+    return _SECRET_NAME.fullmatch(name) is not None
+
 
 JOB_TYPES = ("http", "command", "sql", "python", "noop")  # the schedule table's CHECK
 # CONNECT and TRACE have no business in a scheduled job (netguard refuses them too).

@@ -1,29 +1,18 @@
 """Read-only queries for the REST API: pages, the event feed, workers, health and stats.
 
-Nothing here writes (writes go through `app.db.store`). Every list is a keyset page: the caller
-passes where the previous page ended and gets at most `limit` rows, one index range each, never a
+Nothing here writes (the store's other modules do). Every list is a keyset page: the caller passes
+where the previous page ended and gets at most `limit` rows, one index range each, never a
 COUNT(*) over the partitioned tables. The statements live in `app/db/queries/reads.sql`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-from pgsched.app.db.sql import query
-from pgsched.app.db.store import Conn, Row
-
-
-async def _rows(conn: Conn, name: str, params: Mapping[str, object]) -> list[Row]:
-    cur = await conn.execute(query(name), params)
-    return await cur.fetchall()
-
-
-async def _one(conn: Conn, name: str, params: Mapping[str, object]) -> Row:
-    rows = await _rows(conn, name, params)
-    if not rows:  # aggregate statements always return one row
-        raise RuntimeError(f"{name} returned no row")
-    return rows[0]
+from pgsched.app.db.store.executor import Conn, Row
+from pgsched.app.db.store.executor import one as _one
+from pgsched.app.db.store.executor import rows as _rows
 
 
 async def page_schedules(
@@ -142,3 +131,8 @@ async def common_errors(conn: Conn, *, hours: int, limit: int, now: datetime | N
 async def telemetry_sample(conn: Conn, *, stale_seconds: float, now: datetime | None) -> Row:
     """What the metrics sampler reports (app.telemetry), in one round trip."""
     return await _one(conn, "telemetry_sample", {"stale_seconds": stale_seconds, "now": now})
+
+
+async def configure_api_session(conn: Conn) -> None:
+    """Timestamps leave the API in UTC whatever the server's or role's TimeZone setting."""
+    await _rows(conn, "configure_api_session")

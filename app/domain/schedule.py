@@ -1,0 +1,236 @@
+"""A schedule's definition: its defaults, its checks, its first due time, and the built-in's guard.
+
+Pure (no I/O, no database, no HTTP; `now` is an argument). The use cases in
+`app.services.schedules` call these inside their transaction; the API maps the errors raised
+here to problem responses and the CLI to a one-line reason. The table's column defaults mirror
+DEFAULTS for operators inserting by hand; every writer goes through `complete()`, so a stored row
+always carries every column explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, Protected
+from pgsched.app.domain.jobs import validate_payload
+from pgsched.app.domain.occurrences import ScheduleSpec, next_after, validate
+from pgsched.app.domain.occurrences import preview as occurrence_preview
+
+DEFAULTS: Mapping[str, Any] = {
+    "payload": {},
+    "cron": None,
+    "interval_seconds": None,
+    "run_at": None,
+    "timezone": "UTC",
+    "starts_at": None,
+    "ends_at": None,
+    "jitter_seconds": 0,
+    "queue": "default",
+    "priority": 0,
+    "max_attempts": 3,
+    "retry_delay_seconds": 10.0,
+    "retry_factor": 2.0,
+    "retry_max_delay_seconds": 3600.0,
+    "timeout_seconds": 3600.0,
+    "overlap_policy": "allow",
+    "missed_policy": "latest",
+    "missed_cap": 100,
+    "grace_seconds": 60,
+    "max_concurrency": None,
+    "enabled": True,
+    "next_due_at": None,
+}
+TIMING: Final = ("cron", "interval_seconds", "run_at")
+KIND_OF: Final = {"cron": "cron", "interval_seconds": "interval", "run_at": "once"}
+# Columns whose change moves the next occurrence.
+TIMING_COLUMNS: Final = frozenset(
+    {"kind", "cron", "interval_seconds", "run_at", "timezone", "starts_at", "ends_at"}
+)
+# Columns a client may set (the table's other columns are the scheduler's own).
+COLUMNS: Final = frozenset(DEFAULTS) - {"next_due_at"} | {"name", "job_type", "kind"}
+MAX_BACKFILL: Final = 1000
+MAX_PREVIEW: Final = 100
+_TICK: Final = timedelta(microseconds=1)
+
+
+# -- the definition --------------------------------------------------------------------------
+
+
+def complete(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` over the defaults; unknown keys are a programming error, not user input."""
+    unknown = set(fields) - set(DEFAULTS) - {"name", "job_type", "kind"}
+    if unknown:
+        raise KeyError(f"unknown schedule fields: {sorted(unknown)}")
+    return {**DEFAULTS, **fields}
+
+
+def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
+    """The occurrence function's view of a schedule row."""
+    return ScheduleSpec(
+        kind=row["kind"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        interval_seconds=row["interval_seconds"],
+        # An interval counts from its start bound, or from when it was created.
+        anchor=(row["starts_at"] or row["created_at"]) if row["kind"] == "interval" else None,
+        run_at=row["run_at"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+    )
+
+
+def timing(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Exactly one of cron/interval_seconds/run_at has a value: it decides the kind."""
+    chosen = [k for k in TIMING if given.get(k) is not None]
+    if len(chosen) != 1:
+        field = chosen[1] if len(chosen) > 1 else "cron"
+        raise InvalidDefinition(
+            field, "exactly one of cron, interval_seconds and run_at must have a value"
+        )
+    (key,) = chosen
+    return {k: (given[k] if k == key else None) for k in TIMING} | {"kind": KIND_OF[key]}
+
+
+def _no_nul(node: object, path: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it by name instead of failing later."""
+    if isinstance(node, str):
+        if "\x00" in node:
+            raise InvalidDefinition(path, "must not contain NUL characters")
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            _no_nul(key, path)
+            _no_nul(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _no_nul(value, f"{path}[{i}]")
+
+
+def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec:
+    """Validate a complete definition in place, normalising payload, cron and zone; return its
+    timing spec. `created_at` anchors an interval without `starts_at`, as the ticker reads it.
+
+    Raises InvalidDefinition, InvalidPayload (app.domain.jobs) or InvalidSchedule
+    (app.domain.occurrences), each naming the field.
+    """
+    _no_nul(fields["payload"], "payload")
+    fields["payload"] = validate_payload(fields["job_type"], fields["payload"])
+    spec = validate(spec_of({**fields, "created_at": created_at}))
+    if fields["kind"] == "cron":
+        fields["cron"] = spec.cron
+    elif fields["kind"] == "once":
+        fields["run_at"] = spec.run_at
+    fields["timezone"] = spec.timezone
+    return spec
+
+
+def first_due(spec: ScheduleSpec, now: datetime, *, grace_seconds: float) -> datetime | None:
+    """The first occurrence at or after `now` (the database's instant); None if there is none.
+
+    A one-off time within the grace period before now still runs: a client's "now" is a little
+    behind the database's.
+    """
+    grace = timedelta(seconds=grace_seconds)
+    if spec.kind == "once" and spec.run_at is not None and now - grace <= spec.run_at < now:
+        return spec.run_at
+    return next_after(spec, now - _TICK)
+
+
+def due_or_refuse(fields: Mapping[str, Any], spec: ScheduleSpec, now: datetime) -> datetime:
+    """`first_due`, refusing a definition that can never run again (InvalidDefinition)."""
+    due = first_due(spec, now, grace_seconds=fields["grace_seconds"])
+    if due is None:
+        field = "run_at" if spec.kind == "once" else "ends_at"
+        raise InvalidDefinition(field, "is in the past: the schedule would never run")
+    return due
+
+
+def changes(row: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns whose value `fields` changes."""
+    return {k: v for k, v in fields.items() if row[k] != v}
+
+
+def preview(row: Mapping[str, Any], after: datetime, count: int) -> list[datetime]:
+    """The next `count` due times of a schedule after `after`, from the ticker's own function."""
+    if not 1 <= count <= MAX_PREVIEW:
+        raise InvalidRequest("count", f"must be between 1 and {MAX_PREVIEW}")
+    return occurrence_preview(spec_of(row), after, count)
+
+
+# -- the built-in schedule -------------------------------------------------------------------
+# pgsched's own schedule: partition upkeep (app.maintenance, ADR 0021). Nothing else keeps
+# partitions ahead, and its loss shows only when inserts start to fail, so over the API it may
+# only be paused and resumed (explicit, recorded as schedule.paused), moved to another minute of
+# its hour, or given another priority or retry policy. Everything else could stop it quietly or
+# change what it is: another queue no worker serves, a starts_at in 2099, an ends_at in the
+# past, a cron that never fires ('0 0 29 2 1'), another kind, timezone, jitter or timeout, a
+# delete, a rename, another job. install_builtin_maintenance_v1 (migration 0016) puts those back
+# when the ticker starts, whoever changed them.
+BUILTIN_NAME: Final = "pgsched.maintenance"
+_BUILTIN_ADJUSTABLE = frozenset(
+    {
+        "cron",
+        "enabled",
+        "priority",
+        "max_attempts",
+        "retry_delay_seconds",
+        "retry_factor",
+        "retry_max_delay_seconds",
+        "grace_seconds",
+    }
+)
+# The order the culprit is looked for, so a change of kind is named as that (not as the
+# interval or cron it brings along).
+_BUILTIN_ORDER = ("name", "job_type", "payload", "kind")
+# Its cron: some minute of every hour, nothing else.
+_HOURLY = re.compile(r"(?:[0-9]|[1-5][0-9]) \* \* \* \*")
+
+
+def is_builtin(row: Mapping[str, Any]) -> bool:
+    return bool(row["name"] == BUILTIN_NAME and row["deleted_at"] is None)
+
+
+def check_builtin_change(row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+    """Raise Protected if `changes` would delete the built-in schedule or change anything of
+    it but its minute, pause, priority and retries."""
+    if not is_builtin(row):
+        return
+    if changes.get("deleted_at") is not None:
+        raise Protected(row, "it keeps partitions ahead and cannot be deleted (pause it instead)")
+
+    def order(field: str) -> tuple[int, str]:
+        known = field in _BUILTIN_ORDER
+        return (_BUILTIN_ORDER.index(field) if known else len(_BUILTIN_ORDER), field)
+
+    for field in sorted(changes, key=order):
+        if field == "deleted_at" or changes[field] == row.get(field):
+            continue
+        if field == "cron" and not _HOURLY.fullmatch(str(changes[field])):
+            raise Protected(
+                row, "its cron may only move the minute of its hour ('M * * * *')", field
+            )
+        if field not in _BUILTIN_ADJUSTABLE:
+            raise Protected(row, f"its {field} cannot change", field)
+
+
+def builtin_definition(job: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The whole built-in schedule at `now` (the database's instant), `job` its job_type,
+    payload and timeout: hourly, one at a time, checked like any schedule, with its first due
+    time."""
+    fields = complete(
+        {
+            "name": BUILTIN_NAME,
+            "kind": "cron",
+            "cron": "7 * * * *",
+            "overlap_policy": "skip",
+            "missed_policy": "latest",
+            "max_attempts": 3,
+            "queue": "default",
+            **job,
+        }
+    )
+    spec = check(fields, created_at=now)
+    fields["next_due_at"] = due_or_refuse(fields, spec, now)
+    return fields

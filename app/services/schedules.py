@@ -1,0 +1,285 @@
+"""Schedules: create, update, pause, resume, delete, trigger, backfill and preview.
+
+Each operation is one transaction: it locks the live schedule, applies app.domain.schedule's
+rules, writes through the store (the row and its event together) and, when it made runs, wakes
+idle workers in the same transaction (the NOTIFY is delivered at commit). Expected failures are
+app.domain.errors; `meta` is the caller's audit context (source IP, user agent, token prefix),
+kept in the event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row
+from pgsched.app.domain import schedule
+from pgsched.app.domain.errors import InvalidRequest, NotFound, VersionMismatch
+from pgsched.app.domain.occurrences import jitter_offset, occurrences
+
+Meta = Mapping[str, object] | None
+
+
+async def live(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row:
+    """The live schedule `schedule_id` (locked for a change when `lock`), or NotFound."""
+    row = await store.get_schedule(conn, schedule_id, lock=lock)
+    if row is None:
+        raise NotFound(f"schedule {schedule_id} does not exist")
+    return row
+
+
+async def create(
+    conn: Conn, fields: Mapping[str, Any], *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
+    """Store a new schedule from client-settable `fields` (completed with the defaults),
+    checked, with its first due time from the database's now."""
+    complete = schedule.complete(fields)
+    async with conn.transaction():
+        # One transaction, so created_at (the interval anchor) is the instant we planned with.
+        at = await store.db_now(conn, now)
+        spec = schedule.check(complete, created_at=at)
+        complete["next_due_at"] = schedule.due_or_refuse(complete, spec, at)
+        return await store.create_schedule(conn, complete, actor=actor, now=now, meta=meta)
+
+
+async def update(
+    conn: Conn,
+    schedule_id: int,
+    patch: Mapping[str, Any],
+    *,
+    if_match: set[int] | None,
+    actor: str,
+    now: datetime | None,
+    meta: Meta = None,
+) -> Row:
+    """Apply a partial update (client-settable columns); `if_match` (versions, None =
+    unconditional) guards it (VersionMismatch).
+
+    A new timing (any of cron, interval_seconds, run_at) replaces the old one whole. A change of
+    timing recomputes `next_due_at` from the database's now: occurrences under the old timing
+    are not owed. Changing `enabled` pauses or resumes, as those operations do.
+    """
+    async with conn.transaction():
+        row = await live(conn, schedule_id, lock=True)
+        if if_match is not None and row["version"] not in if_match:
+            raise VersionMismatch(row["version"])
+        fields = {k: row[k] for k in schedule.COLUMNS}
+        if any(k in patch for k in schedule.TIMING):
+            given = {k: patch.get(k) for k in schedule.TIMING}
+            fields |= schedule.timing(given)
+        fields |= {k: v for k, v in patch.items() if k not in schedule.TIMING}
+        spec = schedule.check(fields, created_at=row["created_at"])
+        changed = schedule.changes(row, fields)
+        if not changed:
+            return row  # nothing to record; the version stays
+        schedule.check_builtin_change(row, changed)
+        at = await store.db_now(conn, now)
+        if schedule.TIMING_COLUMNS & changed.keys():
+            changed["next_due_at"] = schedule.due_or_refuse(fields, spec, at)
+        if "enabled" in changed:
+            changed["paused_at"] = None if changed["enabled"] else at
+        updated = await store.update_schedule(
+            conn,
+            schedule_id,
+            changed,
+            event_type="schedule.updated",
+            actor=actor,
+            now=now,
+            expected_version=row["version"],
+            meta=meta,
+        )
+    if updated is None:  # the row is locked above: only a bug gets here
+        raise RuntimeError(f"update of schedule {schedule_id} matched no row")
+    return updated
+
+
+async def pause(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
+    """Stop materialising; occurrences while paused follow the missed policy on resume."""
+    return await _set_enabled(conn, schedule_id, enabled=False, actor=actor, now=now, meta=meta)
+
+
+async def resume(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
+    """Materialise again. `next_due_at` stayed where the pause left it, so the ticker applies
+    the schedule's missed policy to everything that fell due while it was paused."""
+    return await _set_enabled(conn, schedule_id, enabled=True, actor=actor, now=now, meta=meta)
+
+
+async def _set_enabled(
+    conn: Conn, schedule_id: int, *, enabled: bool, actor: str, now: datetime | None, meta: Meta
+) -> Row:
+    """Pause or resume; a no-op (no event) when the schedule is already in that state."""
+    async with conn.transaction():
+        row = await live(conn, schedule_id, lock=True)
+        if row["enabled"] == enabled:
+            return row
+        paused_at = None if enabled else await store.db_now(conn, now)
+        changed = await store.update_schedule(
+            conn,
+            schedule_id,
+            {"enabled": enabled, "paused_at": paused_at},
+            event_type="schedule.resumed" if enabled else "schedule.paused",
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+    return changed or row
+
+
+async def delete(
+    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+) -> Row:
+    """Soft delete: the row and its history stay; the name becomes free."""
+    async with conn.transaction():
+        row = await live(conn, schedule_id, lock=True)
+        at = await store.db_now(conn, now)
+        schedule.check_builtin_change(row, {"deleted_at": at})
+        changed = await store.update_schedule(
+            conn,
+            schedule_id,
+            {"deleted_at": at, "enabled": False},
+            event_type="schedule.deleted",
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+    if changed is None:
+        raise NotFound(f"schedule {schedule_id} does not exist")
+    return changed
+
+
+async def trigger(
+    conn: Conn,
+    schedule_id: int,
+    *,
+    actor: str,
+    now: datetime | None,
+    idempotency_key: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    meta: Meta = None,
+) -> tuple[Row, bool]:
+    """Run a schedule now, as an ad-hoc run. Returns (run, created).
+
+    With an idempotency key, a repeated request returns the run the first one created
+    (created=False). Triggering ignores pause and overlap: it is an operator's explicit act.
+    """
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise InvalidRequest("Idempotency-Key", "must be 1 to 255 characters")
+    async with conn.transaction():
+        await live(conn, schedule_id, lock=True)
+        if idempotency_key is not None and not await store.claim_trigger_key(
+            conn, schedule_id, idempotency_key, now=now
+        ):
+            earlier = await store.trigger_key_run(conn, schedule_id, idempotency_key)
+            if earlier is None:  # the key's run was in a retired month
+                raise InvalidRequest("Idempotency-Key", "was used for a run no longer kept")
+            return earlier, False
+        at = await store.db_now(conn, now)
+        (run,) = await store.insert_runs(
+            conn,
+            [(schedule_id, at, at)],
+            origin="trigger",
+            adhoc=True,
+            idempotency_key=idempotency_key,
+            trace_context=trace_context,
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+        if idempotency_key is not None:
+            await store.set_trigger_key_run(conn, schedule_id, idempotency_key, run)
+        await store.wake_workers(conn)
+    return run, True
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    requested: int
+    created: list[int]
+
+
+async def backfill(
+    conn: Conn,
+    schedule_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    actor: str,
+    now: datetime | None,
+    cap: int = schedule.MAX_BACKFILL,
+    meta: Meta = None,
+) -> Backfill:
+    """Materialise the occurrences in [start, end); idempotent, capped, recorded as an event.
+
+    Occurrences that already have a run are left alone. Backfill ignores the overlap and
+    missed policies (the operator asked for these occurrences) but not the partitions: a
+    month that was retired cannot be backfilled (store.PartitionMissing).
+    """
+    if end <= start:
+        raise InvalidRequest("to", "must be later than from")
+    async with conn.transaction():
+        row = await live(conn, schedule_id, lock=True)
+        if end > await store.db_now(conn, now):
+            raise InvalidRequest("to", "must not be in the future; the ticker handles that")
+        tick = timedelta(microseconds=1)
+        spec = schedule.spec_of(row)
+        due = list(islice(occurrences(spec, start - tick, end - tick), cap + 1))
+        if len(due) > cap:
+            raise InvalidRequest("to", f"the range holds more than {cap} occurrences")
+        key, jitter = str(schedule_id), row["jitter_seconds"]
+        created = await store.insert_runs(
+            conn,
+            [(schedule_id, t, t + jitter_offset(key, t, jitter)) for t in due],
+            origin="backfill",
+            actor=actor,
+            now=now,
+            meta=meta,
+        )
+        await store.record_schedule_event(
+            conn,
+            schedule_id,
+            "schedule.backfilled",
+            actor=actor,
+            now=now,
+            meta={
+                **(meta or {}),
+                "from": start,
+                "to": end,
+                "requested": len(due),
+                "created": len(created),
+            },
+        )
+        if created:
+            await store.wake_workers(conn)
+    return Backfill(len(due), [r["id"] for r in created])
+
+
+async def preview(
+    conn: Conn, schedule_id: int, count: int, *, now: datetime | None
+) -> tuple[datetime, list[datetime]]:
+    """The next `count` due times after the database's now (or `now`): (after, due times)."""
+    row = await live(conn, schedule_id)
+    after = await store.db_now(conn, now)
+    return after, schedule.preview(row, after, count)
+
+
+async def install_builtin(conn: Conn, job: Mapping[str, Any], *, now: datetime | None) -> Row:
+    """Install (or bring up to date) pgsched's own schedule with `job` (its job_type, payload
+    and timeout); idempotent. Checked like any schedule (app.domain.schedule.builtin_definition).
+
+    Through pgsched.install_builtin_maintenance_v1 (as the owner), so the worker role may call
+    it: a ticker needs no right to insert schedules (ADR 0021). An existing built-in schedule
+    gets back its job and whatever could stop it (queue, kind, starts_at, ends_at, timezone,
+    jitter; a cron that is not some minute of every hour); an operator's pause, minute, priority
+    and retries stay (app.domain.schedule.check_builtin_change).
+    """
+    async with conn.transaction():
+        fields = schedule.builtin_definition(job, await store.db_now(conn, now))
+        return await store.maintenance.install_builtin_maintenance(conn, fields, now=now)
