@@ -6,7 +6,9 @@ traceback: 1 = the check found a problem, 2 = the command could not do its work.
 
 The long-running commands (run, worker, ticker, api) started while the database is down wait for
 it and log that once; a DSN the server refuses (unknown host, role or database, bad password) is
-a configuration error, exit 2 (ADR 0022).
+a configuration error, exit 2 (ADR 0022). One whose background task dies (a bug: the heartbeat,
+a ticker loop, ...) logs it, stops and exits 70 (EX_SOFTWARE) so that a supervisor such as
+systemd or Kubernetes restarts it (ADR 0024).
 """
 
 from __future__ import annotations
@@ -28,15 +30,21 @@ from alembic.util.exc import CommandError as AlembicError
 from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
+from pgsched.app.background import Died
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
 from pgsched.app.settings import SettingsError, libpq_url
 from pgsched.otel.config import TelemetryConfigError
 
 if TYPE_CHECKING:
+    import uvicorn
+    from litestar import Litestar
+
     from pgsched.app.service import Service
 
 QUEUE_NAME_MAX = 100
+# A background task died (app.background, ADR 0024): sysexits' EX_SOFTWARE, "internal error".
+EXIT_TASK_DIED = 70
 
 
 class CommandError(Exception):
@@ -224,9 +232,11 @@ def _api_service(url: str) -> tuple[Service, str]:
 
     settings = ApiSettings.from_env({**os.environ, "DATABASE_URL": url})
     sock = _listen(settings.host, settings.port)
-    server = uvicorn.Server(
+    app = create_app(settings)
+    watch = _StopOnDeath(app)
+    server = watch.server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             log_level="warning",
@@ -242,8 +252,26 @@ def _api_service(url: str) -> tuple[Service, str]:
         server.should_exit = True
         stopping.cancel()
         await task
+        if watch.died is not None:  # its sampler died: `serve` stops the process (ADR 0024)
+            raise watch.died
 
     return run_api, f"http://{settings.host}:{settings.port}"
+
+
+class _StopOnDeath:
+    """Given to an API app as `on_background_death`: when its background task (the telemetry
+    sampler) dies, stop its server and remember why, so the command exits non-zero (ADR
+    0024). uvicorn has no other way in: the app does not know the server serving it."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.died: Died | None = None
+        self.server: uvicorn.Server | None = None
+        app.state.on_background_death = self
+
+    def __call__(self, death: Died) -> None:
+        self.died = self.died or death
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 def _run_service(url: str) -> int:
@@ -270,7 +298,11 @@ def _run_service(url: str) -> int:
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
         await serve(url, clock, stop, loops, services=[worker.run, api])
 
-    asyncio.run(_serve())
+    try:
+        asyncio.run(_serve())
+    except Died as died:  # logged with its exception where it died
+        print(f"pgsched stopped: {died}", file=sys.stderr)
+        return EXIT_TASK_DIED
     print("pgsched stopped")
     return 0
 
@@ -313,7 +345,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await worker.run(stop, hard)
 
     with _telemetry("worker"):
-        asyncio.run(_work())
+        try:
+            asyncio.run(_work())
+        except Died as died:  # logged with its exception where it died
+            print(f"pgsched worker stopped: {died}", file=sys.stderr)
+            return EXIT_TASK_DIED
     return 0
 
 
@@ -341,7 +377,11 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     with _telemetry("ticker"):
         asyncio.run(_wait_for_database(url))  # started while it is down: wait (ADR 0022)
         asyncio.run(_with_conn(url, _install_builtins))
-        asyncio.run(_tick())
+        try:
+            asyncio.run(_tick())
+        except Died as died:  # logged with its exception where it died
+            print(f"pgsched ticker stopped: {died}", file=sys.stderr)
+            return EXIT_TASK_DIED
     print("pgsched ticker stopped", flush=True)
     return 0
 
@@ -419,9 +459,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
         asyncio.run(_refuse_bad_dsn(settings.database_url))
         print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-        server = uvicorn.Server(
+        app = create_app(settings)
+        watch = _StopOnDeath(app)
+        server = watch.server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings),
+                app,
                 host=host,
                 port=port,
                 log_level=args.log_level,
@@ -434,6 +476,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         )
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
             server.run(sockets=[sock])
+    if watch.died is not None:  # logged with its exception where it died
+        print(f"pgsched api stopped: {watch.died}", file=sys.stderr)
+        return EXIT_TASK_DIED
     return 0 if server.started else 3
 
 
