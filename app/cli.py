@@ -4,6 +4,9 @@ Every subcommand reads DATABASE_URL (or --database-url). Expected failures (bad 
 database, drift found) end with a one-line reason on stderr and a non-zero exit code, never a
 traceback: 1 = the check found a problem, 2 = the command could not do its work.
 
+The environment is read once, by `main`, and parsed by app.settings: each command parses the
+settings it uses before it starts anything, so a bad value is one line and exit 2.
+
 The long-running commands (run, worker, ticker, api) started while the database is down wait for
 it and log that once; a DSN the server refuses (unknown host, role or database, bad password) is
 a configuration error, exit 2 (ADR 0022). One whose background task dies (a bug: the heartbeat,
@@ -17,11 +20,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -30,17 +32,21 @@ from alembic.util.exc import CommandError as AlembicError
 from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
+from pgsched.app import settings
 from pgsched.app.background import Died
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
-from pgsched.app.settings import SettingsError, libpq_url
+from pgsched.app.settings import SettingsError
 from pgsched.otel.config import TelemetryConfigError
 
 if TYPE_CHECKING:
     import uvicorn
     from litestar import Litestar
 
+    from pgsched.app.api.config import ApiSettings
+    from pgsched.app.maintenance import Retention
     from pgsched.app.service import Service
+    from pgsched.workers.worker import WorkerSettings
 
 QUEUE_NAME_MAX = 100
 # A background task died (app.background, ADR 0024): sysexits' EX_SOFTWARE, "internal error".
@@ -62,11 +68,14 @@ def _keep_secrets_in() -> None:
     undumpable()
 
 
+def _environ(args: argparse.Namespace) -> Mapping[str, str]:
+    """The environment `main` read for this command (app.settings parses it)."""
+    environ: Mapping[str, str] = args.environ
+    return environ
+
+
 def _database_url(args: argparse.Namespace) -> str:
-    url: str | None = args.database_url or os.environ.get("DATABASE_URL")
-    if not url:
-        raise CommandError("DATABASE_URL is not set (or pass --database-url)")
-    return libpq_url(url)
+    return settings.database_url(_environ(args), args.database_url)
 
 
 def migrate(url: str, target: str = "head") -> None:
@@ -107,12 +116,6 @@ async def _refuse_bad_dsn(url: str) -> None:
     await conn.close()
 
 
-def _port(value: int, name: str) -> int:
-    if not 1 <= value <= 65535:
-        raise CommandError(f"{name} must be a port number 1..65535, got {value}")
-    return value
-
-
 def _listen(host: str, port: int) -> socket.socket:
     """The API's listening socket, bound before anything else starts, so a port in use is a
     one-line error and not a half-started service (a registered worker, a traceback)."""
@@ -148,11 +151,13 @@ async def _rebuild(conn: Conn) -> int:
     return 0
 
 
-def _telemetry(role: str, **overrides: str) -> contextlib.AbstractContextManager[object]:
+def _telemetry(
+    role: str, env: Mapping[str, str], **overrides: str
+) -> contextlib.AbstractContextManager[object]:
     """Logs, traces and metrics for this command's process (app.telemetry, ADR 0016)."""
     from pgsched.app import telemetry
 
-    return telemetry.running(role, {**os.environ, **overrides})
+    return telemetry.running(role, {**env, **overrides})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,16 +202,24 @@ def _local_database(data_dir: Path) -> tuple[str, bool]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _keep_secrets_in()
-    url = args.database_url or os.environ.get("DATABASE_URL")
+    env = _environ(args)
+    url = settings.optional_database_url(env, args.database_url)
+    # Every setting is checked before anything starts, a local PostgreSQL included; the API's
+    # database is the local one when no URL is given, known once it runs.
+    worker = settings.worker(env)
+    api = settings.api(env, url or "postgresql://")
+    retention = settings.retention(env)
+    settings.telemetry(env, "run")
+    settings.logs(env)
     started_local = False
-    if url:
-        url = libpq_url(url)
-    else:
+    if url is None:
         url, started_local = _local_database(Path(args.data_dir))
         print(f"local PostgreSQL under {args.data_dir} (data kept between runs)")
     try:
-        with _telemetry("run"):
-            return _run_service(url)
+        with _telemetry("run", env):
+            return _run_service(
+                url, env, worker, dataclasses.replace(api, database_url=url), retention
+            )
     finally:
         if started_local:
             from pgsched.app import localpg
@@ -214,33 +227,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             localpg.stop(Path(args.data_dir))
 
 
-async def _install_builtins(conn: Conn) -> int:
-    from pgsched.app import maintenance
+def _install_builtins(retention: Retention) -> Callable[[Conn], Awaitable[int]]:
+    async def install(conn: Conn) -> int:
+        from pgsched.app import maintenance
 
-    await maintenance.ensure_builtin_schedule(
-        conn, maintenance.Retention.from_env(os.environ), now=None
-    )
-    return 0
+        await maintenance.ensure_builtin_schedule(conn, retention, now=None)
+        return 0
+
+    return install
 
 
-def _api_service(url: str) -> tuple[Service, str]:
+def _api_service(api: ApiSettings) -> tuple[Service, str]:
     """The REST API as one of `pgsched run`'s services: uvicorn in this process and loop."""
     import uvicorn
 
     from pgsched.app.api import create_app
-    from pgsched.app.api.config import ApiSettings
 
-    settings = ApiSettings.from_env({**os.environ, "DATABASE_URL": url})
-    sock = _listen(settings.host, settings.port)
-    app = create_app(settings)
+    sock = _listen(api.host, api.port)
+    app = create_app(api)
     watch = _StopOnDeath(app)
     server = watch.server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
+            host=api.host,
+            port=api.port,
             log_level="warning",
-            forwarded_allow_ips=settings.trusted_proxies,
+            forwarded_allow_ips=api.trusted_proxies,
             server_header=False,
         )
     )
@@ -255,7 +267,7 @@ def _api_service(url: str) -> tuple[Service, str]:
         if watch.died is not None:  # its sampler died: `serve` stops the process (ADR 0024)
             raise watch.died
 
-    return run_api, f"http://{settings.host}:{settings.port}"
+    return run_api, f"http://{api.host}:{api.port}"
 
 
 class _StopOnDeath:
@@ -274,18 +286,21 @@ class _StopOnDeath:
             self.server.should_exit = True
 
 
-def _run_service(url: str) -> int:
+def _run_service(
+    url: str,
+    env: Mapping[str, str],
+    worker_settings: WorkerSettings,
+    api_settings: ApiSettings,
+    retention: Retention,
+) -> int:
     from pgsched.app.clock import SystemClock
     from pgsched.app.service import default_loops, serve
-    from pgsched.workers.worker import Worker, WorkerSettings
+    from pgsched.workers.worker import Worker
 
-    # The built-in maintenance job, when it archives, runs in this process and connects here.
-    os.environ["DATABASE_URL"] = url
-    settings = WorkerSettings.from_env(os.environ)
-    api, where = _api_service(url)  # binds the port: in use, nothing has started yet
+    api, where = _api_service(api_settings)  # binds the port: in use, nothing has started yet
     asyncio.run(_wait_for_database(url))
     migrate(url)
-    asyncio.run(_with_conn(url, _install_builtins))
+    asyncio.run(_with_conn(url, _install_builtins(retention)))
     print(f"database ready at {url}")
     print(f"  psql '{url}'")
 
@@ -293,7 +308,9 @@ def _run_service(url: str) -> int:
         stop = _stop_on_signals()
         clock = SystemClock()
         loops = default_loops(clock)
-        worker = Worker(url, clock=clock, settings=settings)
+        # Its jobs resolve secrets in `env`; python jobs of pgsched itself (the built-in
+        # maintenance) are given `url` by the worker (workers.jobs.python_call).
+        worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
         await serve(url, clock, stop, loops, services=[worker.run, api])
@@ -320,17 +337,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (graceful); a second signal stops at once."""
     _keep_secrets_in()
     from pgsched.app.clock import SystemClock
-    from pgsched.workers.worker import Worker, WorkerSettings, parse_queues, parse_slots
+    from pgsched.workers.worker import Worker
 
+    env = _environ(args)
     url = _database_url(args)
-    os.environ["DATABASE_URL"] = url  # python jobs of pgsched itself connect here (maintenance)
-    settings = WorkerSettings.from_env(os.environ)
+    worker_settings = settings.worker(env)
     # Given, an option is used as given: `--slots 0` or `--queues ''` is refused, not read as
     # "the default".
     if args.queues is not None:
-        settings = dataclasses.replace(settings, queues=parse_queues(args.queues, "--queues"))
+        queues = settings.queue_list(args.queues, "--queues")
+        worker_settings = dataclasses.replace(worker_settings, queues=queues)
     if args.slots is not None:
-        settings = dataclasses.replace(settings, slots=parse_slots(str(args.slots), "--slots"))
+        slots = settings.slots(str(args.slots), "--slots")
+        worker_settings = dataclasses.replace(worker_settings, slots=slots)
 
     async def _work() -> None:
         stop, hard = asyncio.Event(), asyncio.Event()
@@ -341,10 +360,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        worker = Worker(url, clock=SystemClock(), settings=settings)
+        # Its jobs resolve secrets in `env`; python jobs of pgsched itself (the built-in
+        # maintenance) are given `url` by the worker (workers.jobs.python_call).
+        worker = Worker(url, clock=SystemClock(), settings=worker_settings, environ=env)
         await worker.run(stop, hard)
 
-    with _telemetry("worker"):
+    with _telemetry("worker", env):
         try:
             asyncio.run(_work())
         except Died as died:  # logged with its exception where it died
@@ -364,7 +385,9 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     from pgsched.app.clock import SystemClock
     from pgsched.app.service import default_loops, serve
 
+    env = _environ(args)
     url = _database_url(args)
+    retention = settings.retention(env)
 
     async def _tick() -> None:
         stop = _stop_on_signals()
@@ -374,9 +397,9 @@ def cmd_ticker(args: argparse.Namespace) -> int:
         print(f"pgsched ticker is running: {names} (SIGTERM stops)", flush=True)
         await serve(url, clock, stop, loops)
 
-    with _telemetry("ticker"):
+    with _telemetry("ticker", env):
         asyncio.run(_wait_for_database(url))  # started while it is down: wait (ADR 0022)
-        asyncio.run(_with_conn(url, _install_builtins))
+        asyncio.run(_with_conn(url, _install_builtins(retention)))
         try:
             asyncio.run(_tick())
         except Died as died:  # logged with its exception where it died
@@ -418,7 +441,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     from pgsched import otel
     from pgsched.app import maintenance
 
-    retention = maintenance.Retention.from_env(os.environ)
+    url = _database_url(args)
+    retention = settings.retention(_environ(args))
 
     async def work(conn: Conn) -> int:
         try:
@@ -434,8 +458,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         )
         return 0
 
-    with _telemetry("maintenance"):
-        return asyncio.run(_with_conn(_database_url(args), work))
+    with _telemetry("maintenance", _environ(args)):
+        return asyncio.run(_with_conn(url, work))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -444,22 +468,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pgsched.app.api import create_app
-    from pgsched.app.api.config import ApiSettings
 
-    env = dict(os.environ)
-    if args.database_url:
-        env["DATABASE_URL"] = args.database_url
-    settings = ApiSettings.from_env(env)
-    host = args.host or settings.host
-    port = settings.port if args.port is None else _port(args.port, "--port")
-    settings = dataclasses.replace(settings, host=host, port=port)
+    env = _environ(args)
+    api = settings.api(env, _database_url(args))
+    host = settings.text(args.host, "--host") if args.host is not None else api.host
+    port = api.port if args.port is None else settings.port(str(args.port), "--port")
+    api = dataclasses.replace(api, host=host, port=port)
     # Bound before anything is printed or started: a port in use, or a host that is no
     # address here, is one line and exit 2, not "pgsched api on …" and uvicorn's traceback.
     sock = _listen(host, port)
-    with _telemetry("api", PGSCHED_LOG_LEVEL=args.log_level):
-        asyncio.run(_refuse_bad_dsn(settings.database_url))
+    with _telemetry("api", env, PGSCHED_LOG_LEVEL=args.log_level):
+        asyncio.run(_refuse_bad_dsn(api.database_url))
         print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-        app = create_app(settings)
+        app = create_app(api)
         watch = _StopOnDeath(app)
         server = watch.server = uvicorn.Server(
             uvicorn.Config(
@@ -468,7 +489,7 @@ def cmd_api(args: argparse.Namespace) -> int:
                 port=port,
                 log_level=args.log_level,
                 # X-Forwarded-For is believed only from these addresses (uvicorn's default).
-                forwarded_allow_ips=settings.trusted_proxies,
+                forwarded_allow_ips=api.trusted_proxies,
                 server_header=False,
                 # Our handler (JSON or text, app.telemetry) formats uvicorn's lines too.
                 log_config=None,
@@ -621,8 +642,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """`pgsched` with `argv` in `environ` (default: this process's, read once here)."""
     args = parser().parse_args(argv)
+    args.environ = settings.environment() if environ is None else environ
     try:
         code: int = args.func(args)
     except (CommandError, SettingsError, TelemetryConfigError, outage.DatabaseRefused) as exc:

@@ -61,18 +61,8 @@ class Retention:
     run_days: int = 30
     event_days: int = 90
     # Where retired partitions are archived; None (the default) drops them without a copy.
+    # Absolute (app.settings makes it so), as the built-in job runs in the worker's directory.
     archive_dir: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Retention:
-        archive = env.get("PGSCHED_ARCHIVE_DIR") or None
-        return cls(
-            months_ahead=int(env.get("PGSCHED_MONTHS_AHEAD", "3")),
-            run_days=int(env.get("PGSCHED_RUN_RETENTION_DAYS", "30")),
-            event_days=int(env.get("PGSCHED_EVENT_RETENTION_DAYS", "90")),
-            # Absolute, so the built-in job finds it whatever the worker's working directory.
-            archive_dir=str(Path(archive).absolute()) if archive else None,
-        )
 
 
 # How long the built-in run may last when it only creates and drops partitions.
@@ -260,13 +250,16 @@ def _measure(path: Path) -> tuple[int, str]:
 
 
 async def run_builtin(
-    months_ahead: int, run_days: int, event_days: int, archive_dir: str | None = None
+    months_ahead: int,
+    run_days: int,
+    event_days: int,
+    archive_dir: str | None = None,
+    *,
+    database_url: str,
 ) -> str:
-    """The built-in schedule's `python` job (when archiving): one pass on the worker's database,
-    `DATABASE_URL` in its environment (`pgsched run` and `pgsched worker` set it)."""
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        raise RuntimeError("DATABASE_URL is not set in the worker's environment")
+    """The built-in schedule's `python` job: one pass on the worker's database, whose URL the
+    worker passes to a target that declares `database_url` (workers.jobs.python_call)."""
+    url = database_url
     retention = Retention(months_ahead, run_days, event_days, archive_dir)
     async with await psycopg.AsyncConnection.connect(
         url, autocommit=True, row_factory=dict_row

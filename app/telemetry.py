@@ -20,12 +20,11 @@ from datetime import datetime
 import psycopg
 
 from pgsched import otel
+from pgsched.app import settings
 from pgsched.app.background import Died, Loop, Supervisor
 from pgsched.app.clock import Clock, SystemClock
 from pgsched.app.db import reads
 from pgsched.app.db.store import Conn
-from pgsched.app.settings import metrics_port
-from pgsched.otel.config import TelemetryConfig
 from pgsched.otel.logs import configure_logging
 
 log = logging.getLogger("pgsched.telemetry")
@@ -34,14 +33,11 @@ QUEUE_STATES = ("ready", "scheduled", "running")
 
 
 def start(role: str, env: Mapping[str, str]) -> otel.Telemetry:
-    """Logging and OpenTelemetry for this process, in its role (after any fork)."""
-    config = TelemetryConfig.from_env(env, role, metrics_port=metrics_port(env))
-    configure_logging(
-        config.service_name,
-        level=env.get("PGSCHED_LOG_LEVEL", "INFO"),
-        fmt=env.get("PGSCHED_LOG_FORMAT", "auto"),
-        env=env,
-    )
+    """Logging and OpenTelemetry for this process, in its role (after any fork); `env` is
+    parsed by app.settings (a bad value: SettingsError, before anything is set up)."""
+    config = settings.telemetry(env, role)
+    logs = settings.logs(env)
+    configure_logging(config.service_name, level=logs.level, fmt=logs.format, env=env)
     # psycopg_pool warns at every failed reconnection attempt (one a second or two per
     # connection while the database is away); app.db.outage says it once per outage instead.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -1,6 +1,6 @@
 """What telemetry a process sends, from the standard `OTEL_*` variables (and one of ours).
 
-Read from the environment mapping the caller passes (the CLI passes `os.environ`), so tests
+Read from the environment mapping the caller passes (app.settings passes the process's), so tests
 configure a process without touching the real environment. The OTLP exporters themselves also
 read the standard header/timeout/compression variables; endpoints are resolved here because
 "no endpoint" must mean "no exporter" (the one-command run needs no collector), where the SDK
@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 ROLES: Final = ("api", "ticker", "worker", "maintenance", "run")
 SUPPORTED_PROTOCOLS: Final = ("http/protobuf",)
 _TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
 
 
 class TelemetryConfigError(ValueError):
-    """A telemetry variable is malformed; the message names it."""
+    """A telemetry variable is malformed; the message is one line naming it, what it accepts
+    and what it got (the form of app.settings' SettingsError, which the CLI turns it into)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,39 +61,61 @@ class TelemetryConfig:
             metrics_port=metrics_port,
             metrics_host=env.get("PGSCHED_METRICS_HOST", "127.0.0.1"),
             disabled=disabled,
-            trace_sql=env.get("PGSCHED_TRACE_SQL", "true").strip().lower() in _TRUE,
+            trace_sql=_flag(env, "PGSCHED_TRACE_SQL", default=True),
         )
 
 
 def _endpoint(env: Mapping[str, str], signal: str, path: str) -> str | None:
     """The OTLP/HTTP URL for one signal, per the OpenTelemetry exporter specification."""
-    exporter = env.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower()
+    name = f"OTEL_{signal}_EXPORTER"
+    exporter = env.get(name, "").strip().lower() or "otlp"
     if exporter == "none":
         return None
     if exporter != "otlp":
-        raise TelemetryConfigError(f"OTEL_{signal}_EXPORTER={exporter!r}: only otlp or none")
-    protocol = (
-        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol not in SUPPORTED_PROTOCOLS:
-        raise TelemetryConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: pgsched exports http/protobuf only"
-        )
-    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip()
+        raise TelemetryConfigError(f"{name} must be otlp or none, got {env[name]!r}")
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol:
+            if protocol not in SUPPORTED_PROTOCOLS:
+                raise TelemetryConfigError(
+                    f"{name} must be http/protobuf (the only protocol pgsched exports), "
+                    f"got {env[name]!r}"
+                )
+            break
+    name = f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
+    specific = env.get(name, "").strip()
     if specific:
-        return specific  # used as given, path included (the specification's rule)
+        return _url(specific, name)  # used as given, path included (the specification's rule)
     base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     if not base:
         return None
-    return f"{base.rstrip('/')}/{path}"
+    return f"{_url(base, 'OTEL_EXPORTER_OTLP_ENDPOINT').rstrip('/')}/{path}"
+
+
+def _url(value: str, name: str) -> str:
+    """An OTLP/HTTP endpoint: without its scheme the exporter would fail at the first export,
+    long after start, and only in a log line."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise TelemetryConfigError(
+            f"{name} must be an http:// or https:// URL (http://collector:4318), got {value!r}"
+        )
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE + _FALSE:
+        raise TelemetryConfigError(f"{name} must be true or false, got {env[name]!r}")
+    return raw in _TRUE
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise TelemetryConfigError(f"{name} must be a whole number >= 1, got {raw!r}")
     return int(raw)

@@ -55,7 +55,6 @@ from pgsched.app.clock import Clock
 from pgsched.app.db import outage, store
 from pgsched.app.db.outage import Backoff, first_line
 from pgsched.app.db.store import Conn, Lease, Row
-from pgsched.app.settings import SettingsError
 from pgsched.otel import runs as telemetry
 from pgsched.workers.jobs import JobContext, Outcome, execute
 from pgsched.workers.jobs.base import LeaseDeadline, lease_margin
@@ -82,6 +81,8 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
+    """A worker's settings; `pgsched worker` reads them from the environment (app.settings)."""
+
     queues: tuple[str, ...] = ("default",)
     slots: int = 4
     lease_seconds: float = 30.0
@@ -90,47 +91,6 @@ class WorkerSettings:
     rescue_every_seconds: float = 5.0
     gone_after_seconds: float = 90.0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        return cls(
-            queues=parse_queues(env.get("PGSCHED_QUEUES", "default"), "PGSCHED_QUEUES"),
-            slots=parse_slots(env.get("PGSCHED_WORKER_SLOTS", "4"), "PGSCHED_WORKER_SLOTS"),
-            lease_seconds=_positive(env, "PGSCHED_LEASE_SECONDS", 30.0),
-            grace_seconds=_positive(env, "PGSCHED_SHUTDOWN_GRACE_SECONDS", 30.0, zero=True),
-        )
-
-
-def parse_queues(raw: str, name: str) -> tuple[str, ...]:
-    """Comma-separated queue names; an empty list or name is refused, not read as "default"."""
-    queues = tuple(q.strip() for q in raw.split(","))
-    if not all(queues):
-        raise SettingsError(f"{name} must be comma-separated queue names, got {raw!r}")
-    return queues
-
-
-# More slots than this is a typo: each is a job at once, and the count is stored in an
-# integer column (a larger one reached the database as "integer out of range").
-MAX_SLOTS = 10_000
-
-
-def parse_slots(raw: str, name: str) -> int:
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SLOTS:
-        raise SettingsError(f"{name} must be a whole number >= 1 and <= {MAX_SLOTS}, got {raw!r}")
-    return int(raw)
-
-
-def _positive(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 if zero else value > 0) or value == float("inf"):
-        raise SettingsError(f"{name} must be a number of seconds {'>=' if zero else '>'} 0")
-    return value
 
 
 @dataclass(slots=True)
@@ -175,7 +135,9 @@ class Worker:
         self.url = database_url
         self.clock = clock
         self.settings = settings or WorkerSettings()
-        self.environ = dict(os.environ if environ is None else environ)
+        # What jobs resolve at execution time (secrets, named DSNs, the allow-list): the
+        # environment the caller gives (the CLI: its own), never read here (app.settings).
+        self.environ = dict(environ or {})
         self.executor = executor
         self.http_policy = NetPolicy.from_env(self.environ.get("PGSCHED_HTTP_ALLOW"))
         self.named_dsns = {
@@ -194,7 +156,6 @@ class Worker:
         self._report_to: Reporter | None = None
         # When the last heartbeat that renewed every lease in flight returned (monotonic).
         self._renewed_at = float("-inf")
-        self._helpers: Supervisor | None = None
         self.listener = _Listener(self)
         self.heartbeat = _Heartbeat(self)
         self.lease_watch = _LeaseWatch(self)
@@ -237,7 +198,6 @@ class Worker:
             )
             # Every helper is supervised: one that dies ends the worker (ADR 0024).
             helpers = Supervisor(on_death=self._helper_died)
-            self._helpers = helpers
             for loop in self.loops():
                 loop.start(helpers)
             try:

@@ -1,15 +1,15 @@
-"""The API process's settings: app.settings.Settings (database, host, port) plus API limits.
+"""The API process's settings: database, host, port and API limits.
 
-Read once from the environment by `ApiSettings.from_env`; tests build one directly.
+Parsed from the environment by app.settings (`api`), which `ApiSettings.from_env` calls; tests
+build one directly.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pgsched.app.settings import Settings, SettingsError
+from pgsched.app import settings
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
@@ -41,25 +41,6 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
-        env = dict(os.environ if env is None else env)
-        base = Settings.from_env(env)
-        return cls(
-            database_url=base.database_url,
-            host=base.http_host,
-            port=base.http_port,
-            max_body_bytes=_positive_int(
-                env, "PGSCHED_HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES
-            ),
-            pool_max_size=_positive_int(env, "PGSCHED_API_POOL_SIZE", 10),
-            trusted_proxies=env.get("PGSCHED_HTTP_TRUSTED_PROXIES") or None,
-            metrics_sample_seconds=_positive_int(env, "PGSCHED_METRICS_SAMPLE_SECONDS", 15),
-        )
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"{name} must be a whole number >= 1, got {raw!r}")
-    return int(raw)
+        """From `env` (default: this process's environment, for `create_app()` with no
+        arguments under `uvicorn --factory`); app.settings parses it."""
+        return settings.api(settings.environment() if env is None else env)

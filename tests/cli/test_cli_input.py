@@ -67,13 +67,13 @@ def test_run_with_its_port_taken_starts_nothing(dsn: str) -> None:
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (("--slots", "0"), "--slots must be a whole number >= 1"),
-        (("--slots", "-3"), "--slots must be a whole number >= 1"),
+        (("--slots", "0"), "--slots must be a whole number 1..10000, got '0'"),
+        (("--slots", "-3"), "--slots must be a whole number 1..10000, got '-3'"),
         (("--queues", ""), "--queues must be comma-separated queue names"),
         (("--queues", "a,,b"), "--queues must be comma-separated queue names"),
         # Not "database error: integer out of range" from the worker's registration.
-        (("--slots", "99999999999"), "--slots must be a whole number >= 1 and <= 10000"),
-        (("--slots", "10001"), "--slots must be a whole number >= 1 and <= 10000"),
+        (("--slots", "99999999999"), "--slots must be a whole number 1..10000"),
+        (("--slots", "10001"), "--slots must be a whole number 1..10000"),
     ],
 )
 def test_worker_refuses_options_that_would_fall_back_to_defaults(
@@ -86,7 +86,7 @@ def test_worker_refuses_options_that_would_fall_back_to_defaults(
 @pytest.mark.parametrize(
     ("env", "reason"),
     [
-        ({"PGSCHED_WORKER_SLOTS": "0"}, "PGSCHED_WORKER_SLOTS must be a whole number >= 1"),
+        ({"PGSCHED_WORKER_SLOTS": "0"}, "PGSCHED_WORKER_SLOTS must be a whole number 1..10000"),
         ({"PGSCHED_QUEUES": ""}, "PGSCHED_QUEUES must be comma-separated queue names"),
         ({"PGSCHED_LEASE_SECONDS": "soon"}, "PGSCHED_LEASE_SECONDS must be a number"),
         (
@@ -95,7 +95,7 @@ def test_worker_refuses_options_that_would_fall_back_to_defaults(
         ),
         (
             {"PGSCHED_WORKER_SLOTS": "99999999999"},
-            "PGSCHED_WORKER_SLOTS must be a whole number >= 1 and <= 10000",
+            "PGSCHED_WORKER_SLOTS must be a whole number 1..10000, got '99999999999'",
         ),
     ],
 )
@@ -107,13 +107,15 @@ def test_worker_refuses_settings_that_would_fall_back_or_crash(
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1"])
 def test_api_refuses_a_port_outside_the_range(dsn: str, port: str) -> None:
-    _refused(_cli(dsn, "api", "--port", port), f"--port must be a port number 1..65535, got {port}")
+    _refused(
+        _cli(dsn, "api", "--port", port), f"--port must be a port number 1..65535, got '{port}'"
+    )
 
 
 @pytest.mark.parametrize("command", ["api", "run"])
 def test_a_port_setting_outside_the_range_is_refused(dsn: str, command: str) -> None:
     out = _cli(dsn, command, PGSCHED_HTTP_PORT="70000")
-    _refused(out, "PGSCHED_HTTP_PORT must be a port number 1..65535, got 70000")
+    _refused(out, "PGSCHED_HTTP_PORT must be a port number 1..65535, got '70000'")
     assert _workers(dsn) == 0
 
 

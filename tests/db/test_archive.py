@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgsched.app import maintenance
+from pgsched.app import maintenance, settings
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
 from tests.db.test_maintenance import NOW, create_months, month_start, partitions
@@ -186,25 +186,25 @@ async def test_the_builtin_archives_when_given_a_directory(conn: Conn, tmp_path:
 
 
 def test_the_archive_directory_setting_is_off_by_default() -> None:
-    assert maintenance.Retention.from_env({}).archive_dir is None
-    assert maintenance.Retention.from_env({"PGSCHED_ARCHIVE_DIR": ""}).archive_dir is None
-    relative = maintenance.Retention.from_env({"PGSCHED_ARCHIVE_DIR": "arch"}).archive_dir
+    assert settings.retention({}).archive_dir is None
+    assert settings.retention({"PGSCHED_ARCHIVE_DIR": ""}).archive_dir is None
+    relative = settings.retention({"PGSCHED_ARCHIVE_DIR": "arch"}).archive_dir
     assert relative is not None and Path(relative).is_absolute()
 
 
 async def test_the_builtin_job_archives_as_the_worker_role(
-    conn: Conn, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, dsn: str, tmp_path: Path
 ) -> None:
-    """What the worker runs: run_builtin, connecting with DATABASE_URL as pgsched_worker."""
+    """What the worker runs: run_builtin, connecting to the URL it is given as pgsched_worker."""
     old = month_start(NOW, -4)
     await create_months(conn, "pgsched.run", old, 1)
     await create_months(conn, "pgsched.event", old, 1)
     await finished_runs(conn, old, 2)
     part = f"run_y{old:%Y}m{old:%m}"
     before = await copy_of(conn, part)
-    monkeypatch.setenv("DATABASE_URL", make_conninfo(dsn, options="-c role=pgsched_worker"))
+    as_worker = make_conninfo(dsn, options="-c role=pgsched_worker")
 
-    summary = await maintenance.run_builtin(3, 30, 90, str(tmp_path))
+    summary = await maintenance.run_builtin(3, 30, 90, str(tmp_path), database_url=as_worker)
 
     assert "retired" in summary and "kept 0" in summary
     assert old not in await partitions(conn, "pgsched.run")
@@ -212,12 +212,6 @@ async def test_the_builtin_job_archives_as_the_worker_role(
     assert unzipped(path) == before
     events = await retired_events(conn)
     assert events[f"pgsched.{part}"]["archive"]["path"] == str(path)  # type: ignore[index]
-
-
-async def test_run_builtin_needs_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    with pytest.raises(RuntimeError, match="DATABASE_URL is not set"):
-        await maintenance.run_builtin(3, 30, 90, None)
 
 
 async def test_pgsched_maintain_reports_a_failed_archive_in_one_line(
@@ -250,9 +244,10 @@ async def test_pgsched_maintain_reports_a_failed_archive_in_one_line(
 
 
 async def test_the_builtin_python_job_archives_when_a_worker_runs_it(
-    conn: Conn, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, dsn: str, tmp_path: Path
 ) -> None:
-    """The whole path: the built-in schedule, triggered, run by a real worker as a python job."""
+    """The whole path: the built-in schedule, triggered, run by a real worker as a python job;
+    the worker's environment is empty, it passes its own database URL to run_builtin."""
     from tests.workers.test_worker import running_worker, trigger, wait_state
 
     old = month_start(NOW, -4)
@@ -261,7 +256,6 @@ async def test_the_builtin_python_job_archives_when_a_worker_runs_it(
     await finished_runs(conn, old, 2)
     part = f"run_y{old:%Y}m{old:%m}"
     before = await copy_of(conn, part)
-    monkeypatch.setenv("DATABASE_URL", dsn)  # what pgsched run / pgsched worker set
     builtin = await maintenance.ensure_builtin_schedule(conn, archiving(tmp_path), now=None)
     run = await trigger(conn, builtin["id"])
     async with running_worker(dsn):

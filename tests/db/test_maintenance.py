@@ -319,7 +319,8 @@ async def test_the_migration_turns_the_stored_sql_builtin_into_the_python_job(
         migrate(empty_dsn)
         new = await store.get_schedule(conn, old["id"])
         assert new is not None
-        assert (new["job_type"], new["version"]) == ("python", old["version"] + 1)
+        # Two updates: 0016 makes it the python job, 0018 moves the job's import path (ADR 0023).
+        assert (new["job_type"], new["version"]) == ("python", old["version"] + 2)
         assert new["payload"] == {
             "target": maintenance.BUILTIN_TARGET,
             "kwargs": {"months_ahead": 4, "run_days": 31, "event_days": 92},

@@ -28,6 +28,11 @@ async def async_with_key(*, idempotency_key: str) -> str:
     return f"key={idempotency_key}"
 
 
+async def with_database(*, database_url: str) -> str:
+    """Declares database_url: the worker passes its own (how run_builtin connects)."""
+    return database_url
+
+
 def forwards(**kwargs: object) -> list[str]:
     """Takes **kwargs but no idempotency_key parameter: the key must not be passed."""
     return sorted(kwargs)

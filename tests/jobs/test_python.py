@@ -44,6 +44,14 @@ async def test_idempotency_key_only_when_the_function_names_it(
     assert (outcome.status, outcome.output) == ("succeeded", output)
 
 
+async def test_database_url_only_when_the_function_names_it(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx()
+    given = await execute("python", {"target": f"{MOD}:with_database"}, ctx)
+    assert (given.status, given.output) == ("succeeded", repr(ctx.database_url))
+    payload = {"target": f"{MOD}:forwards", "kwargs": {"x": 1}}
+    assert (await execute("python", payload, ctx)).output == "['x']"
+
+
 async def test_exception_is_a_retryable_failure_with_its_text(make_ctx: MakeCtx) -> None:
     payload = {"target": f"{MOD}:boom", "kwargs": {"message": "disk\nfull"}}
     outcome = await execute("python", payload, make_ctx())

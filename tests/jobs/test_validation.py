@@ -110,6 +110,11 @@ BAD: list[tuple[str, dict[str, object], str]] = [
         {"target": "mod:f", "kwargs": {"idempotency_key": "k"}},
         "payload.kwargs.idempotency_key",
     ),
+    (
+        "python",
+        {"target": "mod:f", "kwargs": {"database_url": "postgresql://elsewhere"}},
+        "payload.kwargs.database_url",
+    ),
     ("python", {"target": "mod:f", "kwargs": {"x": {"$secret": ""}}}, "payload.kwargs.x"),
 ]
 

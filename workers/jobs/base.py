@@ -102,8 +102,10 @@ class LeaseDeadline:
 class JobContext:
     """Everything a job needs besides its payload, for one attempt of one run.
 
-    ``environ`` is where ``{"$secret": NAME}`` references resolve (the worker passes
-    ``os.environ``). ``resolver`` is for tests: ``None`` means the system resolver.
+    ``environ`` is where ``{"$secret": NAME}`` references resolve (the environment the worker
+    was given; app.settings). ``database_url`` is the worker's own database, passed to a
+    ``python`` target that declares it. ``resolver`` is for tests: ``None`` means the system
+    resolver.
     ``lease`` is the attempt's lease deadline; ``None`` (tests, one-off calls) means no lease
     bounds the job, only its timeout.
     """

@@ -1,9 +1,11 @@
 """``python`` jobs: call ``module:function`` in the worker process, sync or async.
 
 This module owns importing the target, deciding how to call it (awaited on the event loop if
-it is a coroutine function, otherwise on a thread of its own), passing ``kwargs`` and, when
-the function has a parameter of that name, ``idempotency_key``, and turning what it returned
-or raised into an outcome.
+it is a coroutine function, otherwise on a thread of its own), passing ``kwargs`` and, to a
+function that has a parameter of that name, ``idempotency_key`` (``run_id:attempt``) and
+``database_url`` (the worker's own database, so pgsched's built-in maintenance job connects
+there without anything in the environment), and turning what it returned or raised into an
+outcome.
 
 A thread cannot be killed. When a sync function overruns its timeout the outcome is
 ``timeout``, but the thread runs on until the function returns. That is why each call gets a
@@ -34,9 +36,10 @@ from typing import Any
 from pgsched.workers.jobs.base import JobContext, Outcome, clip_tail, one_line, timeout_error
 from pgsched.workers.jobs.secretrefs import Masker
 
-__all__ = ["IDEMPOTENCY_PARAMETER", "run"]
+__all__ = ["DATABASE_URL_PARAMETER", "IDEMPOTENCY_PARAMETER", "run"]
 
 IDEMPOTENCY_PARAMETER = "idempotency_key"
+DATABASE_URL_PARAMETER = "database_url"
 _TRACEBACK_BYTES = 8_192
 
 
@@ -73,20 +76,23 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
-def _arguments(fn: Callable[..., Any], target: str, kwargs: dict[str, object], key: str) -> None:
-    """Add ``idempotency_key`` if ``fn`` names it; check the call binds before making it."""
+def _arguments(
+    fn: Callable[..., Any], target: str, kwargs: dict[str, object], given: Mapping[str, object]
+) -> None:
+    """Add each of ``given`` that ``fn`` names; check the call binds before making it."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # some builtins have no signature; the call itself will tell
-    parameter = signature.parameters.get(IDEMPOTENCY_PARAMETER)
-    # Only a parameter of that name counts, not **kwargs: a function that forwards **kwargs
-    # elsewhere did not ask for it.
-    if parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    ):
-        kwargs[IDEMPOTENCY_PARAMETER] = key
+    for name, value in given.items():
+        parameter = signature.parameters.get(name)
+        # Only a parameter of that name counts, not **kwargs: a function that forwards
+        # **kwargs elsewhere did not ask for it.
+        if parameter is not None and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            kwargs[name] = value
     try:
         signature.bind(**kwargs)
     except TypeError as exc:
@@ -141,7 +147,11 @@ async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) ->
     kwargs = {str(k): v for k, v in given.items()} if isinstance(given, Mapping) else {}
     try:
         fn = _load(target)
-        _arguments(fn, target, kwargs, ctx.idempotency_key)
+        given = {
+            IDEMPOTENCY_PARAMETER: ctx.idempotency_key,
+            DATABASE_URL_PARAMETER: ctx.database_url,
+        }
+        _arguments(fn, target, kwargs, given)
     except _TargetError as exc:
         return Outcome("failed", retryable=False, error=masker.mask(str(exc)))
     is_async = _is_async(fn)

@@ -315,6 +315,8 @@ def _python(payload: Mapping[str, Json]) -> dict[str, Json]:
                 raise InvalidPayload(path, "is not a valid Python parameter name")
             if name == "idempotency_key":
                 raise InvalidPayload(path, "is reserved: the worker passes run_id:attempt")
+            if name == "database_url":
+                raise InvalidPayload(path, "is reserved: the worker passes its database URL")
         out["kwargs"] = dict(kwargs)
     return out
 
