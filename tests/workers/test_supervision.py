@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from pgsched.app.clock import FakeClock, SystemClock
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.workers.worker import Worker
+from tests.conftest import ROOT
 from tests.factories import make_schedule
 from tests.support.worker import eventually, signalled, started_worker, wait_state
 from tests.workers.test_worker import event_types, log, python_job, trigger
@@ -259,3 +264,51 @@ async def test_a_dead_sampler_stops_the_api_server(
     assert watch.died is not None and watch.died.task == "telemetry sampler"
     assert server.should_exit
     died_logged(caplog, "telemetry sampler")
+
+
+# A `pgsched` command in a process of its own, with one loop's `run_once` replaced by "boom".
+INJECT = """
+import sys
+from pgsched.app import service
+from pgsched.app.cli import main
+from pgsched.workers import worker
+
+async def boom(self):
+    raise RuntimeError("boom")
+
+setattr({target}, "run_once", boom)
+sys.exit(main([{command!r}]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "target", "task"),
+    [
+        ("worker", "worker._Heartbeat", "heartbeat"),
+        ("ticker", "service.PoolLoop", "ticker-1"),
+    ],
+)
+def test_the_command_exits_70_when_a_loop_dies(
+    dsn: str, tmp_path: Path, command: str, target: str, task: str
+) -> None:
+    """What an orchestrator sees: the process logs the death with its traceback and exits 70
+    on its own, without a signal, so it is restarted."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PGSCHED_LEASE_SECONDS": "3",
+        "PGSCHED_LOG_FORMAT": "text",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", INJECT.format(target=target, command=command)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 70, output
+    assert f"{task} died" in output and "RuntimeError: boom" in output, output
