@@ -169,7 +169,11 @@ class Supervisor:
         return task
 
     def _died(self, died: Died) -> None:
-        if died.__cause__ is not None:
+        if isinstance(died.__cause__, Died):
+            # A service that stopped because a task of its own died, already logged with the
+            # traceback where it happened: once is enough.
+            log.error("%s stopped: %s", died.task, died.__cause__, extra={"task": died.task})
+        elif died.__cause__ is not None:
             log.error("%s died", died.task, exc_info=died.__cause__, extra={"task": died.task})
         else:
             log.error("%s ended unexpectedly", died.task, extra={"task": died.task})

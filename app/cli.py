@@ -313,7 +313,7 @@ def _run_service(
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
-        await serve(url, clock, stop, loops, services=[worker.run, api])
+        await serve(url, clock, stop, loops, services={"worker": worker.run, "api": api})
 
     try:
         asyncio.run(_serve())

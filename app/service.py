@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +83,10 @@ async def serve(
     clock: Clock,
     stop: asyncio.Event,
     loops: list[Loop],
-    services: Sequence[Service] = (),
+    services: Mapping[str, Service] | Sequence[Service] = (),
 ) -> None:
-    """Run `loops` against `url`, and `services` (each given `stop`), until `stop` is set.
+    """Run `loops` against `url`, and `services` (each given `stop`; named in the log by their
+    key, or their function's name), until `stop` is set.
 
     Services own their shutdown (a worker drains its jobs); loops are simply cancelled. When a
     loop or service dies, the others are stopped as if by `stop` and `background.Died` is
@@ -102,8 +103,12 @@ async def serve(
         running = [PoolLoop(pool, loop, clock) for loop in loops]
         for loop in running:
             loop.start(supervisor)
-        for service in services:
-            name = getattr(service, "__qualname__", repr(service))
+        named = (
+            services
+            if isinstance(services, Mapping)
+            else {getattr(service, "__qualname__", repr(service)): service for service in services}
+        )
+        for name, service in named.items():
             supervisor.start(name, service(stop), returns_on=stop)
         await supervisor.wait(stop)
         if supervisor.failure is not None:

@@ -675,11 +675,13 @@ class _Rescuer(Loop):
         super().__init__("rescuer", worker.clock, every, delay_first=True)
         self.worker = worker
 
+    transient = ()  # a rescue that meets an outage waits its period like any other
+
     async def run_once(self) -> None:
         try:
             await self.worker.rescue_once()
-        except psycopg.OperationalError:
-            raise  # the database is away (outage logs it): retried with backoff
+        except psycopg.OperationalError as exc:  # the database is away: outage logs it
+            log.debug("rescue failed (%s)", first_line(exc))
         except psycopg.Error as exc:
             log.warning("rescue failed (%s)", first_line(exc))
 

@@ -177,6 +177,30 @@ async def test_a_dead_ticker_loop_stops_the_service(
     assert stop.is_set() and stopped_services == ["stopped cleanly"]
 
 
+async def test_a_dead_service_stops_the_others(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`pgsched run`: the worker whose helper died raises `Died` (logged where it happened); the
+    other services stop, `serve` raises, and the traceback is not logged a second time."""
+    stopped_services: list[str] = []
+
+    async def worker(stop: asyncio.Event) -> None:
+        raise Died("heartbeat", RuntimeError("boom"))
+
+    async def api(stop: asyncio.Event) -> None:
+        await stop.wait()
+        stopped_services.append("api")
+
+    stop = asyncio.Event()
+    with pytest.raises(Died) as raised:
+        async with asyncio.timeout(15):
+            await service.serve(
+                dsn, SystemClock(), stop, [], services={"worker": worker, "api": api}
+            )
+    assert raised.value.task == "worker" and stopped_services == ["api"]
+    (record,) = [r for r in caplog.records if r.name == "pgsched.background"]
+    assert record.getMessage() == "worker stopped: heartbeat stopped unexpectedly"
+    assert record.exc_info is None
+
+
 async def test_a_failing_tick_is_logged_and_retried(
     dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
