@@ -9,7 +9,9 @@ settings it uses before it starts anything, so a bad value is one line and exit 
 
 The long-running commands (run, worker, ticker, api) started while the database is down wait for
 it and log that once; a DSN the server refuses (unknown host, role or database, bad password) is
-a configuration error, exit 2 (ADR 0022).
+a configuration error, exit 2 (ADR 0022). One whose background task dies (a bug: the heartbeat,
+a ticker loop, ...) logs it, stops and exits 70 (EX_SOFTWARE) so that a supervisor such as
+systemd or Kubernetes restarts it (ADR 0024).
 """
 
 from __future__ import annotations
@@ -31,18 +33,24 @@ from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
 from pgsched.app import settings
+from pgsched.app.background import Died
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
 from pgsched.app.settings import SettingsError
 from pgsched.otel.config import TelemetryConfigError
 
 if TYPE_CHECKING:
+    import uvicorn
+    from litestar import Litestar
+
     from pgsched.app.api.config import ApiSettings
     from pgsched.app.maintenance import Retention
     from pgsched.app.service import Service
     from pgsched.workers.worker import WorkerSettings
 
 QUEUE_NAME_MAX = 100
+# A background task died (app.background, ADR 0024): sysexits' EX_SOFTWARE, "internal error".
+EXIT_TASK_DIED = 70
 
 
 class CommandError(Exception):
@@ -236,9 +244,11 @@ def _api_service(api: ApiSettings) -> tuple[Service, str]:
     from pgsched.app.api import create_app
 
     sock = _listen(api.host, api.port)
-    server = uvicorn.Server(
+    app = create_app(api)
+    watch = _StopOnDeath(app)
+    server = watch.server = uvicorn.Server(
         uvicorn.Config(
-            create_app(api),
+            app,
             host=api.host,
             port=api.port,
             log_level="warning",
@@ -254,8 +264,26 @@ def _api_service(api: ApiSettings) -> tuple[Service, str]:
         server.should_exit = True
         stopping.cancel()
         await task
+        if watch.died is not None:  # its sampler died: `serve` stops the process (ADR 0024)
+            raise watch.died
 
     return run_api, f"http://{api.host}:{api.port}"
+
+
+class _StopOnDeath:
+    """Given to an API app as `on_background_death`: when its background task (the telemetry
+    sampler) dies, stop its server and remember why, so the command exits non-zero (ADR
+    0024). uvicorn has no other way in: the app does not know the server serving it."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.died: Died | None = None
+        self.server: uvicorn.Server | None = None
+        app.state.on_background_death = self
+
+    def __call__(self, death: Died) -> None:
+        self.died = self.died or death
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 def _run_service(
@@ -285,9 +313,13 @@ def _run_service(
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
-        await serve(url, clock, stop, loops, services=[worker.run, api])
+        await serve(url, clock, stop, loops, services={"worker": worker.run, "api": api})
 
-    asyncio.run(_serve())
+    try:
+        asyncio.run(_serve())
+    except Died as died:  # logged with its exception where it died
+        print(f"pgsched stopped: {died}", file=sys.stderr)
+        return EXIT_TASK_DIED
     print("pgsched stopped")
     return 0
 
@@ -334,7 +366,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await worker.run(stop, hard)
 
     with _telemetry("worker", env):
-        asyncio.run(_work())
+        try:
+            asyncio.run(_work())
+        except Died as died:  # logged with its exception where it died
+            print(f"pgsched worker stopped: {died}", file=sys.stderr)
+            return EXIT_TASK_DIED
     return 0
 
 
@@ -364,7 +400,11 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     with _telemetry("ticker", env):
         asyncio.run(_wait_for_database(url))  # started while it is down: wait (ADR 0022)
         asyncio.run(_with_conn(url, _install_builtins(retention)))
-        asyncio.run(_tick())
+        try:
+            asyncio.run(_tick())
+        except Died as died:  # logged with its exception where it died
+            print(f"pgsched ticker stopped: {died}", file=sys.stderr)
+            return EXIT_TASK_DIED
     print("pgsched ticker stopped", flush=True)
     return 0
 
@@ -440,9 +480,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     with _telemetry("api", env, PGSCHED_LOG_LEVEL=args.log_level):
         asyncio.run(_refuse_bad_dsn(api.database_url))
         print(f"pgsched api on http://{host}:{port} (OpenAPI at /schema/openapi.json)", flush=True)
-        server = uvicorn.Server(
+        app = create_app(api)
+        watch = _StopOnDeath(app)
+        server = watch.server = uvicorn.Server(
             uvicorn.Config(
-                create_app(api),
+                app,
                 host=host,
                 port=port,
                 log_level=args.log_level,
@@ -455,6 +497,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         )
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
             server.run(sockets=[sock])
+    if watch.died is not None:  # logged with its exception where it died
+        print(f"pgsched api stopped: {watch.died}", file=sys.stderr)
+        return EXIT_TASK_DIED
     return 0 if server.started else 3
 
 

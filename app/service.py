@@ -5,15 +5,17 @@ then serves two ticker loops plus two services with their own shutdown: a worker
 that schedule like any job) and the API. `pgsched ticker` serves the ticker loops alone. While the
 database is away a loop retries with capped backoff and jitter, so it resumes within a second or
 two of the database coming back, and the process logs the outage once (app.db.outage, ADR
-0022); any other failure is logged and retried after its period. A loop never takes the others
-down. SIGTERM or SIGINT stops everything cleanly.
+0022); any other failure of a pass is logged and retried after its period. A loop or service
+that dies (ends or raises outside that guard: a bug) is logged once with its exception and
+stops the process, which exits non-zero so that whatever runs it restarts it (app.background,
+ADR 0024). SIGTERM or SIGINT stops everything cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +23,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched import otel
-from pgsched.app import ticker
+from pgsched.app import background, ticker
+from pgsched.app.background import Supervisor
 from pgsched.app.clock import Clock
 from pgsched.app.db import outage
-from pgsched.app.db.outage import Backoff, first_line
 from pgsched.app.db.store import Conn
 from pgsched.otel import runs
 
@@ -41,20 +43,24 @@ class Loop:
     step: Callable[[Conn], Awaitable[object]]
 
 
-async def _run_loop(pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -> None:
-    backoff = Backoff()
-    while True:
+class PoolLoop(background.Loop):
+    """A `Loop`'s step on a connection from the service's pool, every period. A step that fails
+    for any reason but an outage is logged and retried a period later: one bad pass must not
+    stop the ticker. Only what escapes `run_once` kills the loop (ADR 0024)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -> None:
+        super().__init__(loop.name, clock, loop.period_seconds)
+        self.pool = pool
+        self.step = loop.step
+
+    async def run_once(self) -> None:
         try:
-            async with pool.connection() as conn:
-                await loop.step(conn)
-        except psycopg.OperationalError as exc:  # the database is away: outage logs it once
-            log.debug("%s failed (%s); retrying", loop.name, first_line(exc))
-            await clock.sleep(backoff.next())
-            continue
+            async with self.pool.connection() as conn:
+                await self.step(conn)
+        except psycopg.OperationalError:
+            raise  # the database is away (outage logs it once): retried with backoff
         except Exception:  # keep the service up; the next period retries
-            log.exception("%s failed; retrying in %ss", loop.name, loop.period_seconds)
-        backoff.reset()
-        await clock.sleep(loop.period_seconds)
+            log.exception("%s failed; retrying in %ss", self.name, self.period_seconds)
 
 
 def default_loops(clock: Clock, *, tickers: int = 2) -> list[Loop]:
@@ -77,11 +83,14 @@ async def serve(
     clock: Clock,
     stop: asyncio.Event,
     loops: list[Loop],
-    services: Sequence[Service] = (),
+    services: Mapping[str, Service] | Sequence[Service] = (),
 ) -> None:
-    """Run `loops` against `url`, and `services` (each given `stop`), until `stop` is set.
+    """Run `loops` against `url`, and `services` (each given `stop`; named in the log by their
+    key, or their function's name), until `stop` is set.
 
-    Services own their shutdown (a worker drains its jobs); loops are simply cancelled. Started
+    Services own their shutdown (a worker drains its jobs); loops are simply cancelled. When a
+    loop or service dies, the others are stopped as if by `stop` and `background.Died` is
+    raised (ADR 0024). Started
     while the database is down, it waits for it (a refused DSN raises `outage.DatabaseRefused`).
     """
     if not await outage.wait_until_available(url, stop, sleep=clock.sleep):
@@ -89,20 +98,27 @@ async def serve(
     pool = outage.pool(url, min_size=1, max_size=max(2, len(loops) + 1), name="service")
     await pool.open(wait=False)
     otel.current().watch_pool("service", pool)
+    supervisor = Supervisor()
     try:
-        tasks = [
-            asyncio.create_task(_run_loop(pool, loop, clock), name=loop.name) for loop in loops
-        ]
-        running: list[asyncio.Task[None]] = [
-            asyncio.create_task(service(stop)) for service in services
-        ]
-        await stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Services stop themselves on `stop` (the worker drains); report any that failed.
-        for result in await asyncio.gather(*running, return_exceptions=True):
-            if isinstance(result, Exception):
-                log.error("a service failed", exc_info=result)
+        running = [PoolLoop(pool, loop, clock) for loop in loops]
+        for loop in running:
+            loop.start(supervisor)
+        named = (
+            services
+            if isinstance(services, Mapping)
+            else {getattr(service, "__qualname__", repr(service)): service for service in services}
+        )
+        for name, service in named.items():
+            supervisor.start(name, service(stop), returns_on=stop)
+        await supervisor.wait(stop)
+        if supervisor.failure is not None:
+            log.error("stopping: %s died", supervisor.failure.task)
+            stop.set()  # the services stop themselves (the worker drains)
+        for loop in running:
+            await loop.stop()
+        await asyncio.gather(*supervisor.tasks.values(), return_exceptions=True)
     finally:
+        await supervisor.stop()
         await pool.close()
+    if supervisor.failure is not None:
+        raise supervisor.failure

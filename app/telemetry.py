@@ -21,6 +21,8 @@ import psycopg
 
 from pgsched import otel
 from pgsched.app import settings
+from pgsched.app.background import Died, Loop, Supervisor
+from pgsched.app.clock import Clock, SystemClock
 from pgsched.app.db.store import Conn, reads
 from pgsched.otel.logs import configure_logging
 
@@ -97,18 +99,45 @@ async def sample(conn: Conn, *, stale_seconds: float = 30.0, now: datetime | Non
     tel.observe("pgsched.sampler.timestamp", [(time.time(), {})])
 
 
-async def sample_forever(
-    connection: Callable[[], Awaitable[None]], every_seconds: float, stop: asyncio.Event
-) -> None:
-    """Call `connection` (one sample) every `every_seconds` until `stop`; failures are logged
-    and retried at the next period (the gauges then keep their last values, and
-    pgsched_sampler_timestamp_seconds shows how old they are)."""
-    while not stop.is_set():
+class Sampler(Loop):
+    """One sample (`connection`) every period. A failed sample is logged and retried at the next
+    period: the gauges keep their last values meanwhile, and pgsched_sampler_timestamp_seconds
+    shows how old they are."""
+
+    transient = ()  # an outage is a failed sample like any other: retried a period later
+
+    def __init__(
+        self, connection: Callable[[], Awaitable[None]], every_seconds: float, clock: Clock
+    ) -> None:
+        super().__init__("telemetry sampler", clock, every_seconds)
+        self.connection = connection
+
+    async def run_once(self) -> None:
         try:
-            await connection()
+            await self.connection()
         except psycopg.OperationalError as exc:  # the database is away: outage logs it once
             log.debug("metrics sample failed: %s", type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - keep sampling; the database may come back
             log.warning("metrics sample failed: %s", type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every_seconds)
+
+
+async def sample_forever(
+    connection: Callable[[], Awaitable[None]],
+    every_seconds: float,
+    stop: asyncio.Event,
+    *,
+    clock: Clock | None = None,
+    on_death: Callable[[Died], None] | None = None,
+) -> None:
+    """Call `connection` (one sample) every `every_seconds` on `clock` until `stop`. If the
+    sampler dies (a bug, not a failed sample) it is logged once with its exception, and then
+    given to `on_death` (the process stops, ADR 0024) or, without one, raised as `Died`."""
+    sampler = Sampler(connection, every_seconds, clock or SystemClock())
+    supervisor = Supervisor(on_death=on_death)
+    sampler.start(supervisor)
+    try:
+        await supervisor.wait(stop)
+    finally:
+        await supervisor.stop()
+    if supervisor.failure is not None and on_death is None:
+        raise supervisor.failure

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from pgsched.app.background import Loop
 from pgsched.app.clock import Clock
 from pgsched.app.db import store
 from pgsched.app.db.outage import Backoff, first_line
@@ -52,7 +53,10 @@ class _Pending:
     valid_until: Callable[[], float]
 
 
-class Reporter:
+class Reporter(Loop):
+    """A `Loop` (app.background) whose pass sends what has gathered: the worker supervises it
+    like its other helpers, and a reporter that died fails what waits for it (ADR 0024)."""
+
     def __init__(
         self,
         url: str,
@@ -62,7 +66,7 @@ class Reporter:
         max_batch: int = 500,
         lease_seconds: float = 30.0,
     ) -> None:
-        self.clock = clock
+        super().__init__("reporter", clock, period_seconds=0.0)
         self.lease_seconds = lease_seconds
         self.actor = actor
         self.max_batch = max_batch
@@ -70,6 +74,8 @@ class Reporter:
         self._db = DedicatedConnection(url)
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._batch: list[_Pending] = []  # being sent
+        self._closed = False
 
     async def report(
         self, report: Report, *, valid_until: Callable[[], float] | None = None
@@ -83,32 +89,34 @@ class Reporter:
         if valid_until is None:
             until = self.clock.monotonic() + self.lease_seconds
             valid_until = lambda: until  # noqa: E731
+        if self._closed:
+            raise ReportFailed("the reporter has stopped")
         future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(report, future, valid_until))
         self._wake.set()
         return await future
 
-    async def run(self) -> None:
-        """Send batches until cancelled; what is still pending then fails with ReportFailed."""
-        batch: list[_Pending] = []
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._pending:
-                    batch = self._pending[: self.max_batch]
-                    del self._pending[: len(batch)]
-                    await self._flush(batch)
-                    batch = []
-        finally:
-            # Stopped while sending (its outcome unknown: the leases decide) or before.
-            for pending in [*batch, *self._pending]:
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        ReportFailed("the worker stopped before reporting")
-                    )
-            self._pending.clear()
-            await self._db.close()
+    async def run_once(self) -> None:
+        """Wait for results, then send what has gathered, batch after batch, until none is
+        left (`run`, from app.background, repeats this until cancelled)."""
+        await self._wake.wait()
+        self._wake.clear()
+        while self._pending:
+            self._batch = self._pending[: self.max_batch]
+            del self._pending[: len(self._batch)]
+            await self._flush(self._batch)
+            self._batch = []
+
+    async def closed(self) -> None:
+        """Stopped, or died, while sending (its outcome unknown: the leases decide) or before:
+        what is still waiting fails with ReportFailed, and so does any later report."""
+        self._closed = True
+        for pending in [*self._batch, *self._pending]:
+            if not pending.future.done():
+                pending.future.set_exception(ReportFailed("the worker stopped before reporting"))
+        self._batch = []
+        self._pending.clear()
+        await self._db.close()
 
     async def _flush(self, batch: Sequence[_Pending]) -> None:
         backoff = Backoff()

@@ -17,6 +17,11 @@ A worker process is stateless; everything it knows is in PostgreSQL. Its loops:
   marked gone. Safe on every worker at once (ADRs 0004 and 0013: SKIP LOCKED and the
   state guard), so there is no leader to elect.
 
+The helpers (listener, heartbeat, lease watch, rescuer, reporter) are `app.background` loops
+under a `Supervisor`: one that dies of an unexpected exception is logged with it, the worker
+stops claiming, stops its jobs and releases their runs (their leases would no longer be
+renewed), and `run` raises `Died`, so the process exits non-zero and is restarted (ADR 0024).
+
 When the database goes away every loop retries with capped backoff and jitter, the process
 logs one line when it goes and one when it is back, and a worker started while it is down waits
 for it (app.db.outage, ADR 0022).
@@ -42,6 +47,7 @@ from importlib.metadata import PackageNotFoundError, version
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from pgsched.app.background import Died, Loop, Signals, Supervisor
 from pgsched.app.clock import Clock
 from pgsched.app.db import outage, store
 from pgsched.app.db.outage import Backoff, first_line
@@ -145,6 +151,15 @@ class Worker:
         self._report_to: Reporter | None = None
         # When the last heartbeat that renewed every lease in flight returned (monotonic).
         self._renewed_at = float("-inf")
+        self.listener = _Listener(self)
+        self.heartbeat = _Heartbeat(self)
+        self.lease_watch = _LeaseWatch(self)
+        self.rescuer = _Rescuer(self)
+        # Passed each time the claim loop goes idle (sleeps with nothing to wake it) after a
+        # pass that reached the database; `idle_after_listen` is the listener's count of
+        # LISTENs when that pass began. Tests wait on it instead of sleeping.
+        self.claim_idle = Signals()
+        self.idle_after_listen = -1
 
     @property
     def actor(self) -> str:
@@ -176,24 +191,41 @@ class Worker:
             self._report_to = Reporter(
                 self.url, clock=self.clock, actor=lambda: self.actor, lease_seconds=s.lease_seconds
             )
-            reporter = asyncio.create_task(self._report_to.run(), name="reporter")
-            helpers = [
-                asyncio.create_task(self._listen(), name="listen"),
-                asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                asyncio.create_task(self._rescue(), name="rescue"),
-            ]
+            # Every helper is supervised: one that dies ends the worker (ADR 0024).
+            helpers = Supervisor(on_death=self._helper_died)
+            for loop in self.loops():
+                loop.start(helpers)
             try:
-                await self._claim_loop(stop)
-                await self._drain(hard_stop)
+                await self._claim_loop(stop, helpers.failed)
+                await self._drain(helpers.failed if helpers.failure else hard_stop)
             finally:
                 # Every job has reported by now (_drain waits for them); the reporter goes last.
-                for task in [*helpers, reporter]:
-                    task.cancel()
-                await asyncio.gather(*helpers, reporter, return_exceptions=True)
+                for loop in self.loops():
+                    if loop is not self._report_to:
+                        await loop.stop()
+                await helpers.stop()
                 await self._claim_db.close()
             await self._set_state("stopped")
         finally:
             await self._pool.close()
+        if helpers.failure is not None:
+            raise helpers.failure
+
+    def loops(self) -> list[Loop]:
+        """The worker's background loops, in the order they stop (the reporter last)."""
+        return [self.listener, self.heartbeat, self.lease_watch, self.rescuer, self._reporter()]
+
+    def _helper_died(self, died: Died) -> None:
+        """A helper died (logged by the supervisor): its work is not done any more. Without
+        heartbeats the leases in flight would expire under running jobs, without the lease
+        watch nothing would stop them in time, without the reporter their results would be
+        lost, without rescue or the listener this worker would be a worse one. None is worth
+        running on: stop claiming (the claim loop sees `failed`), stop every job now and
+        release its run, and let `run` raise so the process exits non-zero (ADR 0024)."""
+        log.error("worker %s stops: %s died", self.worker_id, died.task)
+        for flight in list(self._inflight.values()):
+            self._stop_job(flight, "shutdown")
+        self._wake.set()
 
     async def _register(self) -> Row:
         s = self.settings
@@ -256,11 +288,14 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    async def _claim_loop(self, stop: asyncio.Event) -> None:
+    async def _claim_loop(self, stop: asyncio.Event, failed: asyncio.Event) -> None:
+        """Claim until `stop` (asked to) or `failed` (a helper died) is set."""
         s = self.settings
         limits_due = 0.0  # when to look for limited schedules and queues again
         backoff = Backoff()
-        while not stop.is_set():
+        while not (stop.is_set() or failed.is_set()):
+            listens = self.listener.listens
+            reached = False
             free = s.slots - (len(self._inflight) - self._reporting)
             claimed: list[Row] = []
             wait = s.poll_seconds
@@ -296,6 +331,7 @@ class Worker:
                             if until is not None:
                                 wait = min(wait, until)
                 backoff.reset()
+                reached = True
             except psycopg.OperationalError as exc:
                 # One line per outage comes from app.db.outage; a retry is not news.
                 log.debug("claim failed (%s); retrying", first_line(exc))
@@ -304,16 +340,19 @@ class Worker:
                 self._start(row, sent)
             if free > 0 and len(claimed) == free:
                 continue  # there may be more due right now
-            await self._sleep(wait, stop)
+            if reached and not self._wake.is_set():
+                self.idle_after_listen = listens
+                self.claim_idle.passed()
+            await self._sleep(wait, stop, failed)
 
-    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+    async def _sleep(self, seconds: float, *stops: asyncio.Event) -> None:
         """Wait for a NOTIFY, a freed slot, a stop request or `seconds`, whichever is first."""
         if self._wake.is_set():
             self._wake.clear()
             return
         waiters = [
             asyncio.create_task(self._wake.wait()),
-            asyncio.create_task(stop.wait()),
+            *(asyncio.create_task(stop.wait()) for stop in stops),
             asyncio.create_task(self.clock.sleep(seconds)),
         ]
         try:
@@ -495,71 +534,7 @@ class Worker:
             flight.stop_reason = reason
             flight.task.cancel()
 
-    # -- background loops --------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                conn = await outage.Connection.connect(self.url, autocommit=True)
-                try:
-                    await store.listen_for_runs(conn)
-                    self._wake.set()  # notifications may have been missed: look now
-                    backoff.reset()
-                    async for _ in conn.notifies():
-                        self._wake.set()
-                finally:
-                    await conn.close()
-            except asyncio.CancelledError:
-                raise
-            except psycopg.Error as exc:
-                log.debug("listener lost (%s); reconnecting", first_line(exc))
-            await self.clock.sleep(backoff.next())
-
-    async def _heartbeat(self) -> None:
-        every = self.settings.lease_seconds / 3
-        watch = asyncio.create_task(self._lease_watch(), name="lease watch")
-        try:
-            while True:
-                await self.clock.sleep(every)
-                # A failed heartbeat is retried at once (capped backoff), not a period later:
-                # every second it is late eats into the leases in flight.
-                backoff = Backoff()
-                while True:
-                    try:
-                        await self.heartbeat_once()
-                    except psycopg.OperationalError as exc:  # the database is away: outage logs it
-                        log.debug("heartbeat failed (%s); retrying", first_line(exc))
-                        await self.clock.sleep(backoff.next())
-                        continue
-                    except psycopg.Error as exc:
-                        log.warning("heartbeat failed (%s)", first_line(exc))
-                    else:
-                        # Every lease still held was renewed no later than now: an upper bound
-                        # of its expiry is now + lease_seconds (what the reporter waits for,
-                        # ADR 0022).
-                        self._renewed_at = self.clock.monotonic()
-                    break
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-
-    async def _lease_watch(self) -> None:
-        """Stop every job whose lease was not renewed in time, before it can expire.
-
-        A heartbeat that cannot reach the database (or a worker that was stopped, SIGSTOP or a
-        long pause) would otherwise let a job run on after its lease expired and another worker
-        took the run over. Separate from the heartbeat, whose statement can hang for as long
-        as the pool's connect timeout. Command jobs are also bounded by their supervisor,
-        which needs no worker for it (ADR 0020).
-        """
-        check_every = lease_margin(self.settings.lease_seconds) / 2
-        while True:
-            now = self.clock.monotonic()
-            for flight in list(self._inflight.values()):
-                if now >= flight.deadline.stop_at:
-                    self._stop_job(flight, "lease_expired")
-            await self.clock.sleep(check_every)
+    # -- background loops (classes below) ---------------------------------------------
 
     async def heartbeat_once(self) -> None:
         flights = list(self._inflight.values())
@@ -584,17 +559,6 @@ class Worker:
             flight.deadline.renewed(sent + self.settings.lease_seconds)
             if renewed["cancel_requested"]:
                 self._stop_job(flight, "cancel_requested")
-
-    async def _rescue(self) -> None:
-        # Every few seconds anyway: nothing to hurry after an outage, leases expire meanwhile.
-        while True:
-            await self.clock.sleep(self.settings.rescue_every_seconds)
-            try:
-                await self.rescue_once()
-            except psycopg.OperationalError as exc:  # the database is away: outage logs it
-                log.debug("rescue failed (%s)", first_line(exc))
-            except psycopg.Error as exc:
-                log.warning("rescue failed (%s)", first_line(exc))
 
     async def rescue_once(self) -> int:
         async with self._db() as conn:
@@ -625,3 +589,93 @@ class Worker:
         if self._pool is None:
             raise RuntimeError("the worker is not running")
         return self._pool.connection()
+
+
+class _Listener(Loop):
+    """LISTEN on `pgsched_runs` on a connection of its own; every NOTIFY wakes the claim loop.
+    Notifications are only hints (ADR 0013): after a reconnect it wakes the claim loop anyway,
+    since some may have been missed. One pass lasts as long as its connection."""
+
+    transient = (psycopg.Error,)
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__("listener", worker.clock, period_seconds=outage.BASE_SECONDS)
+        self.worker = worker
+        self.listens = 0  # LISTENs that went through, for the claim loop's idle signal
+
+    async def run_once(self) -> None:
+        conn = await outage.Connection.connect(self.worker.url, autocommit=True)
+        try:
+            await store.listen_for_runs(conn)
+            self.listens += 1
+            self.worker._wake.set()  # notifications may have been missed: look now
+            self.signals.passed()
+            async for _ in conn.notifies():
+                self.worker._wake.set()
+        finally:
+            await conn.close()
+
+
+class _Heartbeat(Loop):
+    """Every third of the lease, renew the leases in flight (`Worker.heartbeat_once`). A
+    heartbeat that cannot reach the database is retried at once with capped backoff, not a
+    period later: every second it is late eats into the leases in flight."""
+
+    def __init__(self, worker: Worker) -> None:
+        every = worker.settings.lease_seconds / 3
+        super().__init__("heartbeat", worker.clock, every, delay_first=True)
+        self.worker = worker
+
+    async def run_once(self) -> None:
+        try:
+            await self.worker.heartbeat_once()
+        except psycopg.OperationalError:
+            raise  # the database is away (outage logs it): retried with backoff
+        except psycopg.Error as exc:
+            log.warning("heartbeat failed (%s)", first_line(exc))
+            return
+        # Every lease still held was renewed no later than now: an upper bound of its expiry
+        # is now + lease_seconds (what the reporter waits for, ADR 0022).
+        self.worker._renewed_at = self.clock.monotonic()
+
+
+class _LeaseWatch(Loop):
+    """Stop every job whose lease was not renewed in time, before it can expire.
+
+    A heartbeat that cannot reach the database (or a worker that was stopped, SIGSTOP or a long
+    pause) would otherwise let a job run on after its lease expired and another worker took
+    the run over. Separate from the heartbeat, whose statement can hang for as long as the
+    pool's connect timeout. Command jobs are also bounded by their supervisor, which needs no
+    worker for it (ADR 0020).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        check_every = lease_margin(worker.settings.lease_seconds) / 2
+        super().__init__("lease watch", worker.clock, check_every)
+        self.worker = worker
+
+    async def run_once(self) -> None:
+        now = self.clock.monotonic()
+        for flight in list(self.worker._inflight.values()):
+            if now >= flight.deadline.stop_at:
+                self.worker._stop_job(flight, "lease_expired")
+
+
+class _Rescuer(Loop):
+    """Every few seconds, put runs whose lease expired back to waiting and mark silent workers
+    gone (`Worker.rescue_once`); nothing to hurry after an outage, leases expire meanwhile."""
+
+    def __init__(self, worker: Worker) -> None:
+        every = worker.settings.rescue_every_seconds
+        super().__init__("rescuer", worker.clock, every, delay_first=True)
+        self.worker = worker
+
+    transient = ()  # a rescue that meets an outage waits its period like any other
+
+    async def run_once(self) -> None:
+        try:
+            await self.worker.rescue_once()
+        except psycopg.OperationalError as exc:  # the database is away: outage logs it
+            log.debug("rescue failed (%s)", first_line(exc))
+        except psycopg.Error as exc:
+            log.warning("rescue failed (%s)", first_line(exc))

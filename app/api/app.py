@@ -82,7 +82,11 @@ async def _telemetry(app: Litestar) -> AsyncIterator[None]:
             await sample(conn, stale_seconds=settings.worker_stale_seconds)
 
     stop = asyncio.Event()
-    task = asyncio.create_task(sample_forever(once, settings.metrics_sample_seconds, stop))
+    # Whoever serves the app may ask to hear of the sampler's death (ADR 0024, app.cli).
+    on_death = app.state.get("on_background_death")
+    task = asyncio.create_task(
+        sample_forever(once, settings.metrics_sample_seconds, stop, on_death=on_death)
+    )
     try:
         yield
     finally:

@@ -4,38 +4,16 @@ the tables and the event log. The API runs as `pgsched_api`, the worker as `pgsc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from pgsched.app import ticker
-from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay
 from pgsched.app.db.store import Conn
-from pgsched.workers.worker import Worker, WorkerSettings
 from tests.api.conftest import Tokens, as_role, wait_for
-
-
-@contextlib.asynccontextmanager
-async def running_worker(dsn: str) -> AsyncIterator[Worker]:
-    settings = WorkerSettings(
-        slots=2, lease_seconds=3.0, poll_seconds=0.1, grace_seconds=5.0, rescue_every_seconds=1
-    )
-    worker = Worker(
-        as_role(dsn, "pgsched_worker"), clock=SystemClock(), settings=settings, environ={}
-    )
-    stop, hard = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, hard))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        async with asyncio.timeout(30):
-            await task
+from tests.support.worker import running_worker
 
 
 async def test_a_schedule_made_over_http_runs_and_is_visible_over_http(
@@ -59,7 +37,9 @@ async def test_a_schedule_made_over_http_runs_and_is_visible_over_http(
     assert result.created == 1
     (run_id,) = result.run_ids
 
-    async with running_worker(dsn) as worker:
+    async with running_worker(
+        as_role(dsn, "pgsched_worker"), slots=2, poll_seconds=0.1, rescue_every_seconds=1
+    ) as worker:
 
         async def finished() -> dict[str, object] | None:
             run = (await api.get(f"/v1/runs/{run_id}", headers=viewer)).json()

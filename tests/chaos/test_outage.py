@@ -76,7 +76,7 @@ async def test_a_result_finished_during_an_outage_is_recorded_and_not_run_again(
     )
     run = await trigger(db, s["id"])
     with Proxy.before(dsn) as (proxy, via):
-        async with running_worker(via, lease_seconds=30.0) as (worker, _):
+        async with running_worker(via, lease_seconds=30.0) as worker:
             await wait_state(db, run["id"], {"running"})
             proxy.down()
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,13 +36,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay
 from pgsched.app.db.store import Conn
 from pgsched.app.services import schedules
-from pgsched.workers.worker import Worker, WorkerSettings
+from pgsched.workers.worker import Worker
 from tests.conftest import ROOT
 from tests.factories import make_schedule
+from tests.support import worker as support
+from tests.support.worker import running_worker
 
 JOB = f"{__name__}:slow_then_done"
 LEASE_A = 2.0  # worker A's lease: heartbeat every 2/3 s, expiry soon after a fault
@@ -137,41 +138,20 @@ def worker_process(
         proc.wait(timeout=10)
 
 
-@contextlib.asynccontextmanager
-async def rescuer(dsn: str, **settings: Any) -> AsyncIterator[Worker]:
+def rescuer(dsn: str, **settings: Any) -> contextlib.AbstractAsyncContextManager[Worker]:
     """Worker B, in this process: rescues every 0.3 s and claims promptly."""
-    defaults: dict[str, Any] = {
-        "slots": 8,
-        "lease_seconds": 5.0,
-        "poll_seconds": 0.2,
-        "grace_seconds": 5.0,
-        "rescue_every_seconds": 0.3,
-    }
-    worker = Worker(
-        dsn, clock=SystemClock(), settings=WorkerSettings(**{**defaults, **settings}), environ={}
-    )
-    stop, hard = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, hard))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        async with asyncio.timeout(30):
-            await task
+    return running_worker(dsn, **{"slots": 8, "lease_seconds": 5.0, **settings})
 
 
 async def eventually(what: str, check: Any, *, within: float = 20.0, proc: Any = None) -> Any:
-    """Poll `await check()` until it returns something truthy; fail with `what` otherwise."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
+    """`tests.support.worker.eventually`, failing at once if the worker process `proc` exits."""
+
+    def alive() -> str | None:
         if proc is not None and proc.proc.poll() is not None:
-            pytest.fail(f"worker process exited ({proc.proc.returncode}) while waiting: {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting: {what}")
-        await asyncio.sleep(0.05)
+            return f"worker process exited ({proc.proc.returncode})"
+        return None
+
+    return await support.eventually(what, check, within=within, alive=alive)
 
 
 async def fetch(conn: Conn, query: str, params: Any = None) -> list[dict[str, Any]]:
@@ -380,7 +360,8 @@ async def test_sigstopped_worker_past_its_lease_is_fenced(
         fenced = await eventually(
             "A's late completion is fenced", fenced_recorded, within=15, proc=a
         )
-        await asyncio.sleep(0.5)  # anything else A would write, it writes now
+        # Whatever else A writes, it writes before it exits: its exit is what the checks
+        # below wait for.
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(timeout=20) == 0, "A drains and exits cleanly after SIGTERM"
         a_output = a.output()
@@ -466,7 +447,12 @@ async def test_sigkill_with_no_attempts_left_goes_dead(
                 return run["state"] not in {"waiting", "running"}
 
             await eventually("the rescue ends the run", finished, within=15)
-            await asyncio.sleep(0.5)  # a dead run must stay dead: B must not claim it again
+            # A dead run must stay dead: B looks for work twice more and must not claim it.
+            looked = b.claim_idle.passes
+            await support.signalled(
+                b.claim_idle.until(lambda: b.claim_idle.passes >= looked + 2),
+                "worker B looks for work twice more",
+            )
 
     final = (await runs(db, [run_id]))[run_id]
     evs = (await events(db, [run_id]))[run_id]
@@ -521,6 +507,8 @@ async def test_a_second_sigterm_stops_at_once_and_releases_the_runs_in_flight(
         a.proc.send_signal(signal.SIGTERM)
         await eventually("worker A drains after the first SIGTERM", a_stopping, proc=a)
         # Draining: the jobs keep running, nothing is released while the grace period lasts.
+        # A deliberate wait (there is no event for "nothing happened"): a second of the grace
+        # period passes before the checks.
         await asyncio.sleep(1.0)
         assert a.proc.poll() is None, "the first SIGTERM only drains"
         assert {r["state"] for r in (await runs(db, ids)).values()} == {"running"}

@@ -3,7 +3,6 @@ the API on the test database, and a worker in-process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -16,9 +15,8 @@ from litestar.testing import AsyncTestClient
 
 from pgsched import otel
 from pgsched.app.api import create_app
-from pgsched.app.clock import SystemClock
 from pgsched.otel.config import TelemetryConfig
-from pgsched.workers.worker import Executor, Worker, WorkerSettings
+from pgsched.workers.worker import Executor, Worker
 from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API tests
     Tokens,
     auth,
@@ -27,6 +25,7 @@ from tests.api.conftest import (  # noqa: F401 - fixtures shared with the API te
     settings_for,
 )
 from tests.otel.receiver import Receiver, otlp_receiver
+from tests.support import worker as support
 
 
 def promtool() -> str | None:
@@ -77,32 +76,13 @@ async def traced_api(
         yield client
 
 
-@contextlib.asynccontextmanager
-async def running_worker(
+def running_worker(
     dsn: str,
     environ: dict[str, str] | None = None,
     executor: Executor | None = None,
     **settings: Any,
-) -> AsyncIterator[Worker]:
-    defaults: dict[str, Any] = {
-        "slots": 2,
-        "lease_seconds": 3.0,
-        "poll_seconds": 0.1,
-        "grace_seconds": 5.0,
-        "rescue_every_seconds": 0.3,
-    }
-    worker = Worker(
-        dsn,
-        clock=SystemClock(),
-        settings=WorkerSettings(**{**defaults, **settings}),
-        environ=environ or {},
-        **({"executor": executor} if executor is not None else {}),
+) -> contextlib.AbstractAsyncContextManager[Worker]:
+    """`tests.support.worker.running_worker` with two slots polling every 0.1 s."""
+    return support.running_worker(
+        dsn, environ=environ, executor=executor, **{"slots": 2, "poll_seconds": 0.1, **settings}
     )
-    stop, hard = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, hard))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        async with asyncio.timeout(30):
-            await task

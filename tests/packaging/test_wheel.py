@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+# What a wheel is built from: the Dockerfile's build stage copies the same.
+SOURCES = ("pyproject.toml", "README.md", "pgsched", "app", "workers", "otel", "alembic", "sql")
 # Building the wheel and installing its dependencies into a fresh venv can take minutes cold.
 pytestmark = pytest.mark.timeout(900)
 
@@ -45,9 +48,22 @@ def leave_mark(path: str, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built from a copy of what the Dockerfile copies (the sources, not a checkout's build/
+    leftovers, which setuptools would pack too)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(
+                ROOT / name,
+                source / name,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        else:
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=300,

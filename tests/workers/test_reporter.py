@@ -33,7 +33,7 @@ async def _waiting_runs(conn: Conn, n: int) -> int:
 async def test_a_busy_worker_reports_many_runs_per_statement(db: Conn, dsn: str) -> None:
     n = 400
     await _waiting_runs(db, n)
-    async with running_worker(dsn, slots=64) as (worker, _):
+    async with running_worker(dsn, slots=64) as worker:
         for _ in range(600):
             if worker.stats.succeeded == n:
                 break
@@ -122,7 +122,7 @@ async def test_limits_hold_while_unlimited_runs_take_the_fast_claim(db: Conn, ds
     await cover_last_month(db)  # the runs below are due up to 20 ms ago: see _waiting_runs
     await store.set_queue_limit(db, "narrow", 1, actor="t", now=None)
     async with (
-        running_worker(dsn, slots=8, poll_seconds=0.2) as (fast, _),
+        running_worker(dsn, slots=8, poll_seconds=0.2) as fast,
         running_worker(dsn, slots=4, queues=("narrow",), poll_seconds=0.2),
     ):
         await asyncio.sleep(0.3)  # the first worker's first look finds nothing limited
@@ -206,7 +206,7 @@ async def test_an_abandoned_result_is_one_line_naming_run_and_attempt(
     run = await trigger(db, s["id"])
     caplog.set_level(logging.INFO, logger="pgsched")
     with Proxy.before(dsn) as (proxy, via):
-        async with running_worker(via, lease_seconds=2.0) as (worker, _):
+        async with running_worker(via, lease_seconds=2.0) as worker:
             await wait_state(db, run["id"], {"running"})
             proxy.down()
             # The job ends, its lease (2 s, not renewed while the database is away) runs out.

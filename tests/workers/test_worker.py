@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from pgsched.app import ticker
-from pgsched.app.clock import SystemClock
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
 from pgsched.app.services import schedules
-from pgsched.workers.worker import Worker, WorkerSettings
 from tests.factories import make_schedule
 from tests.support import store as test_store
+from tests.support.worker import running_worker, signalled, wait_state
 
 JOBS = "tests.workers.jobs_for_tests"
 
@@ -26,45 +23,9 @@ def python_job(dsn: str, fn: str, **kwargs: Any) -> dict[str, Any]:
     return {"target": f"{JOBS}:{fn}", "kwargs": {"dsn": dsn, **kwargs}}
 
 
-@contextlib.asynccontextmanager
-async def running_worker(dsn: str, **settings: Any) -> AsyncIterator[tuple[Worker, asyncio.Event]]:
-    defaults: dict[str, Any] = {
-        "slots": 4,
-        "lease_seconds": 3.0,
-        "poll_seconds": 0.2,
-        "grace_seconds": 5.0,
-        "rescue_every_seconds": 0.3,
-    }
-    worker = Worker(
-        dsn, clock=SystemClock(), settings=WorkerSettings(**{**defaults, **settings}), environ={}
-    )
-    stop, hard = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, hard))
-    try:
-        yield worker, stop
-    finally:
-        stop.set()
-        async with asyncio.timeout(30):
-            await task
-
-
 async def trigger(conn: Conn, schedule_id: int) -> dict[str, Any]:
     run, _ = await schedules.trigger(conn, schedule_id, actor="test", now=None)
     return run
-
-
-async def wait_state(
-    conn: Conn, run_id: int, states: set[str], within: float = 15
-) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        run = await test_store.get_run(conn, run_id)
-        assert run is not None
-        if run["state"] in states:
-            return run
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"run {run_id} stayed {run['state']}, wanted {states}")
-        await asyncio.sleep(0.05)
 
 
 async def log(conn: Conn) -> list[tuple[str, str]]:
@@ -93,7 +54,7 @@ async def test_a_scheduled_run_is_executed_once_and_recorded(db: Conn, dsn: str)
     )
     await ticker.tick(db, now=None)
     (run_id,) = [r["id"] for r in await _runs(db, s["id"])]
-    async with running_worker(dsn) as (worker, _):
+    async with running_worker(dsn) as worker:
         run = await wait_state(db, run_id, {"succeeded"})
     assert run["outcome"]["status"] == "succeeded" and run["outcome"]["output"] == "'done'"
     assert run["outcome"]["schedule_version"] == 1 and run["attempt"] == 1
@@ -215,7 +176,7 @@ async def test_worker_reconnects_after_its_connections_are_terminated(db: Conn, 
     s = await make_schedule(
         db, now=datetime.now(UTC), job_type="python", payload=python_job(dsn, "ok")
     )
-    async with running_worker(dsn) as (worker, _):
+    async with running_worker(dsn) as worker:
         first = await trigger(db, s["id"])
         await wait_state(db, first["id"], {"succeeded"})
         cur = await db.execute(
@@ -258,7 +219,7 @@ async def test_a_lease_lost_mid_run_abandons_the_attempt_with_evidence(db: Conn,
         retry_delay_seconds=60,
     )
     run = await trigger(db, s["id"])
-    async with running_worker(dsn, lease_seconds=1.5, rescue_every_seconds=60) as (worker, _):
+    async with running_worker(dsn, lease_seconds=1.5, rescue_every_seconds=60) as worker:
         await wait_state(db, run["id"], {"running"})
         # As if this worker had stalled: its lease runs out and a rescuer takes the run back.
         await db.execute(
@@ -266,10 +227,11 @@ async def test_a_lease_lost_mid_run_abandons_the_attempt_with_evidence(db: Conn,
             [run["id"]],
         )
         assert len(await store.rescue_expired(db, limit=10, actor="rescuer", now=None)) == 1
-        for _ in range(100):  # the next heartbeat (every 0.5 s) notices
-            if worker.stats.fenced:
-                break
-            await asyncio.sleep(0.05)
+        # The next heartbeat (every 0.5 s) notices, and the job's task records it.
+        await signalled(
+            worker.heartbeat.signals.until(lambda: worker.stats.fenced > 0),
+            "the heartbeat finds the lease lost",
+        )
     cur = await db.execute(
         "SELECT meta->>'transition' AS t, (meta->>'attempt')::int AS a FROM pgsched.event "
         "WHERE type = 'run.completion_fenced' AND stream_id = %s",
@@ -286,7 +248,7 @@ async def test_the_worker_listens_again_after_its_connections_are_terminated(
     """ADR 0013: notifications are hints, and after a reconnect the worker LISTENs again. With
     a 30 s poll, a run made after every backend of the worker was terminated starts at once
     only if the ticker's NOTIFY reaches a listener that came back."""
-    async with running_worker(dsn, poll_seconds=30.0, lease_seconds=30.0) as (worker, _):
+    async with running_worker(dsn, poll_seconds=30.0, lease_seconds=30.0) as worker:
         listener = await _listener_pid(db, within=10)
         cur = await db.execute(
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
@@ -294,9 +256,15 @@ async def test_the_worker_listens_again_after_its_connections_are_terminated(
         )
         assert (await cur.fetchone() or {})["n"] >= 2, "the pool's and the listener's"
         relistened = await _listener_pid(db, within=10, other_than=listener)
+
         # Let the wake-up that follows a reconnect, and the claim retries after the broken
-        # claim connection, settle: from here on only a NOTIFY can wake the claim loop early.
-        await asyncio.sleep(2.0)
+        # claim connection, settle: once the claim loop is idle after a pass that began after
+        # the listener's last LISTEN, only a NOTIFY can wake it early.
+        def settled() -> bool:
+            listens = worker.listener.listens
+            return listens >= 2 and worker.idle_after_listen == listens
+
+        await signalled(worker.claim_idle.until(settled), "the claim loop idles after relisten")
         now = datetime.now(UTC)
         s = await make_schedule(
             db, now=now, job_type="noop", kind="once", interval_seconds=None, run_at=now
