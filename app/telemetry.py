@@ -40,7 +40,13 @@ def start(role: str, env: Mapping[str, str]) -> otel.Telemetry:
     # psycopg_pool warns at every failed reconnection attempt (one a second or two per
     # connection while the database is away); app.db.outage says it once per outage instead.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    telemetry = otel.setup(config)
+    try:
+        telemetry = otel.setup(config)
+    except OSError as exc:  # the /metrics server could not listen (a bad host, a busy port)
+        raise settings.SettingsError(
+            "PGSCHED_METRICS_HOST/PGSCHED_METRICS_PORT: cannot serve /metrics on "
+            f"{config.metrics_host}:{config.metrics_port} ({exc.strerror or exc})"
+        ) from None
     if telemetry.metrics_port is not None:
         log.info("metrics on http://%s:%s/metrics", config.metrics_host, telemetry.metrics_port)
     return telemetry

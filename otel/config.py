@@ -59,10 +59,18 @@ class TelemetryConfig:
             metrics_endpoint=_endpoint(env, "METRICS", "v1/metrics"),
             metric_export_interval_ms=_positive_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000),
             metrics_port=metrics_port,
-            metrics_host=env.get("PGSCHED_METRICS_HOST", "127.0.0.1"),
+            metrics_host=_host(env, "PGSCHED_METRICS_HOST", "127.0.0.1"),
             disabled=disabled,
             trace_sql=_flag(env, "PGSCHED_TRACE_SQL", default=True),
         )
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    """An address to listen on: blank is refused, not read as every interface."""
+    raw = env.get(name, default)
+    if not raw.strip():
+        raise TelemetryConfigError(f"{name} must be a host name or address, got {raw!r}")
+    return raw.strip()
 
 
 def _endpoint(env: Mapping[str, str], signal: str, path: str) -> str | None:

@@ -9,6 +9,7 @@ table in step with the names app.settings and otel.config mention.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -56,6 +57,7 @@ TABLE = [
     Bad("PGSCHED_ARCHIVE_DIR", "/dev/null", "maintain", "must be a directory"),
     # telemetry
     Bad("PGSCHED_METRICS_PORT", "abc", "worker", "must be a port number 0..65535"),
+    Bad("PGSCHED_METRICS_HOST", " ", "ticker", "must be a host name or address, got ' '"),
     Bad("PGSCHED_LOG_FORMAT", "xml", "ticker", "must be one of auto, json, text, got 'xml'"),
     Bad("PGSCHED_LOG_LEVEL", "loud", "maintain", "must be one of DEBUG, INFO"),
     Bad("PGSCHED_TRACE_SQL", "maybe", "worker", "must be true or false, got 'maybe'"),
@@ -74,7 +76,6 @@ TABLE = [
 # a service name) or, per the OpenTelemetry specification, anything but "true" is false.
 ANY_VALUE = {
     "PGSCHED_HTTP_TRUSTED_PROXIES",  # uvicorn takes IPs, networks and literal names
-    "PGSCHED_METRICS_HOST",
     "OTEL_SERVICE_NAME",
     "OTEL_SDK_DISABLED",
     "PGSCHED_SQL_JOB_PASSWORD",  # a password, sent when a sql job logs in
@@ -213,3 +214,26 @@ def test_the_command_refuses_a_bad_value_in_one_line(dsn: str, bad: Bad) -> None
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("pgsched: "), lines[0]
     _one_line(lines[0], bad)
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"), [("127.0.0.1", "in use"), ("no-such-host.invalid", "cannot serve")]
+)
+def test_metrics_that_cannot_listen_are_one_line(dsn: str, host: str, reason: str) -> None:
+    """Valid-looking values the system refuses: a busy port, a host that does not resolve."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        out = _cli(
+            dsn,
+            "worker",
+            OTEL_SDK_DISABLED="false",
+            PGSCHED_METRICS_PORT=port,
+            PGSCHED_METRICS_HOST=host,
+        )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("pgsched: PGSCHED_METRICS_HOST/PGSCHED_METRICS_PORT: cannot serve")
+    assert reason in lines[0].lower() or reason == "cannot serve", lines[0]

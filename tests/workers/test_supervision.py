@@ -25,11 +25,11 @@ import pytest
 from pgsched.app import service, telemetry
 from pgsched.app.background import Died, Loop
 from pgsched.app.clock import FakeClock, SystemClock
-from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.workers.worker import Worker
 from tests.conftest import ROOT
 from tests.factories import make_schedule
+from tests.support import store as test_store
 from tests.support.worker import eventually, signalled, started_worker, wait_state
 from tests.workers.test_worker import event_types, log, python_job, trigger
 
@@ -116,7 +116,7 @@ async def test_a_dead_helper_stops_the_worker_and_releases_its_job(
     # The job was stopped at once, not after its 30 s nor a 30 s grace period, and its run
     # released: back to waiting, its attempt not consumed, claimable by another worker.
     assert [n for _, n in await log(db)] == ["start"], "the job did not run to its end"
-    after = await store.get_run(db, run["id"])
+    after = await test_store.get_run(db, run["id"])
     assert after is not None
     assert after["state"] == "waiting" and after["lease_expires_at"] is None
     assert await event_types(db, run["id"]) == ["run.created", "run.claimed", "run.released"]
