@@ -81,6 +81,7 @@ class Loop:
         self.delay_first = delay_first
         self.signals = Signals()
         self._task: asyncio.Task[None] | None = None
+        self._ran = False  # run() began: its `finally` calls closed()
 
     async def run_once(self) -> None:
         raise NotImplementedError
@@ -89,6 +90,7 @@ class Loop:
         """Release what the loop holds; called once, however it ended."""
 
     async def run(self) -> None:
+        self._ran = True
         try:
             if self.delay_first:
                 await self.clock.sleep(self.period_seconds)
@@ -121,6 +123,9 @@ class Loop:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if not self._ran:  # cancelled before its first step: run()'s `finally` never ran
+            self._ran = True
+            await self.closed()
 
 
 class Died(RuntimeError):
@@ -154,6 +159,10 @@ class Supervisor:
         *,
         returns_on: asyncio.Event | None = None,
     ) -> asyncio.Task[None]:
+        if name in self.tasks and not self.tasks[name].done():
+            coro.close()
+            # Under one name, the first task would no longer be stopped or waited for.
+            raise ValueError(f"a task named {name!r} is already running")
         task = asyncio.create_task(coro, name=name)
         self.tasks[name] = task
 

@@ -103,12 +103,7 @@ async def serve(
         running = [PoolLoop(pool, loop, clock) for loop in loops]
         for loop in running:
             loop.start(supervisor)
-        named = (
-            services
-            if isinstance(services, Mapping)
-            else {getattr(service, "__qualname__", repr(service)): service for service in services}
-        )
-        for name, service in named.items():
+        for name, service in _named(services).items():
             supervisor.start(name, service(stop), returns_on=stop)
         await supervisor.wait(stop)
         if supervisor.failure is not None:
@@ -122,3 +117,19 @@ async def serve(
         await pool.close()
     if supervisor.failure is not None:
         raise supervisor.failure
+
+
+def _named(services: Mapping[str, Service] | Sequence[Service]) -> dict[str, Service]:
+    """Each service under a name of its own: its qualified name, numbered when it repeats (two
+    workers in one process are two tasks, not one)."""
+    if isinstance(services, Mapping):
+        return dict(services)
+    named: dict[str, Service] = {}
+    for service in services:
+        base = getattr(service, "__qualname__", repr(service))
+        name, n = base, 1
+        while name in named:
+            n += 1
+            name = f"{base}-{n}"
+        named[name] = service
+    return named

@@ -610,8 +610,13 @@ class _Listener(Loop):
             self.listens += 1
             self.worker._wake.set()  # notifications may have been missed: look now
             self.signals.passed()
-            async for _ in conn.notifies():
-                self.worker._wake.set()
+            try:
+                async for _ in conn.notifies():
+                    self.worker._wake.set()
+            except psycopg.Error as exc:
+                # The connection broke after LISTEN went through: this pass did its work, so
+                # the reconnect starts again from the shortest wait, not a growing backoff.
+                log.debug("listener lost (%s); reconnecting", first_line(exc))
         finally:
             await conn.close()
 

@@ -336,3 +336,85 @@ def test_the_command_exits_70_when_a_loop_dies(
     output = done.stdout + done.stderr
     assert done.returncode == 70, output
     assert f"{task} died" in output and "RuntimeError: boom" in output, output
+
+
+# -- the loop machinery's own promises ----------------------------------------------------------
+
+
+class _Recorded(SystemClock):
+    """The system clock, remembering every sleep a loop asked for."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await super().sleep(seconds)
+
+
+async def test_a_listener_whose_connection_breaks_reconnects_without_growing_backoff(
+    dsn: str, db: Conn
+) -> None:
+    """After a LISTEN went through, a broken connection is the pass's normal end: the next
+    LISTEN comes a short period later every time, not after a backoff that grows with each
+    break over the life of the process."""
+    from pgsched.workers.worker import _Listener
+
+    clock = _Recorded()
+    listener = _Listener(Worker(dsn, clock=clock))
+    task = asyncio.create_task(listener.run())
+    try:
+        for listens in range(1, 5):
+            await listener.signals.until(lambda n=listens: listener.listens >= n)
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
+                " AND pid <> pg_backend_pid()"
+            )
+        await listener.signals.until(lambda: listener.listens >= 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert clock.sleeps, "the listener never slept between connections"
+    assert set(clock.sleeps) == {listener.period_seconds}, clock.sleeps
+
+
+async def test_a_loop_stopped_before_its_first_step_is_still_closed() -> None:
+    class Holder(Loop):
+        closings = 0
+
+        async def run_once(self) -> None:
+            pass
+
+        async def closed(self) -> None:
+            self.closings += 1
+
+    from pgsched.app.background import Supervisor
+
+    loop = Holder("holder", SystemClock(), 1.0)
+    loop.start(Supervisor())
+    await loop.stop()  # before the task ever ran
+    assert loop.closings == 1
+    await loop.stop()
+    assert loop.closings == 1, "closed() runs once"
+
+
+async def test_two_live_tasks_cannot_share_a_name() -> None:
+    from pgsched.app.background import Supervisor
+
+    supervisor = Supervisor()
+    gate = asyncio.Event()
+    supervisor.start("worker", gate.wait())
+    second = gate.wait()
+    with pytest.raises(ValueError, match="already running"):
+        supervisor.start("worker", second)
+    await supervisor.stop()
+
+
+def test_services_of_one_name_are_numbered_not_dropped() -> None:
+    async def worker_run(stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    named = service._named([worker_run, worker_run, worker_run])
+    assert len(named) == 3
+    assert list(named.values()) == [worker_run] * 3
