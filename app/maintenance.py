@@ -249,7 +249,7 @@ async def run_builtin(
     return ", ".join(f"{a} {n}" for a, n in counts.items())
 
 
-def _builtin_job(retention: Retention) -> dict[str, Any]:
+def builtin_job(retention: Retention) -> dict[str, Any]:
     """The built-in schedule's job: run_builtin with the retention (and archive directory)."""
     kwargs: dict[str, object] = {
         "months_ahead": retention.months_ahead,
@@ -267,12 +267,7 @@ def _builtin_job(retention: Retention) -> dict[str, Any]:
     }
 
 
-def builtin_fields(retention: Retention, now: datetime) -> dict[str, Any]:
-    """The whole built-in schedule, as it is installed at `now` (the database's instant)."""
-    return schedule.builtin_definition(_builtin_job(retention), now)
-
-
 async def ensure_builtin_schedule(conn: Conn, retention: Retention, *, now: datetime | None) -> Row:
     """Install (or bring up to date) the hourly maintenance schedule; idempotent (see
     app.services.schedules.install_builtin)."""
-    return await schedules.install_builtin(conn, _builtin_job(retention), now=now)
+    return await schedules.install_builtin(conn, builtin_job(retention), now=now)

@@ -3,8 +3,8 @@
 An entry point hands the process's environment, as a mapping, to the section functions below:
 `pgsched` (app.cli) calls `environment()` once per command, `create_app()` with no arguments
 does the same under `uvicorn --factory`, alembic's env.py asks `sqlalchemy_url()`. Nothing else
-in app/, workers/ or otel/ reads `os.environ`, and nothing writes it
-(tests/unit/test_settings_boundary.py keeps it so).
+in app/, workers/ or otel/ reads `os.environ` (app.localpg hands it on, whole, to the pg_ctl it
+starts), and nothing writes it (tests/unit/test_settings_boundary.py keeps it so).
 
 Each command parses the sections it uses before it starts anything. A bad value is a
 `SettingsError` whose message is one line naming the variable, what it accepts and what it got

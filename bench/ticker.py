@@ -13,8 +13,8 @@ server):
    `pgsched migrate` does (`app.cli.migrate`);
 2. per size N, copies it (CREATE DATABASE … TEMPLATE) and seeds N schedules with one set-based
    statement (SEED_SCHEDULES below): kind 'cron', `* * * * *` UTC, job type 'noop', every other
-   column from `app.schedule.DEFAULTS`, next_due_at = B (a whole minute, now + 2 min), and the
-   matching `schedule.created` events, exactly as the store's create_schedule writes them; then
+   column from `app.domain.schedule.DEFAULTS`, next_due_at = B (a whole minute, now + 2 min), and
+   the matching `schedule.created` events, exactly as the store's create_schedule writes them; then
    VACUUM ANALYZE. The store's one-row-per-call path would take minutes for 100k;
 3. per repeat and per batch size, copies the seeded database again (so every measurement starts
    from the same state) and times, on one autocommit connection:
@@ -197,7 +197,7 @@ async def connection(url: str) -> AsyncIterator[Conn]:
 
 
 def _check_seed_columns() -> None:
-    """SEED_SCHEDULES must set every column app.schedule.DEFAULTS knows (it may grow)."""
+    """SEED_SCHEDULES must set every column app.domain.schedule.DEFAULTS knows (it may grow)."""
     listed = SEED_SCHEDULES.split("INSERT INTO pgsched.schedule (", 1)[1].split(")", 1)[0]
     columns = {c.strip() for c in listed.split(",")}
     if missing := set(schedule.DEFAULTS) - columns:
@@ -610,7 +610,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "batches": args.batches,
             "tickers": args.tickers,
             "fk": args.fk,
-            "schedule": "cron '* * * * *' UTC, job_type noop, app.schedule.DEFAULTS otherwise",
+            "schedule": (
+                "cron '* * * * *' UTC, job_type noop, app.domain.schedule.DEFAULTS otherwise"
+            ),
             "boundary": boundary.isoformat(),
         },
         "target": "100k schedules in under 2 s per boundary; per-schedule cost flat or falling",

@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator
 from psycopg.rows import dict_row
 
 from pgsched.app.db import store
-from pgsched.app.db.outage import Connection, first_line
+from pgsched.app.db.outage import Connection
 from pgsched.app.db.store import Conn
 
-# first_line moved to app.db.outage; still importable from here.
-__all__ = ["DedicatedConnection", "configure_session", "first_line"]
+__all__ = ["DedicatedConnection", "configure_session"]
 
 
 async def configure_session(conn: Conn) -> None:

@@ -123,13 +123,14 @@ def _builtin(dsn: str) -> tuple[str, list[tuple[str, object]]]:
 
 def test_0018_moves_the_builtin_target_into_the_package_and_back(empty_dsn: str) -> None:
     from pgsched.app.db.store import jsonb
-    from pgsched.app.maintenance import BUILTIN_TARGET, Retention, builtin_fields
+    from pgsched.app.domain.schedule import builtin_definition
+    from pgsched.app.maintenance import BUILTIN_TARGET, Retention, builtin_job
 
     migrate(empty_dsn, "0017")
     # The built-in as a release at 0017 installed it: the same schedule, the old import path.
     with psycopg.connect(empty_dsn, autocommit=True) as c:
         now = c.execute("SELECT now()").fetchone()[0]
-        fields = builtin_fields(Retention(), now)
+        fields = builtin_definition(builtin_job(Retention()), now)
         fields["payload"]["target"] = OLD_TARGET
         c.execute(
             "SELECT pgsched.install_builtin_maintenance_v1(%s::jsonb)",

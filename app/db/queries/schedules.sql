@@ -18,7 +18,7 @@ WITH s AS (
            CASE WHEN d.enabled THEN NULL ELSE coalesce(%(now)s::timestamptz, now()) END,
            d.next_due_at,
            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
-    -- `fields` carries every column; app.schedules fills the defaults (one place).
+    -- `fields` carries every column; app.domain.schedule.complete fills the defaults (one place).
     FROM jsonb_populate_record(NULL::pgsched.schedule,
         %(fields)s::jsonb) d
     RETURNING *
