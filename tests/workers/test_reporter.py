@@ -16,7 +16,8 @@ from pgsched.workers.reporter import Reporter, ReportFailed
 from tests.chaos.proxy import Proxy
 from tests.factories import cover_last_month, make_schedule
 from tests.support import store as test_store
-from tests.workers.test_worker import python_job, running_worker, trigger, wait_state
+from tests.support.worker import eventually, running_worker, signalled, wait_state
+from tests.workers.test_worker import python_job, trigger
 
 
 async def _waiting_runs(conn: Conn, n: int) -> int:
@@ -34,10 +35,11 @@ async def test_a_busy_worker_reports_many_runs_per_statement(db: Conn, dsn: str)
     n = 400
     await _waiting_runs(db, n)
     async with running_worker(dsn, slots=64) as worker:
-        for _ in range(600):
-            if worker.stats.succeeded == n:
-                break
-            await asyncio.sleep(0.05)
+
+        async def all_done() -> bool:
+            return worker.stats.succeeded == n
+
+        await eventually(f"{n} runs succeeded", all_done, within=30)
         batches = worker._reporter().batches
     assert worker.stats.succeeded == n and worker.stats.fenced == 0
     cur = await db.execute(
@@ -125,20 +127,24 @@ async def test_limits_hold_while_unlimited_runs_take_the_fast_claim(db: Conn, ds
         running_worker(dsn, slots=8, poll_seconds=0.2) as fast,
         running_worker(dsn, slots=4, queues=("narrow",), poll_seconds=0.2),
     ):
-        await asyncio.sleep(0.3)  # the first worker's first look finds nothing limited
+        await signalled(
+            fast.claim_idle.until(lambda: fast.claim_idle.passes >= 1),
+            "the first worker's first look, which finds nothing limited",
+        )
         due = datetime.now(UTC)
         for s, n in ((capped, 6), (queued, 3), (free, 20)):
             dues = [due - timedelta(milliseconds=k) for k in range(n)]
             await store.insert_runs(
                 db, [(s["id"], d, d) for d in dues], origin="backfill", actor="t", now=None
             )
-        for _ in range(300):
+
+        async def all_succeeded() -> bool:
             cur = await db.execute(
                 "SELECT count(*) AS n FROM pgsched.run WHERE state <> 'succeeded'"
             )
-            if (await cur.fetchone() or {}).get("n") == 0:
-                break
-            await asyncio.sleep(0.05)
+            return (await cur.fetchone() or {}).get("n") == 0
+
+        await eventually("every run succeeded", all_succeeded, within=15)
     cur = await db.execute("SELECT state, count(*) AS n FROM pgsched.run GROUP BY state")
     assert await cur.fetchall() == [{"state": "succeeded", "n": 29}]
     assert await _most_at_once(db, "r.schedule_id = %s", [capped["id"]]) == 2
@@ -210,11 +216,11 @@ async def test_an_abandoned_result_is_one_line_naming_run_and_attempt(
             await wait_state(db, run["id"], {"running"})
             proxy.down()
             # The job ends, its lease (2 s, not renewed while the database is away) runs out.
-            for _ in range(200):
-                if worker.stats.claimed and not worker._inflight:
-                    break
-                await asyncio.sleep(0.05)
-            assert not worker._inflight, "the result was given up once the lease ran out"
+
+            async def given_up() -> bool:
+                return bool(worker.stats.claimed) and not worker._inflight
+
+            await eventually("the result given up once the lease ran out", given_up, within=10)
             proxy.up()
             # Rescued and run again: the at-least-once path, now only past the lease.
             done = await wait_state(db, run["id"], {"succeeded"}, within=20)

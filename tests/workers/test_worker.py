@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,7 @@ from pgsched.app.db.store import Conn
 from pgsched.app.services import schedules
 from tests.factories import make_schedule
 from tests.support import store as test_store
-from tests.support.worker import running_worker, signalled, wait_state
+from tests.support.worker import eventually, running_worker, signalled, wait_state
 
 JOBS = "tests.workers.jobs_for_tests"
 
@@ -281,17 +280,19 @@ async def test_the_worker_listens_again_after_its_connections_are_terminated(
 
 async def _listener_pid(db: Conn, *, within: float, other_than: int | None = None) -> int:
     """The backend of the worker's listener: the session whose last statement was LISTEN."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
+
+    async def listening() -> int | None:
         cur = await db.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND query ILIKE 'LISTEN %%pgsched_runs%%' AND pid <> coalesce(%s, 0)",
             [other_than],
         )
         rows = await cur.fetchall()
-        if rows:
-            (row,) = rows
-            return int(row["pid"])
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail("no session of the worker is listening on pgsched_runs")
-        await asyncio.sleep(0.05)
+        if not rows:
+            return None
+        (row,) = rows
+        return int(row["pid"])
+
+    return await eventually(
+        "a session of the worker listening on pgsched_runs", listening, within=within
+    )
