@@ -37,18 +37,20 @@ Service = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
-class Loop:
+class Periodic:
+    """What a ticker loop does: `step` on a pooled connection every `period_seconds`."""
+
     name: str
     period_seconds: float
     step: Callable[[Conn], Awaitable[object]]
 
 
 class PoolLoop(background.Loop):
-    """A `Loop`'s step on a connection from the service's pool, every period. A step that fails
+    """A `Periodic` step on a connection from the service's pool, every period. A step that fails
     for any reason but an outage is logged and retried a period later: one bad pass must not
     stop the ticker. Only what escapes `run_once` kills the loop (ADR 0024)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], loop: Loop, clock: Clock) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Conn], loop: Periodic, clock: Clock) -> None:
         super().__init__(loop.name, clock, loop.period_seconds)
         self.pool = pool
         self.step = loop.step
@@ -63,7 +65,7 @@ class PoolLoop(background.Loop):
             log.exception("%s failed; retrying in %ss", self.name, self.period_seconds)
 
 
-def default_loops(clock: Clock, *, tickers: int = 2) -> list[Loop]:
+def default_loops(clock: Clock, *, tickers: int = 2) -> list[Periodic]:
     async def materialise(conn: Conn) -> object:
         with runs.ticking() as tick:  # the tick's span and metrics (otel.runs)
             result = await ticker.tick(conn, now=clock.db_now(), actor="ticker")
@@ -75,14 +77,14 @@ def default_loops(clock: Clock, *, tickers: int = 2) -> list[Loop]:
     # which spreads the server's work over two backends (ADR 0011); on a quiet one the second
     # finds nothing to do. Partition maintenance is not a loop: it is the built-in schedule
     # pgsched.maintenance.
-    return [Loop(f"ticker-{n}", 0.5, materialise) for n in range(1, tickers + 1)]
+    return [Periodic(f"ticker-{n}", 0.5, materialise) for n in range(1, tickers + 1)]
 
 
 async def serve(
     url: str,
     clock: Clock,
     stop: asyncio.Event,
-    loops: list[Loop],
+    loops: list[Periodic],
     services: Mapping[str, Service] | Sequence[Service] = (),
 ) -> None:
     """Run `loops` against `url`, and `services` (each given `stop`; named in the log by their

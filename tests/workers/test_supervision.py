@@ -215,7 +215,7 @@ async def test_a_failing_tick_is_logged_and_retried(
             stop.set()
         raise ValueError("a bad tick")
 
-    loop = service.Loop("ticker-x", 0.01, bad_step)
+    loop = service.Periodic("ticker-x", 0.01, bad_step)
     async with asyncio.timeout(15):
         await service.serve(dsn, SystemClock(), stop, [loop])
     assert calls >= 3
