@@ -76,6 +76,12 @@ async def update(
         if any(k in patch for k in schedule.TIMING):
             given = {k: patch.get(k) for k in schedule.TIMING}
             fields |= schedule.timing(given)
+            if schedule.is_job(fields) and not schedule.is_job(row):
+                # Clearing a schedule's timing is far likelier a mistake than a wish to stop
+                # it for good (pause, or delete, says that); a job definition is created so.
+                raise InvalidDefinition(
+                    "cron", "exactly one of cron, interval_seconds and run_at must have a value"
+                )
         fields |= {k: v for k, v in patch.items() if k not in schedule.TIMING}
         spec = schedule.check(fields, created_at=row["created_at"])
         changed = schedule.changes(row, fields)
