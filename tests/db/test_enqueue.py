@@ -371,3 +371,25 @@ async def test_concurrent_same_key_makes_one_run(dsn: str, db: Conn) -> None:
         await first.close()
         await second.close()
     assert await run_count(db) == 1
+
+
+@pytest.mark.parametrize("role", ["pgsched_api", "pgsched_worker"])
+async def test_the_application_roles_may_enqueue(dsn: str, db: Conn, role: str) -> None:
+    """The API's role and the worker's (python jobs run as it) enqueue, keys included, past
+    the event guard (ADR 0021: run.created carries the whole row for both)."""
+    await define(db, job_type="http", payload={"url": "https://example.com/"})
+    conn = await connect(dsn, role=role)
+    try:
+        run, created = await runs.enqueue(
+            conn,
+            "mail",
+            payload={"method": "PUT"},
+            timeout_seconds=5,
+            idempotency_key="k",
+            actor=role,
+        )
+        again, repeated = await runs.enqueue(conn, "mail", idempotency_key="k", actor=role)
+    finally:
+        await conn.close()
+    assert (created, repeated, again["id"]) == (True, False, run["id"])
+    assert await replay.verify(db) == []
