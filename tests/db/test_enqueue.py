@@ -4,11 +4,14 @@ statement, no lock another enqueue waits on; job definitions; the sync and async
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgsched
 from pgsched.app import ticker
@@ -393,3 +396,23 @@ async def test_the_application_roles_may_enqueue(dsn: str, db: Conn, role: str) 
         await conn.close()
     assert (created, repeated, again["id"]) == (True, False, run["id"])
     assert await replay.verify(db) == []
+
+
+async def test_clients_from_pools_commit_when_the_connection_returns(dsn: str, db: Conn) -> None:
+    await define(db)
+    with ConnectionPool(dsn, min_size=1, max_size=2, open=True) as pool:
+        run = pgsched.Client.from_pool(pool).enqueue("mail", idempotency_key="sync")
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as apool:
+        client = pgsched.AsyncClient.from_pool(apool)
+        runs_made = await client.enqueue_many("mail", [{"priority": 1}, {"queue": "other"}])
+    assert [r.queue for r in runs_made] == ["default", "other"]
+    assert run.created and await run_count(db) == 3
+
+
+def test_import_pgsched_stays_light() -> None:
+    """The client's names come on first use (PEP 562): `import pgsched` loads no driver."""
+    code = (
+        "import sys, pgsched; assert 'psycopg' not in sys.modules, 'eager';"
+        " assert pgsched.Client.__module__ == 'pgsched.app.client'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
