@@ -123,7 +123,7 @@ WITH r AS (
            coalesce(%(now)s::timestamptz, now())
     FROM pgsched.schedule s
     WHERE {_DUE}
-    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    ON CONFLICT (schedule_id, due_at, occurrence) DO NOTHING
     RETURNING id
 )
 SELECT (SELECT count(*) FROM r) AS runs, 0 AS run_events, 0 AS advanced
@@ -137,7 +137,7 @@ WITH r AS (
            coalesce(%(now)s::timestamptz, now())
     FROM pgsched.schedule s
     WHERE {_DUE}
-    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    ON CONFLICT (schedule_id, due_at, occurrence) DO NOTHING
     RETURNING *
 ), created AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
@@ -164,7 +164,7 @@ WITH {lock}advanced AS (
     SELECT a.id, a.due_at, false, 'schedule', 'waiting', a.queue, a.priority, a.due_at,
            a.max_attempts, %(trace_context)s::jsonb, coalesce(%(now)s::timestamptz, now())
     FROM advanced a
-    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    ON CONFLICT (schedule_id, due_at, occurrence) DO NOTHING
     RETURNING *
 ), created AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)

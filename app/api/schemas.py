@@ -31,7 +31,7 @@ ZoneName = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Instant = Annotated[datetime, Meta(tz=True, description=f"RFC 3339 with an offset, {RANGE_TEXT}.")]
 Id = Annotated[int, Meta(ge=1, le=BIGINT)]
 JobType = Literal["http", "command", "sql", "python", "noop"]
-Kind = Literal["cron", "interval", "once"]
+Kind = Literal["cron", "interval", "once", "job"]
 OverlapPolicy = Literal["allow", "skip", "queue"]
 MissedPolicy = Literal["skip", "latest", "all"]
 RunState = Literal["waiting", "running", "succeeded", "dead", "cancelled"]
@@ -62,7 +62,9 @@ class RetryBackoff(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A new schedule: exactly one of `cron`, `interval_seconds` and `run_at` says when."""
+    """A new schedule: one of `cron`, `interval_seconds` and `run_at` says when. With none of
+    them it is a job definition (kind `job`): never due, it only carries the defaults of the
+    runs enqueued to it (ADR 0027)."""
 
     name: Name
     job_type: JobType

@@ -45,6 +45,8 @@ DEFAULTS: Mapping[str, Any] = {
 }
 TIMING: Final = ("cron", "interval_seconds", "run_at")
 KIND_OF: Final = {"cron": "cron", "interval_seconds": "interval", "run_at": "once"}
+# A schedule with no timing: a job definition, enqueued to (ADR 0027).
+JOB: Final = "job"
 # Columns whose change moves the next occurrence.
 TIMING_COLUMNS: Final = frozenset(
     {"kind", "cron", "interval_seconds", "run_at", "timezone", "starts_at", "ends_at"}
@@ -83,40 +85,54 @@ def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
 
 
 def timing(given: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly one of cron/interval_seconds/run_at has a value: it decides the kind."""
+    """At most one of cron/interval_seconds/run_at has a value: it decides the kind. None of
+    them makes a job definition (kind `job`, ADR 0027): defaults for runs enqueued to it, never
+    due for the ticker."""
     chosen = [k for k in TIMING if given.get(k) is not None]
-    if len(chosen) != 1:
-        field = chosen[1] if len(chosen) > 1 else "cron"
+    if len(chosen) > 1:
         raise InvalidDefinition(
-            field, "exactly one of cron, interval_seconds and run_at must have a value"
+            chosen[1], "at most one of cron, interval_seconds and run_at may have a value"
         )
+    if not chosen:
+        return dict.fromkeys(TIMING) | {"kind": JOB}
     (key,) = chosen
     return {k: (given[k] if k == key else None) for k in TIMING} | {"kind": KIND_OF[key]}
 
 
-def _no_nul(node: object, path: str) -> None:
+def is_job(fields: Mapping[str, Any]) -> bool:
+    """A job definition: no timing of its own; its runs are only the ones enqueued to it."""
+    return bool(fields["kind"] == JOB)
+
+
+def no_nul(node: object, path: str) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it by name instead of failing later."""
     if isinstance(node, str):
         if "\x00" in node:
             raise InvalidDefinition(path, "must not contain NUL characters")
     elif isinstance(node, Mapping):
         for key, value in node.items():
-            _no_nul(key, path)
-            _no_nul(value, f"{path}.{key}")
+            no_nul(key, path)
+            no_nul(value, f"{path}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _no_nul(value, f"{path}[{i}]")
+            no_nul(value, f"{path}[{i}]")
 
 
-def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec:
+def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | None:
     """Validate a complete definition in place, normalising payload, cron and zone; return its
-    timing spec. `created_at` anchors an interval without `starts_at`, as the ticker reads it.
+    timing spec (None for a job definition, which has no timing). `created_at` anchors an
+    interval without `starts_at`, as the ticker reads it.
 
     Raises InvalidDefinition, InvalidPayload (app.domain.jobs) or InvalidSchedule
     (app.domain.occurrences), each naming the field.
     """
-    _no_nul(fields["payload"], "payload")
+    no_nul(fields["payload"], "payload")
     fields["payload"] = validate_payload(fields["job_type"], fields["payload"])
+    if is_job(fields):
+        if any(fields[k] is not None for k in TIMING):
+            raise InvalidDefinition("kind", "a job definition has no cron, interval or run_at")
+        no_nul(fields["timezone"], "timezone")
+        return None
     spec = validate(spec_of({**fields, "created_at": created_at}))
     if fields["kind"] == "cron":
         fields["cron"] = spec.cron
@@ -138,8 +154,13 @@ def first_due(spec: ScheduleSpec, now: datetime, *, grace_seconds: float) -> dat
     return next_after(spec, now - _TICK)
 
 
-def due_or_refuse(fields: Mapping[str, Any], spec: ScheduleSpec, now: datetime) -> datetime:
-    """`first_due`, refusing a definition that can never run again (InvalidDefinition)."""
+def due_or_refuse(
+    fields: Mapping[str, Any], spec: ScheduleSpec | None, now: datetime
+) -> datetime | None:
+    """`first_due`, refusing a definition that can never run again (InvalidDefinition); None
+    for a job definition (no spec), which is never due."""
+    if spec is None:
+        return None
     due = first_due(spec, now, grace_seconds=fields["grace_seconds"])
     if due is None:
         field = "run_at" if spec.kind == "once" else "ends_at"
@@ -156,6 +177,8 @@ def preview(row: Mapping[str, Any], after: datetime, count: int) -> list[datetim
     """The next `count` due times of a schedule after `after`, from the ticker's own function."""
     if not 1 <= count <= MAX_PREVIEW:
         raise InvalidRequest("count", f"must be between 1 and {MAX_PREVIEW}")
+    if is_job(row):
+        return []  # a job definition is never due: its runs are enqueued
     return occurrence_preview(spec_of(row), after, count)
 
 

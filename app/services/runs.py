@@ -1,16 +1,22 @@
-"""Runs: an operator's retry and cancel, and a queue's concurrency limit.
+"""Runs: enqueueing them (ADR 0027), an operator's retry and cancel, a queue's limit.
 
-One transaction each, through the store (the run's row and its event together, ADR 0004).
+Retry, cancel and the limit are one transaction each, through the store (the run's row and its
+event together, ADR 0004); enqueue runs in the caller's transaction (below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
-from pgsched.app.domain.errors import NotFound
+from pgsched.app.db.store.enqueue import AnyAsyncConn, AnySyncConn
+from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, NotFound
+from pgsched.app.domain.jobs import InvalidPayload, validate_payload
+from pgsched.app.domain.schedule import no_nul as _no_nul
+from pgsched.otel import spans
 
 Meta = Mapping[str, object]
 
@@ -49,3 +55,299 @@ async def set_queue_limit(
     """Limit how many runs of a queue run at once across all workers (None: unlimited)."""
     async with conn.transaction():
         return await store.set_queue_limit(conn, name, max_running, actor=actor, now=now)
+
+
+# -- enqueue (ADR 0027) ---------------------------------------------------------------------
+# A run with arguments of its own, made from a job definition (a schedule of kind `job`, or any
+# schedule) in the CALLER's transaction: no transaction is opened or committed here, so the run
+# and its event commit or roll back with whatever the caller writes beside them (with an
+# autocommit connection, the statement is its own transaction). One statement, which locks
+# nothing another enqueue waits for; with a cached definition, one round trip.
+
+_SMALLINT = (-32768, 32767)
+_MAX_KEY = 255
+# How often a definition that changed between our read and our statement is read again.
+_STALE_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """What an enqueue is validated against: a live definition at one version."""
+
+    id: int
+    name: str
+    job_type: str
+    payload: Mapping[str, object]
+    version: int
+
+    @classmethod
+    def of(cls, row: Row) -> Definition:
+        return cls(row["id"], row["name"], row["job_type"], row["payload"], row["version"])
+
+
+class Definitions:
+    """Definitions read before, by the name or id they were asked for: one database's (a
+    client's). A stale entry costs one more round trip, never a wrong run: the statement
+    writes only at the version the payload was validated against (ADR 0027)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str | int, Definition] = {}
+
+    def get(self, job: str | int) -> Definition | None:
+        return self._known.get(job)
+
+    def put(self, job: str | int, definition: Definition) -> None:
+        self._known[job] = definition
+
+    def forget(self, job: str | int) -> None:
+        self._known.pop(job, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One run to enqueue; None takes the definition's. `payload` is merged over the
+    definition's payload (top-level keys); `run_at` is when it may start (default now)."""
+
+    payload: Mapping[str, object] | None = None
+    queue: str | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    idempotency_key: str | None = None
+
+
+def _checked(definition: Definition, items: Sequence[Item]) -> list[dict[str, object]]:
+    """The items as enqueue_runs takes them, each checked (InvalidRequest naming the field):
+    the merged payload against the definition's job type, the overrides against the run
+    table's rules."""
+    keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
+    if len(set(keys)) != len(keys):
+        raise InvalidRequest("idempotency_key", "must differ between the runs of one call")
+    checked: list[dict[str, object]] = []
+    for item in items:
+        payload: dict[str, object] | None = None
+        if item.payload is not None:
+            if not isinstance(item.payload, Mapping):
+                raise InvalidRequest("payload", "must be an object")
+            try:
+                _no_nul(item.payload, "payload")
+                payload = validate_payload(
+                    definition.job_type, {**definition.payload, **item.payload}
+                )
+            except (InvalidPayload, InvalidDefinition) as exc:
+                raise InvalidRequest(exc.field, exc.message) from exc
+        if item.queue is not None and (not isinstance(item.queue, str) or not item.queue):
+            raise InvalidRequest("queue", "must be a non-empty string")
+        if item.priority is not None and not (
+            isinstance(item.priority, int) and _SMALLINT[0] <= item.priority <= _SMALLINT[1]
+        ):
+            raise InvalidRequest("priority", f"must be an integer in {list(_SMALLINT)}")
+        if item.max_attempts is not None and not (
+            isinstance(item.max_attempts, int) and item.max_attempts >= 1
+        ):
+            raise InvalidRequest("max_attempts", "must be an integer of at least 1")
+        if item.timeout_seconds is not None and not (
+            isinstance(item.timeout_seconds, int | float) and item.timeout_seconds > 0
+        ):
+            raise InvalidRequest("timeout_seconds", "must be a number above 0")
+        if item.run_at is not None and (
+            not isinstance(item.run_at, datetime) or item.run_at.tzinfo is None
+        ):
+            raise InvalidRequest("run_at", "must be a datetime with a time zone")
+        key = item.idempotency_key
+        if key is not None and not (isinstance(key, str) and 1 <= len(key) <= _MAX_KEY):
+            raise InvalidRequest("idempotency_key", f"must be 1 to {_MAX_KEY} characters")
+        checked.append(
+            {
+                "payload": payload,
+                "queue": item.queue,
+                "priority": item.priority,
+                "run_at": item.run_at,
+                "max_attempts": item.max_attempts,
+                "timeout_seconds": item.timeout_seconds,
+                "key": key,
+            }
+        )
+    return checked
+
+
+def _found(job: str | int, row: Row | None) -> Definition:
+    if row is None:
+        raise NotFound(f"job definition {job!r} does not exist")
+    return Definition.of(row)
+
+
+def _made(result: Sequence[Row]) -> tuple[bool, list[Row]]:
+    """enqueue_runs' rows: whether the definition was current, and the runs it made (in item
+    order), without the statement's own columns."""
+    fresh = bool(result[0]["fresh"])
+    made = [
+        {k: v for k, v in r.items() if k not in ("fresh", "woke")}
+        for r in result
+        if r["id"] is not None
+    ]
+    return fresh, made
+
+
+def _pair(
+    items: Sequence[Item], made: Sequence[Row], earlier: Sequence[Row]
+) -> list[tuple[Row, bool]]:
+    """(run, created) per item, in order: the runs made go to the items that made them (item
+    order, which is id order), the earlier runs to the items whose key was taken."""
+    new_keys = {r["idempotency_key"] for r in made if r["idempotency_key"] is not None}
+    by_key = {r["idempotency_key"]: r for r in earlier}
+    fresh = iter(made)
+    paired = []
+    for item in items:
+        key = item.idempotency_key
+        if key is None or key in new_keys:
+            paired.append((next(fresh), True))
+        elif key in by_key:
+            paired.append((by_key[key], False))
+        else:  # the key's run was in a month since retired
+            raise InvalidRequest("idempotency_key", f"{key!r} was used for a run no longer kept")
+    return paired
+
+
+def _taken_keys(items: Sequence[Item], made: Sequence[Row]) -> list[str]:
+    new_keys = {r["idempotency_key"] for r in made}
+    return [
+        i.idempotency_key
+        for i in items
+        if i.idempotency_key is not None and i.idempotency_key not in new_keys
+    ]
+
+
+async def enqueue_items(
+    conn: AnyAsyncConn,
+    job: str | int,
+    items: Sequence[Item],
+    *,
+    actor: str,
+    now: datetime | None = None,
+    meta: Meta | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    definitions: Definitions | None = None,
+) -> list[tuple[Row, bool]]:
+    """Enqueue `items` to the definition `job` (a name or an id): (run, created) per item. An
+    item whose idempotency key the definition already has gets the earlier run and False.
+
+    NotFound when no live definition has that name or id; InvalidRequest naming the field for
+    a payload the job type refuses or an override the run cannot take."""
+    if not items:
+        return []
+    cache = definitions if definitions is not None else Definitions()
+    trace_context = trace_context or spans.trace_context()  # the enqueuer's span (ADR 0016)
+    for _ in range(_STALE_RETRIES):
+        definition = cache.get(job)
+        if definition is None:
+            definition = _found(job, await store.enqueue.job_definition(conn, job))
+            cache.put(job, definition)
+        result = await store.enqueue.enqueue_runs(
+            conn,
+            definition.id,
+            definition.version,
+            _checked(definition, items),
+            actor=actor,
+            now=now,
+            trace_context=trace_context,
+            meta=meta,
+        )
+        fresh, made = _made(result)
+        if fresh:
+            taken = _taken_keys(items, made)
+            earlier = await store.enqueue.runs_by_key(conn, definition.id, taken) if taken else []
+            return _pair(items, made, earlier)
+        cache.forget(job)  # changed or deleted since it was read: read it again
+    raise RuntimeError(f"job definition {job!r} changed on every one of {_STALE_RETRIES} tries")
+
+
+def enqueue_items_sync(
+    conn: AnySyncConn,
+    job: str | int,
+    items: Sequence[Item],
+    *,
+    actor: str,
+    now: datetime | None = None,
+    meta: Meta | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    definitions: Definitions | None = None,
+) -> list[tuple[Row, bool]]:
+    """enqueue_items through a sync connection: the same statements, no event loop."""
+    if not items:
+        return []
+    cache = definitions if definitions is not None else Definitions()
+    trace_context = trace_context or spans.trace_context()
+    for _ in range(_STALE_RETRIES):
+        definition = cache.get(job)
+        if definition is None:
+            definition = _found(job, store.enqueue.job_definition_sync(conn, job))
+            cache.put(job, definition)
+        result = store.enqueue.enqueue_runs_sync(
+            conn,
+            definition.id,
+            definition.version,
+            _checked(definition, items),
+            actor=actor,
+            now=now,
+            trace_context=trace_context,
+            meta=meta,
+        )
+        fresh, made = _made(result)
+        if fresh:
+            taken = _taken_keys(items, made)
+            earlier = store.enqueue.runs_by_key_sync(conn, definition.id, taken) if taken else []
+            return _pair(items, made, earlier)
+        cache.forget(job)
+    raise RuntimeError(f"job definition {job!r} changed on every one of {_STALE_RETRIES} tries")
+
+
+async def enqueue(
+    conn: AnyAsyncConn,
+    job: str | int,
+    *,
+    payload: Mapping[str, object] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    timeout_seconds: float | None = None,
+    idempotency_key: str | None = None,
+    actor: str,
+    now: datetime | None = None,
+    meta: Meta | None = None,
+    trace_context: Mapping[str, str] | None = None,
+    definitions: Definitions | None = None,
+) -> tuple[Row, bool]:
+    """Enqueue one run of `job` in the caller's transaction: (run, created)."""
+    item = Item(payload, queue, priority, run_at, max_attempts, timeout_seconds, idempotency_key)
+    ((run, created),) = await enqueue_items(
+        conn,
+        job,
+        [item],
+        actor=actor,
+        now=now,
+        meta=meta,
+        trace_context=trace_context,
+        definitions=definitions,
+    )
+    return run, created
+
+
+async def enqueue_many(
+    conn: AnyAsyncConn,
+    job: str | int,
+    items: Sequence[Item],
+    *,
+    actor: str,
+    now: datetime | None = None,
+    meta: Meta | None = None,
+    definitions: Definitions | None = None,
+) -> list[Row]:
+    """Enqueue many runs of `job` in one statement, in the caller's transaction: the run per
+    item, in order (an earlier one for a key already taken)."""
+    paired = await enqueue_items(
+        conn, job, items, actor=actor, now=now, meta=meta, definitions=definitions
+    )
+    return [run for run, _ in paired]

@@ -18,7 +18,12 @@ from typing import Any
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
 from pgsched.app.domain import schedule
-from pgsched.app.domain.errors import InvalidRequest, NotFound, VersionMismatch
+from pgsched.app.domain.errors import (
+    InvalidDefinition,
+    InvalidRequest,
+    NotFound,
+    VersionMismatch,
+)
 from pgsched.app.domain.occurrences import jitter_offset, occurrences
 
 Meta = Mapping[str, object] | None
@@ -71,6 +76,12 @@ async def update(
         if any(k in patch for k in schedule.TIMING):
             given = {k: patch.get(k) for k in schedule.TIMING}
             fields |= schedule.timing(given)
+            if schedule.is_job(fields) and not schedule.is_job(row):
+                # Clearing a schedule's timing is far likelier a mistake than a wish to stop
+                # it for good (pause, or delete, says that); a job definition is created so.
+                raise InvalidDefinition(
+                    "cron", "exactly one of cron, interval_seconds and run_at must have a value"
+                )
         fields |= {k: v for k, v in patch.items() if k not in schedule.TIMING}
         spec = schedule.check(fields, created_at=row["created_at"])
         changed = schedule.changes(row, fields)
@@ -226,6 +237,8 @@ async def backfill(
         raise InvalidRequest("to", "must be later than from")
     async with conn.transaction():
         row = await live(conn, schedule_id, lock=True)
+        if schedule.is_job(row):
+            raise InvalidRequest("from", "a job definition has no occurrences to backfill")
         if end > await store.db_now(conn, now):
             raise InvalidRequest("to", "must not be in the future; the ticker handles that")
         tick = timedelta(microseconds=1)
@@ -283,3 +296,33 @@ async def install_builtin(conn: Conn, job: Mapping[str, Any], *, now: datetime |
     async with conn.transaction():
         fields = schedule.builtin_definition(job, await store.db_now(conn, now))
         return await store.maintenance.install_builtin_maintenance(conn, fields, now=now)
+
+
+async def define_job(
+    conn: Conn,
+    name: str,
+    job_type: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    defaults: Mapping[str, object] | None = None,
+    actor: str,
+    now: datetime | None = None,
+    meta: Meta = None,
+) -> Row:
+    """Create the job definition `name` (kind `job`, ADR 0027), or bring the live one of that
+    name up to `job_type`, `payload` and `defaults` (queue, priority, max_attempts, retry_*,
+    timeout_seconds, ...); a schedule with timing keeps it. Idempotent: an unchanged definition
+    records nothing. InvalidDefinition names a bad field."""
+    fields: dict[str, Any] = {"job_type": job_type, "payload": payload or {}, **(defaults or {})}
+    unknown = set(fields) - schedule.COLUMNS
+    if unknown or set(fields) & set(schedule.TIMING) or "kind" in fields:
+        raise InvalidDefinition(
+            sorted(unknown or fields.keys() & {*schedule.TIMING, "kind"})[0],
+            "is not a field of a job definition",
+        )
+    async with conn.transaction():
+        existing = await store.schedules.live_schedule_id(conn, name)
+        if existing is None:
+            fields |= {"name": name} | schedule.timing({})  # no timing: kind job
+            return await create(conn, fields, actor=actor, now=now, meta=meta)
+        return await update(conn, existing, fields, if_match=None, actor=actor, now=now, meta=meta)

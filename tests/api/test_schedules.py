@@ -134,7 +134,6 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"payload": {"a\x00": 1}}, "payload"),
     ({"overlap_policy": "sometimes"}, "overlap_policy"),
     ({"missed_policy": "never"}, "missed_policy"),
-    ({"cron": None}, "cron"),
     ({"interval_seconds": 60}, "interval_seconds"),
     ({"bogus": True}, "bogus"),
     ({"name": ""}, "name"),
@@ -162,6 +161,22 @@ async def test_invalid_definitions_are_422_naming_the_field(
         assert doc["detail"] and doc["errors"][0]["message"], over
     cur = await db.execute("SELECT count(*) AS n FROM pgsched.schedule")
     assert await cur.fetchone() == {"n": 0}
+
+
+async def test_a_schedule_without_timing_is_a_job_definition(
+    api: Client, role_tokens: Tokens, db: Conn
+) -> None:
+    """ADR 0027: none of cron, interval_seconds and run_at makes a job definition, never due;
+    a PATCH cannot clear a schedule's timing, but may give a job definition one."""
+    admin = role_tokens.auth("admin")
+    job = await create(api, role_tokens, name="mail", cron=None, queue="mail", priority=2)
+    assert (job["kind"], job["next_due_at"], job["cron"]) == ("job", None, None)
+    url = f"/v1/schedules/{job['id']}"
+    timed = await api.patch(url, json={"interval_seconds": 60}, headers=admin)
+    assert timed.status_code == 200, timed.text
+    assert timed.json()["kind"] == "interval" and timed.json()["next_due_at"] is not None
+    problem(await api.patch(url, json={"interval_seconds": None}, headers=admin), 422, "cron")
+    assert await replay.verify(db) == []
 
 
 async def test_malformed_oversized_and_duplicate_bodies(

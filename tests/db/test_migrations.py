@@ -10,6 +10,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from pgsched.app.db import migrations
+from pgsched.app.db.sql import query
 from tests.conftest import ROOT, migrate
 
 
@@ -159,3 +160,35 @@ def test_0018_moves_the_builtin_target_into_the_package_and_back(empty_dsn: str)
     target, events = _builtin(empty_dsn)
     assert target == OLD_TARGET
     assert events[-1] == (OLD_TARGET, BUILTIN_TARGET)
+
+
+def test_0019_round_trips_and_keeps_earlier_runs_verifiable(empty_dsn: str) -> None:
+    """0019 (ADR 0027) up, down and up again leaves the schema as it found it each way; runs
+    made before it still fold into their rows (their events carry no payload, timeout or
+    occurrence), and its downgrade puts back the one unique key ad-hoc runs shared."""
+    migrate(empty_dsn, "0018")
+    before = _schema_dump(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds, created_at,"
+            " updated_at) VALUES ('s', 'noop', 'interval', 60, now(), now())"
+        )
+        c.execute(
+            "WITH r AS (INSERT INTO pgsched.run (schedule_id, due_at, origin, state, queue,"
+            " priority, available_at, max_attempts, created_at)"
+            " SELECT id, now(), 'schedule', 'waiting', 'default', 0, now(), 3, now()"
+            " FROM pgsched.schedule RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'run', r.id, 'run.created', 'test', to_jsonb(r) FROM r"
+        )
+    migrate(empty_dsn)
+    after = _schema_dump(empty_dsn)
+    assert "occurrence boolean GENERATED ALWAYS" in after
+    assert "run_by_key" in after
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        diff = c.execute(query("diff_runs")).fetchall()
+        assert diff == []
+    migrate(empty_dsn, "0018", down=True)
+    assert _schema_dump(empty_dsn) == before
+    migrate(empty_dsn)
+    assert _schema_dump(empty_dsn) == after

@@ -43,10 +43,19 @@ SELECT pgsched.snapshot_for_event_retirement_v1(make_interval(days => %(event_da
 SELECT action, table_name, partition_name, detail
 FROM pgsched.detach_for_archive_v1(%(partition)s::regclass, %(now)s::timestamptz);
 
+-- name: archive_columns
+-- The columns of a detached month an archive holds: every column but generated ones (the run's
+-- `occurrence`, migration 0019), which COPY FROM could not load back and PostgreSQL recomputes.
+SELECT array_agg(attname::text ORDER BY attnum) AS columns
+FROM pg_attribute
+WHERE attrelid = %(partition)s::regclass AND attnum > 0 AND NOT attisdropped
+  AND attgenerated = '';
+
 -- name: archive_rows
 -- A detached month's rows in key order, as CSV with a header line (what COPY FROM (FORMAT csv,
--- HEADER) loads back). The table is an identifier composed with psycopg.sql.Identifier.
-COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT (FORMAT csv, HEADER);
+-- HEADER) loads back). The table and its columns (archive_columns) are identifiers composed
+-- with psycopg.sql.Identifier.
+COPY (SELECT {columns} FROM {table} ORDER BY id) TO STDOUT (FORMAT csv, HEADER);
 
 -- name: drop_detached
 -- Drop an archived detached month, recording partition.retired with the archive.

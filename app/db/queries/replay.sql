@@ -22,16 +22,18 @@ ORDER BY 1;
 -- name: diff_runs
 -- Runs whose row differs from the fold of their events. A running run's lease expiry moves with
 -- every heartbeat and is not history, so it is left out of the comparison. Runs whose month was
--- retired are not expected (their events outlive them by design).
+-- retired are not expected (their events outlive them by design). `occurrence` is generated
+-- from `adhoc` (migration 0019), which is compared; runs created before it have no such key.
 WITH expected AS (
     SELECT e.stream_id AS id,
            to_jsonb(jsonb_populate_record(NULL::pgsched.run,
-                                          pgsched.jsonb_merge(e.data ORDER BY e.id))) AS state
+                                          pgsched.jsonb_merge(e.data ORDER BY e.id)))
+           - 'occurrence' AS state
     FROM pgsched.event e
     WHERE e.stream = 'run'
     GROUP BY e.stream_id
 ), actual AS (
-    SELECT r.id, to_jsonb(r) AS state FROM pgsched.run r
+    SELECT r.id, to_jsonb(r) - 'occurrence' AS state FROM pgsched.run r
 ), retained AS (
     SELECT min(month_start) AS since FROM pgsched.month_partitions_v1('pgsched.run')
 )
@@ -59,13 +61,22 @@ FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
       GROUP BY e.stream_id) f;
 
 -- name: rebuild_runs
--- Write every run whose month is still retained as the fold of its events.
-INSERT INTO pgsched.run OVERRIDING SYSTEM VALUE
-SELECT (jsonb_populate_record(NULL::pgsched.run, f.state)).*
+-- Write every run whose month is still retained as the fold of its events. Every column but
+-- the generated `occurrence` (PostgreSQL computes it; a value for it is refused), by name.
+INSERT INTO pgsched.run
+    (id, schedule_id, due_at, adhoc, origin, state, queue, priority, available_at, attempt,
+     max_attempts, lease_token, lease_expires_at, worker_id, started_at, finished_at, outcome,
+     cancel_requested, idempotency_key, trace_context, created_at, payload, timeout_seconds)
+OVERRIDING SYSTEM VALUE
+SELECT p.id, p.schedule_id, p.due_at, p.adhoc, p.origin, p.state, p.queue, p.priority,
+       p.available_at, p.attempt, p.max_attempts, p.lease_token, p.lease_expires_at, p.worker_id,
+       p.started_at, p.finished_at, p.outcome, p.cancel_requested, p.idempotency_key,
+       p.trace_context, p.created_at, p.payload, p.timeout_seconds
 FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
       FROM pgsched.event e
       WHERE e.stream = 'run'
       GROUP BY e.stream_id) f
+CROSS JOIN LATERAL jsonb_populate_record(NULL::pgsched.run, f.state) p
 WHERE (f.state ->> 'due_at')::timestamptz
       >= (SELECT min(month_start) FROM pgsched.month_partitions_v1('pgsched.run'));
 

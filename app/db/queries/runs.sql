@@ -6,7 +6,8 @@
 -- name: insert_runs
 -- Materialise runs for (schedule_id, due_at, available_at) triples; an occurrence that exists
 -- already is skipped by the unique key, never an error, so a retried or
--- concurrent materialisation cannot create a run twice.
+-- concurrent materialisation cannot create a run twice. Ad-hoc runs (`adhoc`) are not
+-- occurrences: their `occurrence` is NULL, so they never conflict (migration 0019).
 WITH input AS (
     SELECT *
     FROM unnest(%(schedule_ids)s::bigint[], %(due_ats)s::timestamptz[],
@@ -19,7 +20,7 @@ WITH input AS (
            coalesce(%(now)s::timestamptz, now())
     FROM input i
     JOIN pgsched.schedule s ON s.id = i.schedule_id
-    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    ON CONFLICT (schedule_id, due_at, occurrence) DO NOTHING
     RETURNING *
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
@@ -58,7 +59,8 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM schedules) AS schedule_ids,
 -- Claim up to `limit` claimable runs of the given queues for one worker. Each MATERIALIZED CTE
 -- is a fence that keeps LIMIT from being re-evaluated per row (without it the planner may
 -- inline the subquery and lock more rows than LIMIT); ordering is best effort under SKIP
--- LOCKED, which passes over rows other claimers hold. The job definition comes from the schedule at claim time.
+-- LOCKED, which passes over rows other claimers hold. The job definition comes from the schedule at
+-- claim time, except what the run overrides (its own payload or timeout, ADR 0027).
 -- Runs of limited schedules or queues take part only if this transaction locked them
 -- (lock_limits) and only up to their free slots; rows locked but not chosen stay locked until
 -- this short transaction ends.
@@ -152,7 +154,13 @@ WITH schedule_slots AS MATERIALIZED (
         started_at = coalesce(%(now)s::timestamptz, now())
     FROM due
     WHERE r.id = due.id AND r.due_at = due.due_at
-    RETURNING r.*
+    -- Every column but the run's own payload and timeout (and the derived occurrence): the
+    -- result carries the job's, the run's override or else the schedule's (ADR 0027).
+    RETURNING r.id, r.schedule_id, r.due_at, r.adhoc, r.origin, r.state, r.queue, r.priority,
+              r.available_at, r.attempt, r.max_attempts, r.lease_token, r.lease_expires_at,
+              r.worker_id, r.started_at, r.finished_at, r.outcome, r.cancel_requested,
+              r.idempotency_key, r.trace_context, r.created_at,
+              r.payload AS run_payload, r.timeout_seconds AS run_timeout_seconds
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', c.id, 'run.claimed', %(actor)s,
@@ -162,7 +170,10 @@ WITH schedule_slots AS MATERIALIZED (
            c.trace_context ->> 'trace_id'
     FROM claimed c
 )
-SELECT c.*, s.name AS schedule_name, s.job_type, s.payload, s.timeout_seconds, s.version AS schedule_version
+SELECT c.*, s.name AS schedule_name, s.job_type,
+       coalesce(c.run_payload, s.payload) AS payload,
+       coalesce(c.run_timeout_seconds, s.timeout_seconds) AS timeout_seconds,
+       s.version AS schedule_version
 FROM claimed c
 JOIN pgsched.schedule s ON s.id = c.schedule_id
 ORDER BY c.priority, c.available_at, c.id;
@@ -203,7 +214,13 @@ WITH due AS MATERIALIZED (
         started_at = coalesce(%(now)s::timestamptz, now())
     FROM due
     WHERE r.id = due.id AND r.due_at = due.due_at
-    RETURNING r.*
+    -- Every column but the run's own payload and timeout (and the derived occurrence): the
+    -- result carries the job's, the run's override or else the schedule's (ADR 0027).
+    RETURNING r.id, r.schedule_id, r.due_at, r.adhoc, r.origin, r.state, r.queue, r.priority,
+              r.available_at, r.attempt, r.max_attempts, r.lease_token, r.lease_expires_at,
+              r.worker_id, r.started_at, r.finished_at, r.outcome, r.cancel_requested,
+              r.idempotency_key, r.trace_context, r.created_at,
+              r.payload AS run_payload, r.timeout_seconds AS run_timeout_seconds
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', c.id, 'run.claimed', %(actor)s,
@@ -213,7 +230,10 @@ WITH due AS MATERIALIZED (
            c.trace_context ->> 'trace_id'
     FROM claimed c
 )
-SELECT c.*, s.name AS schedule_name, s.job_type, s.payload, s.timeout_seconds, s.version AS schedule_version
+SELECT c.*, s.name AS schedule_name, s.job_type,
+       coalesce(c.run_payload, s.payload) AS payload,
+       coalesce(c.run_timeout_seconds, s.timeout_seconds) AS timeout_seconds,
+       s.version AS schedule_version
 FROM claimed c
 JOIN pgsched.schedule s ON s.id = c.schedule_id
 ORDER BY c.priority, c.available_at, c.id;

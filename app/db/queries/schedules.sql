@@ -73,6 +73,10 @@ SELECT * FROM s;
 -- One live schedule by id.
 SELECT * FROM pgsched.schedule WHERE id = %(id)s AND deleted_at IS NULL;
 
+-- name: live_schedule_id
+-- The live schedule called `name` (names are unique among live schedules).
+SELECT id FROM pgsched.schedule WHERE name = %(name)s::text AND deleted_at IS NULL;
+
 -- name: lock_schedule
 -- One live schedule by id, locked for a transition that reads it first.
 SELECT * FROM pgsched.schedule WHERE id = %(id)s AND deleted_at IS NULL FOR UPDATE;

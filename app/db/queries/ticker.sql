@@ -97,7 +97,7 @@ WITH member AS (
            coalesce(%(now)s::timestamptz, now())
     FROM decided d
     WHERE d.admitted
-    ON CONFLICT (schedule_id, due_at, adhoc) DO NOTHING
+    ON CONFLICT (schedule_id, due_at, occurrence) DO NOTHING
     RETURNING *
 ), created AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)

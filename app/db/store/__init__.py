@@ -19,6 +19,7 @@ the modules hold the rest.
 from __future__ import annotations
 
 from pgsched.app.db.store import (
+    enqueue,
     events,
     executor,
     maintenance,
@@ -93,6 +94,7 @@ __all__ = [
     "configure_session",
     "create_schedule",
     "db_now",
+    "enqueue",
     "events",
     "executor",
     "get_schedule",

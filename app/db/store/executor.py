@@ -54,6 +54,11 @@ def _translated(exc: psycopg.Error, params: Params) -> Exception | None:
     return None
 
 
+def translated(exc: psycopg.Error, params: Params) -> Exception:
+    """`exc` as pgsched's own exception when the schema raised it on purpose, else itself."""
+    return _translated(exc, params) or exc
+
+
 async def _run(conn: Conn, name: str, params: Params) -> psycopg.AsyncCursor[DictRow]:
     try:
         return await conn.execute(query(name), params)

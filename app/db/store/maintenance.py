@@ -72,7 +72,11 @@ async def copy_partition(
     The table name is composed as an identifier (psycopg.sql), never as text.
     """
     schema, _, table = partition.partition(".")
-    statement = sql.SQL(query("archive_rows")).format(table=sql.Identifier(schema, table))
+    columns = (await one(conn, "archive_columns", {"partition": partition}))["columns"]
+    statement = sql.SQL(query("archive_rows")).format(
+        table=sql.Identifier(schema, table),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+    )
     async with conn.cursor() as cur:
         async with cur.copy(statement) as copy:
             async for data in copy:

@@ -71,6 +71,12 @@ async def update_schedule(
     )
 
 
+async def live_schedule_id(conn: Conn, name: str) -> int | None:
+    """The id of the live schedule called `name`, if any."""
+    found = await row(conn, "live_schedule_id", {"name": name})
+    return None if found is None else int(found["id"])
+
+
 async def get_schedule(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row | None:
     return await row(conn, "lock_schedule" if lock else "get_schedule", {"id": schedule_id})
 
