@@ -203,7 +203,7 @@ ENQUEUE_EXAMPLES = [
         value={"job": "send-mail", "payload": {"kwargs": {"order_id": 1234}}},
     ),
     Example(
-        summary="A report, tomorrow morning, on its own queue, with a longer timeout",
+        summary="A report at a set time, on its own queue, with a longer timeout",
         value={
             "job": "nightly-report",
             "payload": {"body": {"period": "2026-11"}},
@@ -302,9 +302,9 @@ async def enqueue_run(
     ] = None,
 ) -> Response[Run]:
     """An ad-hoc run (origin `enqueue`) of the live job definition `job`, waiting from `run_at`
-    (default now), even while the definition is paused (201). `payload` is merged
-    over the definition's (top-level keys) and validated for its job type; any other field left
-    out takes the definition's. 404 naming `job` when no live definition has that name. With an
+    (default now), even while the definition is paused (201). `payload` is merged over the
+    definition's (top-level keys) and validated for its job type; any other field left out
+    takes the definition's. 404 naming `job` when no live definition has that name. With an
     Idempotency-Key, a repeated request returns the run the first one made (200)."""
     actor, meta = audit(request)
     if idempotency_key is not None and "\x00" in idempotency_key:
