@@ -186,7 +186,38 @@ class Preview(Struct, kw_only=True):
 # -- runs ------------------------------------------------------------------------------------
 
 
+class RunCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """An ad-hoc run of a job definition (a schedule, usually of kind `job`), with arguments of
+    its own (ADR 0027). Every field but `job` may be left out (or null): the run then takes the
+    definition's value."""
+
+    # By name, as `pgsched.Client.enqueue` names it: a name outlives a definition deleted and
+    # defined again (`define_job`), which gets a new id.
+    job: Annotated[Name, Meta(description="The name of a live job definition (or schedule).")]
+    payload: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description=(
+                    "Merged over the definition's payload (top-level keys) and validated for "
+                    "its job type; left out, the run uses the definition's payload as it is "
+                    "when the run starts."
+                )
+            ),
+        ]
+        | None
+    ) = None
+    queue: QueueName | None = None
+    priority: Priority | None = None
+    run_at: Instant | None = None
+    max_attempts: MaxAttempts | None = None
+    timeout_seconds: Timeout | None = None
+
+
 class Run(Struct, kw_only=True):
+    """A run. `payload` and `timeout_seconds` are the run's own (an enqueued run's, ADR 0027);
+    null means the schedule's, read when the run starts."""
+
     id: int
     schedule_id: int
     schedule_name: str | None
@@ -207,6 +238,8 @@ class Run(Struct, kw_only=True):
     cancel_requested: bool
     idempotency_key: str | None
     created_at: datetime
+    payload: dict[str, Any] | None
+    timeout_seconds: float | None
 
 
 class Attempt(Struct, kw_only=True):

@@ -35,6 +35,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/schedules/{schedule_id:str}/trigger"): "operator",
     ("POST", "/v1/schedules/{schedule_id:str}/backfill"): "operator",
     ("GET", "/v1/schedules/{schedule_id:str}/preview"): "viewer",
+    ("POST", "/v1/runs"): "operator",
     ("GET", "/v1/runs"): "viewer",
     ("GET", "/v1/runs/{run_id:str}"): "viewer",
     ("GET", "/v1/runs/{run_id:str}/events"): "viewer",

@@ -317,22 +317,31 @@ def _set(body: dict[str, Any], dotted: str, value: object) -> None:
     node[last] = value
 
 
+def _valid_body(path: str) -> dict[str, Any]:
+    """A valid body for the operation, for one hostile value to go into."""
+    if path == "/v1/schedules":
+        return dict(VALID_CREATE, name=f"fuzz-{next(_names)}")
+    if path == "/v1/runs":
+        return {"job": "job-http"}  # a definition _seed made
+    if path.endswith("/backfill"):
+        return {"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}
+    return {}
+
+
 @st.composite
 def body_requests(draw: st.DrawFn, target: Target) -> tuple[str, str, str, dict[str, str]]:
     key = draw(st.sampled_from(sorted(target.body_fields)))
     method, path = key
-    if path == "/v1/schedules":
-        body: dict[str, Any] = dict(VALID_CREATE, name=f"fuzz-{next(_names)}")
-    elif path.endswith("/backfill"):
-        body = {"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}
-    else:
-        body = {}
+    body = _valid_body(path)
     kind = draw(st.sampled_from(["field", "field", "edgy", "payload", "whole", "extra"]))
     if kind == "payload" and "payload" in target.body_fields[key]:
         job_type = draw(st.sampled_from(sorted(PAYLOAD_KEYS)))
         payload = dict(VALID_PAYLOADS[job_type])
         payload[draw(st.sampled_from(PAYLOAD_KEYS[job_type]))] = draw(hostile)
-        body |= {"job_type": job_type, "payload": payload}
+        if path == "/v1/runs":  # merged over the definition of that job type (_seed)
+            body |= {"job": f"job-{job_type}", "payload": payload}
+        else:
+            body |= {"job_type": job_type, "payload": payload}
         text = dump(body)
     elif kind == "whole":
         text = dump(draw(hostile))
@@ -391,6 +400,8 @@ async def _seed(dsn: str) -> tuple[str, dict[str, int]]:
         waiting, _ = await schedules.trigger(conn, first["id"], actor="t", now=None)
         cancelled, _ = await schedules.trigger(conn, first["id"], actor="t", now=None)
         await store.cancel_run(conn, cancelled["id"], actor="t", now=None)
+        for job_type, payload in VALID_PAYLOADS.items():  # what POST /v1/runs enqueues to
+            await schedules.define_job(conn, f"job-{job_type}", job_type, payload, actor="t")
         return token, {"schedule_id": first["id"], "run_id": waiting["id"]}
     finally:
         await conn.close()
@@ -468,6 +479,7 @@ def test_hostile_bodies_never_get_a_5xx(
         ("POST", "/v1/schedules"),
         ("PATCH", "/v1/schedules/{schedule_id}"),
         ("POST", "/v1/schedules/{schedule_id}/backfill"),
+        ("POST", "/v1/runs"),
     }
     tally, started = Tally(), time.monotonic()
 
@@ -505,6 +517,7 @@ def test_hostile_bodies_never_get_a_5xx(
     # The mutations reached past decoding: some hostile values were valid, and were stored.
     assert tally.statuses[("POST /v1/schedules", 201)], tally.statuses
     assert tally.statuses[("PATCH /v1/schedules/{schedule_id}", 200)], tally.statuses
+    assert tally.statuses[("POST /v1/runs", 201)], tally.statuses
 
 
 def test_hostile_parameters_and_ids_never_get_a_5xx(

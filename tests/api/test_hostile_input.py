@@ -208,6 +208,7 @@ async def test_an_empty_body_is_400_saying_a_body_is_required(
         ("POST", "/v1/schedules"),
         ("PATCH", f"/v1/schedules/{schedule['id']}"),
         ("POST", f"/v1/schedules/{schedule['id']}/backfill"),
+        ("POST", "/v1/runs"),
     ]:
         headers = {**auth("admin"), "content-type": "application/json"}
         response = await api.request(method, path, content=b" ", headers=headers)
@@ -307,3 +308,100 @@ def test_duplicate_key_reads_keys_as_json_does() -> None:
     assert duplicate_key(b'{"a":"{\\"a\\":1}", "b": {"a": {"a": 1}}}') is None
     assert duplicate_key(b'[{"a":1},{"a":1}]') is None
     assert duplicate_key(b'"a" : "a"') is None
+
+
+# -- POST /v1/runs (enqueue, ADR 0027) -------------------------------------------------------
+
+
+async def _define_http_job(api: AsyncTestClient[Any], auth: Auth) -> None:
+    body = {
+        "name": "hook",
+        "job_type": "http",
+        "payload": {"url": "https://example.com/", "method": "POST"},
+    }
+    response = await api.post("/v1/schedules", json=body, headers=auth("admin"))
+    assert response.status_code == 201, response.text
+
+
+async def _enqueue(api: AsyncTestClient[Any], body: str, auth: Auth) -> Any:
+    headers = {**auth("operator"), "content-type": "application/json"}
+    return await api.post(
+        "/v1/runs", content=body.encode("utf-8", "surrogatepass"), headers=headers
+    )
+
+
+async def _no_runs(api: AsyncTestClient[Any], auth: Auth) -> None:
+    listed = await api.get("/v1/runs", headers=auth("viewer"))
+    assert listed.json()["items"] == [], "nothing was enqueued"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"job":"hook","payload":{"body":' + nested(1000) + "}}",
+        '{"job":"hook","payload":' + "[" * 1000 + "]" * 1000 + "}",
+        '{"job":"hook","payload":{"body":' + nested(MAX_JSON_DEPTH - 1) + "}}",
+        "[" * 5000,
+    ],
+    ids=["payload-objects", "payload-arrays", "one-too-deep", "unterminated"],
+)
+async def test_deep_json_on_enqueue_is_422_naming_the_body(
+    api: AsyncTestClient[Any], auth: Auth, body: str
+) -> None:
+    await _define_http_job(api, auth)
+    doc = problem(await _enqueue(api, body, auth), 422, "body")
+    assert f"at most {MAX_JSON_DEPTH}" in doc["detail"]
+    await _no_runs(api, auth)
+
+
+async def test_run_at_at_the_calendars_edges_is_422_on_enqueue(
+    api: AsyncTestClient[Any], auth: Auth
+) -> None:
+    await _define_http_job(api, auth)
+    for edge in EDGES:
+        body = {"job": "hook", "run_at": edge}
+        response = await api.post("/v1/runs", json=body, headers=auth("operator"))
+        doc = problem(response, 422, "run_at")
+        assert "1970-01-01T00:00:00Z" in doc["detail"], edge
+    # Inside the range but in a month that has no partition of runs (ADR 0005): a 422 for the
+    # caller to fix, not the 503 of a maintenance that is behind.
+    for inside in ("1970-01-01T00:00:00Z", "8999-12-31T23:59:59Z"):
+        response = await api.post(
+            "/v1/runs", json={"job": "hook", "run_at": inside}, headers=auth("operator")
+        )
+        problem(response, 422, "run_at")
+    await _no_runs(api, auth)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ('{"job":"hook","payload":{"body":NaN}}', 400, None),
+        ('{"job":"hook","payload":{"body":Infinity}}', 400, None),
+        ('{"job":"hook","payload":{"body":1e400}}', 400, None),
+        ('{"job":"hook","timeout_seconds":-1e400}', 400, None),
+        ('{"job":"hook","priority":1e400}', 400, None),
+        ('{"job":"hook","payload":{"body":"\\ud800"}}', 400, None),
+        ('{"job":"hook","payload":{"body":1' + "0" * 400 + "}}", 422, "payload.body"),
+        ('{"job":"hook","priority":9223372036854775808}', 422, "priority"),
+        ('{"job":"hook","max_attempts":18446744073709551616}', 422, "max_attempts"),
+        ('{"job":"hook","timeout_seconds":1e308}', 422, "timeout_seconds"),
+        ('{"job":"hook","run_at":1e10}', 422, "run_at"),
+        ('{"job":"hook","priority":"1"}', 422, "priority"),
+        ('{"job":"hook","payload":{"body":{"\\u0000":1}}}', 422, "payload.body"),
+        ('{"job":"hook","job":"other"}', 422, "job"),
+        ('{"job":"hook","payload":{"a":1,"a":2}}', 422, "payload.a"),
+        ('{"job":"' + "x" * 100_000 + '"}', 422, "job"),
+        ('{"job":"hook","queue":"' + "\\u202e" * 101 + '"}', 422, "queue"),
+    ],
+)
+async def test_hostile_values_on_enqueue_are_problems(
+    api: AsyncTestClient[Any], auth: Auth, body: str, status: int, field: str | None
+) -> None:
+    await _define_http_job(api, auth)
+    response = await _enqueue(api, body, auth)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    if field is not None:
+        problem(response, status, field)
+    await _no_runs(api, auth)

@@ -27,6 +27,7 @@ VALID = {
         "from": "2020-01-01T00:00:00Z",
         "to": "2020-01-02T00:00:00Z",
     },
+    ("post", "/v1/runs"): {"job": "n"},
 }
 
 
@@ -87,6 +88,7 @@ async def test_every_request_body_forbids_unknown_fields_and_says_so(
         ("post", "/v1/schedules"),
         ("patch", "/v1/schedules/{schedule_id}"),
         ("post", "/v1/schedules/{schedule_id}/backfill"),
+        ("post", "/v1/runs"),
     }
     for method, path, name, component in bodies:
         assert component.get("additionalProperties") is False, (method, path, name)
@@ -152,7 +154,7 @@ async def test_a_number_where_the_document_says_date_time_is_422_naming_the_fiel
             assert response.status_code == 422, (method, path, field, response.text)
             assert [e["field"] for e in response.json()["errors"]] == [field], response.text
             checked += 1
-    assert checked >= 8  # run_at, starts_at, ends_at twice; from, to
+    assert checked >= 9  # run_at, starts_at, ends_at twice; from, to; an enqueue's run_at
 
 
 async def test_options_allows_what_the_document_lists(

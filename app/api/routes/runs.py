@@ -1,4 +1,4 @@
-"""/v1/runs: the runs of every schedule (viewer), and retry/cancel (operator)."""
+"""/v1/runs: the runs of every schedule (viewer); enqueue, retry and cancel (operator)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
-from litestar.params import QueryParameter
+from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import BodyKwarg, HeaderParameter, QueryParameter
 
 from pgsched.app.api import cursors
 from pgsched.app.api.auth import audit
@@ -25,18 +29,21 @@ from pgsched.app.api.common import (
     clock_now,
     page_size,
 )
-from pgsched.app.api.problems import ApiError, responses
+from pgsched.app.api.problems import ApiError, FieldError, responses
 from pgsched.app.api.schemas import (
     Attempt,
     Event,
     EventPage,
     Run,
+    RunCreate,
     RunDetail,
     RunPage,
     RunState,
     run_out,
 )
+from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.domain.errors import InvalidRequest, NotFound
 from pgsched.app.services import runs
 
 TAGS = ["runs"]
@@ -187,6 +194,148 @@ async def list_run_events(
     return EventPage(items=items, next_cursor=items[-1].cursor if more else None)
 
 
+RUN_LOCATION = ResponseHeader(
+    name="Location", description="The new run's URL.", documentation_only=True
+)
+ENQUEUE_EXAMPLES = [
+    Example(
+        summary="Send one order's mail: the definition's target, this order's arguments",
+        value={"job": "send-mail", "payload": {"kwargs": {"order_id": 1234}}},
+    ),
+    Example(
+        summary="A report at a set time, on its own queue, with a longer timeout",
+        value={
+            "job": "nightly-report",
+            "payload": {"body": {"period": "2026-11"}},
+            "queue": "reports",
+            "priority": 5,
+            "run_at": "2026-12-05T06:00:00Z",
+            "max_attempts": 3,
+            "timeout_seconds": 900,
+        },
+    ),
+]
+# The request fields the enqueue service names in its refusals, as the client sent them.
+_WIRE = {"idempotency_key": ("Idempotency-Key", "header")}
+
+
+def _refused(status: int, field: str, message: str, *, source: str = "body") -> ApiError:
+    field, source = _WIRE.get(field, (field, source))
+    error = ApiError(status, f"{field}: {message}", kind="validation-failed")
+    error.errors = [FieldError(field, message, source)]
+    return error
+
+
+def _definitions(request: Request[Any, Any, Any]) -> runs.Definitions:
+    """The process's cache of definitions (ADR 0027): an enqueue of a definition read before is
+    one round trip; a stale entry costs a read and a retry, never a wrongly validated run."""
+    state = request.app.state
+    cached = state.get("definitions")
+    if not isinstance(cached, runs.Definitions):
+        cached = state["definitions"] = runs.Definitions()
+    return cached
+
+
+async def _enqueue(
+    request: Request[Any, Any, Any],
+    conn: Conn,
+    job: str,
+    item: runs.Item,
+    *,
+    actor: str,
+    meta: dict[str, object],
+) -> tuple[Row, bool]:
+    """One statement on the pool's autocommit connection: the run, its key and its event commit
+    together, and the workers are woken at that commit (ADR 0027)."""
+    cache = _definitions(request)
+    cached = cache.get(job) is not None
+    try:
+        ((run, created),) = await runs.enqueue_items(
+            conn, job, [item], actor=actor, now=clock_now(request), meta=meta, definitions=cache
+        )
+    except InvalidRequest:
+        if not cached:
+            raise
+        # The service validates against the cached definition before its statement can tell
+        # that the definition changed, so a refusal may be the old job type's or payload's:
+        # read the definition again and decide once more (a refusal costs one read).
+        cache.forget(job)
+        ((run, created),) = await runs.enqueue_items(
+            conn, job, [item], actor=actor, now=clock_now(request), meta=meta, definitions=cache
+        )
+    return run, created
+
+
+@post(
+    "/runs",
+    operation_id="enqueueRun",
+    summary="Enqueue a run of a job definition, with arguments of its own",
+    tags=TAGS,
+    opt=OPERATOR,
+    status_code=201,
+    response_headers=[RUN_LOCATION],
+    responses={
+        200: ResponseSpec(
+            Run, description="Replayed: the run an earlier request with this key made"
+        ),
+        **responses(404, 413),
+    },
+)
+async def enqueue_run(
+    request: Request[Any, Any, Any],
+    data: Annotated[
+        RunCreate, BodyKwarg(media_type=RequestEncodingType.JSON, examples=ENQUEUE_EXAMPLES)
+    ],
+    conn: NamedDependency[Conn],
+    idempotency_key: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Idempotency-Key",
+            required=False,
+            min_length=1,
+            max_length=255,
+            description=(
+                "Repeating a request with the same key returns the first one's run (200). "
+                "Keys are per definition, shared with its trigger."
+            ),
+        ),
+    ] = None,
+) -> Response[Run]:
+    """An ad-hoc run (origin `enqueue`) of the live job definition `job`, waiting from `run_at`
+    (default now), even while the definition is paused (201). `payload` is merged over the
+    definition's (top-level keys) and validated for its job type; any other field left out
+    takes the definition's. 404 naming `job` when no live definition has that name. With an
+    Idempotency-Key, a repeated request returns the run the first one made (200)."""
+    actor, meta = audit(request)
+    if idempotency_key is not None and "\x00" in idempotency_key:
+        raise _refused(422, "Idempotency-Key", "must not contain NUL", source="header")
+    item = runs.Item(
+        data.payload,
+        data.queue,
+        data.priority,
+        data.run_at,
+        data.max_attempts,
+        data.timeout_seconds,
+        idempotency_key,
+    )
+    try:
+        run, created = await _enqueue(request, conn, data.job, item, actor=actor, meta=meta)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), field="job", source="body") from exc
+    except InvalidRequest as exc:
+        raise _refused(422, exc.field, str(exc).removeprefix(f"{exc.field}: ")) from exc
+    except store.PartitionMissing as exc:
+        # Runs live in monthly partitions made a few months ahead and retired after their
+        # retention: a start time outside them is the caller's to change, not a 503.
+        raise _refused(
+            422, "run_at", "falls in a month the database keeps no runs for (too far ahead or back)"
+        ) from exc
+    body = run_out({**run, "schedule_name": data.job})
+    if not created:
+        return Response(body, status_code=200)
+    return Response(body, status_code=201, headers={"Location": f"/v1/runs/{run['id']}"})
+
+
 @post(
     "/runs/{run_id:str}/retry",
     operation_id="retryRun",
@@ -238,4 +387,4 @@ async def cancel_run(
     return run_out(await _run(conn, run_id))
 
 
-ROUTES = [list_runs, get_run, list_run_events, retry_run, cancel_run]
+ROUTES = [enqueue_run, list_runs, get_run, list_run_events, retry_run, cancel_run]
