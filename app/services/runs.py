@@ -241,14 +241,24 @@ async def enqueue_items(
     trace_context = trace_context or spans.trace_context()  # the enqueuer's span (ADR 0016)
     for _ in range(_STALE_RETRIES):
         definition = cache.get(job)
+        cached = definition is not None
         if definition is None:
             definition = _found(job, await store.enqueue.job_definition(conn, job))
             cache.put(job, definition)
+        try:
+            checked = _checked(definition, items)
+        except InvalidRequest:
+            if not cached:
+                raise
+            # Checked against a definition read earlier, the refusal may be its old job type's
+            # or payload's: decide again on a fresh read (a refusal costs one read).
+            cache.forget(job)
+            continue
         result = await store.enqueue.enqueue_runs(
             conn,
             definition.id,
             definition.version,
-            _checked(definition, items),
+            checked,
             actor=actor,
             now=now,
             trace_context=trace_context,
@@ -281,14 +291,24 @@ def enqueue_items_sync(
     trace_context = trace_context or spans.trace_context()
     for _ in range(_STALE_RETRIES):
         definition = cache.get(job)
+        cached = definition is not None
         if definition is None:
             definition = _found(job, store.enqueue.job_definition_sync(conn, job))
             cache.put(job, definition)
+        try:
+            checked = _checked(definition, items)
+        except InvalidRequest:
+            if not cached:
+                raise
+            # Checked against a definition read earlier, the refusal may be its old job type's
+            # or payload's: decide again on a fresh read (a refusal costs one read).
+            cache.forget(job)
+            continue
         result = store.enqueue.enqueue_runs_sync(
             conn,
             definition.id,
             definition.version,
-            _checked(definition, items),
+            checked,
             actor=actor,
             now=now,
             trace_context=trace_context,

@@ -189,6 +189,9 @@ async def trigger(
             conn, schedule_id, idempotency_key, now=now
         ):
             earlier = await store.trigger_key_run(conn, schedule_id, idempotency_key)
+            if earlier is None:  # an enqueue took the key: its run carries it (ADR 0027)
+                enqueued = await store.enqueue.runs_by_key(conn, schedule_id, [idempotency_key])
+                earlier = enqueued[0] if enqueued else None
             if earlier is None:  # the key's run was in a retired month
                 raise InvalidRequest("Idempotency-Key", "was used for a run no longer kept")
             return earlier, False

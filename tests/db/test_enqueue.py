@@ -217,6 +217,37 @@ async def test_same_key_twice_makes_one_run(conn: Conn) -> None:
     assert await replay.verify(conn) == []
 
 
+async def test_a_refusal_against_a_stale_cached_definition_is_decided_again(conn: Conn) -> None:
+    """The payload is checked against the cached definition before the statement can tell that
+    it changed: an enqueue the new definition accepts must not be refused by the old one."""
+    job = await define(conn, job_type="noop")
+    cache = runs.Definitions()
+    await runs.enqueue(conn, "mail", actor="test", definitions=cache)
+    await schedules.update(
+        conn,
+        job["id"],
+        {"job_type": "http", "payload": {"url": "https://example.com/a"}},
+        if_match=None,
+        actor="test",
+        now=None,
+    )
+    run, _ = await runs.enqueue(
+        conn, "mail", payload={"method": "PUT"}, actor="test", definitions=cache
+    )
+    assert run["payload"] == {"url": "https://example.com/a", "method": "PUT"}
+    with pytest.raises(InvalidRequest):  # still refused when the fresh definition refuses it
+        await runs.enqueue(conn, "mail", payload={"method": 7}, actor="test", definitions=cache)
+
+
+async def test_a_trigger_with_an_enqueues_key_returns_the_enqueued_run(conn: Conn) -> None:
+    job = await define(conn)
+    run, _ = await runs.enqueue(conn, "mail", idempotency_key="k1", actor="test")
+    again, created = await schedules.trigger(
+        conn, job["id"], actor="test", now=None, idempotency_key="k1"
+    )
+    assert (again["id"], created) == (run["id"], False)
+
+
 async def test_enqueue_many_makes_1000_runs_in_one_statement(conn: Conn) -> None:
     await define(conn, job_type="http", payload={"url": "https://example.com/", "method": "PUT"})
     items = [

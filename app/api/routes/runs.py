@@ -247,22 +247,15 @@ async def _enqueue(
 ) -> tuple[Row, bool]:
     """One statement on the pool's autocommit connection: the run, its key and its event commit
     together, and the workers are woken at that commit (ADR 0027)."""
-    cache = _definitions(request)
-    cached = cache.get(job) is not None
-    try:
-        ((run, created),) = await runs.enqueue_items(
-            conn, job, [item], actor=actor, now=clock_now(request), meta=meta, definitions=cache
-        )
-    except InvalidRequest:
-        if not cached:
-            raise
-        # The service validates against the cached definition before its statement can tell
-        # that the definition changed, so a refusal may be the old job type's or payload's:
-        # read the definition again and decide once more (a refusal costs one read).
-        cache.forget(job)
-        ((run, created),) = await runs.enqueue_items(
-            conn, job, [item], actor=actor, now=clock_now(request), meta=meta, definitions=cache
-        )
+    ((run, created),) = await runs.enqueue_items(
+        conn,
+        job,
+        [item],
+        actor=actor,
+        now=clock_now(request),
+        meta=meta,
+        definitions=_definitions(request),
+    )
     return run, created
 
 
