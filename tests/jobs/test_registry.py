@@ -313,3 +313,13 @@ def test_a_reloaded_module_registers_its_jobs_again() -> None:
     importlib.reload(registered_jobs)
     assert jobs.registry.get("registry-greet") is not None
     assert asyncio.iscoroutinefunction(registered_jobs.greet_async)
+
+
+def test_decorating_loads_no_database_driver() -> None:
+    """`pgsched.job` comes on first use and is pure (app.jobs): a module of jobs imports no
+    psycopg for it, nor the services."""
+    code = (
+        "import sys, pgsched; pgsched.job, pgsched.RunContext;"
+        " assert 'psycopg' not in sys.modules and 'pgsched.app.services' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
