@@ -27,7 +27,7 @@ from tests.cli.test_cli_input import _cli
 from tests.conftest import ROOT
 from tests.jobs import registered_jobs
 from tests.jobs.conftest import MakeCtx
-from tests.support.worker import eventually, running_worker, wait_state
+from tests.support.worker import eventually, running_worker, started_worker, wait_state
 
 MOD = "tests.jobs.registered_jobs"
 
@@ -323,3 +323,29 @@ def test_decorating_loads_no_database_driver() -> None:
         " assert 'psycopg' not in sys.modules and 'pgsched.app.services' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("job", ["registry-wait-sync", "registry-wait-async"])
+async def test_cancelled_turns_true_when_the_worker_shuts_down_past_its_grace(
+    db: Conn, dsn: str, job: str
+) -> None:
+    await _define_registered(db)
+    async with await pgsched.AsyncClient.connect(dsn) as client:
+        run = await client.enqueue(job, {"kwargs": {"dsn": dsn}})
+    key = f"{run.id}:1"
+    async with started_worker(dsn, queues=("registry",), grace_seconds=0) as running:
+
+        async def started() -> bool:
+            return await _notes(db, key) == ["started"]
+
+        await eventually("the job started", started)
+        running.stop.set()
+        assert await running.ended() is None
+
+    async def seen() -> list[str] | None:
+        notes = await _notes(db, key)
+        return notes if len(notes) == 2 else None
+
+    assert await eventually("the job saw it", seen) == ["started", "cancelled=True"]
+    released = await wait_state(db, run.id, {"waiting", "succeeded", "failed", "dead"})
+    assert released["state"] == "waiting"  # released without using up the attempt
