@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import signal
 import socket
 import sys
@@ -350,9 +351,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.slots is not None:
         slots = settings.slots(str(args.slots), "--slots")
         worker_settings = dataclasses.replace(worker_settings, slots=slots)
+    if args.imports is not None:
+        modules = tuple(n for m in args.imports for n in settings.module_list(m, "--import"))
+        _import_jobs(modules, "--import")
+    else:
+        _import_jobs(settings.job_modules(env), "PGSCHED_IMPORT")
 
     async def _work() -> None:
         stop, hard = asyncio.Event(), asyncio.Event()
+        await _define_jobs(url)
 
         def on_signal() -> None:
             (hard if stop.is_set() else stop).set()
@@ -372,6 +379,59 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(f"pgsched worker stopped: {died}", file=sys.stderr)
             return EXIT_TASK_DIED
     return 0
+
+
+def _import_jobs(modules: Sequence[str], source: str) -> None:
+    """Import the application's modules, whose `@pgsched.job` functions register (app.jobs).
+
+    The working directory comes first on sys.path, as for `python -m`: `pgsched worker
+    --import myapp.jobs` started where the application lives finds `myapp` (the console
+    script's own sys.path[0] is its bin directory). Anything a module raises while imported is
+    a one-line error naming it (exit 2): a worker that cannot run its jobs should not start."""
+    if not modules:
+        return
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - whatever the application's import raises
+            raise CommandError(
+                f"{source}: cannot import {name}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+
+
+async def _define_jobs(url: str) -> None:
+    """Create, or bring up to date, the definition of every job registered in this process
+    (services.schedules.define_job: an unchanged definition records nothing), once the
+    database answers. The worker's role must be allowed to write schedules (ADR 0027)."""
+    from pgsched.app import jobs
+    from pgsched.app.domain.errors import InvalidDefinition, OperationError
+    from pgsched.app.services import schedules
+
+    if not len(jobs.registry):
+        return
+    await _wait_for_database(url)
+
+    async def define(conn: Conn) -> int:
+        for entry in jobs.registry:
+            try:
+                await schedules.define_job(
+                    conn,
+                    entry.name,
+                    entry.job_type,
+                    entry.payload,
+                    defaults=entry.definition(),
+                    actor="cli",
+                )
+            except InvalidDefinition as exc:
+                raise CommandError(f"job {entry.name}: {exc.field}: {exc.message}") from None
+            except (OperationError, ValueError) as exc:
+                raise CommandError(f"job {entry.name}: {_first_line(exc)}") from None
+        return 0
+
+    await _with_conn(url, define)
 
 
 def cmd_ticker(args: argparse.Namespace) -> int:
@@ -608,6 +668,14 @@ def parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="run a worker (SIGTERM drains, a second signal stops)")
     wk.add_argument("--queues", help="comma-separated queues (default: $PGSCHED_QUEUES or default)")
     wk.add_argument("--slots", type=int, help="jobs at once (default: $PGSCHED_WORKER_SLOTS or 4)")
+    wk.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE at start and define the @pgsched.job jobs it registers "
+        "(repeatable; default: $PGSCHED_IMPORT, comma-separated)",
+    )
     wk.set_defaults(func=cmd_worker)
 
     ti = sub.add_parser("ticker", help="run only the ticker (due occurrences become runs)")

@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from pgsched.app import jobs
 from pgsched.app.db.store import Row
 from pgsched.app.services import runs, schedules
 from pgsched.app.services.runs import Definitions, Item
@@ -90,6 +91,14 @@ def _items(items: Iterable[Item | Mapping[str, Any]]) -> list[Item]:
     """Items given as Item or as mappings of its fields (a mapping's unknown key is a
     TypeError, as a misspelt keyword argument would be)."""
     return [i if isinstance(i, Item) else Item(**i) for i in items]
+
+
+def _check_registered(job: str | int, items: list[Item]) -> None:
+    """A job registered in this process with @pgsched.job (app.jobs): each run's kwargs must
+    bind to its function, checked before the statement (InvalidRequest naming the argument).
+    A job this process does not know is checked by the worker when it runs."""
+    for item in items:
+        jobs.registry.check_payload(job, item.payload)
 
 
 class Client:
@@ -164,6 +173,8 @@ class Client:
     def _enqueue(
         self, job: str | int, items: list[Item], conn: psycopg.Connection[Any] | None
     ) -> list[Run]:
+        _check_registered(job, items)
+
         def go(c: psycopg.Connection[Any]) -> list[Run]:
             paired = runs.enqueue_items_sync(
                 c, job, items, actor=self.actor, definitions=self._definitions
@@ -297,6 +308,8 @@ class AsyncClient:
     async def _enqueue(
         self, job: str | int, items: list[Item], conn: psycopg.AsyncConnection[Any] | None
     ) -> list[Run]:
+        _check_registered(job, items)
+
         async def go(c: psycopg.AsyncConnection[Any]) -> list[Run]:
             paired = await runs.enqueue_items(
                 c, job, items, actor=self.actor, definitions=self._definitions

@@ -20,6 +20,8 @@ Sections, and the commands that read them:
   (app.api.config.ApiSettings): `api`, `run`;
 - worker: `PGSCHED_QUEUES`, `PGSCHED_WORKER_SLOTS`, `PGSCHED_LEASE_SECONDS`,
   `PGSCHED_SHUTDOWN_GRACE_SECONDS` (workers.worker.WorkerSettings): `worker`, `run`;
+  `PGSCHED_IMPORT` (`job_modules`, the application's modules of `@pgsched.job` functions, ADR
+  0027): `worker`;
 - retention: `PGSCHED_MONTHS_AHEAD`, `PGSCHED_RUN_RETENTION_DAYS`,
   `PGSCHED_EVENT_RETENTION_DAYS`, `PGSCHED_ARCHIVE_DIR` (app.maintenance.Retention):
   `maintain`, `ticker`, `run` (the last two install the built-in schedule with it);
@@ -135,6 +137,20 @@ def queue_list(raw: str, name: str) -> tuple[str, ...]:
             f"{name} must be comma-separated queue names (a,b), none empty, got {raw!r}"
         )
     return queues
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def module_list(raw: str, name: str) -> tuple[str, ...]:
+    """Comma-separated importable module names (myapp.jobs,billing.jobs); whether each imports
+    is known only when the worker imports it (app.cli: a one-line error, exit 2)."""
+    modules = tuple(m.strip() for m in raw.split(","))
+    if not all(_MODULE.fullmatch(m) for m in modules):
+        raise SettingsError(
+            f"{name} must be comma-separated module names (myapp.jobs,other.jobs), got {raw!r}"
+        )
+    return modules
 
 
 def choice(raw: str, name: str, choices: tuple[str, ...]) -> str:
@@ -304,12 +320,20 @@ def worker(env: Mapping[str, str]) -> WorkerSettings:
     from pgsched.workers.worker import WorkerSettings  # noqa: PLC0415 - see _SECTIONS
 
     job_environment(env)
+    job_modules(env)
     return WorkerSettings(
         queues=_read(env, "PGSCHED_QUEUES", ("default",), queue_list),
         slots=_read(env, "PGSCHED_WORKER_SLOTS", 4, slots),
         lease_seconds=_read(env, "PGSCHED_LEASE_SECONDS", 30.0, seconds),
         grace_seconds=_read(env, "PGSCHED_SHUTDOWN_GRACE_SECONDS", 30.0, _seconds_or_0),
     )
+
+
+def job_modules(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`PGSCHED_IMPORT`: the modules `pgsched worker` imports at start, so that the jobs they
+    register with `@pgsched.job` are defined and their functions run (app.jobs; `--import`
+    given on the command line replaces it). Unset or empty: none."""
+    return _optional(env, "PGSCHED_IMPORT", module_list) or ()
 
 
 def job_environment(env: Mapping[str, str]) -> None:

@@ -6,8 +6,9 @@ process and its job types), `pgsched.otel` (telemetry), and, as package data rea
 importlib.resources, `migrations` (the alembic scripts) and `sql` (released partition SQL).
 
 As a library (ADR 0027): `pgsched.Client` / `pgsched.AsyncClient` enqueue runs in the caller's
-transaction (`pgsched.app.client`). They are imported on first use, so `import pgsched` stays
-light.
+transaction (`pgsched.app.client`). `@pgsched.job("name", ...)` registers a function as a
+python job definition, `pgsched.RunContext` is what such a job may ask for (`pgsched.app.jobs`).
+They are imported on first use, so `import pgsched` stays light.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pgsched.app.client import AsyncClient, Client, Item, Run
+    from pgsched.app.jobs import RunContext, job
 
 try:
     __version__ = version("pgsched")
@@ -24,13 +26,18 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 _CLIENT_NAMES = frozenset({"AsyncClient", "Client", "Item", "Run"})
-__all__ = ["AsyncClient", "Client", "Item", "Run", "__version__"]
+_JOB_NAMES = frozenset({"RunContext", "job"})
+__all__ = ["AsyncClient", "Client", "Item", "Run", "RunContext", "__version__", "job"]
 
 
 def __getattr__(name: str) -> object:
-    """The client's names, imported when first asked for (PEP 562)."""
+    """The client's and the job registry's names, imported when first asked for (PEP 562)."""
     if name in _CLIENT_NAMES:
         from pgsched.app import client  # noqa: PLC0415 - lazy on purpose: keeps `import pgsched` light
 
         return getattr(client, name)
+    if name in _JOB_NAMES:
+        from pgsched.app import jobs  # noqa: PLC0415 - lazy on purpose, as above
+
+        return getattr(jobs, name)
     raise AttributeError(f"module 'pgsched' has no attribute {name!r}")

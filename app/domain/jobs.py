@@ -351,6 +351,8 @@ def _python(payload: Mapping[str, Json]) -> dict[str, Json]:
                 raise InvalidPayload(path, "is reserved: the worker passes run_id:attempt")
             if name == "database_url":
                 raise InvalidPayload(path, "is reserved: the worker passes its database URL")
+            if name == "run_context":  # app.jobs.RUN_CONTEXT_PARAMETER (ADR 0027)
+                raise InvalidPayload(path, "is reserved: the worker passes the run's context")
         out["kwargs"] = dict(kwargs)
     return out
 

@@ -50,6 +50,7 @@ TABLE = [
     Bad("PGSCHED_HTTP_ALLOW", "not a host!", "worker", "not a CIDR, IP address or hostname"),
     Bad("PGSCHED_COMMAND_USER", "no-such-user-pgsched", "worker", "must name a user"),
     Bad("PGSCHED_SQL_DSN_REPORTS", "nonsense", "worker", "must be a PostgreSQL URL"),
+    Bad("PGSCHED_IMPORT", "myapp.jobs,my app", "worker", "must be comma-separated module names"),
     # retention
     Bad("PGSCHED_MONTHS_AHEAD", "x", "maintain", "must be a whole number 1..120, got 'x'"),
     Bad("PGSCHED_RUN_RETENTION_DAYS", "thirty", "maintain", "whole number 1..36500"),

@@ -4,12 +4,18 @@ venv in a directory that also holds an application's own `app` package, and run 
 `pgsched migrate` and `pgsched verify` work from the installed package data alone, and a worker
 of the installed package completes a run whose job is a function of the application's `app`:
 the two `app`s never meet, because the wheel installs one top-level name, `pgsched`.
+
+The README's "Use it from your application" runs as written: its code blocks marked `example`
+become the application's files (`file=...`) and its shell lines are run, in order, with the
+venv's `pgsched` and `python` (ADR 0027).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -231,4 +237,124 @@ def _final_state(dsn: str, schedule_id: int, log: Path) -> str:
             if row is not None and row[0] in {"succeeded", "dead", "cancelled"}:
                 return str(row[0])
             assert time.monotonic() < deadline, (row, log.read_text())
+            time.sleep(0.2)
+
+
+# A README code block the test runs: ```python example file=myapp/jobs.py, or ```sh example.
+_EXAMPLE = re.compile(r"^```(?P<lang>\w+) example(?P<info>[^\n]*)\n(?P<body>.*?)^```$", re.M | re.S)
+README_SECTION = "## Use it from your application"
+
+
+def readme_example() -> tuple[dict[str, str], list[str]]:
+    """The section's files (path -> text) and its shell lines, in order."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(README_SECTION)
+    end = text.find("\n## ", start + len(README_SECTION))
+    section = text[start : end if end >= 0 else None]
+    files: dict[str, str] = {}
+    lines: list[str] = []
+    for block in _EXAMPLE.finditer(section):
+        named = re.search(r"\bfile=(\S+)", block["info"])
+        if named is not None:
+            files[named[1]] = block["body"]
+        elif block["lang"] == "sh":
+            lines += block["body"].splitlines()
+    return files, lines
+
+
+def test_the_readme_names_the_files_and_commands_it_runs() -> None:
+    files, lines = readme_example()
+    assert set(files) == {"myapp/jobs.py", "signup.py"}
+    commands = " ".join(lines)
+    assert "pgsched migrate" in commands
+    assert "pgsched worker --import myapp.jobs" in commands
+    assert "python signup.py" in commands
+
+
+def test_the_readme_application_example_runs_from_the_wheel(site: Path, empty_dsn: str) -> None:
+    """Its files written, its commands run: the committed signup's run succeeds with its
+    kwargs, the rolled-back one left no run and no user."""
+    home = site / "readme"
+    files, lines = readme_example()
+    for name, body in files.items():
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(body)
+    env = _env(site, DATABASE_URL=empty_dsn)
+    log = home / "worker.log"
+    background: list[subprocess.Popen[bytes]] = []
+    said = ""
+    try:
+        for raw in lines:
+            line = raw.split("  #", 1)[0].strip()
+            if not line or line.startswith(("#", "export ")):  # the test sets DATABASE_URL
+                continue
+            argv = shlex.split(line.removesuffix("&"))
+            if line.endswith("&"):
+                with log.open("ab") as sink:
+                    background.append(
+                        subprocess.Popen(argv, cwd=home, env=env, stdout=sink, stderr=sink)
+                    )
+                # What a reader sees before typing on: the worker has started (and defined
+                # the jobs it imported, which it does before it registers).
+                _until_registered(empty_dsn, background[-1], log)
+                continue
+            done = subprocess.run(
+                argv, cwd=home, env=env, capture_output=True, text=True, timeout=120, check=False
+            )
+            assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+            said += done.stdout
+        assert background, "the README starts no worker"
+        run_id, user_id = _welcome_run(empty_dsn, log)
+    finally:
+        for proc in background:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert "bob@example.com refused - rolled back, no run" in said
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        users = c.execute("SELECT id, email FROM users").fetchall()
+        sent = c.execute("SELECT user_id, attempt FROM welcome_sent").fetchall()
+        definition = c.execute(
+            "SELECT kind, job_type, payload, queue, max_attempts FROM pgsched.schedule"
+            " WHERE name = 'send_welcome'"
+        ).fetchone()
+    assert users == [(user_id, "ada@example.com")]  # bob's row rolled back with his run
+    assert sent == [(user_id, f"{run_id}:1")]  # the kwargs and the run's context reached it
+    assert definition == ("job", "python", {"target": "myapp.jobs:send_welcome"}, "mail", 5)
+    assert all(p.returncode == 0 for p in background), log.read_text()
+    assert "Traceback" not in log.read_text()
+    verified = _pgsched(site, "verify", DATABASE_URL=empty_dsn)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _until_registered(dsn: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while True:
+            row = c.execute("SELECT count(*) FROM pgsched.worker").fetchone()
+            if row is not None and row[0] > 0:
+                return
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # a poll interval
+
+
+def _welcome_run(dsn: str, log: Path) -> tuple[int, int]:
+    """(run id, user id) of the one send_welcome run, once it succeeded."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while True:
+            rows = c.execute(
+                "SELECT r.id, r.state, r.payload FROM pgsched.run r"
+                " JOIN pgsched.schedule s ON s.id = r.schedule_id WHERE s.name = 'send_welcome'"
+            ).fetchall()
+            assert len(rows) <= 1, rows  # the rolled-back enqueue left no run
+            if rows and rows[0][1] in {"succeeded", "dead", "cancelled"}:
+                run_id, state, payload = rows[0]
+                assert state == "succeeded", log.read_text()
+                return int(run_id), int(payload["kwargs"]["user_id"])
+            assert time.monotonic() < deadline, (rows, log.read_text())
             time.sleep(0.2)

@@ -4,8 +4,9 @@ This module owns importing the target, deciding how to call it (awaited on the e
 it is a coroutine function, otherwise on a thread of its own), passing ``kwargs`` and, to a
 function that has a parameter of that name, ``idempotency_key`` (``run_id:attempt``) and
 ``database_url`` (the worker's own database, so pgsched's built-in maintenance job connects
-there without anything in the environment), and turning what it returned or raised into an
-outcome.
+there without anything in the environment) and ``run_context`` (a ``pgsched.RunContext``: the
+run's id, attempt and key, and ``cancelled()``, which turns true when the worker stops the
+attempt; ADR 0027), and turning what it returned or raised into an outcome.
 
 A thread cannot be killed. When a sync function overruns its timeout the outcome is
 ``timeout``, but the thread runs on until the function returns. That is why each call gets a
@@ -33,10 +34,11 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pgsched.app.jobs import RUN_CONTEXT_PARAMETER, RunContext
 from pgsched.workers.jobs.base import JobContext, Outcome, clip_tail, one_line, timeout_error
 from pgsched.workers.jobs.secretrefs import Masker
 
-__all__ = ["DATABASE_URL_PARAMETER", "IDEMPOTENCY_PARAMETER", "run"]
+__all__ = ["DATABASE_URL_PARAMETER", "IDEMPOTENCY_PARAMETER", "RUN_CONTEXT_PARAMETER", "run"]
 
 IDEMPOTENCY_PARAMETER = "idempotency_key"
 DATABASE_URL_PARAMETER = "database_url"
@@ -99,6 +101,24 @@ def _arguments(
         raise _TargetError(f"kwargs do not match {target}: {exc}") from None
 
 
+async def _awaited(
+    fn: Callable[..., Any], kwargs: Mapping[str, object], stop: RunContext
+) -> object:
+    """``await fn(**kwargs)`` in a task of its own, so that when this await is cancelled (the
+    timeout, or the worker stopping the job) ``stop.cancelled()`` is true before the function
+    sees its CancelledError; then the function is cancelled and waited for, as a direct await
+    would have."""
+    inner = asyncio.ensure_future(fn(**kwargs))
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        stop.stop()
+        inner.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # its end is not the outcome
+            await inner
+        raise
+
+
 async def _in_thread(fn: Callable[..., Any], kwargs: Mapping[str, object], name: str) -> object:
     """``fn(**kwargs)`` on a daemon thread; cancelling the await abandons, not stops, it."""
     loop = asyncio.get_running_loop()
@@ -147,9 +167,11 @@ async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) ->
     kwargs = {str(k): v for k, v in given.items()} if isinstance(given, Mapping) else {}
     try:
         fn = _load(target)
+        context = RunContext(ctx.run_id, ctx.attempt, ctx.timeout_seconds)
         given = {
             IDEMPOTENCY_PARAMETER: ctx.idempotency_key,
             DATABASE_URL_PARAMETER: ctx.database_url,
+            RUN_CONTEXT_PARAMETER: context,
         }
         _arguments(fn, target, kwargs, given)
     except _TargetError as exc:
@@ -159,9 +181,13 @@ async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) ->
     try:
         async with deadline:
             if is_async:
-                result = await fn(**kwargs)
+                result = await _awaited(fn, kwargs, context)
             else:
-                result = await _in_thread(fn, kwargs, f"pgsched-job-{ctx.idempotency_key}")
+                try:
+                    result = await _in_thread(fn, kwargs, f"pgsched-job-{ctx.idempotency_key}")
+                except asyncio.CancelledError:
+                    context.stop()  # the thread runs on: tell it, for it to look
+                    raise
     except TimeoutError as exc:
         if not deadline.expired():
             return _failure(exc, masker)  # the function's own TimeoutError
