@@ -212,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     retention = settings.retention(env)
     settings.telemetry(env, "run")
     settings.logs(env)
+    # The application's jobs, as `pgsched worker` imports them: before anything starts.
+    _import_jobs(settings.job_modules(env), "PGSCHED_IMPORT")
     started_local = False
     if url is None:
         url, started_local = _local_database(Path(args.data_dir))
@@ -302,6 +304,7 @@ def _run_service(
     asyncio.run(_wait_for_database(url))
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins(retention)))
+    asyncio.run(_define_jobs(url))
     print(f"database ready at {url}")
     print(f"  psql '{url}'")
 

@@ -330,9 +330,9 @@ def worker(env: Mapping[str, str]) -> WorkerSettings:
 
 
 def job_modules(env: Mapping[str, str]) -> tuple[str, ...]:
-    """`PGSCHED_IMPORT`: the modules `pgsched worker` imports at start, so that the jobs they
-    register with `@pgsched.job` are defined and their functions run (app.jobs; `--import`
-    given on the command line replaces it). Unset or empty: none."""
+    """`PGSCHED_IMPORT`: the modules `pgsched worker` and `pgsched run` import at start, so
+    that the jobs they register with `@pgsched.job` are defined and their functions run
+    (app.jobs; the worker's `--import` replaces it). Unset or empty: none."""
     return _optional(env, "PGSCHED_IMPORT", module_list) or ()
 
 

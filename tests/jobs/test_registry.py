@@ -308,6 +308,16 @@ def test_worker_import_of_a_missing_module_is_one_line_exit_2(
     assert lines[0].startswith("pgsched: ") and says in lines[0], lines[0]
 
 
+def test_run_imports_pgsched_import_too(dsn: str) -> None:
+    """`pgsched run` takes the application's jobs from PGSCHED_IMPORT, and refuses a module that
+    does not import before anything starts."""
+    out = _cli(dsn, "run", PGSCHED_IMPORT="no_such_module_pgsched", PGSCHED_HTTP_PORT="1")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("pgsched: PGSCHED_IMPORT: cannot import no_such_module"), lines
+
+
 def test_a_reloaded_module_registers_its_jobs_again() -> None:
     """The same targets again (importlib.reload): replaced, not refused as duplicates."""
     importlib.reload(registered_jobs)
