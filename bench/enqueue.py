@@ -83,7 +83,16 @@ from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, PsycopgDriver, Queries
 from procrastinate import App, PsycopgConnector
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from bench._common import RESULTS, command_line, machine, now_iso, table, version_of, write_results
+from bench._common import (
+    RESULTS,
+    command_line,
+    machine,
+    now_iso,
+    source_digests,
+    table,
+    version_of,
+    write_results,
+)
 from bench.drain import Cluster, cluster, reset_statements, statements
 from pgsched.app.cli import migrate
 from pgsched.app.client import AsyncClient, Client, Item
@@ -92,6 +101,14 @@ JOB = "bench-enqueue"
 WARMUP = 6  # psycopg prepares a statement on its 6th execution (prepare_threshold 5)
 PACKAGES = ("psycopg", "psycopg-pool", "asyncpg", "pgqueuer", "procrastinate")
 SYSTEMS = ("pgsched", "pgqueuer", "procrastinate")
+SOURCES = (
+    "app/client.py",
+    "app/services/runs.py",
+    "app/db/store/enqueue.py",
+    "app/db/queries/enqueue.sql",
+    "app/domain/jobs.py",
+    "bench/enqueue.py",
+)
 
 
 def noop(**kwargs: object) -> None:
@@ -923,6 +940,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 1),
         "machine": info,
         "packages": {p: version_of(p) for p in ("pgsched", *PACKAGES)},
+        "sources": source_digests(*SOURCES),
         "params": {
             "n_single": args.n,
             "concurrency": args.concurrency,
