@@ -231,7 +231,7 @@ def _arguments_only(job_type: str, override: Mapping[str, object]) -> None:
             given = ", ".join(sorted(allowed)) or "nothing"
             raise InvalidRequest(
                 f"payload.{key}",
-                f"is the job definition's; an enqueue of a {job_type} job gives only {given}",
+                f"is the job definition's; enqueued runs of {job_type} jobs take only {given}",
             )
     _no_secret_refs(override, "payload")
 
