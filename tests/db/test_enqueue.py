@@ -525,3 +525,38 @@ async def test_an_enqueue_gives_arguments_not_what_runs(
     with pytest.raises(InvalidRequest) as refused:
         await runs.enqueue(conn, "mail", payload=override, actor="test")
     assert refused.value.field == field
+
+
+async def test_two_processes_defining_one_job_at_once_end_with_one_definition(
+    dsn: str, db: Conn
+) -> None:
+    """A worker starting while the application enqueues its first run: both define the job.
+    The second waits on the first's uncommitted row, finds the name taken when it commits, and
+    brings that definition up to its own fields instead of failing."""
+    first, second = await connect(dsn), await connect(dsn)
+    try:
+        async with first.transaction():
+            made = await schedules.define_job(first, "racy", "noop", {}, actor="a")
+            pid = (await (await second.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]
+            racing = asyncio.create_task(
+                schedules.define_job(
+                    second, "racy", "noop", {}, defaults={"priority": 4}, actor="b"
+                )
+            )
+
+            async def waiting() -> bool:
+                cur = await db.execute(
+                    "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", [pid]
+                )
+                return await cur.fetchone() is not None
+
+            await eventually("the second definer waits on the first", waiting, within=10)
+        after = await racing
+    finally:
+        await first.close()
+        await second.close()
+    assert after["id"] == made["id"]
+    assert after["priority"] == 4
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.schedule WHERE name = 'racy'")
+    assert (await cur.fetchone())["n"] == 1
+    assert await replay.verify(db) == []
