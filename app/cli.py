@@ -432,6 +432,12 @@ async def _define_jobs(url: str) -> None:
                 raise CommandError(f"job {entry.name}: {exc.field}: {exc.message}") from None
             except (OperationError, ValueError) as exc:
                 raise CommandError(f"job {entry.name}: {_first_line(exc)}") from None
+            except psycopg.errors.InsufficientPrivilege:
+                raise CommandError(
+                    f"job {entry.name}: this database role may not define jobs; define them once"
+                    " with a role that may write schedules (the owner), then start the worker"
+                    " again (ADR 0027)"
+                ) from None
         return 0
 
     await _with_conn(url, define)

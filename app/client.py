@@ -40,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched.app import jobs
 from pgsched.app.db.store import Row
+from pgsched.app.domain.errors import NotFound
 from pgsched.app.services import runs, schedules
 from pgsched.app.services.runs import Definitions, Item
 
@@ -99,6 +100,13 @@ def _check_registered(job: str | int, items: list[Item]) -> None:
     A job this process does not know is checked by the worker when it runs."""
     for item in items:
         jobs.registry.check_payload(job, item.payload)
+
+
+def _registered(job: str | int) -> jobs.Job | None:
+    """The job registered in this process under `job`, if any: enqueueing it before any
+    worker defined it defines it first (committed on a connection of its own, as define_job
+    does), whatever becomes of the caller's transaction; a definition is set-up, not data."""
+    return jobs.registry.get(job) if isinstance(job, str) else None
 
 
 class Client:
@@ -181,12 +189,24 @@ class Client:
             )
             return [Run.of(row, created) for row, created in paired]
 
-        if conn is not None:
-            return go(conn)
-        if isinstance(self._source, ConnectionPool):
-            with self._source.connection() as pooled:
-                return go(pooled)
-        return go(self._source)
+        def anywhere() -> list[Run]:
+            if conn is not None:
+                return go(conn)
+            if isinstance(self._source, ConnectionPool):
+                with self._source.connection() as pooled:
+                    return go(pooled)
+            return go(self._source)
+
+        try:
+            return anywhere()
+        except NotFound:
+            registered = _registered(job)
+            if registered is None:
+                raise
+            self.define_job(
+                registered.name, registered.job_type, registered.payload, **registered.definition()
+            )
+            return anywhere()
 
     def define_job(
         self,
@@ -316,12 +336,25 @@ class AsyncClient:
             )
             return [Run.of(row, created) for row, created in paired]
 
-        if conn is not None:
-            return await go(conn)
-        if isinstance(self._source, AsyncConnectionPool):
-            async with self._source.connection() as pooled:
-                return await go(pooled)
-        return await go(self._source)
+        async def anywhere() -> list[Run]:
+            if conn is not None:
+                return await go(conn)
+            if isinstance(self._source, AsyncConnectionPool):
+                async with self._source.connection() as pooled:
+                    return await go(pooled)
+            return await go(self._source)
+
+        try:
+            return await anywhere()
+        except NotFound:
+            registered = _registered(job)
+            if registered is None:
+                raise
+            defaults: dict[str, Any] = registered.definition()
+            await self.define_job(
+                registered.name, registered.job_type, registered.payload, **defaults
+            )
+            return await anywhere()
 
     async def define_job(
         self,

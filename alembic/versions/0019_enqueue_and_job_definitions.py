@@ -22,6 +22,12 @@ ADR 0027 (enqueue and job definitions):
 run.created already carries any key for both roles that create runs (event_grant keys NULL,
 0016), so the guard needs no new row.
 
+**It rewrites every run partition.** A stored generated column makes PostgreSQL rewrite each
+partition of `pgsched.run`, and the unique index `run_occurrence` is built again, under ACCESS
+EXCLUSIVE on the run table: claims, the ticker and enqueues wait until it is done, for about as
+long as copying the kept runs takes (seconds per million rows on ordinary disks). Upgrade in a
+quiet moment; docs/runbook.md, "Upgrading", says so.
+
 The downgrade puts back what 0018 left; it fails (on purpose, nothing is deleted) while job
 definitions, enqueued runs or ad-hoc runs sharing an instant exist.
 """

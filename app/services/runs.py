@@ -14,7 +14,7 @@ from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
 from pgsched.app.db.store.enqueue import AnyAsyncConn, AnySyncConn
 from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, NotFound
-from pgsched.app.domain.jobs import InvalidPayload, validate_payload
+from pgsched.app.domain.jobs import SECRET_KEY, InvalidPayload, validate_payload
 from pgsched.app.domain.schedule import no_nul as _no_nul
 from pgsched.otel import spans
 
@@ -66,6 +66,23 @@ async def set_queue_limit(
 
 _SMALLINT = (-32768, 32767)
 _MAX_KEY = 255
+# The API's bounds for the same fields (app.api.schemas): a library caller gets what a client of
+# the API would, not a database error in the middle of its transaction.
+_MAX_QUEUE = 100
+_MAX_ATTEMPTS = 100
+_MAX_SECONDS = 366 * 86_400
+# What an enqueue may give a run of each job type: its arguments. What runs (a python target, an
+# http request's URL, method and headers, a command and its environment, a statement and its
+# database) is the definition's, set by whoever may change definitions (the API's admins); an
+# operator who may enqueue must not be able to turn a definition into other code or another
+# request (ADR 0027).
+ARGUMENT_KEYS: Mapping[str, frozenset[str]] = {
+    "python": frozenset({"kwargs"}),
+    "http": frozenset({"body"}),
+    "sql": frozenset({"params"}),
+    "command": frozenset(),
+    "noop": frozenset(),
+}
 # How often a definition that changed between our read and our statement is read again.
 _STALE_RETRIES = 3
 
@@ -126,50 +143,108 @@ def _checked(definition: Definition, items: Sequence[Item]) -> list[dict[str, ob
         raise InvalidRequest("idempotency_key", "must differ between the runs of one call")
     checked: list[dict[str, object]] = []
     for item in items:
-        payload: dict[str, object] | None = None
-        if item.payload is not None:
-            if not isinstance(item.payload, Mapping):
-                raise InvalidRequest("payload", "must be an object")
-            try:
-                _no_nul(item.payload, "payload")
-                payload = validate_payload(
-                    definition.job_type, {**definition.payload, **item.payload}
-                )
-            except (InvalidPayload, InvalidDefinition) as exc:
-                raise InvalidRequest(exc.field, exc.message) from exc
-        if item.queue is not None and (not isinstance(item.queue, str) or not item.queue):
-            raise InvalidRequest("queue", "must be a non-empty string")
-        if item.priority is not None and not (
-            isinstance(item.priority, int) and _SMALLINT[0] <= item.priority <= _SMALLINT[1]
-        ):
-            raise InvalidRequest("priority", f"must be an integer in {list(_SMALLINT)}")
-        if item.max_attempts is not None and not (
-            isinstance(item.max_attempts, int) and item.max_attempts >= 1
-        ):
-            raise InvalidRequest("max_attempts", "must be an integer of at least 1")
-        if item.timeout_seconds is not None and not (
-            isinstance(item.timeout_seconds, int | float) and item.timeout_seconds > 0
-        ):
-            raise InvalidRequest("timeout_seconds", "must be a number above 0")
-        if item.run_at is not None and (
-            not isinstance(item.run_at, datetime) or item.run_at.tzinfo is None
-        ):
-            raise InvalidRequest("run_at", "must be a datetime with a time zone")
-        key = item.idempotency_key
-        if key is not None and not (isinstance(key, str) and 1 <= len(key) <= _MAX_KEY):
-            raise InvalidRequest("idempotency_key", f"must be 1 to {_MAX_KEY} characters")
+        _check_run_fields(item)
         checked.append(
             {
-                "payload": payload,
+                "payload": _merged(definition, item.payload),
                 "queue": item.queue,
                 "priority": item.priority,
                 "run_at": item.run_at,
                 "max_attempts": item.max_attempts,
                 "timeout_seconds": item.timeout_seconds,
-                "key": key,
+                "key": item.idempotency_key,
             }
         )
     return checked
+
+
+def _merged(definition: Definition, override: object) -> dict[str, object] | None:
+    """The run's payload: the definition's with the caller's arguments over it, checked as the
+    job type checks a payload; None (the definition's, read at claim) without an override."""
+    if override is None:
+        return None
+    if not isinstance(override, Mapping):
+        raise InvalidRequest("payload", "must be an object")
+    _arguments_only(definition.job_type, override)
+    try:
+        _no_nul(override, "payload")
+        return validate_payload(definition.job_type, {**definition.payload, **override})
+    except (InvalidPayload, InvalidDefinition) as exc:
+        raise InvalidRequest(exc.field, exc.message) from exc
+
+
+def _check_run_fields(item: Item) -> None:
+    """The run's own columns, within the API's bounds for them."""
+    if item.queue is not None:
+        if not (isinstance(item.queue, str) and 1 <= len(item.queue) <= _MAX_QUEUE):
+            raise InvalidRequest("queue", f"must be a string of 1 to {_MAX_QUEUE} characters")
+        if "\x00" in item.queue:
+            raise InvalidRequest("queue", "must not contain NUL characters")
+    if item.priority is not None and not (
+        _integer(item.priority) and _SMALLINT[0] <= item.priority <= _SMALLINT[1]
+    ):
+        raise InvalidRequest("priority", f"must be an integer in {list(_SMALLINT)}")
+    if item.max_attempts is not None and not (
+        _integer(item.max_attempts) and 1 <= item.max_attempts <= _MAX_ATTEMPTS
+    ):
+        raise InvalidRequest("max_attempts", f"must be an integer from 1 to {_MAX_ATTEMPTS}")
+    if item.timeout_seconds is not None and not (
+        isinstance(item.timeout_seconds, int | float)
+        and not isinstance(item.timeout_seconds, bool)
+        and 0 < item.timeout_seconds <= _MAX_SECONDS  # NaN and infinity fail here too
+    ):
+        raise InvalidRequest(
+            "timeout_seconds", f"must be a number of seconds above 0, at most {_MAX_SECONDS}"
+        )
+    if item.run_at is not None and (
+        not isinstance(item.run_at, datetime) or item.run_at.tzinfo is None
+    ):
+        raise InvalidRequest("run_at", "must be a datetime with a time zone")
+    key = item.idempotency_key
+    if key is not None:
+        if not (isinstance(key, str) and 1 <= len(key) <= _MAX_KEY):
+            raise InvalidRequest("idempotency_key", f"must be 1 to {_MAX_KEY} characters")
+        if "\x00" in key:
+            raise InvalidRequest("idempotency_key", "must not contain NUL characters")
+
+
+def _no_month() -> InvalidRequest:
+    # Runs live in monthly partitions made a few months ahead and retired after their
+    # retention: a start time outside them is the caller's to change. The statement failed, so
+    # the caller's transaction is aborted, as after any failed statement.
+    return InvalidRequest(
+        "run_at", "falls in a month the database keeps no runs for (too far ahead or back)"
+    )
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _arguments_only(job_type: str, override: Mapping[str, object]) -> None:
+    """Refuse what an enqueue may not give a run: a key that says what runs, or a secret
+    reference (resolved on the worker, it could be sent wherever the job sends its arguments;
+    the definition names the secrets its job may use)."""
+    allowed = ARGUMENT_KEYS.get(job_type, frozenset())
+    for key in override:
+        if key not in allowed:
+            given = ", ".join(sorted(allowed)) or "nothing"
+            raise InvalidRequest(
+                f"payload.{key}",
+                f"is the job definition's; enqueued runs of {job_type} jobs take only {given}",
+            )
+    _no_secret_refs(override, "payload")
+
+
+def _no_secret_refs(value: object, field: str) -> None:
+    if isinstance(value, Mapping):
+        if SECRET_KEY in value:
+            raise InvalidRequest(field, "secret references belong to the job definition")
+        for key, inner in value.items():
+            _no_secret_refs(inner, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for n, inner in enumerate(value):
+            _no_secret_refs(inner, f"{field}[{n}]")
 
 
 def _found(job: str | int, row: Row | None) -> Definition:
@@ -254,16 +329,19 @@ async def enqueue_items(
             # or payload's: decide again on a fresh read (a refusal costs one read).
             cache.forget(job)
             continue
-        result = await store.enqueue.enqueue_runs(
-            conn,
-            definition.id,
-            definition.version,
-            checked,
-            actor=actor,
-            now=now,
-            trace_context=trace_context,
-            meta=meta,
-        )
+        try:
+            result = await store.enqueue.enqueue_runs(
+                conn,
+                definition.id,
+                definition.version,
+                checked,
+                actor=actor,
+                now=now,
+                trace_context=trace_context,
+                meta=meta,
+            )
+        except store.PartitionMissing:
+            raise _no_month() from None
         fresh, made = _made(result)
         if fresh:
             taken = _taken_keys(items, made)
@@ -304,16 +382,19 @@ def enqueue_items_sync(
             # or payload's: decide again on a fresh read (a refusal costs one read).
             cache.forget(job)
             continue
-        result = store.enqueue.enqueue_runs_sync(
-            conn,
-            definition.id,
-            definition.version,
-            checked,
-            actor=actor,
-            now=now,
-            trace_context=trace_context,
-            meta=meta,
-        )
+        try:
+            result = store.enqueue.enqueue_runs_sync(
+                conn,
+                definition.id,
+                definition.version,
+                checked,
+                actor=actor,
+                now=now,
+                trace_context=trace_context,
+                meta=meta,
+            )
+        except store.PartitionMissing:
+            raise _no_month() from None
         fresh, made = _made(result)
         if fresh:
             taken = _taken_keys(items, made)

@@ -323,9 +323,19 @@ async def define_job(
             sorted(unknown or fields.keys() & {*schedule.TIMING, "kind"})[0],
             "is not a field of a job definition",
         )
-    async with conn.transaction():
-        existing = await store.schedules.live_schedule_id(conn, name)
-        if existing is None:
-            fields |= {"name": name} | schedule.timing({})  # no timing: kind job
-            return await create(conn, fields, actor=actor, now=now, meta=meta)
-        return await update(conn, existing, fields, if_match=None, actor=actor, now=now, meta=meta)
+    for attempt in (1, 2):
+        try:
+            async with conn.transaction():
+                existing = await store.schedules.live_schedule_id(conn, name)
+                if existing is None:
+                    created = fields | {"name": name} | schedule.timing({})  # no timing: a job
+                    return await create(conn, created, actor=actor, now=now, meta=meta)
+                return await update(
+                    conn, existing, fields, if_match=None, actor=actor, now=now, meta=meta
+                )
+        except store.NameTaken:
+            # Another process defined it at the same moment (a worker starting while an
+            # application enqueues its first run): bring that definition up to these fields.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -58,12 +59,12 @@ async def test_an_enqueued_run_runs_with_its_own_payload(
         api,
         role_tokens,
         job_type="python",
-        payload={"target": f"{JOBS}:fail", "kwargs": {"dsn": dsn}},
+        payload={"target": f"{JOBS}:slow", "kwargs": {"dsn": dsn, "seconds": 3600}},
         timeout_seconds=60,
         max_attempts=1,
     )
-    # The definition's job always fails; the run's own target and arguments are what runs.
-    own = {"target": f"{JOBS}:slow", "kwargs": {"dsn": dsn, "seconds": 0.01}}
+    # The definition's arguments would outlast its timeout: the run's own are what it runs with.
+    own = {"kwargs": {"dsn": dsn, "seconds": 0.01}}
     response = await enqueue(
         api, role_tokens, {"job": "mail", "payload": own, "priority": 3, "timeout_seconds": 30}
     )
@@ -77,7 +78,7 @@ async def test_an_enqueued_run_runs_with_its_own_payload(
         True,
         3,
     )
-    merged = own  # both top-level keys given: the definition's are replaced
+    merged = {"target": f"{JOBS}:slow", **own}  # the definition's target, the run's kwargs
     assert (run["payload"], run["timeout_seconds"]) == (merged, 30)
 
     detail = (await api.get(f"/v1/runs/{run['id']}", headers=role_tokens.auth("viewer"))).json()
@@ -242,3 +243,28 @@ async def test_bad_values_are_422_naming_the_field(api: Client, role_tokens: Tok
     problem(missing, 422, "job", "body")
     listed = await api.get("/v1/runs", headers=role_tokens.auth("viewer"))
     assert listed.json()["items"] == [], "nothing was enqueued"
+
+
+SECRET = {"$secret": "DB"}
+TAKEN_OVER = {
+    "python-target": ("python", {"target": f"{JOBS}:ok"}, {"target": "os:system"}, "target"),
+    "http-url": ("http", {"url": "https://example.com/a"}, {"url": "https://evil.example/"}, "url"),
+    "http-headers": ("http", {"url": "https://example.com/a"}, {"headers": {"x": "1"}}, "headers"),
+    "command-argv": ("command", {"argv": ["true"]}, {"argv": ["sh", "-c", "id"]}, "argv"),
+    "command-env": ("command", {"argv": ["true"]}, {"env": {"LD_PRELOAD": "/x.so"}}, "env"),
+    "sql": ("sql", {"statement": "SELECT 1"}, {"statement": "DROP TABLE x"}, "statement"),
+    "secret": ("python", {"target": f"{JOBS}:ok"}, {"kwargs": {"k": SECRET}}, "kwargs.k"),
+}
+
+
+@pytest.mark.parametrize("case", TAKEN_OVER.values(), ids=TAKEN_OVER.keys())
+async def test_an_operator_gives_arguments_never_what_runs(
+    api: Client, role_tokens: Tokens, case: tuple[str, dict[str, Any], dict[str, Any], str]
+) -> None:
+    """Enqueueing needs the operator role, changing a definition the admin's: an enqueue gives a
+    run its arguments (python kwargs, an http body, sql params), never another target, URL,
+    headers, command, environment, statement or secret (ADR 0027)."""
+    job_type, payload, override, field = case
+    await define(api, role_tokens, job_type=job_type, payload=payload)
+    response = await enqueue(api, role_tokens, {"job": "mail", "payload": override})
+    problem(response, 422, f"payload.{field}")

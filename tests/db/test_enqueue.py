@@ -104,7 +104,7 @@ async def test_enqueue_overrides_reach_the_claim_and_the_rest_comes_from_the_def
         own, _ = await runs.enqueue(
             conn,
             job["id"],
-            payload={"url": "https://example.com/b"},
+            payload={"body": "b"},
             priority=1,
             max_attempts=2,
             timeout_seconds=7.5,
@@ -117,7 +117,7 @@ async def test_enqueue_overrides_reach_the_claim_and_the_rest_comes_from_the_def
         3,
     )
     assert (plain["payload"], plain["timeout_seconds"], plain["max_attempts"]) == (None, None, 5)
-    assert own["payload"] == {"url": "https://example.com/b", "method": "POST"}
+    assert own["payload"] == {"url": "https://example.com/a", "method": "POST", "body": "b"}
     assert (own["priority"], own["max_attempts"], own["timeout_seconds"]) == (1, 2, 7.5)
     # Both share the transaction's instant: ad-hoc runs are not occurrences, so no collision.
     assert plain["due_at"] == own["due_at"]
@@ -126,7 +126,11 @@ async def test_enqueue_overrides_reach_the_claim_and_the_rest_comes_from_the_def
         conn, worker_id=1, queues=["mail"], limit=10, lease_seconds=30, actor="w", now=None
     )
     by_id = {r["id"]: r for r in claimed}
-    assert by_id[own["id"]]["payload"] == {"url": "https://example.com/b", "method": "POST"}
+    assert by_id[own["id"]]["payload"] == {
+        "url": "https://example.com/a",
+        "method": "POST",
+        "body": "b",
+    }
     assert by_id[own["id"]]["timeout_seconds"] == 7.5
     assert by_id[plain["id"]]["payload"] == {"url": "https://example.com/a", "method": "POST"}
     assert by_id[plain["id"]]["timeout_seconds"] == 30
@@ -162,8 +166,8 @@ async def test_unknown_and_deleted_definitions_are_not_found(conn: Conn) -> None
 async def test_a_payload_the_job_type_refuses_is_named(conn: Conn) -> None:
     await define(conn, job_type="http", payload={"url": "https://example.com/a"})
     with pytest.raises(InvalidRequest) as bad:
-        await runs.enqueue(conn, "mail", payload={"method": 7}, actor="test")
-    assert bad.value.field == "payload.method"
+        await runs.enqueue(conn, "mail", payload={"body": 7}, actor="test")
+    assert bad.value.field == "payload.body"
     with pytest.raises(InvalidRequest) as nul:
         await runs.enqueue(conn, "mail", payload={"body": "a\x00b"}, actor="test")
     assert nul.value.field == "payload.body"
@@ -190,9 +194,9 @@ async def test_a_definition_changed_since_it_was_cached_is_read_again(conn: Conn
         now=None,
     )
     run, _ = await runs.enqueue(
-        conn, "mail", payload={"method": "PUT"}, actor="test", definitions=cache
+        conn, "mail", payload={"body": "PUT"}, actor="test", definitions=cache
     )
-    assert run["payload"] == {"url": "https://example.com/new", "method": "PUT"}
+    assert run["payload"] == {"url": "https://example.com/new", "body": "PUT"}
     cached = cache.get("mail")
     assert cached is not None and cached.version == 2
 
@@ -232,11 +236,11 @@ async def test_a_refusal_against_a_stale_cached_definition_is_decided_again(conn
         now=None,
     )
     run, _ = await runs.enqueue(
-        conn, "mail", payload={"method": "PUT"}, actor="test", definitions=cache
+        conn, "mail", payload={"body": "PUT"}, actor="test", definitions=cache
     )
-    assert run["payload"] == {"url": "https://example.com/a", "method": "PUT"}
+    assert run["payload"] == {"url": "https://example.com/a", "body": "PUT"}
     with pytest.raises(InvalidRequest):  # still refused when the fresh definition refuses it
-        await runs.enqueue(conn, "mail", payload={"method": 7}, actor="test", definitions=cache)
+        await runs.enqueue(conn, "mail", payload={"body": 7}, actor="test", definitions=cache)
 
 
 async def test_a_trigger_with_an_enqueues_key_returns_the_enqueued_run(conn: Conn) -> None:
@@ -250,11 +254,9 @@ async def test_a_trigger_with_an_enqueues_key_returns_the_enqueued_run(conn: Con
 
 async def test_enqueue_many_makes_1000_runs_in_one_statement(conn: Conn) -> None:
     await define(conn, job_type="http", payload={"url": "https://example.com/", "method": "PUT"})
-    items = [
-        runs.Item(payload={"url": f"https://example.com/{n}"}, priority=n % 7) for n in range(1000)
-    ]
+    items = [runs.Item(payload={"body": f"run {n}"}, priority=n % 7) for n in range(1000)]
     made = await runs.enqueue_many(conn, "mail", items, actor="test")
-    assert [r["payload"]["url"] for r in made] == [f"https://example.com/{n}" for n in range(1000)]
+    assert [r["payload"]["body"] for r in made] == [f"run {n}" for n in range(1000)]
     assert [r["priority"] for r in made] == [n % 7 for n in range(1000)]
     # One statement of an autocommit connection: one transaction wrote every run and event.
     cur = await conn.execute(
@@ -269,7 +271,11 @@ async def test_enqueue_many_makes_1000_runs_in_one_statement(conn: Conn) -> None
     assert await replay.verify(conn) == []
     rebuilt_run = await test_store.get_run(conn, made[5]["id"])
     assert rebuilt_run is not None
-    assert rebuilt_run["payload"] == {"url": "https://example.com/5", "method": "PUT"}
+    assert rebuilt_run["payload"] == {
+        "url": "https://example.com/",
+        "method": "PUT",
+        "body": "run 5",
+    }
 
 
 # -- the caller's transaction ----------------------------------------------------------------
@@ -300,22 +306,29 @@ async def test_async_enqueue_in_the_callers_transaction(dsn: str, db: Conn) -> N
 
 async def test_sync_enqueue_in_the_callers_transaction(dsn: str, db: Conn) -> None:
     with pgsched.Client.connect(dsn) as client:
-        client.define_job("mail", "python", python_job(dsn, "fail"), max_attempts=1)
+        client.define_job(
+            "mail", "python", python_job(dsn, "noted", note="the definition's"), max_attempts=1
+        )
         with psycopg.connect(dsn) as mine:
-            run = client.enqueue("mail", {"kwargs": {"dsn": dsn}}, priority=2, conn=mine)
+            run = client.enqueue(
+                "mail", {"kwargs": {"dsn": dsn, "note": "gone"}}, priority=2, conn=mine
+            )
             assert (run.created, run.priority) == (True, 2)
             mine.rollback()
         assert (await run_count(db), await run_events(db)) == (0, 0)
         with psycopg.connect(dsn) as mine:
-            # Overrides the definition's failing target: the run's own arguments are what runs.
-            run = client.enqueue("mail", python_job(dsn, "ok"), conn=mine)
+            # The run's own arguments are what its job is called with.
+            run = client.enqueue("mail", {"kwargs": {"dsn": dsn, "note": "the run's"}}, conn=mine)
             mine.commit()
-        again = client.enqueue("mail", python_job(dsn, "ok"), idempotency_key="once")
-        same = client.enqueue("mail", python_job(dsn, "ok"), idempotency_key="once")
+        keyed = {"kwargs": {"dsn": dsn, "note": "keyed"}}
+        again = client.enqueue("mail", keyed, idempotency_key="once")
+        same = client.enqueue("mail", keyed, idempotency_key="once")
         assert (again.created, same.created, same.id) == (True, False, again.id)
     async with running_worker(dsn):
         await wait_state(db, run.id, {"succeeded"})
         await wait_state(db, again.id, {"succeeded"})
+    cur = await db.execute("SELECT note FROM public.job_log ORDER BY note")
+    assert [r["note"] for r in await cur.fetchall()] == ["keyed", "the run's"]
     assert await replay.verify(db) == []
 
 
@@ -417,7 +430,7 @@ async def test_the_application_roles_may_enqueue(dsn: str, db: Conn, role: str) 
         run, created = await runs.enqueue(
             conn,
             "mail",
-            payload={"method": "PUT"},
+            payload={"body": "PUT"},
             timeout_seconds=5,
             idempotency_key="k",
             actor=role,
@@ -447,3 +460,103 @@ def test_import_pgsched_stays_light() -> None:
         " assert pgsched.Client.__module__ == 'pgsched.app.client'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- what a library caller gets for bad input: InvalidRequest naming the field, never a database
+# error in the middle of its transaction -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timeout_seconds", float("inf")),
+        ("timeout_seconds", float("nan")),
+        ("max_attempts", 2**40),
+        ("max_attempts", 101),
+        ("priority", True),
+        ("queue", "q\x00"),
+        ("queue", "q" * 101),
+        ("idempotency_key", "k\x00"),
+    ],
+)
+async def test_bad_run_fields_are_refused_by_name_and_the_transaction_goes_on(
+    conn: Conn, field: str, value: object
+) -> None:
+    await define(conn)
+    async with conn.transaction():
+        with pytest.raises(InvalidRequest) as refused:
+            await runs.enqueue(conn, "mail", actor="test", **{field: value})
+        assert refused.value.field == field
+        # Refused before any statement: the transaction is still usable.
+        run, created = await runs.enqueue(conn, "mail", actor="test")
+        assert created and run["state"] == "waiting"
+
+
+async def test_a_start_outside_the_kept_months_is_named_run_at(conn: Conn) -> None:
+    await define(conn)
+    with pytest.raises(InvalidRequest) as refused:
+        await runs.enqueue(conn, "mail", run_at=datetime(2001, 1, 1, tzinfo=UTC), actor="test")
+    assert refused.value.field == "run_at"
+
+
+@pytest.mark.parametrize(
+    ("job_type", "payload", "override", "field"),
+    [
+        (
+            "python",
+            {"target": "tests.workers.jobs_for_tests:ok"},
+            {"target": "os:system"},
+            "payload.target",
+        ),
+        ("http", {"url": "https://example.com/"}, {"method": "DELETE"}, "payload.method"),
+        ("sql", {"statement": "SELECT 1"}, {"dsn": "other"}, "payload.dsn"),
+        (
+            "http",
+            {"url": "https://example.com/"},
+            {"body": [{"$secret": "TOKEN"}]},
+            "payload.body[0]",
+        ),
+    ],
+)
+async def test_an_enqueue_gives_arguments_not_what_runs(
+    conn: Conn, job_type: str, payload: dict[str, Any], override: dict[str, Any], field: str
+) -> None:
+    await define(conn, job_type=job_type, payload=payload)
+    with pytest.raises(InvalidRequest) as refused:
+        await runs.enqueue(conn, "mail", payload=override, actor="test")
+    assert refused.value.field == field
+
+
+async def test_two_processes_defining_one_job_at_once_end_with_one_definition(
+    dsn: str, db: Conn
+) -> None:
+    """A worker starting while the application enqueues its first run: both define the job.
+    The second waits on the first's uncommitted row, finds the name taken when it commits, and
+    brings that definition up to its own fields instead of failing."""
+    first, second = await connect(dsn), await connect(dsn)
+    try:
+        async with first.transaction():
+            made = await schedules.define_job(first, "racy", "noop", {}, actor="a")
+            pid = (await (await second.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]
+            racing = asyncio.create_task(
+                schedules.define_job(
+                    second, "racy", "noop", {}, defaults={"priority": 4}, actor="b"
+                )
+            )
+
+            async def waiting() -> bool:
+                cur = await db.execute(
+                    "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", [pid]
+                )
+                return await cur.fetchone() is not None
+
+            await eventually("the second definer waits on the first", waiting, within=10)
+        after = await racing
+    finally:
+        await first.close()
+        await second.close()
+    assert after["id"] == made["id"]
+    assert after["priority"] == 4
+    cur = await db.execute("SELECT count(*) AS n FROM pgsched.schedule WHERE name = 'racy'")
+    assert (await cur.fetchone())["n"] == 1
+    assert await replay.verify(db) == []

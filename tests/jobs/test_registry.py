@@ -147,8 +147,11 @@ async def test_the_client_refuses_bad_kwargs_before_any_statement(dsn: str) -> N
         assert refused.value.field == "payload.kwargs.name"
         with pytest.raises(InvalidRequest):
             client.enqueue_many("registry-greet", [{"payload": {"kwargs": {"nope": 1}}}])
-        with pytest.raises(NotFound):  # binds: the statement runs, and finds no definition
-            client.enqueue("registry-greet", {"kwargs": {"dsn": dsn, "name": "a"}})
+        # Binds: no definition yet, so the client defines the registered job, then enqueues.
+        run = client.enqueue("registry-greet", {"kwargs": {"dsn": dsn, "name": "a"}})
+        assert run.created
+        with pytest.raises(NotFound):  # a job nobody registered or defined
+            client.enqueue("registry-nobody", {"kwargs": {}})
     async with await pgsched.AsyncClient.connect(dsn) as aclient:
         with pytest.raises(InvalidRequest) as refused:
             await aclient.enqueue("registry-greet-async", {"kwargs": {"name": "a"}})
@@ -306,6 +309,20 @@ def test_worker_import_of_a_missing_module_is_one_line_exit_2(
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("pgsched: ") and says in lines[0], lines[0]
+
+
+async def test_a_worker_role_that_may_not_define_jobs_says_so_in_one_line(dsn: str) -> None:
+    """Defining a job writes a schedule and its event, which pgsched_worker may not (ADR 0021):
+    the worker says which job, why, and what to do, instead of the driver's message."""
+    from tests.db.roles import login_role
+
+    async with login_role(dsn, "pgsched_worker") as worker_dsn:
+        out = await asyncio.to_thread(_cli, worker_dsn, "worker", "--import", MOD)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("pgsched: job registry-"), lines[0]
+    assert "may not define jobs" in lines[0], lines[0]
 
 
 def test_run_imports_pgsched_import_too(dsn: str) -> None:

@@ -25,6 +25,12 @@ async def ok(dsn: str, idempotency_key: str) -> str:
     return "done"
 
 
+async def noted(dsn: str, idempotency_key: str, note: str) -> str:
+    """Logs the note it is given: which arguments reached the run."""
+    await _log(dsn, idempotency_key, note)
+    return note
+
+
 async def fail(dsn: str, idempotency_key: str) -> None:
     await _log(dsn, idempotency_key, "fail")
     raise RuntimeError("this job always fails")

@@ -41,7 +41,6 @@ from pgsched.app.api.schemas import (
     RunState,
     run_out,
 )
-from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.domain.errors import InvalidRequest, NotFound
 from pgsched.app.services import runs
@@ -317,12 +316,6 @@ async def enqueue_run(
         raise ApiError(404, str(exc), field="job", source="body") from exc
     except InvalidRequest as exc:
         raise _refused(422, exc.field, str(exc).removeprefix(f"{exc.field}: ")) from exc
-    except store.PartitionMissing as exc:
-        # Runs live in monthly partitions made a few months ahead and retired after their
-        # retention: a start time outside them is the caller's to change, not a 503.
-        raise _refused(
-            422, "run_at", "falls in a month the database keeps no runs for (too far ahead or back)"
-        ) from exc
     body = run_out({**run, "schedule_name": data.job})
     if not created:
         return Response(body, status_code=200)
