@@ -316,6 +316,17 @@ async def test_sigkill_mid_run_rescued_and_completed_exactly_once(
     )
 
 
+def _executed_at_least_once(logged: Counter[tuple[str, str]], run_id: int, path: str) -> None:
+    """Attempt 2 ran to its end; attempt 1 too when its result reached the database. When A
+    learned first that its lease was lost, attempt 1 was stopped, or had just finished its work
+    on the same wake-up and its result was abandoned: 0 or 1 ends."""
+    ends_of_first = logged[(f"{run_id}:1", "end")]
+    assert ends_of_first == 1 if path == "complete" else ends_of_first in {0, 1}
+    assert +(logged - Counter({(f"{run_id}:1", "end"): ends_of_first})) == Counter(
+        {(f"{run_id}:1", "start"): 1, (f"{run_id}:2", "start"): 1, (f"{run_id}:2", "end"): 1}
+    )
+
+
 async def test_sigstopped_worker_past_its_lease_is_fenced(
     db: Conn, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -394,14 +405,7 @@ async def test_sigstopped_worker_past_its_lease_is_fenced(
         "run.completion_fenced",
     ]
     assert ("completion fenced" if path == "complete" else "lease lost") in a_output, a_output
-    # At-least-once execution: attempt 2 ran to its end; attempt 1 too when its result reached
-    # the database. When A learned first that its lease was lost, attempt 1 was stopped, or had
-    # just finished its work on the same wake-up and its result was abandoned: 0 or 1 ends.
-    ends_of_first = logged.pop((f"{run_id}:1", "end"), 0)
-    assert ends_of_first == 1 if path == "complete" else ends_of_first in {0, 1}
-    assert logged == Counter(
-        {(f"{run_id}:1", "start"): 1, (f"{run_id}:2", "start"): 1, (f"{run_id}:2", "end"): 1}
-    )
+    _executed_at_least_once(logged, run_id, path)
     state_a = await fetch(db, "SELECT state FROM pgsched.worker WHERE id = %s", [a_id])
     assert state_a == [{"state": "stopped"}] and b.stats.rescued == 1 and b.stats.succeeded == 1
     assert await replay.verify(db) == []
