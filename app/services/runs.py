@@ -6,9 +6,10 @@ event together, ADR 0004); enqueue runs in the caller's transaction (below).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
@@ -294,6 +295,66 @@ def _taken_keys(items: Sequence[Item], made: Sequence[Row]) -> list[str]:
     ]
 
 
+# One enqueue, written once: `_flow` decides and yields the statements it needs; the async and
+# the sync entry points below only run them, each with its own kind of connection (the sync
+# client needs no event loop, ADR 0027).
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """Read the live definition `job` (its row, or None)."""
+
+    job: str | int
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """enqueue_runs: the checked items, only while the definition has this version."""
+
+    definition: Definition
+    items: list[dict[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Earlier:
+    """The runs made earlier under these keys of the definition."""
+
+    schedule_id: int
+    keys: list[str]
+
+
+_Flow = Generator[_Read | _Write | _Earlier, Any, list[tuple[Row, bool]]]
+
+
+def _flow(cache: Definitions, job: str | int, items: Sequence[Item]) -> _Flow:
+    """Check the items against the definition (cached, or read), write them in one statement,
+    and pair each item with its run (made, or earlier under its key). A definition that changed
+    since it was cached is read again: after the statement found it stale, and before a refusal
+    decided on the cached one."""
+    for _ in range(_STALE_RETRIES):
+        definition = cache.get(job)
+        cached = definition is not None
+        if definition is None:
+            definition = _found(job, (yield _Read(job)))
+            cache.put(job, definition)
+        try:
+            checked = _checked(definition, items)
+        except InvalidRequest:
+            if not cached:
+                raise
+            # Checked against a definition read earlier, the refusal may be its old job type's
+            # or payload's: decide again on a fresh read (a refusal costs one read).
+            cache.forget(job)
+            continue
+        fresh, made = _made((yield _Write(definition, checked)))
+        if fresh:
+            taken = _taken_keys(items, made)
+            earlier = (yield _Earlier(definition.id, taken)) if taken else []
+            return _pair(items, made, earlier)
+        cache.forget(job)  # changed or deleted since it was read: read it again
+    raise RuntimeError(f"job definition {job!r} changed on every one of {_STALE_RETRIES} tries")
+
+
 async def enqueue_items(
     conn: AnyAsyncConn,
     job: str | int,
@@ -312,43 +373,32 @@ async def enqueue_items(
     a payload the job type refuses or an override the run cannot take."""
     if not items:
         return []
-    cache = definitions if definitions is not None else Definitions()
+    flow = _flow(definitions if definitions is not None else Definitions(), job, items)
     trace_context = trace_context or spans.trace_context()  # the enqueuer's span (ADR 0016)
-    for _ in range(_STALE_RETRIES):
-        definition = cache.get(job)
-        cached = definition is not None
-        if definition is None:
-            definition = _found(job, await store.enqueue.job_definition(conn, job))
-            cache.put(job, definition)
-        try:
-            checked = _checked(definition, items)
-        except InvalidRequest:
-            if not cached:
-                raise
-            # Checked against a definition read earlier, the refusal may be its old job type's
-            # or payload's: decide again on a fresh read (a refusal costs one read).
-            cache.forget(job)
-            continue
-        try:
-            result = await store.enqueue.enqueue_runs(
-                conn,
-                definition.id,
-                definition.version,
-                checked,
-                actor=actor,
-                now=now,
-                trace_context=trace_context,
-                meta=meta,
-            )
-        except store.PartitionMissing:
-            raise _no_month() from None
-        fresh, made = _made(result)
-        if fresh:
-            taken = _taken_keys(items, made)
-            earlier = await store.enqueue.runs_by_key(conn, definition.id, taken) if taken else []
-            return _pair(items, made, earlier)
-        cache.forget(job)  # changed or deleted since it was read: read it again
-    raise RuntimeError(f"job definition {job!r} changed on every one of {_STALE_RETRIES} tries")
+    answer: Any = None
+    try:
+        while True:
+            step = flow.send(answer)
+            if isinstance(step, _Read):
+                answer = await store.enqueue.job_definition(conn, step.job)
+            elif isinstance(step, _Write):
+                answer = await store.enqueue.enqueue_runs(
+                    conn,
+                    step.definition.id,
+                    step.definition.version,
+                    step.items,
+                    actor=actor,
+                    now=now,
+                    trace_context=trace_context,
+                    meta=meta,
+                )
+            else:
+                answer = await store.enqueue.runs_by_key(conn, step.schedule_id, step.keys)
+    except StopIteration as done:
+        result: list[tuple[Row, bool]] = done.value
+        return result
+    except store.PartitionMissing:
+        raise _no_month() from None
 
 
 def enqueue_items_sync(
@@ -365,43 +415,32 @@ def enqueue_items_sync(
     """enqueue_items through a sync connection: the same statements, no event loop."""
     if not items:
         return []
-    cache = definitions if definitions is not None else Definitions()
+    flow = _flow(definitions if definitions is not None else Definitions(), job, items)
     trace_context = trace_context or spans.trace_context()
-    for _ in range(_STALE_RETRIES):
-        definition = cache.get(job)
-        cached = definition is not None
-        if definition is None:
-            definition = _found(job, store.enqueue.job_definition_sync(conn, job))
-            cache.put(job, definition)
-        try:
-            checked = _checked(definition, items)
-        except InvalidRequest:
-            if not cached:
-                raise
-            # Checked against a definition read earlier, the refusal may be its old job type's
-            # or payload's: decide again on a fresh read (a refusal costs one read).
-            cache.forget(job)
-            continue
-        try:
-            result = store.enqueue.enqueue_runs_sync(
-                conn,
-                definition.id,
-                definition.version,
-                checked,
-                actor=actor,
-                now=now,
-                trace_context=trace_context,
-                meta=meta,
-            )
-        except store.PartitionMissing:
-            raise _no_month() from None
-        fresh, made = _made(result)
-        if fresh:
-            taken = _taken_keys(items, made)
-            earlier = store.enqueue.runs_by_key_sync(conn, definition.id, taken) if taken else []
-            return _pair(items, made, earlier)
-        cache.forget(job)
-    raise RuntimeError(f"job definition {job!r} changed on every one of {_STALE_RETRIES} tries")
+    answer: Any = None
+    try:
+        while True:
+            step = flow.send(answer)
+            if isinstance(step, _Read):
+                answer = store.enqueue.job_definition_sync(conn, step.job)
+            elif isinstance(step, _Write):
+                answer = store.enqueue.enqueue_runs_sync(
+                    conn,
+                    step.definition.id,
+                    step.definition.version,
+                    step.items,
+                    actor=actor,
+                    now=now,
+                    trace_context=trace_context,
+                    meta=meta,
+                )
+            else:
+                answer = store.enqueue.runs_by_key_sync(conn, step.schedule_id, step.keys)
+    except StopIteration as done:
+        result: list[tuple[Row, bool]] = done.value
+        return result
+    except store.PartitionMissing:
+        raise _no_month() from None
 
 
 async def enqueue(
