@@ -11,18 +11,19 @@ from __future__ import annotations
 import hmac
 import json
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
+from litestar.params import PathParameter
 from litestar.response import Redirect, Template
 
 from pgsched.app.api import definition
 from pgsched.app.api.auth import audit
-from pgsched.app.api.common import PATH_ID, clock_now
+from pgsched.app.api.common import PATH_ID, PathId, clock_now
 from pgsched.app.api.problems import ApiError
 from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
 from pgsched.app.db.store import Conn
@@ -136,7 +137,7 @@ async def _cancel(request: Request[Any, Any, Any], conn: Conn, run_id: int) -> b
 
 @post("/runs/{run_id:str}/retry", opt=OPERATOR, include_in_schema=False, status_code=303)
 async def retry_run(
-    request: Request[Any, Any, Any], run_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], run_id: PathId, conn: NamedDependency[Conn]
 ) -> Redirect:
     form = await _form(request)
     if not await _retry(request, conn, run_id):
@@ -146,7 +147,7 @@ async def retry_run(
 
 @post("/runs/{run_id:str}/cancel", opt=OPERATOR, include_in_schema=False, status_code=303)
 async def cancel_run(
-    request: Request[Any, Any, Any], run_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], run_id: PathId, conn: NamedDependency[Conn]
 ) -> Redirect:
     form = await _form(request)
     if not await _cancel(request, conn, run_id):
@@ -251,7 +252,7 @@ async def create_schedule(
 
 @post("/schedules/{schedule_id:str}/edit", opt=ADMIN, include_in_schema=False, status_code=303)
 async def edit_schedule(
-    request: Request[Any, Any, Any], schedule_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> Redirect:
     """Only the fields whose value differs from the version the form was made from change, and
     only if that version is still the schedule's (412 otherwise, as the API's If-Match)."""
@@ -281,7 +282,7 @@ async def edit_schedule(
 
 @post("/schedules/{schedule_id:str}/delete", opt=ADMIN, include_in_schema=False, status_code=303)
 async def delete_schedule(
-    request: Request[Any, Any, Any], schedule_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> Redirect:
     """Deleted only if the form's version is still the schedule's: the check and the delete
     hold the schedule's row lock together."""
@@ -303,7 +304,9 @@ async def delete_schedule(
     status_code=303,
 )
 async def operate_schedule(
-    request: Request[Any, Any, Any], schedule_id: int, action: str, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], schedule_id: PathId,
+    action: Annotated[str, PathParameter(max_length=20)],
+    conn: NamedDependency[Conn],
 ) -> Redirect:
     """pause, resume, trigger (a run due now) or backfill (the occurrences of a past range)."""
     form = await _form(request)

@@ -18,7 +18,7 @@ from litestar.di import NamedDependency
 from litestar.response import Template
 
 from pgsched.app.api import cursors
-from pgsched.app.api.common import PATH_ID, clock_now
+from pgsched.app.api.common import PATH_ID, PathId, clock_now
 from pgsched.app.api.config import ApiSettings
 from pgsched.app.api.problems import ApiError
 from pgsched.app.api.routes.runs import attempts_of
@@ -176,7 +176,7 @@ async def schedule_new(request: Request[Any, Any, Any]) -> Template:
 
 @get("/schedules/{schedule_id:str}", opt=VIEWER, include_in_schema=False)
 async def schedule_page(
-    request: Request[Any, Any, Any], schedule_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> Template:
     """A schedule: definition, version (the edit and delete forms send it back), runs, the
     occurrences that did not run and why, and the next due times."""
@@ -276,7 +276,7 @@ async def bulk_confirm(request: Request[Any, Any, Any], conn: NamedDependency[Co
 
 @get("/runs/{run_id:str}", opt=VIEWER, include_in_schema=False)
 async def run_page(
-    request: Request[Any, Any, Any], run_id: int, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any], run_id: PathId, conn: NamedDependency[Conn]
 ) -> Template:
     """A run: attempts (worker, times, result), outcome and error, its whole event timeline
     and the trace ids its events carry."""
