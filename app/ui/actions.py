@@ -261,9 +261,7 @@ async def edit_schedule(
     current = await schedules.live(conn, schedule_id)
     submitted = _definition(form)
     changed = {
-        k: v
-        for k, v in submitted.items()
-        if k not in ("name", "job_type") and v != current.get(k)
+        k: v for k, v in submitted.items() if k not in ("name", "job_type") and v != current.get(k)
     }
     if not changed:
         return back_to(f"/ui/schedules/{schedule_id}")
@@ -292,7 +290,7 @@ async def delete_schedule(
     async with conn.transaction():
         row = await schedules.live(conn, schedule_id, lock=True)
         if row["version"] != version:
-            raise VersionMismatch(f"schedule {schedule_id} is at version {row['version']}")
+            raise VersionMismatch(row["version"])
         await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
     return back_to("/ui/schedules", "deleted")
 
@@ -304,7 +302,8 @@ async def delete_schedule(
     status_code=303,
 )
 async def operate_schedule(
-    request: Request[Any, Any, Any], schedule_id: PathId,
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
     action: Annotated[str, PathParameter(max_length=20)],
     conn: NamedDependency[Conn],
 ) -> Redirect:

@@ -9,9 +9,9 @@ typed parameters: an empty field means "no filter", a wrong one a 422 page namin
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
 from datetime import UTC, datetime
 from typing import Any, Final, get_args
+from urllib.parse import urlencode
 
 from litestar import Request, get
 from litestar.di import NamedDependency
@@ -185,7 +185,8 @@ async def schedule_page(
     missed = await console_store.schedule_events(
         conn, schedule_id, ["schedule.occurrence_missed"], limit=50
     )
-    after, due = (None, [])
+    after: datetime | None = None
+    due: list[datetime] = []
     if row["kind"] != "job":
         after, due = await schedules.preview(conn, schedule_id, 5, now=clock_now(request))
     return page(
@@ -261,7 +262,7 @@ async def bulk_confirm(request: Request[Any, Any, Any], conn: NamedDependency[Co
     if action is None:
         raise ApiError(422, "must be retry or cancel", field="action")
     if _choice(request, "state", RUN_STATES) is None:
-        raise ApiError(422, "choose the runs' state first (a bulk action needs a filter)", "state")
+        raise ApiError(422, "choose the runs' state first (a bulk action needs one)", field="state")
     found = await matching_runs(request, conn)
     return page(
         request,

@@ -16,6 +16,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 from litestar.types import ExceptionHandlersMap
+from markupsafe import escape
 from psycopg_pool import PoolTimeout
 
 from pgsched.app.api.auth import RANK
@@ -25,7 +26,6 @@ from pgsched.app.domain.errors import (
     InvalidDefinition,
     InvalidRequest,
     NotFound,
-    OperationError,
     Protected,
     VersionMismatch,
 )
@@ -126,20 +126,23 @@ _STATUS: Final[dict[type[Exception], int]] = {
 def describe(exc: Exception) -> tuple[int, str]:
     """The status and the operator's message for an error an action or page ran into."""
     if isinstance(exc, (PoolTimeout, psycopg.OperationalError)):
-        return 503, "the database is not reachable; try again shortly"
-    if isinstance(exc, ApiError):
+        status, message = 503, "the database is not reachable; try again shortly"
+    elif isinstance(exc, ApiError):
+        status = exc.status
         message = f"{exc.errors[0].field}: {exc.detail}" if exc.errors else exc.detail
-        return exc.status, message
-    if isinstance(exc, HTTPException):
-        return exc.status_code, str(exc.detail)
-    if isinstance(exc, VersionMismatch):
-        return 412, "this form was stale: the schedule changed since the page was loaded; reload"
-    if isinstance(exc, store.PartitionMissing):
-        return 422, "the range reaches a month whose runs are no longer kept"
-    if isinstance(exc, tuple(_STATUS)):
-        return _STATUS.get(type(exc), 422), str(exc)
-    log.error("console: unexpected error", exc_info=exc)
-    return 500, "an internal error; the server's log has the details"
+    elif isinstance(exc, HTTPException):
+        status, message = exc.status_code, str(exc.detail)
+    elif isinstance(exc, VersionMismatch):
+        status = 412
+        message = "this form was stale: the schedule changed since the page was loaded; reload"
+    elif isinstance(exc, store.PartitionMissing):
+        status, message = 422, "the range reaches a month whose runs are no longer kept"
+    elif isinstance(exc, tuple(_STATUS)):
+        status, message = _STATUS.get(type(exc), 422), str(exc)
+    else:
+        log.error("console: unexpected error", exc_info=exc)
+        status, message = 500, "an internal error; the server's log has the details"
+    return status, message
 
 
 def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -152,7 +155,7 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         return page(request, "error.html", status=status, title=title, message=message)
     body = (
         "<!doctype html><meta charset=utf-8><title>pgsched</title>"
-        f"<p>{status} {jinja2.utils.markupsafe.escape(message)}</p>"
+        f"<p>{status} {escape(message)}</p>"
         f'<p><a href="{LOGIN_URL}">Sign in</a></p>'
     )
     return Response(body, status_code=status, media_type=MediaType.HTML)

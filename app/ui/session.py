@@ -38,7 +38,7 @@ LIFETIME_SECONDS: Final = 12 * 3600  # a working day; the token's own expiry end
 PUBLIC: Final = "public"
 
 
-class SignInRequired(Exception):  # noqa: N818 (a condition, not a failure)
+class SignInRequired(Exception):
     """No valid session: the console answers with a redirect to its sign-in page."""
 
 

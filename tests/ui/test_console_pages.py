@@ -137,9 +137,7 @@ async def test_a_run_page_and_the_dead_letter_bulk_retry(
     assert sorted(map(int, ids)) == sorted(d["id"] for d in dead)
     # Nothing changed before the confirmation.
     assert [await _state(db, d["id"]) for d in dead] == ["dead"] * 3
-    done = await api.post(
-        "/ui/runs/bulk", data={"csrf": csrf, "action": "retry", "run_id": ids}
-    )
+    done = await api.post("/ui/runs/bulk", data={"csrf": csrf, "action": "retry", "run_id": ids})
     assert done.status_code == 200 and "3 run(s) retried; 0 skipped" in done.text
     for d in dead:
         assert await _state(db, d["id"]) == "waiting"
