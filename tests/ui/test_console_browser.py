@@ -46,13 +46,17 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
+def _chromium_present() -> bool:
+    return Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is not None
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
         _missing("playwright is not installed")
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+    if not _chromium_present():
         _missing(f"chromium not found at {CHROMIUM} (Debian packages chromium, chromium-driver)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -69,7 +73,7 @@ def shots(tmp_path: Path) -> Path:
     return target
 
 
-async def _page(browser: Any, server: LiveServer) -> Any:  # noqa: ANN401 (Playwright's Page)
+async def _page(browser: Any, server: LiveServer) -> Any:
     context = await browser.new_context(
         base_url=server.url, viewport={"width": 1366, "height": 860}
     )
@@ -78,7 +82,7 @@ async def _page(browser: Any, server: LiveServer) -> Any:  # noqa: ANN401 (Playw
     return page
 
 
-async def _sign_in(page: Any, token: str) -> None:  # noqa: ANN401
+async def _sign_in(page: Any, token: str) -> None:
     await page.goto("/ui/login")
     await page.fill("#token", token)
     await page.click("button[type=submit]")
@@ -107,22 +111,8 @@ async def _fail_until_dead(db: Conn, run_id: int, attempts: int) -> None:
         assert await test_store.fail_run(db, lease, outcome, jitter=0.5, actor="w-test", now=at)
 
 
-async def test_an_operator_session_end_to_end(
-    browser: Any,  # noqa: ANN401
-    live_server: LiveServer,
-    role_tokens: Tokens,
-    db: Conn,
-    shots: Path,
-) -> None:
-    page = await _page(browser, live_server)
-    await page.goto("/ui/")
-    await page.wait_for_url("**/ui/login")  # no session: the sign-in page
-    await page.screenshot(path=shots / "login.png")
-    await _sign_in(page, role_tokens.values["admin"])
-    await page.wait_for_selector("#live-state.on")
-    await page.screenshot(path=shots / "overview.png", full_page=True)
-
-    # Create a schedule from the form.
+async def _create_schedule(page: Any, shots: Path) -> int:
+    """Create a schedule from the form; its id."""
     await page.click("text=Schedules")
     await page.click("text=New schedule")
     await page.fill("input[name=name]", "send-invoices")
@@ -135,6 +125,43 @@ async def test_an_operator_session_end_to_end(
     schedule_id = int(page.url.split("/ui/schedules/")[1].split("?")[0])
     assert "Europe/Berlin" in await page.inner_text("main")
     await page.screenshot(path=shots / "schedule.png", full_page=True)
+    return schedule_id
+
+
+async def _bulk_cancel(page: Any, db: Conn, schedule_id: int, shots: Path) -> None:
+    """Bulk-cancel a filtered set: this schedule's waiting runs (three more and the retried)."""
+    for _ in range(3):
+        await schedules.trigger(db, schedule_id, actor="elsewhere", now=None)
+    await page.goto("/ui/")
+    await page.wait_for_selector("#overview >> text=w-test")
+    await page.screenshot(path=shots / "overview.png", full_page=True)
+    await page.goto(f"/ui/runs?state=waiting&schedule_id={schedule_id}")
+    await page.screenshot(path=shots / "runs.png", full_page=True)
+    await page.click("[data-testid=bulk-cancel]")
+    assert "4 run(s) match" in await page.inner_text("[data-testid=bulk-count]")
+    await page.screenshot(path=shots / "bulk-confirm.png", full_page=True)
+    await page.click("[data-testid=bulk-confirm]")
+    result = await page.inner_text("[data-testid=bulk-result]")
+    assert result.startswith("4 run(s) cancelled; 0 skipped")
+    left = await store.reads.page_runs(db, limit=10, schedule_id=schedule_id, states=["waiting"])
+    assert left == []
+
+
+async def test_an_operator_session_end_to_end(
+    browser: Any,
+    live_server: LiveServer,
+    role_tokens: Tokens,
+    db: Conn,
+    shots: Path,
+) -> None:
+    page = await _page(browser, live_server)
+    await page.goto("/ui/")
+    await page.wait_for_url("**/ui/login")  # no session: the sign-in page
+    await page.screenshot(path=shots / "login.png")
+    await _sign_in(page, role_tokens.values["admin"])
+    await page.wait_for_selector("#live-state.on")
+
+    schedule_id = await _create_schedule(page, shots)
 
     # Its run appears live: triggered elsewhere, shown without a reload.
     await page.evaluate("window.__sameDocument = true")
@@ -163,19 +190,7 @@ async def test_an_operator_session_end_to_end(
     got = await store.reads.run_detail(db, run["id"])
     assert got is not None and got["state"] == "waiting"
 
-    # Bulk-cancel a filtered set: the waiting runs of this schedule (three more and the retried).
-    for _ in range(3):
-        await schedules.trigger(db, schedule_id, actor="elsewhere", now=None)
-    await page.goto(f"/ui/runs?state=waiting&schedule_id={schedule_id}")
-    await page.screenshot(path=shots / "runs.png", full_page=True)
-    await page.click("[data-testid=bulk-cancel]")
-    assert "4 run(s) match" in await page.inner_text("[data-testid=bulk-count]")
-    await page.screenshot(path=shots / "bulk-confirm.png", full_page=True)
-    await page.click("[data-testid=bulk-confirm]")
-    result = await page.inner_text("[data-testid=bulk-result]")
-    assert result.startswith("4 run(s) cancelled; 0 skipped")
-    left = await store.reads.page_runs(db, limit=10, schedule_id=schedule_id, states=["waiting"])
-    assert left == []
+    await _bulk_cancel(page, db, schedule_id, shots)
 
     await page.goto("/ui/workers")
     await page.screenshot(path=shots / "workers.png", full_page=True)
@@ -187,7 +202,7 @@ async def test_an_operator_session_end_to_end(
 
 
 async def test_a_viewer_sees_no_retry_button(
-    browser: Any,  # noqa: ANN401
+    browser: Any,
     live_server: LiveServer,
     role_tokens: Tokens,
     db: Conn,
