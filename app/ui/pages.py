@@ -272,6 +272,7 @@ async def bulk_confirm(request: Request[Any, Any, Any], conn: NamedDependency[Co
         too_many=len(found) > BULK_MAX,
         limit=BULK_MAX,
         filters=dict(request.query_params),
+        back="/ui/dead" if request.query_params.get("state") == "dead" else "/ui/runs",
     )
 
 

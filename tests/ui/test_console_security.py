@@ -55,7 +55,10 @@ async def test_no_console_route_answers_without_a_session(api: Client) -> None:
             wrong.append(f"{method} {path}: {response.status_code}")
     assert not wrong, wrong
     # ... while the open ones do answer, and a bearer token opens nothing under /ui.
-    assert (await api.get("/ui/login")).status_code == 200
+    login = await api.get("/ui/login")
+    assert login.status_code == 200
+    assert "default-src 'self'" in login.headers["content-security-policy"]
+    assert login.headers["x-frame-options"] == "DENY"
     assert (await api.get("/ui/static/console.js")).status_code == 200
 
 
