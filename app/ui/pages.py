@@ -163,7 +163,7 @@ async def schedule_list(request: Request[Any, Any, Any], conn: NamedDependency[C
         schedules=rows,
         last=last,
         next_after=rows[-1]["id"] if more else None,
-        filters=dict(request.query_params),
+        filters={k: v for k, v in request.query_params.items() if k not in ("after", "done")},
         job_types=JOB_TYPES,
         notice=notice(request),
     )

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
-from pgsched.app.services import schedules
+from pgsched.app.services import schedules, tokens
 from tests.api.conftest import LiveServer, Tokens
 from tests.api.test_runs import _dead_run
 from tests.factories import cover_last_month, make_schedule
@@ -170,6 +170,10 @@ async def test_overview_workers_and_filters(api: Client, role_tokens: Tokens, db
     mail = (await api.get("/ui/runs?queue=mail&state=waiting")).text
     other = (await api.get("/ui/runs?queue=other")).text
     assert s["name"] in mail and "No run matches" in other
+    by_schedule = (await api.get(f"/ui/runs?schedule_id={s['id']}&since=2000-01-01T00:00")).text
+    long_ago = (await api.get(f"/ui/runs?schedule_id={s['id']}&until=2000-01-01T00:00")).text
+    assert s["name"] in by_schedule and "No run matches" in long_ago
+    assert (await api.get("/ui/runs?since=yesterday")).status_code == 422
     bad = await api.get("/ui/runs?state=failed")
     assert bad.status_code == 422 and "state: must be one of" in bad.text
 
@@ -198,3 +202,25 @@ async def test_the_live_feed_tells_a_page_what_changed(
             got = await asyncio.wait_for(changes(), 10)
     assert {"type": "run.created", "stream": "run", "stream_id": run["id"]} in got
     assert all(set(change) == {"type", "stream", "stream_id"} for change in got)
+
+
+async def test_the_live_feed_ends_when_the_token_is_revoked(
+    live_server: LiveServer, role_tokens: Tokens, db: Conn
+) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as client:
+        form = await client.get("/ui/login")
+        nonce = form.text.split('name="nonce" value="')[1].split('"')[0]
+        await client.post("/ui/login", data={"token": role_tokens.values["viewer"], "nonce": nonce})
+        async with client.stream("GET", "/ui/live") as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith(":")
+            await tokens.revoke_token(db, "viewer-token", actor="test", now=None)
+
+            async def ending() -> list[str]:
+                seen = [line async for line in lines]  # until the server ends the stream
+                return seen
+
+            seen = await asyncio.wait_for(ending(), 10)
+        assert "event: signed-out" in seen
+        page = await client.get("/ui/", follow_redirects=False)
+        assert page.status_code == 303

@@ -17,7 +17,7 @@
 
   function refresh() {
     pending = null;
-    fetch(window.location.href, { credentials: "same-origin", headers: { "X-Console-Live": "1" } })
+    fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) {
         if (response.redirected && response.url.indexOf("/ui/login") >= 0) {
           window.location.assign("/ui/login");
