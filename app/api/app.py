@@ -32,6 +32,8 @@ from pgsched.app.clock import Clock, SystemClock
 from pgsched.app.db import outage
 from pgsched.app.db.store import Conn, reads
 from pgsched.app.telemetry import sample, sample_forever
+from pgsched.app.ui import router as console_router
+from pgsched.app.ui import template_config as console_templates
 
 log = logging.getLogger("pgsched.api")
 
@@ -137,7 +139,9 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
         ],
     )
     return Litestar(
-        route_handlers=[v1, *system.ROOT_ROUTES, MetricsController],
+        # The operator console at /ui/ (ADR 0030): its own cookie session, the same services.
+        route_handlers=[v1, *system.ROOT_ROUTES, MetricsController, console_router()],
+        template_config=console_templates(),
         lifespan=[_pool, _telemetry],
         dependencies={"conn": Provide(_provide_conn)},
         # Authorisation first: a caller without a token learns nothing about input rules.

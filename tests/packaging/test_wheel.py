@@ -132,6 +132,9 @@ def test_the_wheel_installs_one_top_level_name(wheel: Path) -> None:
     assert "pgsched/migrations/env.py" in names
     assert "pgsched/sql/partitions/maintain_v2.sql" in names
     assert "pgsched/app/db/queries/runs.sql" in names
+    # ... and so do the console's templates and static files (ADR 0030), read at run time.
+    assert "pgsched/app/ui/templates/base.html" in names
+    assert "pgsched/app/ui/static/console.js" in names
 
 
 def test_from_the_wheel_migrate_verify_and_a_worker_run_the_applications_job(

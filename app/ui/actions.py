@@ -1,0 +1,349 @@
+"""The console's forms (POST): sign in and out, and every action an operator or admin takes.
+
+Each action checks the form's CSRF token, then calls the same app.services function as the
+REST API with the same actor and meta (app.api.auth.audit: the token's name, address, agent and
+token prefix), `via` saying it came through the console. After a change the browser is sent
+back to the page with 303, so a reload repeats nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import FormMultiDict
+from litestar.di import NamedDependency
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import PathParameter
+from litestar.response import Redirect, Template
+
+from pgsched.app.api import definition
+from pgsched.app.api.auth import audit
+from pgsched.app.api.common import PATH_ID, PathId, clock_now
+from pgsched.app.api.problems import ApiError
+from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
+from pgsched.app.db.store import Conn
+from pgsched.app.db.store import console as console_store
+from pgsched.app.domain.errors import VersionMismatch
+from pgsched.app.services import runs, schedules, tokens
+from pgsched.app.ui import session
+from pgsched.app.ui.pages import ADMIN, BULK_MAX, JOB_TYPES, OPERATOR, VIEWER
+from pgsched.app.ui.render import back_to, describe, page
+
+PUBLIC: Final = {"role": "public", "console": "public"}
+_MAX_FIELD: Final = 20_000
+
+
+def _meta(request: Request[Any, Any, Any]) -> tuple[str, dict[str, object]]:
+    actor, meta = audit(request)
+    return actor, {**meta, "via": "console"}
+
+
+async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The posted form, after its CSRF token is checked (403 without the session's)."""
+    form = await request.form()
+    session.check_csrf(request, form.get("csrf"))
+    return form
+
+
+def _field(form: FormMultiDict, name: str) -> str:
+    value = str(form.get(name) or "").strip()
+    if len(value) > _MAX_FIELD or "\x00" in value:
+        raise ApiError(422, f"at most {_MAX_FIELD} characters, no NUL", field=name)
+    return value
+
+
+def _version(form: FormMultiDict) -> int:
+    """The schedule version the form was made from: a stale form is refused (412)."""
+    value = _field(form, "version")
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(422, "the form carries no schedule version: reload", field="version")
+    return int(value)
+
+
+# -- sign in / out ----------------------------------------------------------------------------
+
+
+def _login_page(request: Request[Any, Any, Any], error: str | None, status: int) -> Template:
+    nonce = session.new_login_nonce()
+    response = Template(
+        template_name="login.html",
+        context={"nonce": nonce, "error": error},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+    response.set_cookie(session.login_cookie(request, nonce))
+    return response
+
+
+@get("/login", opt=PUBLIC, include_in_schema=False)
+async def login_form(request: Request[Any, Any, Any]) -> Template:
+    return _login_page(request, None, 200)
+
+
+@post("/login", opt=PUBLIC, include_in_schema=False, status_code=303)
+async def login(request: Request[Any, Any, Any], conn: NamedDependency[Conn]) -> Response[Any]:
+    """Sign in with an API token: checked as the API checks it, then forgotten; the session
+    cookie names the token and is signed (app.ui.session)."""
+    form = await request.form()
+    nonce, cookie = form.get("nonce"), request.cookies.get(session.LOGIN_COOKIE)
+    if not (isinstance(nonce, str) and cookie and hmac.compare_digest(nonce, cookie)):
+        raise PermissionDeniedException("the sign-in form is stale or forged: reload it")
+    token = str(form.get("token") or "").strip()
+    now = clock_now(request)
+    row = await tokens.authenticate(conn, token, now=now) if len(token) < 200 else None
+    if row is None:
+        return _login_page(
+            request, "That token is not valid (unknown, revoked, expired or mistyped).", 401
+        )
+    # The MAC covers the stored hash, read back by id as every later request will.
+    live = await console_store.live_token(conn, row["id"], now=now)
+    if live is None:  # revoked in between
+        return _login_page(request, "That token was just revoked.", 401)
+    redirect = Redirect("/ui/", status_code=303)
+    redirect.set_cookie(
+        session.session_cookie(request, live["id"], bytes(live["token_sha256"]), live["now_epoch"])
+    )
+    redirect.set_cookie(session.cleared(session.LOGIN_COOKIE))
+    return redirect
+
+
+@post("/logout", opt=VIEWER, include_in_schema=False, status_code=303)
+async def logout(request: Request[Any, Any, Any]) -> Redirect:
+    await _form(request)
+    redirect = Redirect("/ui/login", status_code=303)
+    redirect.set_cookie(session.cleared())
+    return redirect
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+async def _retry(request: Request[Any, Any, Any], conn: Conn, run_id: int) -> bool:
+    actor, meta = _meta(request)
+    row = await runs.retry(conn, run_id, actor=actor, now=clock_now(request), meta=meta)
+    return row is not None
+
+
+async def _cancel(request: Request[Any, Any, Any], conn: Conn, run_id: int) -> bool:
+    actor, meta = _meta(request)
+    _, row = await runs.cancel(conn, run_id, actor=actor, now=clock_now(request), meta=meta)
+    return row is not None
+
+
+@post("/runs/{run_id:str}/retry", opt=OPERATOR, include_in_schema=False, status_code=303)
+async def retry_run(
+    request: Request[Any, Any, Any], run_id: PathId, conn: NamedDependency[Conn]
+) -> Redirect:
+    form = await _form(request)
+    if not await _retry(request, conn, run_id):
+        raise ApiError(409, f"run {run_id}: only dead or cancelled runs can be retried")
+    return back_to(_back(_field(form, "back") or f"/ui/runs/{run_id}"), "retried")
+
+
+@post("/runs/{run_id:str}/cancel", opt=OPERATOR, include_in_schema=False, status_code=303)
+async def cancel_run(
+    request: Request[Any, Any, Any], run_id: PathId, conn: NamedDependency[Conn]
+) -> Redirect:
+    form = await _form(request)
+    if not await _cancel(request, conn, run_id):
+        raise ApiError(409, f"run {run_id}: only waiting or running runs can be cancelled")
+    return back_to(_back(_field(form, "back") or f"/ui/runs/{run_id}"), "cancelled")
+
+
+def _back(path: str) -> str:
+    """Only a console page may be where a form returns to (never another site)."""
+    return path if path.startswith("/ui/") and "//" not in path and "\\" not in path else "/ui/"
+
+
+@post("/runs/bulk", opt=OPERATOR, include_in_schema=False, status_code=200)
+async def bulk_apply(request: Request[Any, Any, Any], conn: NamedDependency[Conn]) -> Template:
+    """Retry or cancel exactly the runs the confirmation page listed, one transaction each
+    (as the API's retry and cancel): a run that changed state meanwhile is counted as skipped."""
+    form = await _form(request)
+    action = _field(form, "action")
+    if action not in ("retry", "cancel"):
+        raise ApiError(422, "must be retry or cancel", field="action")
+    ids = form.getall("run_id") if "run_id" in form else []
+    if len(ids) > BULK_MAX or not all(isinstance(i, str) and PATH_ID.fullmatch(i) for i in ids):
+        raise ApiError(422, f"at most {BULK_MAX} run ids", field="run_id")
+    act = _retry if action == "retry" else _cancel
+    done = skipped = 0
+    for run_id in dict.fromkeys(int(i) for i in ids):
+        if await act(request, conn, run_id):
+            done += 1
+        else:
+            skipped += 1
+    return page(request, "bulk_done.html", action=action, done=done, skipped=skipped)
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def _json_field(form: FormMultiDict, name: str) -> object:
+    raw = _field(form, name)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError(422, "must be JSON (an object)", field=name) from None
+
+
+def _int_field(form: FormMultiDict, name: str) -> int | None:
+    raw = _field(form, name)
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 10:
+        raise ApiError(422, "must be a whole number", field=name)
+    return int(raw)
+
+
+def _definition(form: FormMultiDict) -> dict[str, Any]:
+    """The schedule fields a form gives, as the API's JSON body would carry them."""
+    given: dict[str, Any] = {
+        "name": _field(form, "name"),
+        "job_type": _field(form, "job_type"),
+        "payload": _json_field(form, "payload"),
+        "cron": _field(form, "cron"),
+        "interval_seconds": _int_field(form, "interval_seconds"),
+        "timezone": _field(form, "timezone"),
+        "queue": _field(form, "queue"),
+        "max_attempts": _int_field(form, "max_attempts"),
+    }
+    return {k: v for k, v in given.items() if v not in (None, "")}
+
+
+def _as(kind: type[Any], fields: dict[str, Any]) -> Any:  # noqa: ANN401 (a msgspec struct)
+    try:
+        return msgspec.convert(fields, kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+@post("/schedules", opt=ADMIN, include_in_schema=False, status_code=303)
+async def create_schedule(
+    request: Request[Any, Any, Any], conn: NamedDependency[Conn]
+) -> Response[Any]:
+    form = await _form(request)
+    fields = _definition(form)
+    try:
+        data = _as(ScheduleCreate, fields)
+        actor, meta = _meta(request)
+        row = await schedules.create(
+            conn, definition.create_fields(data), actor=actor, now=clock_now(request), meta=meta
+        )
+    except Exception as exc:  # noqa: BLE001 (shown on the form, which keeps what was typed)
+        status, message = describe(exc)
+        return page(
+            request,
+            "schedule_new.html",
+            status=status,
+            job_types=JOB_TYPES,
+            form={k: _field(form, k) for k in form if k != "csrf"},
+            error=message,
+        )
+    return back_to(f"/ui/schedules/{row['id']}", "created")
+
+
+@post("/schedules/{schedule_id:str}/edit", opt=ADMIN, include_in_schema=False, status_code=303)
+async def edit_schedule(
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+) -> Redirect:
+    """Only the fields whose value differs from the version the form was made from change, and
+    only if that version is still the schedule's (412 otherwise, as the API's If-Match)."""
+    form = await _form(request)
+    version = _version(form)
+    current = await schedules.live(conn, schedule_id)
+    submitted = _definition(form)
+    changed = {
+        k: v for k, v in submitted.items() if k not in ("name", "job_type") and v != current.get(k)
+    }
+    if not changed:
+        return back_to(f"/ui/schedules/{schedule_id}")
+    actor, meta = _meta(request)
+    await schedules.update(
+        conn,
+        schedule_id,
+        definition.patch_fields(_as(ScheduleUpdate, changed)),
+        if_match={version},
+        actor=actor,
+        now=clock_now(request),
+        meta=meta,
+    )
+    return back_to(f"/ui/schedules/{schedule_id}", "updated")
+
+
+@post("/schedules/{schedule_id:str}/delete", opt=ADMIN, include_in_schema=False, status_code=303)
+async def delete_schedule(
+    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+) -> Redirect:
+    """Deleted only if the form's version is still the schedule's: the check and the delete
+    hold the schedule's row lock together."""
+    form = await _form(request)
+    version = _version(form)
+    actor, meta = _meta(request)
+    async with conn.transaction():
+        row = await schedules.live(conn, schedule_id, lock=True)
+        if row["version"] != version:
+            raise VersionMismatch(row["version"])
+        await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    return back_to("/ui/schedules", "deleted")
+
+
+@post(
+    "/schedules/{schedule_id:str}/{action:str}",
+    opt=OPERATOR,
+    include_in_schema=False,
+    status_code=303,
+)
+async def operate_schedule(
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    action: Annotated[str, PathParameter(max_length=20)],
+    conn: NamedDependency[Conn],
+) -> Redirect:
+    """pause, resume, trigger (a run due now) or backfill (the occurrences of a past range)."""
+    form = await _form(request)
+    actor, meta = _meta(request)
+    now = clock_now(request)
+    where = f"/ui/schedules/{schedule_id}"
+    if action == "pause":
+        await schedules.pause(conn, schedule_id, actor=actor, now=now, meta=meta)
+    elif action == "resume":
+        await schedules.resume(conn, schedule_id, actor=actor, now=now, meta=meta)
+    elif action == "trigger":
+        await schedules.trigger(conn, schedule_id, actor=actor, now=now, meta=meta)
+    elif action == "backfill":
+        start, end = _utc(form, "from"), _utc(form, "to")
+        await schedules.backfill(conn, schedule_id, start, end, actor=actor, now=now, meta=meta)
+    else:
+        raise ApiError(404, f"no action {action!r} on a schedule")
+    return back_to(where, {"pause": "paused", "resume": "resumed"}.get(action, action + "ed"))
+
+
+def _utc(form: FormMultiDict, name: str) -> datetime:
+    raw = _field(form, name)
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "must be a date and time, e.g. 2026-12-04T10:00", field=name) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+ROUTES = [
+    login_form,
+    login,
+    logout,
+    retry_run,
+    cancel_run,
+    bulk_apply,
+    create_schedule,
+    edit_schedule,
+    delete_schedule,
+    operate_schedule,
+]
