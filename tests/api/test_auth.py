@@ -44,6 +44,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/events"): "viewer",
     ("GET", "/v1/events/stream"): "viewer",
     ("GET", "/v1/workers"): "viewer",
+    ("GET", "/v1/workers/{worker_id:str}"): "viewer",
     ("GET", "/v1/tokens"): "admin",
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
