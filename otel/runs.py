@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
@@ -120,7 +121,8 @@ def log_transition(outcome: str, fields: Mapping[str, Any]) -> None:
     """One line on `pgsched.runs`: `run <outcome>` with the run's identifiers in `fields`."""
     level = logging.WARNING if outcome in _ALARMING else logging.INFO
     if run_log.isEnabledFor(level):  # nothing is built for a line nobody reads
-        run_log.log(level, "run %s", outcome, extra={**fields, "outcome": outcome})
+        extra = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
+        run_log.log(level, "run %s", outcome, extra={**extra, "outcome": outcome})
 
 
 def _bounded(error: str | None) -> str | None:

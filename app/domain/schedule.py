@@ -265,7 +265,7 @@ def check_timing_switch(row: Mapping[str, Any], patch: Mapping[str, Any]) -> Non
 
     A bare `{"interval_seconds": 300}` on a cron schedule reads like "change the interval", and
     silently turning the schedule into another kind was the surprise; a change of kind is said
-    so (docs/adr/0029-explicit-timing-switch.md). A job definition (no timing) may be given one.
+    so (ADR 0029). A job definition (no timing) may be given one.
     """
     current = next((k for k in TIMING if row.get(k) is not None), None)
     if current is None or current in patch:

@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -107,7 +107,10 @@ async def test_a_hundred_runs_log_one_line_per_transition(
     assert all(x["duration_ms"] >= 0 and "always fails" in x["error"] for x in ends), [
         json.dumps(x) for x in ends
     ]
-    assert ends[0]["retry_at"] and ends[0]["schedule"] == "always-fails"
+    assert datetime.fromisoformat(ends[0]["retry_at"]) > datetime.fromisoformat(
+        ends[0]["timestamp"]
+    ) - timedelta(seconds=1)
+    assert ends[0]["schedule"] == "always-fails"
     assert MARKER not in stream.getvalue(), "a payload or a job's output is never logged"
 
     # An operator's retry is a transition too (the API and CLI process logs it).
