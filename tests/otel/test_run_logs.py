@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 from pgsched.app import settings, ticker
+from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.app.services import runs, schedules
 from pgsched.otel import runs as run_telemetry
 from pgsched.otel.logs import RUN_LOGGERS, configure_logging
 from tests.factories import make_schedule
+from tests.support import store as test_store
 from tests.support.worker import running_worker, wait_state
 
 JOBS = "tests.jobs.sample_jobs"
@@ -152,3 +154,42 @@ def test_the_run_lines_have_a_level_of_their_own(stream: io.StringIO) -> None:
     # The rest of the process still logs at PGSCHED_LOG_LEVEL (INFO).
     logging.getLogger("pgsched.worker").info("still here")
     assert _lines(stream, "pgsched.worker")[0]["message"] == "still here"
+
+
+async def test_a_rescued_run_says_so_and_its_next_attempt_follows(
+    db: Conn, dsn: str, stream: io.StringIO
+) -> None:
+    s = await make_schedule(
+        db,
+        job_type="python",
+        payload={"target": f"{JOBS}:echo", "kwargs": {"value": 1}},
+        retry_delay_seconds=0.1,
+    )
+    run, _ = await schedules.trigger(db, s["id"], actor="test", now=None)
+    silent = await store.register_worker(
+        db, name="silent", host="h", pid=1, version="t", queues=["default"], slots=1, now=None
+    )
+    # Claimed by a worker that never reports, with a lease already over when the next starts.
+    await test_store.claim_runs(
+        db,
+        worker_id=silent["id"],
+        queues=["default"],
+        limit=1,
+        lease_seconds=0.05,
+        actor="silent",
+        now=None,
+    )
+    async with running_worker(dsn):
+        await wait_state(db, run["id"], {"succeeded"}, within=60)
+    story = [
+        (x["outcome"], x["attempt"], x["level"])
+        for x in _lines(stream, "pgsched.runs")
+        if x["run_id"] == run["id"]
+    ]
+    assert story == [
+        ("rescued", 1, "WARNING"),
+        ("claimed", 2, "INFO"),
+        ("succeeded", 2, "INFO"),
+    ], story
+    (rescued,) = [x for x in _lines(stream, "pgsched.runs") if x["outcome"] == "rescued"]
+    assert rescued["state"] == "waiting" and rescued["retry_at"]
