@@ -155,6 +155,10 @@ async def test_stats_name_dead_runs_dead(api: Client, role_tokens: Tokens, db: C
     )
     errors = (await api.get("/stats", headers=role_tokens.auth("viewer"))).json()["error_stats"]
     assert errors["dead_runs_24h"] == errors["failed_runs_24h"] == 1
+    document = (await api.get("/schema/openapi.json", headers=role_tokens.auth("viewer"))).json()
+    fields = document["components"]["schemas"]["ErrorStats"]["properties"]
+    assert fields["failed_runs_24h"]["deprecated"] is True, "the old name is a documented alias"
+    assert "deprecated" not in fields["dead_runs_24h"]
     dead = (await api.get("/v1/runs?status=dead", headers=role_tokens.auth("viewer"))).json()
     assert [r["id"] for r in dead["items"]] == [run["id"]]
 
