@@ -25,7 +25,8 @@ Sections, and the commands that read them:
 - retention: `PGSCHED_MONTHS_AHEAD`, `PGSCHED_RUN_RETENTION_DAYS`,
   `PGSCHED_EVENT_RETENTION_DAYS`, `PGSCHED_ARCHIVE_DIR` (app.maintenance.Retention):
   `maintain`, `ticker`, `run` (the last two install the built-in schedule with it);
-- telemetry: `PGSCHED_METRICS_PORT` here, `PGSCHED_LOG_LEVEL`, `PGSCHED_LOG_FORMAT`, and the
+- telemetry: `PGSCHED_METRICS_PORT` here, `PGSCHED_LOG_LEVEL`, `PGSCHED_LOG_FORMAT`,
+  `PGSCHED_RUN_LOG_LEVEL` (the per-run and per-tick lines), and the
   `OTEL_*` variables with `PGSCHED_METRICS_HOST` and `PGSCHED_TRACE_SQL`, which otel.config
   parses itself (otel is a leaf that imports nothing of app/): the long-running commands and
   `maintain`.
@@ -384,12 +385,16 @@ def metrics_port(env: Mapping[str, str]) -> int | None:
 class LogSettings:
     level: str = "INFO"
     format: str = "auto"  # text on a terminal, JSON otherwise
+    # The line per run transition and per tick (loggers pgsched.runs and pgsched.ticks, see
+    # otel.runs); None: PGSCHED_LOG_LEVEL's. WARNING keeps only dead, fenced and rescued runs.
+    run_level: str | None = None
 
 
 def logs(env: Mapping[str, str]) -> LogSettings:
     return LogSettings(
         level=_read(env, "PGSCHED_LOG_LEVEL", "INFO", log_level),
         format=_read(env, "PGSCHED_LOG_FORMAT", "auto", log_format),
+        run_level=_optional(env, "PGSCHED_RUN_LOG_LEVEL", log_level),
     )
 
 

@@ -36,7 +36,9 @@ def start(role: str, env: Mapping[str, str]) -> otel.Telemetry:
     parsed by app.settings (a bad value: SettingsError, before anything is set up)."""
     config = settings.telemetry(env, role)
     logs = settings.logs(env)
-    configure_logging(config.service_name, level=logs.level, fmt=logs.format, env=env)
+    configure_logging(
+        config.service_name, level=logs.level, fmt=logs.format, env=env, run_level=logs.run_level
+    )
     # psycopg_pool warns at every failed reconnection attempt (one a second or two per
     # connection while the database is away); app.db.outage says it once per outage instead.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

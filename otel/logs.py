@@ -23,6 +23,9 @@ from pgsched.otel.spans import current_ids
 # What the current task is about (a worker's job task sets it): merged into every log line.
 LOG_FIELDS: ContextVar[Mapping[str, object] | None] = ContextVar("pgsched_log_fields", default=None)
 
+# The line per run transition (otel.runs, app.services.runs) and per tick (otel.runs).
+RUN_LOGGERS: Final = ("pgsched.runs", "pgsched.ticks")
+
 MASK: Final = "***"
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -112,11 +115,14 @@ def configure_logging(
     fmt: str = "auto",
     stream: TextIO | None = None,
     env: Mapping[str, str] | None = None,
+    run_level: str | None = None,
 ) -> logging.Handler:
     """Route the root logger to `stream` (stderr) as JSON, or as text on a terminal.
 
     `fmt` is json, text or auto (text when the stream is a TTY). Replaces handlers an earlier
-    call installed, so calling it twice does not double every line.
+    call installed, so calling it twice does not double every line. `run_level` is the level of
+    the line per run transition and per tick (RUN_LOGGERS; None: `level`'s), which an operator
+    turns down apart from the rest.
     """
     stream = stream or sys.stderr
     if fmt not in ("auto", "json", "text"):
@@ -130,6 +136,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).setLevel(run_level.upper() if run_level else logging.NOTSET)
     if env is not None:
         set_redactor(Redactor.from_env(env))
     return handler

@@ -17,18 +17,28 @@ Trace structure (ADR 0016):
   span event on `process <queue>`: `claimed` (with the claim's batch size), `exception` (the
   executor raised) and `reported` (outcome, the report's batch size and its trace id).
 - Idle ticks and claims are dropped before export (`otel.spans.IdleFilter`).
+
+Log lines (an operator's `tail -f`, seed of every collector's per-job view): one per run
+transition on the logger `pgsched.runs` (claimed, succeeded, failed, cancelled, released at
+INFO; dead, fenced, unreported and rescued at WARNING, the ones that need a look), each with
+`run_id`, `schedule`, `schedule_id`, `attempt`, `queue`, `outcome` and, for an attempt's end,
+`duration_ms`; one per tick on `pgsched.ticks` (INFO when it made or missed runs, DEBUG when
+idle: two tickers tick twice a second). Never a payload; an error text is bounded, and masked
+like every line (otel.logs). `PGSCHED_RUN_LOG_LEVEL` sets both loggers' level.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
@@ -45,6 +55,12 @@ T = TypeVar("T")
 _ERRORS = frozenset({"failed", "dead", "fenced", "unreported"})
 _MAX_STATUS_TEXT = 256
 _MAX_STACKTRACE = 8192
+_MAX_LOGGED_ERROR = 200
+
+run_log = logging.getLogger("pgsched.runs")
+tick_log = logging.getLogger("pgsched.ticks")
+# Outcomes an operator should look at: logged at WARNING, the rest at INFO.
+_ALARMING = frozenset({"dead", "fenced", "unreported", "rescued"})
 
 
 class LeaseLike(Protocol):
@@ -76,8 +92,11 @@ class _Attempt:
     queue: str
     job_type: str
     started: float
+    schedule: str | None = None
+    schedule_id: int | None = None
     status: str | None = None
     error: str | None = None
+    retry_at: object = None  # a failed attempt's next try (the run's available_at)
     fenced_reason: str = "completion"
     # Of the last `report` span that carried this attempt's result (for the `reported` event).
     report_batch: int = 0
@@ -93,6 +112,21 @@ class _State:
 
 _state = _State()
 _claim: ContextVar[_Claim | None] = ContextVar("pgsched_claim", default=None)
+
+
+# -- the log lines ---------------------------------------------------------------------------
+
+
+def log_transition(outcome: str, fields: Mapping[str, Any]) -> None:
+    """One line on `pgsched.runs`: `run <outcome>` with the run's identifiers in `fields`."""
+    level = logging.WARNING if outcome in _ALARMING else logging.INFO
+    if run_log.isEnabledFor(level):  # nothing is built for a line nobody reads
+        extra = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
+        run_log.log(level, "run %s", outcome, extra={**extra, "outcome": outcome})
+
+
+def _bounded(error: str | None) -> str | None:
+    return None if error is None else redact(error)[:_MAX_LOGGED_ERROR]
 
 
 # -- the worker ------------------------------------------------------------------------------
@@ -198,8 +232,23 @@ def run_scope(row: Mapping[str, Any]) -> Iterator[None]:
         span.add_event(
             spans.CLAIMED, {spans.BATCH_COUNT: pending.batch}, timestamp=pending.claimed_ns
         )
-    _state.attempts[(run_id, attempt)] = _Attempt(span, queue, job_type, time.perf_counter())
+    schedule = row.get("schedule_name")
+    schedule_id = int(row["schedule_id"])
+    _state.attempts[(run_id, attempt)] = _Attempt(
+        span, queue, job_type, time.perf_counter(), schedule, schedule_id
+    )
     tel.gauge("pgsched.worker.inflight").set(len(_state.attempts))
+    log_transition(
+        "claimed",
+        {
+            "run_id": run_id,
+            "schedule": schedule,
+            "schedule_id": schedule_id,
+            "attempt": attempt,
+            "queue": queue,
+            "origin": row.get("origin"),
+        },
+    )
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     fields = LOG_FIELDS.set(
         {
@@ -267,6 +316,7 @@ def reported(
         attempt.status = status
     else:
         attempt.status = "dead" if row.get("state") == "dead" else "failed"
+        attempt.retry_at = row.get("available_at") if attempt.status == "failed" else None
     attempt.error = error
     if attempt.report_trace_id:
         attempt.span.add_event(
@@ -323,6 +373,20 @@ def ended(lease: LeaseLike) -> None:
     if attempt is None:
         return
     status = attempt.status or "unreported"
+    duration = time.perf_counter() - attempt.started
+    line: dict[str, Any] = {
+        "run_id": lease.run_id,
+        "schedule": attempt.schedule,
+        "schedule_id": attempt.schedule_id,
+        "attempt": lease.attempt,
+        "queue": attempt.queue,
+        "duration_ms": round(duration * 1000, 3),
+    }
+    if status in _ERRORS:
+        line["error"] = _bounded(attempt.error)
+    if attempt.retry_at is not None:
+        line["retry_at"] = attempt.retry_at
+    log_transition(status, line)
     span = attempt.span
     span.set_attribute(spans.OUTCOME, status)
     if status in _ERRORS:
@@ -331,9 +395,7 @@ def ended(lease: LeaseLike) -> None:
         span.set_attribute("error.type", status)
     labels = {"queue": attempt.queue, "job_type": attempt.job_type}
     tel.counter("pgsched.jobs.processed").add(1, {**labels, "status": status})
-    tel.histogram("pgsched.job.duration").record(
-        time.perf_counter() - attempt.started, {**labels, "status": status}
-    )
+    tel.histogram("pgsched.job.duration").record(duration, {**labels, "status": status})
     if status == "dead":
         tel.counter("pgsched.runs.dead").add(1, {"queue": attempt.queue})
     if status == "fenced":
@@ -342,9 +404,21 @@ def ended(lease: LeaseLike) -> None:
 
 
 def rescued(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Runs whose lease expired (their worker went silent): back to waiting, or dead."""
     tel = current()
     for row in rows:
         state = str(row["state"])
+        log_transition(
+            "rescued",
+            {
+                "run_id": row["id"],
+                "schedule_id": row["schedule_id"],
+                "attempt": row["attempt"],
+                "queue": row["queue"],
+                "state": state,  # waiting (retried after the backoff) or dead
+                "retry_at": row["available_at"] if state == "waiting" else None,
+            },
+        )
         tel.counter("pgsched.runs.rescued").add(1, {"result": state})
         if state == "dead":
             tel.counter("pgsched.runs.dead").add(1, {"queue": str(row["queue"])})
@@ -410,9 +484,11 @@ def ticking() -> Iterator[Tick]:
                     span.set_attribute(spans.IDLE, True)
     finally:
         otel_context.detach(token)
-        tel.histogram("pgsched.ticker.tick.duration").record(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        tel.histogram("pgsched.ticker.tick.duration").record(elapsed)
     result = holder.result
     if result is not None:
+        _log_tick(result, elapsed)
         tel.gauge("pgsched.ticker.last_tick.timestamp").set(time.time())
         if result.created:
             tel.counter("pgsched.runs.created").add(result.created)
@@ -420,6 +496,24 @@ def ticking() -> Iterator[Tick]:
             tel.counter("pgsched.occurrences.missed").add(result.missed, {"reason": "late"})
         if result.overlapped:
             tel.counter("pgsched.occurrences.missed").add(result.overlapped, {"reason": "overlap"})
+
+
+def _log_tick(result: TickLike, elapsed: float) -> None:
+    busy = result.created or result.missed or result.overlapped
+    level = logging.INFO if busy else logging.DEBUG
+    if tick_log.isEnabledFor(level):
+        tick_log.log(
+            level,
+            "tick",
+            extra={
+                # Not `created`: a LogRecord attribute of its own.
+                "schedules": result.schedules,
+                "runs_created": result.created,
+                "runs_missed": result.missed,
+                "runs_overlapped": result.overlapped,
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+        )
 
 
 def trace_context_json() -> str | None:

@@ -26,6 +26,7 @@ from pgsched.app.api.decoding import ApiRequest
 from pgsched.app.api.metrics import MetricsController, prometheus_config
 from pgsched.app.api.openapi import OpenAPIJson, correct_allow
 from pgsched.app.api.problems import EXCEPTION_HANDLERS
+from pgsched.app.api.reference import reference
 from pgsched.app.api.routes import events, runs, schedules, system
 from pgsched.app.api.tracing import opentelemetry_plugin
 from pgsched.app.clock import Clock, SystemClock
@@ -140,7 +141,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
     )
     return Litestar(
         # The operator console at /ui/ (ADR 0030): its own cookie session, the same services.
-        route_handlers=[v1, *system.ROOT_ROUTES, MetricsController, console_router()],
+        route_handlers=[v1, *system.ROOT_ROUTES, reference, MetricsController, console_router()],
         template_config=console_templates(),
         lifespan=[_pool, _telemetry],
         dependencies={"conn": Provide(_provide_conn)},

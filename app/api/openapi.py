@@ -8,6 +8,9 @@
   on ids is 2^63, one more than the bigint the API accepts. Bounds of integer schemas are
   written as integers; a float at or above 2^63 can only be the bigint bound, the largest any
   integer input has.
+- **Deprecated fields** cannot be marked from a msgspec field, so `DEPRECATED` lists them
+  (`deprecated: true` on their property): a kept alias such as `/stats`'
+  `error_stats.failed_runs_24h` (ADR 0029).
 - **OPTIONS**: Litestar answers it with an `Allow` header computed from the first handler
   registered for a path (`OPTIONS /v1/schedules` said `OPTIONS, POST`, leaving out GET).
   `correct_allow` rewrites the header from the path's route, which knows every method: the
@@ -31,6 +34,8 @@ from pgsched.app.api import schemas
 from pgsched.app.api.auth import is_generated_options
 
 _BOUNDS: Final = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# (component schema, property) kept for old clients only.
+DEPRECATED: Final = frozenset({("ErrorStats", "failed_runs_24h")})
 
 
 def _strict_structs() -> frozenset[str]:
@@ -76,6 +81,9 @@ def tidy(document: dict[str, Any]) -> dict[str, Any]:
     for name, schema in document.get("components", {}).get("schemas", {}).items():
         if name in STRICT_STRUCTS:
             schema["additionalProperties"] = False
+        for prop, spec in schema.get("properties", {}).items():
+            if (name, prop) in DEPRECATED:
+                spec["deprecated"] = True
     _tidy(document)
     return document
 

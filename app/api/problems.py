@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
+import typing
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 import psycopg
@@ -130,6 +131,30 @@ def _wire_names(request: Request[Any, Any, Any]) -> dict[str, str]:
     }
 
 
+def _choices(annotation: object) -> list[str]:
+    """The values of the Literal inside a parameter's annotation (`list[RunState] | None`)."""
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+
+
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
+
+
+def _enum_message(message: str, name: str, request: Request[Any, Any, Any]) -> str:
+    """msgspec's "Invalid enum value 'failed'", with the values that are valid: a client that
+    guessed a word learns the right one from the answer, not from the document."""
+    wrong = _ENUM.match(message)
+    handler = request.scope.get("route_handler")
+    if wrong is None or handler is None:
+        return message
+    declared = handler.parsed_fn_signature.parameters.get(name)
+    choices = _choices(declared.annotation) if declared is not None else []
+    if not choices:
+        return message
+    return f"must be one of {', '.join(choices)}; got {wrong['value']}"
+
+
 def _validation_errors(extra: object, request: Request[Any, Any, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     if not isinstance(extra, list):
@@ -147,6 +172,7 @@ def _validation_errors(extra: object, request: Request[Any, Any, Any]) -> list[F
         source = item.get("source")
         value = getattr(source, "value", source)
         if value != "body":
+            message = _enum_message(message, field, request)
             field = wire.get(field, field)
         errors.append(FieldError(field, message, _SOURCES.get(str(value)) if value else None))
     return errors

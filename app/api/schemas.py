@@ -96,8 +96,10 @@ class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A partial update: only the fields present change. Giving one of `cron`,
-    `interval_seconds` or `run_at` switches the schedule to that kind and clears the others."""
+    """A partial update: only the fields present change. Giving the current timing field a new
+    value changes it; switching kind (say, cron to interval) needs the current timing field
+    cleared in the same update (`{"cron": null, "interval_seconds": 300}`), else 422 naming the
+    field given (ADR 0029)."""
 
     name: Name | UnsetType = UNSET
     job_type: JobType | UnsetType = UNSET
@@ -173,8 +175,11 @@ class BackfillRequest(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class BackfillResult(Struct, kw_only=True):
     schedule_id: int
-    requested: int
-    created: list[int]
+    requested: Annotated[int, Meta(description="Occurrences in the range.")]
+    created: Annotated[list[int], Meta(description="Runs made for those without one.")]
+    reason: Annotated[
+        str | None, Meta(description="Why nothing was created; null when something was.")
+    ]
 
 
 class Preview(Struct, kw_only=True):
@@ -350,7 +355,19 @@ class ExecutionStats(Struct, kw_only=True):
 
 
 class ErrorStats(Struct, kw_only=True):
-    failed_runs_24h: int
+    """A run whose attempts are spent is `dead` (the run state, the `pgsched.dead_runs` view,
+    the `dead` status of the metrics); a `failed` attempt is one that will be retried."""
+
+    dead_runs_24h: Annotated[int, Meta(description="Runs that went dead in the last 24 hours.")]
+    failed_runs_24h: Annotated[
+        int,
+        Meta(
+            description=(
+                "Deprecated alias of `dead_runs_24h` (the same number), kept for monitoring "
+                "scripts that read it."
+            )
+        ),
+    ]
     common_errors: list[str]
 
 

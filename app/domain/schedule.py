@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, Protected
@@ -257,3 +257,50 @@ def builtin_definition(job: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     spec = check(fields, created_at=now)
     fields["next_due_at"] = due_or_refuse(fields, spec, now)
     return fields
+
+
+def check_timing_switch(row: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
+    """A partial update that gives one timing field a value while the schedule is timed by
+    another must clear that other one explicitly (`{"cron": null, "interval_seconds": 300}`).
+
+    A bare `{"interval_seconds": 300}` on a cron schedule reads like "change the interval", and
+    silently turning the schedule into another kind was the surprise; a change of kind is said
+    so (ADR 0029). A job definition (no timing) may be given one.
+    """
+    current = next((k for k in TIMING if row.get(k) is not None), None)
+    if current is None or current in patch:
+        return
+    for field in TIMING:
+        if field != current and patch.get(field) is not None:
+            raise InvalidDefinition(
+                field,
+                f"the schedule is timed by {current} (kind {row['kind']}); to switch it to "
+                f'{KIND_OF[field]}, send "{current}": null in the same update',
+            )
+
+
+def _instant(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def backfill_empty_reason(row: Mapping[str, Any], start: datetime, end: datetime) -> str:
+    """Why [start, end) holds no occurrence of the schedule `row`, in words an operator can act
+    on: a backfill that answers `requested: 0` says why (an interval schedule counts from its
+    creation, so a range before it holds none)."""
+    starts_at, ends_at = row.get("starts_at"), row.get("ends_at")
+    if starts_at is not None and end <= starts_at:
+        return f"the schedule starts at {_instant(starts_at)}; the range ends before that"
+    if ends_at is not None and start > ends_at:
+        return f"the schedule ended at {_instant(ends_at)}; the range starts after that"
+    if row["kind"] == "once":
+        return f"the schedule's only occurrence, run_at {_instant(row['run_at'])}, is outside it"
+    if row["kind"] == "interval" and starts_at is None and end <= row["created_at"]:
+        return (
+            "an interval schedule's occurrences count from when it was created, "
+            f"{_instant(row['created_at'])} (or from its starts_at), every "
+            f"{row['interval_seconds']} s; the range ends before that, so it holds none"
+        )
+    following = next_after(spec_of(row), start - _TICK)
+    if following is None:
+        return "the schedule has no occurrence at or after `from`"
+    return f"the schedule's first occurrence at or after `from` is {_instant(following)}"

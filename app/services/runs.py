@@ -18,6 +18,7 @@ from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, NotFoun
 from pgsched.app.domain.jobs import SECRET_KEY, InvalidPayload, validate_payload
 from pgsched.app.domain.schedule import no_nul as _no_nul
 from pgsched.otel import spans
+from pgsched.otel.runs import log_transition
 
 Meta = Mapping[str, object]
 
@@ -31,6 +32,17 @@ async def retry(
         row = await store.retry_run(conn, run_id, actor=actor, now=now, meta=meta)
         if row is not None:
             await store.wake_workers(conn)
+    if row is not None:  # committed: the operator's transition in the per-run log (otel.runs)
+        log_transition(
+            "retried",
+            {
+                "run_id": row["id"],
+                "schedule_id": row["schedule_id"],
+                "attempt": row["attempt"],
+                "queue": row["queue"],
+                "actor": actor,
+            },
+        )
     return row
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -64,7 +64,8 @@ async def update(
     """Apply a partial update (client-settable columns); `if_match` (versions, None =
     unconditional) guards it (VersionMismatch).
 
-    A new timing (any of cron, interval_seconds, run_at) replaces the old one whole. A change of
+    A new timing (any of cron, interval_seconds, run_at) replaces the old one whole; one of
+    another kind must clear the current one explicitly (schedule.check_timing_switch). A change of
     timing recomputes `next_due_at` from the database's now: occurrences under the old timing
     are not owed. Changing `enabled` pauses or resumes, as those operations do.
     """
@@ -74,6 +75,7 @@ async def update(
             raise VersionMismatch(row["version"])
         fields = {k: row[k] for k in schedule.COLUMNS}
         if any(k in patch for k in schedule.TIMING):
+            schedule.check_timing_switch(row, patch)
             given = {k: patch.get(k) for k in schedule.TIMING}
             fields |= schedule.timing(given)
             if schedule.is_job(fields) and not schedule.is_job(row):
@@ -145,11 +147,20 @@ async def _set_enabled(
 
 
 async def delete(
-    conn: Conn, schedule_id: int, *, actor: str, now: datetime | None, meta: Meta = None
+    conn: Conn,
+    schedule_id: int,
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Meta = None,
+    if_match: set[int] | None = None,
 ) -> Row:
-    """Soft delete: the row and its history stay; the name becomes free."""
+    """Soft delete: the row and its history stay; the name becomes free. `if_match` (versions,
+    None = unconditional) guards it as it guards an update (VersionMismatch)."""
     async with conn.transaction():
         row = await live(conn, schedule_id, lock=True)
+        if if_match is not None and row["version"] not in if_match:
+            raise VersionMismatch(row["version"])
         at = await store.db_now(conn, now)
         schedule.check_builtin_change(row, {"deleted_at": at})
         changed = await store.update_schedule(
@@ -217,6 +228,30 @@ async def trigger(
 class Backfill:
     requested: int
     created: list[int]
+    # Why nothing was created (None when something was): an answer of 0 says why.
+    reason: str | None = None
+
+
+async def _refuse_before_history(conn: Conn, first_due: datetime) -> None:
+    """A backfill that reaches before the oldest month of runs the database holds cannot make
+    those runs; say which month that is and why, naming `from`. A database created this month
+    never had older months: saying they were retired would send the operator after a retention
+    setting that did nothing."""
+    history = await store.maintenance.run_history(conn)
+    first = history["first_month"]
+    if first is None or first_due >= first:
+        return
+    first, first_due = first.astimezone(UTC), first_due.astimezone(UTC)  # months are UTC's
+    month = f"{first:%Y-%m}"
+    if history["retired"]:
+        why = f"older months of runs were retired (the run retention); {month} is the oldest kept"
+    else:
+        why = f"the database holds runs from {month} on, when its history starts"
+    raise InvalidRequest(
+        "from",
+        f"reaches {first_due:%Y-%m}, before the oldest month of runs in this database: {why}; "
+        f"backfill from {first.date().isoformat()} on",
+    )
 
 
 async def backfill(
@@ -234,7 +269,8 @@ async def backfill(
 
     Occurrences that already have a run are left alone. Backfill ignores the overlap and
     missed policies (the operator asked for these occurrences) but not the partitions: a
-    month that was retired cannot be backfilled (store.PartitionMissing).
+    month before the oldest month of runs kept cannot be backfilled (InvalidRequest naming
+    `from`). Nothing created comes with the reason.
     """
     if end <= start:
         raise InvalidRequest("to", "must be later than from")
@@ -249,6 +285,8 @@ async def backfill(
         due = list(islice(occurrences(spec, start - tick, end - tick), cap + 1))
         if len(due) > cap:
             raise InvalidRequest("to", f"the range holds more than {cap} occurrences")
+        if due:
+            await _refuse_before_history(conn, due[0])
         key, jitter = str(schedule_id), row["jitter_seconds"]
         created = await store.insert_runs(
             conn,
@@ -274,7 +312,13 @@ async def backfill(
         )
         if created:
             await store.wake_workers(conn)
-    return Backfill(len(due), [r["id"] for r in created])
+    if not due:
+        reason: str | None = schedule.backfill_empty_reason(row, start, end)
+    elif not created:
+        reason = "every occurrence in the range already has a run"
+    else:
+        reason = None
+    return Backfill(len(due), [r["id"] for r in created], reason)
 
 
 async def preview(

@@ -44,9 +44,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/events"): "viewer",
     ("GET", "/v1/events/stream"): "viewer",
     ("GET", "/v1/workers"): "viewer",
+    ("GET", "/v1/workers/{worker_id:str}"): "viewer",
     ("GET", "/v1/tokens"): "admin",
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
+    ("GET", "/docs"): "public",  # a static page; what it shows is fetched with a token
     ("GET", "/stats"): "viewer",
     ("GET", "/schema"): "viewer",
     ("GET", "/schema/openapi.json"): "viewer",
@@ -87,6 +89,7 @@ def _concrete(path: str) -> str:
     return (
         path.replace("{schedule_id:str}", "987654")
         .replace("{run_id:str}", "987654")
+        .replace("{worker_id:str}", "987654")
         .replace("{path:str}", "nothing-here")
     )
 

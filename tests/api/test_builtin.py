@@ -53,7 +53,7 @@ async def test_the_builtin_schedule_cannot_be_deleted(
         ({"name": "mine-now"}, "name"),
         ({"job_type": "noop", "payload": {}}, "job_type"),
         ({"payload": {"target": "os:system", "kwargs": {}}}, "payload"),
-        ({"interval_seconds": 60}, "kind"),
+        ({"cron": None, "interval_seconds": 60}, "kind"),  # a switch of kind says so (ADR 0029)
         # What would stop it quietly: a queue no worker serves, a start far off, an end, a
         # cron that never fires (or not hourly), a timeout it cannot finish in.
         ({"queue": "nowhere"}, "queue"),

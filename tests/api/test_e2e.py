@@ -66,7 +66,7 @@ async def test_a_schedule_made_over_http_runs_and_is_visible_over_http(
     stats = (await api.get("/stats", headers=viewer)).json()
     assert stats["execution_stats"]["runs_24h"] == 1
     assert stats["execution_stats"]["success_rate"] == 1.0
-    assert stats["error_stats"]["failed_runs_24h"] == 0
+    assert stats["error_stats"]["dead_runs_24h"] == 0
 
     feed = (await api.get("/v1/events?limit=200", headers=viewer)).json()["items"]
     mine = [e["type"] for e in feed if e["stream"] in ("schedule", "run")]

@@ -265,7 +265,8 @@ async def test_patch_timing_switches_kind_and_recomputes_from_now(
     s = await create(api, role_tokens, cron="0 0 1 1 *")  # yearly: far away
     admin = role_tokens.auth("admin")
     url = f"/v1/schedules/{s['id']}"
-    response = await api.patch(url, json={"interval_seconds": 60}, headers=admin)
+    switch = {"cron": None, "interval_seconds": 60}  # a new kind clears the old timing
+    response = await api.patch(url, json=switch, headers=admin)
     assert response.status_code == 200, response.text
     t = response.json()
     assert (t["kind"], t["cron"], t["interval_seconds"]) == ("interval", None, 60)

@@ -163,6 +163,7 @@ async def test_stats(api: Client, role_tokens: Tokens, db: Conn) -> None:
     assert execution["max_duration"] == 30.0
     assert execution["avg_duration"] == pytest.approx((1.5 + 30 + 30 + 0.1) / 4, abs=1e-3)
     assert stats["error_stats"] == {
+        "dead_runs_24h": 3,
         "failed_runs_24h": 3,
         "common_errors": ["Timeout: after 30 s: 2", "HTTP 503: 1"],
     }

@@ -188,7 +188,11 @@ async def test_a_worker_process_waits_for_the_database_and_logs_each_outage_once
     back = [m for m in messages if m.startswith("database available again")]
     assert len(gone) == 2 and len(back) == 2, messages
     assert not [m for m in messages if "Traceback" in m], messages
-    assert len(messages) <= 12, messages  # registered, 2 + 2 outage lines, draining, stopped
+    # One line per run transition (docs/operators.md), and few others: registered, 2 + 2
+    # outage lines, draining, stopped.
+    transitions = sorted(m for m in messages if m.startswith("run "))
+    assert transitions == ["run claimed"] * 2 + ["run succeeded"] * 2, messages
+    assert len(messages) - len(transitions) <= 12, messages
     assert start_resumed < RESUME_WITHIN and outage_resumed < RESUME_WITHIN
     assert await _count(db, "SELECT count(*) AS n FROM public.job_log") == 2, "each ran once"
 

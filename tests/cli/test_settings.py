@@ -61,6 +61,7 @@ TABLE = [
     Bad("PGSCHED_METRICS_HOST", " ", "ticker", "must be a host name or address, got ' '"),
     Bad("PGSCHED_LOG_FORMAT", "xml", "ticker", "must be one of auto, json, text, got 'xml'"),
     Bad("PGSCHED_LOG_LEVEL", "loud", "maintain", "must be one of DEBUG, INFO"),
+    Bad("PGSCHED_RUN_LOG_LEVEL", "chatty", "worker", "must be one of DEBUG, INFO"),
     Bad("PGSCHED_TRACE_SQL", "maybe", "worker", "must be true or false, got 'maybe'"),
     Bad("OTEL_TRACES_EXPORTER", "zipkin", "worker", "must be otlp or none, got 'zipkin'"),
     Bad("OTEL_METRICS_EXPORTER", "prometheus", "ticker", "must be otlp or none"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 import psycopg
@@ -29,7 +29,7 @@ from psycopg_pool import PoolTimeout
 
 from pgsched.app.api import cursors
 from pgsched.app.api.auth import principal
-from pgsched.app.api.common import DEFAULT_PAGE, VIEWER, Cursor, Limit, page_size
+from pgsched.app.api.common import DEFAULT_PAGE, VIEWER, Limit, page_size
 from pgsched.app.api.config import ApiSettings
 from pgsched.app.api.metrics import EVENT_STREAMS
 from pgsched.app.api.problems import responses
@@ -44,8 +44,23 @@ TAGS = ["events"]
 _STREAM_BATCH = 200
 
 
+# `after=now`: start at the feed's current end instead of replaying the whole history.
+NOW: Final = "now"
+AFTER_DESCRIPTION: Final = (
+    "A cursor (`next_cursor` or an event's `cursor`), or `now` to start at the feed's current "
+    "end (only events committed from then on); omitted: from the oldest event kept."
+)
+
+
 def _position(cursor: str | None, field: str) -> tuple[int, int]:
     return cursors.decode_pair(cursor, field) if cursor else (0, 0)
+
+
+async def _start(conn: Conn, cursor: str | None, field: str) -> tuple[int, int]:
+    """Where a reader starts: after `cursor`, at the feed's end for `now`, else the start."""
+    if cursor == NOW:
+        return await reads.feed_now(conn)
+    return _position(cursor, field)
 
 
 @get(
@@ -63,7 +78,7 @@ async def list_events(
         QueryParameter(
             required=False,
             max_length=512,
-            description="A cursor (`next_cursor` or an event's `cursor`); omitted: from the start.",
+            description=AFTER_DESCRIPTION,
         ),
     ] = None,
     limit: Limit = DEFAULT_PAGE,
@@ -72,8 +87,9 @@ async def list_events(
     than every transaction still running, so resuming from any cursor (`next_cursor`, or an
     event's own `cursor`) misses nothing and repeats nothing, even when a transaction commits
     late; the price is that a long transaction holds the feed back. `next_cursor` is never
-    null: pass it back as `after`; an empty page means caught up."""
-    position = _position(after, "after")
+    null: pass it back as `after`; an empty page means caught up. `after=now` answers an empty
+    page whose `next_cursor` is the feed's current end."""
+    position = await _start(conn, after, "after")
     rows = await reads.event_feed(conn, after=position, limit=page_size(limit))
     items = [event_out(r) for r in rows]
     return EventPage(
@@ -82,12 +98,14 @@ async def list_events(
 
 
 async def _tail(
-    request: Request[Any, Any, Any], position: tuple[int, int]
+    request: Request[Any, Any, Any], start: tuple[int, int] | None
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Poll the feed and send what is new; stops when the client goes (Litestar cancels this
     generator on http.disconnect), when the caller's token is revoked or expires (re-checked
     every keepalive period), or when the database goes away (the client reconnects with
-    Last-Event-ID). A pooled connection is held only for each poll."""
+    Last-Event-ID). A pooled connection is held only for each poll. `start` None: from the
+    feed's current end, whose cursor the first message carries as its `id:` (an EventSource
+    that reconnects before any event arrives then resumes from there, not from a later now)."""
     state = request.app.state
     settings: ApiSettings = state.settings
     clock = state.clock
@@ -96,7 +114,20 @@ async def _tail(
     checked = clock.monotonic()
     EVENT_STREAMS.inc()
     try:
-        yield ServerSentEventMessage(comment="pgsched event feed", retry=2000, data=None)
+        if start is None:
+            try:
+                async with state.pool.connection() as conn:
+                    start = await reads.feed_now(conn)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("event stream ends: database unavailable: %s", exc)
+                return
+            opening = cursors.encode(*start)
+        else:
+            opening = None
+        position = start
+        yield ServerSentEventMessage(
+            comment="pgsched event feed", retry=2000, data=None, id=opening
+        )
         while True:
             live = True
             try:
@@ -141,7 +172,9 @@ async def _tail(
 )
 async def stream_events(
     request: Request[Any, Any, Any],
-    after: Cursor = None,
+    after: Annotated[
+        str | None, QueryParameter(required=False, max_length=512, description=AFTER_DESCRIPTION)
+    ] = None,
     last_event_id: Annotated[
         str | None,
         HeaderParameter(
@@ -154,9 +187,13 @@ async def stream_events(
 ) -> ServerSentEvent:
     """Each SSE message is one event: `event:` its type, `id:` its cursor, `data:` the event as
     JSON (the same object as in GET /v1/events). Reconnecting with Last-Event-ID resumes
-    exactly after it. Idle streams get a comment every 15 s."""
+    exactly after it. `?after=now` tails only what happens from now on. Idle streams get a
+    comment every 15 s."""
+    position: tuple[int, int] | None
     if last_event_id:
         position = _position(last_event_id, "Last-Event-ID")
+    elif after == NOW:
+        position = None  # resolved on the stream's first connection (_tail)
     else:
         position = _position(after, "after")
     return ServerSentEvent(_tail(request, position), headers={"Cache-Control": "no-store"})

@@ -57,7 +57,18 @@ _ENDINGS = {
 }
 
 
+# A lease token is the running worker's proof that it still holds an attempt: the database
+# fences every report by it (ADR 0013). The events keep it (replay folds it back), but nothing
+# over the API uses it, so no reader, whatever its role, is handed one.
+_WITHHELD = frozenset({"lease_token"})
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in _WITHHELD}
+
+
 def event_out(row: Row) -> Event:
+    """An event as the API shows it: lease tokens withheld (see _WITHHELD)."""
     return Event(
         id=row["id"],
         cursor=cursors.encode(row["tx_id"], row["id"]),
@@ -67,8 +78,8 @@ def event_out(row: Row) -> Event:
         stream_id=row["stream_id"],
         type=row["type"],
         actor=row["actor"],
-        data=row["data"],
-        meta=row["meta"],
+        data=_public(row["data"]),
+        meta=_public(row["meta"]),
         trace_id=row["trace_id"],
     )
 

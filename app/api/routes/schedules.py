@@ -50,6 +50,15 @@ from pgsched.app.domain.schedule import MAX_PREVIEW
 from pgsched.app.services import schedules
 
 TAGS = ["schedules"]
+IfMatch = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-Match",
+        required=False,
+        max_length=1000,
+        description="The ETag of the version this change is based on; 412 if stale.",
+    ),
+]
 CREATE_EXAMPLES = [
     Example(
         summary="A nightly HTTP call in a time zone, its credential a secret reference",
@@ -189,15 +198,7 @@ async def update_schedule(
     schedule_id: PathId,
     data: JSONBody[ScheduleUpdate],
     conn: NamedDependency[Conn],
-    if_match: Annotated[
-        str | None,
-        HeaderParameter(
-            name="If-Match",
-            required=False,
-            max_length=1000,
-            description="The ETag of the version this change is based on; 412 if stale.",
-        ),
-    ] = None,
+    if_match: IfMatch = None,
 ) -> Response[Schedule]:
     """Only the fields given change. A change of timing recomputes `next_due_at` from now."""
     actor, meta = audit(request)
@@ -220,15 +221,27 @@ async def update_schedule(
     tags=TAGS,
     opt=ADMIN,
     status_code=204,
-    responses=responses(404, 409),
+    responses=responses(404, 409, 412),
 )
 async def delete_schedule(
-    request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
+    request: Request[Any, Any, Any],
+    schedule_id: PathId,
+    conn: NamedDependency[Conn],
+    if_match: IfMatch = None,
 ) -> None:
     """The row and its history stay (as events); its runs are not cancelled; the name is free.
-    The built-in schedule `pgsched.maintenance` cannot be deleted (409)."""
+    With If-Match, a schedule changed since that version is not deleted (412), as for PATCH;
+    without it the delete is unconditional. The built-in schedule `pgsched.maintenance` cannot
+    be deleted (409)."""
     actor, meta = audit(request)
-    await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    await schedules.delete(
+        conn,
+        schedule_id,
+        actor=actor,
+        now=clock_now(request),
+        meta=meta,
+        if_match=parse_if_match(if_match),
+    )
 
 
 @post(
@@ -331,7 +344,10 @@ async def backfill_schedule(
     conn: NamedDependency[Conn],
 ) -> BackfillResult:
     """Occurrences due in [from, to) that have no run yet become runs (origin `backfill`),
-    whatever the overlap and missed policies; at most 1000; `to` must not be in the future."""
+    whatever the overlap and missed policies; at most 1000; `to` must not be in the future.
+    When nothing is created, `reason` says why (no occurrence in the range, and why; or all of
+    them already have runs). A range before the oldest month of runs the database holds is a
+    422 naming `from` that says which month that is."""
     actor, meta = audit(request)
     try:
         result = await schedules.backfill(
@@ -344,14 +360,20 @@ async def backfill_schedule(
             meta=meta,
         )
     except store.PartitionMissing as exc:
+        # Before the oldest month kept is refused above, naming why; a month missing after it
+        # is a gap maintenance left (a month detached for archiving, say).
         raise ApiError(
             422,
-            "reaches a month whose runs are no longer kept (its partition was retired)",
+            "reaches a month for which the database holds no run partition (see "
+            "pgsched.partition_horizon and docs/runbook.md)",
             field="from",
             source="body",
         ) from exc
     return BackfillResult(
-        schedule_id=schedule_id, requested=result.requested, created=result.created
+        schedule_id=schedule_id,
+        requested=result.requested,
+        created=result.created,
+        reason=result.reason,
     )
 
 

@@ -22,11 +22,12 @@ from pgsched.app.api.common import (
     VIEWER,
     Cursor,
     Limit,
+    PathId,
     clock_now,
     page_size,
 )
 from pgsched.app.api.config import ApiSettings
-from pgsched.app.api.problems import responses
+from pgsched.app.api.problems import ApiError, responses
 from pgsched.app.api.schemas import (
     ErrorStats,
     ExecutionStats,
@@ -37,6 +38,7 @@ from pgsched.app.api.schemas import (
     Stats,
     Status,
     Token,
+    Worker,
     WorkerPage,
     WorkerState,
     token_out,
@@ -183,6 +185,7 @@ async def stats(request: Request[Any, Any, Any], conn: NamedDependency[Conn]) ->
             max_duration=_seconds(row["max_duration"]),
         ),
         error_stats=ErrorStats(
+            dead_runs_24h=row["dead_runs"],
             failed_runs_24h=row["dead_runs"],
             common_errors=[f"{e['error']}: {e['count']}" for e in errors],
         ),
@@ -234,6 +237,27 @@ async def list_workers(
 
 
 @get(
+    "/workers/{worker_id:str}",
+    operation_id="getWorker",
+    summary="One worker of the registry",
+    tags=["workers"],
+    opt=VIEWER,
+    responses=responses(404),
+)
+async def get_worker(
+    request: Request[Any, Any, Any], worker_id: PathId, conn: NamedDependency[Conn]
+) -> Worker:
+    """As in the list: `healthy` by the database clock, `running` the runs it holds now."""
+    settings: ApiSettings = request.app.state.settings
+    row = await reads.worker(
+        conn, worker_id, stale_seconds=settings.worker_stale_seconds, now=clock_now(request)
+    )
+    if row is None:
+        raise ApiError(404, f"worker {worker_id} does not exist")
+    return worker_out(row)
+
+
+@get(
     "/tokens",
     operation_id="listTokens",
     summary="API tokens (metadata only)",
@@ -247,5 +271,5 @@ async def list_tokens(request: Request[Any, Any, Any], conn: NamedDependency[Con
     return [token_out(r) for r in await tokens.list_tokens(conn, now=clock_now(request))]
 
 
-V1_ROUTES = [list_workers, list_tokens]
+V1_ROUTES = [list_workers, get_worker, list_tokens]
 ROOT_ROUTES = [health, stats]

@@ -71,3 +71,11 @@ SELECT pgsched.reattach_v1(%(partition)s::regclass, %(now)s::timestamptz);
 INSERT INTO pgsched.event (occurred_at, stream, type, actor, meta)
 VALUES (coalesce(%(now)s::timestamptz, now()), 'system', %(type)s, %(actor)s, %(meta)s::jsonb)
 RETURNING id;
+
+-- name: run_history
+-- The oldest month of runs the database holds (NULL: no run partition at all), and whether
+-- older run months were retired (a partition.retired event of pgsched.run is still kept).
+SELECT (SELECT min(month_start) FROM pgsched.month_partitions_v1('pgsched.run')) AS first_month,
+       EXISTS (SELECT 1 FROM pgsched.event
+               WHERE stream = 'system' AND stream_id IS NULL AND type = 'partition.retired'
+                 AND meta ->> 'table' = 'pgsched.run') AS retired;

@@ -66,6 +66,12 @@ WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx_id, id
 LIMIT %(limit)s;
 
+-- name: feed_now
+-- Where the global feed stands now, as a position (tx_id, 0): event_feed shows only events of
+-- transactions older than the snapshot's xmin, so those are all behind it, and every event of
+-- that transaction or a later one (still running, or yet to start) is ahead.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS tx_id;
+
 -- name: page_workers
 -- The worker registry, newest first, after a keyset cursor; `healthy` = active or draining with
 -- a heartbeat within `stale_seconds` by the database clock.
@@ -80,6 +86,17 @@ WHERE (%(before_id)s::bigint IS NULL OR w.id < %(before_id)s::bigint)
   AND (%(states)s::text[] IS NULL OR w.state = ANY(%(states)s::text[]))
 ORDER BY w.id DESC
 LIMIT %(limit)s;
+
+-- name: worker
+-- One registered worker, as page_workers describes it.
+SELECT w.*,
+       w.state IN ('active', 'stopping')
+         AND w.heartbeat_at >= coalesce(%(now)s::timestamptz, now())
+                               - make_interval(secs => %(stale_seconds)s::float8) AS healthy,
+       (SELECT count(*) FROM pgsched.run r
+        WHERE r.state = 'running' AND r.worker_id = w.id) AS running
+FROM pgsched.worker w
+WHERE w.id = %(id)s::bigint;
 
 -- name: health
 -- Everything /health reports, in one round trip and through indexes only (the endpoint is

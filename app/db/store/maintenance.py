@@ -90,3 +90,9 @@ async def install_builtin_maintenance(
     """Install (or bring up to date) the built-in schedule through
     pgsched.install_builtin_maintenance_v1, which runs as the owner (ADR 0021)."""
     return await one(conn, "install_builtin_maintenance", {"fields": jsonb(fields), "now": now})
+
+
+async def run_history(conn: Conn) -> Row:
+    """`first_month`: the oldest month of runs kept (None without any run partition);
+    `retired`: whether older months of runs were retired."""
+    return await one(conn, "run_history")

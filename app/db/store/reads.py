@@ -93,6 +93,12 @@ async def event_feed(conn: Conn, *, after: tuple[int, int], limit: int) -> list[
     )
 
 
+async def feed_now(conn: Conn) -> tuple[int, int]:
+    """The feed's position now: every event it can show is behind it, every later one ahead."""
+    row = await _one(conn, "feed_now")
+    return int(row["tx_id"]), 0
+
+
 async def page_workers(
     conn: Conn,
     *,
@@ -114,6 +120,16 @@ async def page_workers(
             "states": list(states) if states else None,
         },
     )
+
+
+async def worker(
+    conn: Conn, worker_id: int, *, stale_seconds: float, now: datetime | None
+) -> Row | None:
+    """One registered worker with `healthy` and its running count; None if there is none."""
+    found = await _rows(
+        conn, "worker", {"id": worker_id, "stale_seconds": stale_seconds, "now": now}
+    )
+    return found[0] if found else None
 
 
 async def health(conn: Conn, *, stale_seconds: float, now: datetime | None) -> Row:
