@@ -263,6 +263,10 @@ async def edit_schedule(
     changed = {
         k: v for k, v in submitted.items() if k not in ("name", "job_type") and v != current.get(k)
     }
+    # A timing field the form emptied is cleared, so switching cron <-> interval is said explicitly.
+    for timing in ("cron", "interval_seconds"):
+        if timing in form and not _field(form, timing) and current.get(timing) is not None:
+            changed[timing] = None
     if not changed:
         return back_to(f"/ui/schedules/{schedule_id}")
     actor, meta = _meta(request)
