@@ -1,0 +1,52 @@
+"""Schedule health: its evaluation (the transitions and the circuit breaker) and its counts.
+
+The statements are in app/db/queries/health.sql; the rule they apply is ADR 0032's. Callers own
+the transaction; `now` is None for the database's now() (ADR 0003).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from pgsched.app.db.store.executor import Conn, Row, one, rows
+
+# Who records what a health evaluation decides (the events' actor).
+ACTOR = "system"
+
+
+async def evaluate(
+    conn: Conn, schedule_ids: Iterable[int] | None, *, now: datetime | None, actor: str = ACTOR
+) -> list[Row]:
+    """Judge the live schedules `schedule_ids` (None: all of them) at `now` and record every
+    change of health (schedule.health_changed) and every trip of the circuit breaker
+    (schedule.paused); per changed schedule: id, name, old_health, health, old_reason,
+    health_reason, paused, failures. A schedule another transaction holds is left for the
+    next evaluation."""
+    ids = None if schedule_ids is None else sorted(set(schedule_ids))
+    if ids == []:
+        return []
+    return await rows(conn, "evaluate_health", {"ids": ids, "now": now, "actor": actor})
+
+
+async def evaluate_after(conn: Conn, ended: Iterable[Row], *, now: datetime | None) -> None:
+    """Re-judge the schedules whose runs just ended, where an end can change their health: a
+    dead run always; a success only on a schedule that is not healthy (the common case, a
+    success on a healthy schedule, costs nothing). `ended` rows carry schedule_id, state and,
+    where known, schedule_health. On an autocommit connection this is a transaction of its
+    own, right after the completions' one: a process that dies in between leaves the change
+    to the periodic sweep (ADR 0032)."""
+    ids = {
+        r["schedule_id"]
+        for r in ended
+        if r["state"] == "dead"
+        or (r["state"] == "succeeded" and r.get("schedule_health", "healthy") != "healthy")
+    }
+    if ids:
+        await evaluate(conn, ids, now=now)
+
+
+async def counts(conn: Conn) -> Row:
+    """Live schedules per health state (healthy, degraded, unhealthy) and the worst one
+    (worst_id, worst_name, worst_health, worst_reason; None when all are healthy)."""
+    return await one(conn, "health_counts")
