@@ -14,7 +14,7 @@ Design: docs/adr/0032-schedule-health-and-circuit-breaker.md.
 - `health_policy` (the thresholds, a JSON object of consecutive_failures, failure_rate,
   window_runs, overdue_seconds) and `pause_after_failures` (the circuit breaker: NULL = off):
   client-settable, carried by schedule.created and schedule.updated like every column.
-- Existing schedules get the default policy and `healthy`, and one schedule.updated event each
+- Existing schedules get the default policy and `healthy`, and one schedule.migrated event each
   (actor pgsched) that says so: without it their events would fold to NULL in these columns
   and `verify` would report every one of them.
 - The worker role (the reporter, the rescuer and the health sweep run as it) may set the health
@@ -53,7 +53,7 @@ ALTER TABLE pgsched.schedule
 -- The columns above as events say them, for every schedule that exists (ADR 0005: the event
 -- log is the truth, and a column its events never mention folds to NULL).
 INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
-SELECT now(), 'schedule', s.id, 'schedule.updated', 'pgsched',
+SELECT now(), 'schedule', s.id, 'schedule.migrated', 'pgsched',
        jsonb_build_object('health', s.health, 'health_reason', s.health_reason,
                           'health_since', s.health_since, 'health_policy', s.health_policy,
                           'pause_after_failures', s.pause_after_failures),

@@ -14,7 +14,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease, Row
 from pgsched.app.services import runs as run_service
 from pgsched.app.services import schedules
-from tests.conftest import connect
+from tests.conftest import connect, migrate
 from tests.db.roles import login_role
 from tests.factories import clear_of_month_ends, make_schedule
 from tests.support import store as test_store
@@ -305,3 +305,36 @@ async def test_the_worker_role_may_record_health_and_trip_the_breaker(
     row = await schedules.live(conn, runs.schedule["id"])
     assert (row["health"], row["enabled"]) == ("unhealthy", False)
     assert await replay.verify(conn) == []
+
+
+@pytest.mark.own_database
+async def test_0021_gives_existing_schedules_their_health_as_events(empty_dsn: str) -> None:
+    """A schedule made before 0021 gets the default policy and `healthy` with an event that
+    says so (schedule.migrated), so verify stays clean; the downgrade drops the columns."""
+    from pgsched.app.domain.schedule import HEALTH_POLICY, builtin_definition
+    from pgsched.app.maintenance import Retention, builtin_job
+
+    migrate(empty_dsn, "0019")
+    old = await connect(empty_dsn)
+    try:
+        now = await store.db_now(old, None)
+        fields = builtin_definition(builtin_job(Retention()), now)
+        for column in ("health_policy", "pause_after_failures"):
+            fields.pop(column)
+        await old.execute(
+            "SELECT pgsched.install_builtin_maintenance_v1(%s::jsonb)", [store.jsonb(fields)]
+        )
+    finally:
+        await old.close()
+    migrate(empty_dsn)
+    conn = await connect(empty_dsn)
+    try:
+        cur = await conn.execute("SELECT * FROM pgsched.schedule")
+        (row,) = await cur.fetchall()
+        assert (row["health"], row["health_policy"]) == ("healthy", HEALTH_POLICY)
+        assert await replay.verify(conn) == []
+        (event,) = await _events(conn, row["id"], "schedule.migrated")
+        assert event["meta"] == {"migration": "0021"}
+    finally:
+        await conn.close()
+    migrate(empty_dsn, "0019", down=True)

@@ -125,23 +125,3 @@ SELECT c.id, c.name, c.old_health, c.health, c.old_reason, c.health_reason, c.tr
        c.failures
 FROM changed c
 ORDER BY c.id;
-
--- name: health_counts
--- Live schedules per health state (the three are always there, 0 when none), and the worst
--- one: the first by state (unhealthy, then degraded) and id. For /health and the sampler.
-SELECT (SELECT count(*) FROM pgsched.schedule
-        WHERE deleted_at IS NULL AND health = 'healthy') AS healthy,
-       (SELECT count(*) FROM pgsched.schedule
-        WHERE deleted_at IS NULL AND health = 'degraded') AS degraded,
-       (SELECT count(*) FROM pgsched.schedule
-        WHERE deleted_at IS NULL AND health = 'unhealthy') AS unhealthy,
-       w.id AS worst_id, w.name AS worst_name, w.health AS worst_health,
-       w.health_reason AS worst_reason
-FROM (SELECT 1) one
-LEFT JOIN LATERAL (
-    SELECT s.id, s.name, s.health, s.health_reason
-    FROM pgsched.schedule s
-    WHERE s.deleted_at IS NULL AND s.health <> 'healthy'
-    ORDER BY s.health = 'unhealthy' DESC, s.id
-    LIMIT 1
-) w ON true;

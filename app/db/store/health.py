@@ -1,7 +1,8 @@
-"""Schedule health: its evaluation (the transitions and the circuit breaker) and its counts.
+"""Schedule health: its evaluation (the transitions and the circuit breaker).
 
-The statements are in app/db/queries/health.sql; the rule they apply is ADR 0032's. Callers own
-the transaction; `now` is None for the database's now() (ADR 0003).
+The statement is in app/db/queries/health.sql; the rule it applies is ADR 0032's. Callers own
+the transaction; `now` is None for the database's now() (ADR 0003). The counts per state
+that /health and the metrics read are in app/db/queries/reads.sql and telemetry.sql.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from pgsched.app.db.store.executor import Conn, Row, one, rows
+from pgsched.app.db.store.executor import Conn, Row, rows
 
 # Who records what a health evaluation decides (the events' actor).
 ACTOR = "system"
@@ -44,9 +45,3 @@ async def evaluate_after(conn: Conn, ended: Iterable[Row], *, now: datetime | No
     }
     if ids:
         await evaluate(conn, ids, now=now)
-
-
-async def counts(conn: Conn) -> Row:
-    """Live schedules per health state (healthy, degraded, unhealthy) and the worst one
-    (worst_id, worst_name, worst_health, worst_reason; None when all are healthy)."""
-    return await one(conn, "health_counts")
