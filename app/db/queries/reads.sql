@@ -112,8 +112,7 @@ SELECT clock.now,
        (SELECT count(*) FROM pgsched.schedule s
         WHERE s.deleted_at IS NULL AND s.health = 'unhealthy') AS unhealthy_schedules,
        -- The worst schedule (unhealthy before degraded, then by id), ADR 0032.
-       (SELECT jsonb_build_object('id', s.id, 'name', s.name, 'health', s.health,
-                                  'reason', s.health_reason)
+       (SELECT jsonb_build_object('health', s.health, 'reason', s.health_reason)
         FROM pgsched.schedule s
         WHERE s.deleted_at IS NULL AND s.health <> 'healthy'
         ORDER BY s.health = 'unhealthy' DESC, s.id
