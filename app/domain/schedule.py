@@ -162,7 +162,9 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     return spec
 
 
-def health_policy(given: Mapping[str, Any], base: Mapping[str, Any] = HEALTH_POLICY) -> dict[str, Any]:
+def health_policy(
+    given: Mapping[str, Any], base: Mapping[str, Any] = HEALTH_POLICY
+) -> dict[str, Any]:
     """`given` thresholds over `base` (the defaults, or a schedule's policy for a partial
     change), checked: InvalidDefinition names the field."""
     if not isinstance(given, Mapping):
@@ -194,7 +196,7 @@ def health_policy(given: Mapping[str, Any], base: Mapping[str, Any] = HEALTH_POL
     return policy
 
 
-def _count(value: Any, field: str, *, optional: bool = False) -> int | None:
+def _count(value: object, field: str, *, optional: bool = False) -> int | None:
     """A count of runs in [1, MAX_HEALTH_RUNS] (None allowed when `optional`)."""
     if value is None and optional:
         return None

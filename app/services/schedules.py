@@ -107,10 +107,13 @@ async def update(
             expected_version=row["version"],
             meta=meta,
         )
-        if updated is not None and "health_policy" in changed:
-            # New thresholds judge the same runs now, not at the next run's end (ADR 0032).
-            if await store.health.evaluate(conn, [schedule_id], now=now):
-                updated = await live(conn, schedule_id)
+        # New thresholds judge the same runs now, not at the next run's end (ADR 0032).
+        if (
+            updated is not None
+            and "health_policy" in changed
+            and await store.health.evaluate(conn, [schedule_id], now=now)
+        ):
+            updated = await live(conn, schedule_id)
     if updated is None:  # the row is locked above: only a bug gets here
         raise RuntimeError(f"update of schedule {schedule_id} matched no row")
     return updated

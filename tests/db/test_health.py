@@ -164,7 +164,10 @@ async def test_degraded_at_the_failure_rate_over_the_window(conn: Conn) -> None:
 
 async def test_overdue_by_the_database_clock_on_both_sides(conn: Conn) -> None:
     s = await make_schedule(
-        conn, now=T, queue=f"health-{next(_queues)}", health_policy={**QUIET, "overdue_seconds": 300}
+        conn,
+        now=T,
+        queue=f"health-{next(_queues)}",
+        health_policy={**QUIET, "overdue_seconds": 300},
     )
     due = s["next_due_at"]
     # No ticker ran: the occurrence is late, but not yet by more than the threshold.
@@ -183,7 +186,7 @@ async def test_a_waiting_run_nobody_starts_is_overdue(conn: Conn) -> None:
         conn, now=T, queue=f"health-{next(_queues)}", enabled=False,
         health_policy={**QUIET, "overdue_seconds": 600},
     )  # fmt: skip
-    run, _ = await schedules.trigger(conn, s["id"], actor="t", now=T)
+    await schedules.trigger(conn, s["id"], actor="t", now=T)
     assert await store.health.evaluate(conn, [s["id"]], now=T + timedelta(seconds=600)) == []
     (changed,) = await store.health.evaluate(conn, None, now=T + timedelta(seconds=601))
     assert changed["id"] == s["id"] and changed["health_reason"] == "overdue"
@@ -289,9 +292,7 @@ async def test_an_operator_retrying_a_dead_run_takes_it_out_of_the_streak(conn: 
 
 
 @pytest.mark.own_database
-async def test_the_worker_role_may_record_health_and_trip_the_breaker(
-    conn: Conn, dsn: str
-) -> None:
+async def test_the_worker_role_may_record_health_and_trip_the_breaker(conn: Conn, dsn: str) -> None:
     """The reporter and the sweep run as pgsched_worker: the event guard lets it append
     schedule.health_changed and schedule.paused, and the columns are granted."""
     runs = await _runs(conn, pause_after_failures=1, policy={"consecutive_failures": 1})

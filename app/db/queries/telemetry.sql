@@ -38,6 +38,15 @@ SELECT clock.now,
                    'unhealthy', count(*) FILTER (WHERE s.health = 'unhealthy'))
         FROM pgsched.schedule s
         WHERE s.deleted_at IS NULL AND s.name NOT LIKE 'pgsched.%%') AS schedule_health,
+       -- Paused schedules whose last pause or resume was the circuit breaker's pause (ADR
+       -- 0032): only paused schedules are looked at, each by the event index, newest first.
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND NOT s.enabled
+          AND (SELECT e.meta ->> 'reason' FROM pgsched.event e
+               WHERE e.stream = 'schedule' AND e.stream_id = s.id
+                 AND e.type IN ('schedule.paused', 'schedule.resumed')
+               ORDER BY e.id DESC
+               LIMIT 1) = 'circuit_breaker') AS paused_by_breaker,
        (SELECT coalesce(greatest(extract(epoch FROM clock.now - min(s.next_due_at)), 0), 0)::float8
         FROM pgsched.schedule s
         WHERE s.enabled AND s.deleted_at IS NULL) AS overdue_seconds,
