@@ -90,7 +90,7 @@ def health_loop(clock: Clock) -> Periodic:
     """The health sweep: one statement that judges every live schedule and records changes."""
 
     async def sweep(conn: Conn) -> object:
-        return await store.health.evaluate(conn, None, now=clock.db_now())
+        return await store.health.sweep(conn, now=clock.db_now())
 
     return Periodic("health", HEALTH_SWEEP_SECONDS, sweep)
 

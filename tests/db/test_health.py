@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from pgsched.app import service
+from pgsched.app.clock import FakeClock
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease, Row
 from pgsched.app.services import runs as run_service
@@ -188,8 +190,12 @@ async def test_a_waiting_run_nobody_starts_is_overdue(conn: Conn) -> None:
     )  # fmt: skip
     await schedules.trigger(conn, s["id"], actor="t", now=T)
     assert await store.health.evaluate(conn, [s["id"]], now=T + timedelta(seconds=600)) == []
-    (changed,) = await store.health.evaluate(conn, None, now=T + timedelta(seconds=601))
-    assert changed["id"] == s["id"] and changed["health_reason"] == "overdue"
+    changed = next(
+        c
+        for c in await store.health.sweep(conn, now=T + timedelta(seconds=601))
+        if c["id"] == s["id"]
+    )
+    assert changed["health_reason"] == "overdue"
     # Started at last: not overdue any more (the sweep, `None`, judges every schedule).
     await test_store.claim_runs(
         conn, worker_id=1, queues=[s["queue"]], limit=1, lease_seconds=30, actor="w",
@@ -197,6 +203,29 @@ async def test_a_waiting_run_nobody_starts_is_overdue(conn: Conn) -> None:
     )  # fmt: skip
     healed = await store.health.evaluate(conn, None, now=T + timedelta(seconds=603))
     assert [(c["id"], c["health"]) for c in healed] == [(s["id"], "healthy")]
+
+
+async def test_the_sweep_judges_every_schedule_chunk_by_chunk(
+    conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = {**QUIET, "overdue_seconds": 60}
+    made = [await make_schedule(conn, now=T, health_policy=policy) for _ in range(5)]
+    monkeypatch.setattr(store.health, "SWEEP_CHUNK", 2)
+    changed = await store.health.sweep(conn, now=T + timedelta(hours=1))
+    assert {c["id"] for c in changed} >= {s["id"] for s in made}
+    assert {c["health_reason"] for c in changed if c["id"] in {s["id"] for s in made}} == {
+        "overdue"
+    }
+
+
+async def test_the_service_runs_the_sweep_on_its_clock(conn: Conn) -> None:
+    """`pgsched run` and `pgsched ticker` serve `health_loop` beside the tickers."""
+    s = await make_schedule(conn, now=T, health_policy={**QUIET, "overdue_seconds": 60})
+    loop = service.health_loop(FakeClock(T + timedelta(hours=1)))
+    assert (loop.name, loop.period_seconds) == ("health", service.HEALTH_SWEEP_SECONDS)
+    changed = await loop.step(conn)
+    assert isinstance(changed, list)
+    assert s["id"] in {c["id"] for c in changed}
 
 
 # -- the circuit breaker -------------------------------------------------------------------

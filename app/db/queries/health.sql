@@ -125,3 +125,7 @@ SELECT c.id, c.name, c.old_health, c.health, c.old_reason, c.health_reason, c.tr
        c.failures
 FROM changed c
 ORDER BY c.id;
+
+-- name: live_schedule_ids
+-- Every live schedule's id, in order: the sweep judges them a chunk at a time (ADR 0032).
+SELECT id FROM pgsched.schedule WHERE deleted_at IS NULL ORDER BY id;

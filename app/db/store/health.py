@@ -19,7 +19,8 @@ ACTOR = "system"
 async def evaluate(
     conn: Conn, schedule_ids: Iterable[int] | None, *, now: datetime | None, actor: str = ACTOR
 ) -> list[Row]:
-    """Judge the live schedules `schedule_ids` (None: all of them) at `now` and record every
+    """Judge the live schedules `schedule_ids` (None: all of them in one statement; `sweep`
+    does that in chunks) at `now` and record every
     change of health (schedule.health_changed) and every trip of the circuit breaker
     (schedule.paused); per changed schedule: id, name, old_health, health, old_reason,
     health_reason, paused, failures. A schedule another transaction holds is left for the
@@ -28,6 +29,23 @@ async def evaluate(
     if ids == []:
         return []
     return await rows(conn, "evaluate_health", {"ids": ids, "now": now, "actor": actor})
+
+
+# Schedules judged per statement by the sweep. The statement's planned cost grows with its
+# schedules; past PostgreSQL's jit_above_cost (100,000 by default) JIT compilation costs more
+# than the whole evaluation (measured: 5,000 schedules in one statement took 3.0 s, 2.7 s of it
+# JIT; in chunks of this size, no JIT and no long statement holding anything).
+SWEEP_CHUNK = 200
+
+
+async def sweep(conn: Conn, *, now: datetime | None, actor: str = ACTOR) -> list[Row]:
+    """`evaluate` every live schedule, a chunk at a time (each chunk its own statement, so on
+    an autocommit connection its own transaction); what changed, as `evaluate` returns it."""
+    ids = [r["id"] for r in await rows(conn, "live_schedule_ids")]
+    changed: list[Row] = []
+    for start in range(0, len(ids), SWEEP_CHUNK):
+        changed += await evaluate(conn, ids[start : start + SWEEP_CHUNK], now=now, actor=actor)
+    return changed
 
 
 async def evaluate_after(conn: Conn, ended: Iterable[Row], *, now: datetime | None) -> None:
