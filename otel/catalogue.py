@@ -229,7 +229,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         "{schedule}",
         ("state",),
         "Live schedules by health (healthy, degraded, unhealthy; ADR 0032), pgsched's built-in "
-        "ones not counted. A count per state, never a series per schedule: GET "
+        "maintenance included. A count per state, never a series per schedule: GET "
         "/v1/schedules?health=unhealthy names them.",
         "sampler",
     ),

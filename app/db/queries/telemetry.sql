@@ -31,13 +31,14 @@ SELECT clock.now,
        (SELECT count(*) FROM pgsched.schedule s
         WHERE s.deleted_at IS NULL AND NOT s.enabled AND s.name NOT LIKE 'pgsched.%%')
            AS paused_schedules,
-       -- Schedules by health (ADR 0032): three series, whatever the number of schedules.
+       -- Schedules by health (ADR 0032): three series, whatever the number of schedules. The
+       -- built-in ones count here: a failing pgsched.maintenance is a schedule to look at.
        (SELECT jsonb_build_object(
                    'healthy', count(*) FILTER (WHERE s.health = 'healthy'),
                    'degraded', count(*) FILTER (WHERE s.health = 'degraded'),
                    'unhealthy', count(*) FILTER (WHERE s.health = 'unhealthy'))
         FROM pgsched.schedule s
-        WHERE s.deleted_at IS NULL AND s.name NOT LIKE 'pgsched.%%') AS schedule_health,
+        WHERE s.deleted_at IS NULL) AS schedule_health,
        -- Paused schedules whose last pause or resume was the circuit breaker's pause (ADR
        -- 0032): only paused schedules are looked at, each by the event index, newest first.
        (SELECT count(*) FROM pgsched.schedule s
