@@ -297,7 +297,7 @@ def _run_service(
     retention: Retention,
 ) -> int:
     from pgsched.app.clock import SystemClock
-    from pgsched.app.service import default_loops, serve
+    from pgsched.app.service import default_loops, health_loop, serve
     from pgsched.workers.worker import Worker
 
     api, where = _api_service(api_settings)  # binds the port: in use, nothing has started yet
@@ -311,7 +311,7 @@ def _run_service(
     async def _serve() -> None:
         stop = _stop_on_signals()
         clock = SystemClock()
-        loops = default_loops(clock)
+        loops = [*default_loops(clock), health_loop(clock)]
         # Its jobs resolve secrets in `env`; python jobs of pgsched itself (the built-in
         # maintenance) are given `url` by the worker (workers.jobs.python_call).
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
@@ -452,7 +452,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     """
     _keep_secrets_in()
     from pgsched.app.clock import SystemClock
-    from pgsched.app.service import default_loops, serve
+    from pgsched.app.service import default_loops, health_loop, serve
 
     env = _environ(args)
     url = _database_url(args)
@@ -461,7 +461,7 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     async def _tick() -> None:
         stop = _stop_on_signals()
         clock = SystemClock()
-        loops = default_loops(clock)
+        loops = [*default_loops(clock), health_loop(clock)]
         names = ", ".join(lp.name for lp in loops)
         print(f"pgsched ticker is running: {names} (SIGTERM stops)", flush=True)
         await serve(url, clock, stop, loops)

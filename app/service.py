@@ -26,7 +26,7 @@ from pgsched import otel
 from pgsched.app import background, ticker
 from pgsched.app.background import Supervisor
 from pgsched.app.clock import Clock
-from pgsched.app.db import outage
+from pgsched.app.db import outage, store
 from pgsched.app.db.store import Conn
 from pgsched.otel import runs
 
@@ -78,6 +78,21 @@ def default_loops(clock: Clock, *, tickers: int = 2) -> list[Periodic]:
     # finds nothing to do. Partition maintenance is not a loop: it is the built-in schedule
     # pgsched.maintenance.
     return [Periodic(f"ticker-{n}", 0.5, materialise) for n in range(1, tickers + 1)]
+
+
+# How often every live schedule's health is judged again (ADR 0032). Runs ending re-judge their
+# own schedule at once; the sweep catches what only time changes (overdue, and back), and a
+# re-judgement lost to a process dying between a completion and its evaluation.
+HEALTH_SWEEP_SECONDS = 15.0
+
+
+def health_loop(clock: Clock) -> Periodic:
+    """The health sweep: one statement that judges every live schedule and records changes."""
+
+    async def sweep(conn: Conn) -> object:
+        return await store.health.sweep(conn, now=clock.db_now())
+
+    return Periodic("health", HEALTH_SWEEP_SECONDS, sweep)
 
 
 async def serve(

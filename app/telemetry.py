@@ -88,6 +88,11 @@ async def sample(conn: Conn, *, stale_seconds: float = 30.0, now: datetime | Non
             (float(row["paused_schedules"]), {"state": "paused"}),
         ],
     )
+    tel.observe(
+        "pgsched.schedules.health",
+        [(float(n), {"state": str(state)}) for state, n in sorted(row["schedule_health"].items())],
+    )
+    tel.observe("pgsched.schedules.paused_by_breaker", [(float(row["paused_by_breaker"]), {})])
     tel.observe("pgsched.schedules.overdue", [(float(row["overdue_seconds"] or 0), {})])
     tel.observe(
         "pgsched.workers",

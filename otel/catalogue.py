@@ -223,6 +223,26 @@ METRICS: Final[tuple[Metric, ...]] = (
         "sampler",
     ),
     Metric(
+        "pgsched.schedules.health",
+        "pgsched_schedules_health",
+        "observable_gauge",
+        "{schedule}",
+        ("state",),
+        "Live schedules by health (healthy, degraded, unhealthy; ADR 0032), pgsched's built-in "
+        "maintenance included. A count per state, never a series per schedule: GET "
+        "/v1/schedules?health=unhealthy names them.",
+        "sampler",
+    ),
+    Metric(
+        "pgsched.schedules.paused_by_breaker",
+        "pgsched_schedules_paused_by_breaker",
+        "observable_gauge",
+        "{schedule}",
+        (),
+        "Live schedules the circuit breaker paused and nobody has resumed since (ADR 0032).",
+        "sampler",
+    ),
+    Metric(
         "pgsched.schedules.overdue",
         "pgsched_schedules_overdue_seconds",
         "observable_gauge",

@@ -18,6 +18,7 @@ from pgsched.app.domain import schedule
 def create_fields(data: ScheduleCreate) -> dict[str, Any]:
     """The client-settable columns of a new schedule (the defaults fill in the rest)."""
     given = msgspec.structs.asdict(data)
+    given["health_policy"] = msgspec.structs.asdict(data.health_policy)
     backoff = given.pop("retry_backoff")
     given |= {
         "retry_delay_seconds": backoff.delay_seconds,
@@ -35,6 +36,13 @@ def patch_fields(patch: ScheduleUpdate) -> dict[str, Any]:
         for f in patch.__struct_fields__
         if getattr(patch, f) is not msgspec.UNSET
     }
+    policy = given.get("health_policy")
+    if policy is not None:  # only the thresholds given change (app.services.schedules.update)
+        given["health_policy"] = {
+            f: getattr(policy, f)
+            for f in policy.__struct_fields__
+            if getattr(policy, f) is not msgspec.UNSET
+        }
     backoff = given.pop("retry_backoff", None)
     if backoff is not None:
         for name, column in (

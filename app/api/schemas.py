@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pgsched.app.api.decoding import RANGE_TEXT
-from pgsched.app.domain.schedule import DEFAULTS
+from pgsched.app.domain.schedule import DEFAULTS, HEALTH_POLICY, MAX_HEALTH_RUNS
 
 INT32: Final = 2**31 - 1
 BIGINT: Final = 2**63 - 1
@@ -37,6 +37,7 @@ MissedPolicy = Literal["skip", "latest", "all"]
 RunState = Literal["waiting", "running", "succeeded", "dead", "cancelled"]
 WorkerState = Literal["active", "stopping", "stopped", "gone"]
 Status = Literal["healthy", "degraded", "unhealthy"]
+HealthReason = Literal["consecutive_failures", "failure_rate", "overdue"]
 
 IntervalSeconds = Annotated[int, Meta(ge=1, le=INT32)]
 Priority = Annotated[int, Meta(ge=-32768, le=32767)]
@@ -47,6 +48,18 @@ Factor = Annotated[float, Meta(ge=1, le=10)]
 MissedCap = Annotated[int, Meta(ge=1, le=10_000)]
 Count32 = Annotated[int, Meta(ge=0, le=INT32)]
 Concurrency = Annotated[int, Meta(ge=1, le=INT32)]
+RunCount = Annotated[int, Meta(ge=1, le=MAX_HEALTH_RUNS)]
+Rate = Annotated[float, Meta(gt=0, le=1)]
+Overdue = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
+PauseAfter = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_HEALTH_RUNS,
+        description="The circuit breaker: pause the schedule after this many dead runs in a "
+        "row (null: never). Resuming re-arms it for the next failure (ADR 0032).",
+    ),
+]
 
 
 # -- schedules -------------------------------------------------------------------------------
@@ -59,6 +72,26 @@ class RetryBackoff(Struct, forbid_unknown_fields=True, kw_only=True):
     delay_seconds: Seconds = DEFAULTS["retry_delay_seconds"]
     factor: Factor = DEFAULTS["retry_factor"]
     max_delay_seconds: Seconds = DEFAULTS["retry_max_delay_seconds"]
+
+
+class HealthPolicy(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the schedule's health is judged from its finished runs (ADR 0032): unhealthy after
+    `consecutive_failures` dead runs in a row, or when an occurrence or a waiting run is more
+    than `overdue_seconds` late (null: never overdue); degraded when at least `failure_rate` of
+    its last `window_runs` finished runs are dead. A run that succeeded on a retry is a
+    success; cancelled runs do not count."""
+
+    consecutive_failures: RunCount = HEALTH_POLICY["consecutive_failures"]
+    failure_rate: Rate = HEALTH_POLICY["failure_rate"]
+    window_runs: RunCount = HEALTH_POLICY["window_runs"]
+    overdue_seconds: Overdue | None = HEALTH_POLICY["overdue_seconds"]
+
+
+class HealthPolicyPatch(Struct, forbid_unknown_fields=True, kw_only=True):
+    consecutive_failures: RunCount | UnsetType = UNSET
+    failure_rate: Rate | UnsetType = UNSET
+    window_runs: RunCount | UnsetType = UNSET
+    overdue_seconds: Overdue | UnsetType | None = UNSET
 
 
 class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +120,8 @@ class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     starts_at: Instant | None = None
     ends_at: Instant | None = None
     jitter_seconds: Count32 = DEFAULTS["jitter_seconds"]
+    health_policy: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    pause_after_failures: PauseAfter | None = None
 
 
 class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -122,12 +157,21 @@ class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     starts_at: Instant | UnsetType | None = UNSET
     ends_at: Instant | UnsetType | None = UNSET
     jitter_seconds: Count32 | UnsetType = UNSET
+    health_policy: HealthPolicyPatch | UnsetType = UNSET
+    pause_after_failures: PauseAfter | UnsetType | None = UNSET
 
 
 class RetryBackoffOut(Struct, kw_only=True):
     delay_seconds: float
     factor: float
     max_delay_seconds: float
+
+
+class HealthPolicyOut(Struct, kw_only=True):
+    consecutive_failures: int
+    failure_rate: float
+    window_runs: int
+    overdue_seconds: float | None
 
 
 class Schedule(Struct, kw_only=True):
@@ -159,6 +203,11 @@ class Schedule(Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     version: int
+    health: Status
+    health_reason: HealthReason | None
+    health_since: datetime | None
+    health_policy: HealthPolicyOut
+    pause_after_failures: int | None
 
 
 class SchedulePage(Struct, kw_only=True):
@@ -319,6 +368,8 @@ class HealthComponents(Struct, kw_only=True):
     ticker: Status
     workers: Status
     partitions: Status
+    # The worst schedule's health: reported, never part of the overall status (ADR 0032).
+    schedules: Status
 
 
 class HealthMetrics(Struct, kw_only=True):
@@ -328,6 +379,8 @@ class HealthMetrics(Struct, kw_only=True):
     live_workers: int | None
     overdue_seconds: float | None
     partition_months_ahead: int | None
+    degraded_schedules: int | None
+    unhealthy_schedules: int | None
 
 
 class Health(Struct, kw_only=True):

@@ -19,6 +19,19 @@ from pgsched.app.domain.jobs import validate_payload
 from pgsched.app.domain.occurrences import ScheduleSpec, next_after, validate
 from pgsched.app.domain.occurrences import preview as occurrence_preview
 
+# A schedule's health thresholds (ADR 0032): unhealthy after `consecutive_failures` dead runs
+# in a row or when `overdue_seconds` late (None: never overdue); degraded when at least
+# `failure_rate` of its last `window_runs` finished runs are dead.
+HEALTH_POLICY: Mapping[str, Any] = {
+    "consecutive_failures": 3,
+    "failure_rate": 0.5,
+    "window_runs": 20,
+    "overdue_seconds": 3600.0,
+}
+# Upper bounds: a larger window or streak is read on every evaluation (ADR 0032).
+MAX_HEALTH_RUNS: Final = 1000
+MAX_OVERDUE_SECONDS: Final = 366 * 86_400
+
 DEFAULTS: Mapping[str, Any] = {
     "payload": {},
     "cron": None,
@@ -42,6 +55,9 @@ DEFAULTS: Mapping[str, Any] = {
     "max_concurrency": None,
     "enabled": True,
     "next_due_at": None,
+    "health_policy": HEALTH_POLICY,
+    # The circuit breaker: pause after this many dead runs in a row (None: never).
+    "pause_after_failures": None,
 }
 TIMING: Final = ("cron", "interval_seconds", "run_at")
 KIND_OF: Final = {"cron": "cron", "interval_seconds": "interval", "run_at": "once"}
@@ -128,6 +144,10 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     """
     no_nul(fields["payload"], "payload")
     fields["payload"] = validate_payload(fields["job_type"], fields["payload"])
+    fields["health_policy"] = health_policy(fields["health_policy"])
+    fields["pause_after_failures"] = _count(
+        fields["pause_after_failures"], "pause_after_failures", optional=True
+    )
     if is_job(fields):
         if any(fields[k] is not None for k in TIMING):
             raise InvalidDefinition("kind", "a job definition has no cron, interval or run_at")
@@ -140,6 +160,49 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
         fields["run_at"] = spec.run_at
     fields["timezone"] = spec.timezone
     return spec
+
+
+def health_policy(
+    given: Mapping[str, Any], base: Mapping[str, Any] = HEALTH_POLICY
+) -> dict[str, Any]:
+    """`given` thresholds over `base` (the defaults, or a schedule's policy for a partial
+    change), checked: InvalidDefinition names the field."""
+    if not isinstance(given, Mapping):
+        raise InvalidDefinition("health_policy", "must be an object")
+    unknown = sorted(set(given) - set(HEALTH_POLICY))
+    if unknown:
+        raise InvalidDefinition(f"health_policy.{unknown[0]}", "is not a health threshold")
+    policy = {**HEALTH_POLICY, **base, **given}
+    policy["consecutive_failures"] = _count(
+        policy["consecutive_failures"], "health_policy.consecutive_failures"
+    )
+    policy["window_runs"] = _count(policy["window_runs"], "health_policy.window_runs")
+    rate = policy["failure_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+        raise InvalidDefinition("health_policy.failure_rate", "must be a number in (0, 1]")
+    policy["failure_rate"] = float(rate)
+    overdue = policy["overdue_seconds"]
+    if overdue is not None:
+        if (
+            isinstance(overdue, bool)
+            or not isinstance(overdue, int | float)
+            or not 0 < overdue <= MAX_OVERDUE_SECONDS
+        ):
+            raise InvalidDefinition(
+                "health_policy.overdue_seconds",
+                f"must be null or a number of seconds in (0, {MAX_OVERDUE_SECONDS}]",
+            )
+        policy["overdue_seconds"] = float(overdue)
+    return policy
+
+
+def _count(value: object, field: str, *, optional: bool = False) -> int | None:
+    """A count of runs in [1, MAX_HEALTH_RUNS] (None allowed when `optional`)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HEALTH_RUNS:
+        raise InvalidDefinition(field, f"must be an integer from 1 to {MAX_HEALTH_RUNS}")
+    return value
 
 
 def first_due(spec: ScheduleSpec, now: datetime, *, grace_seconds: float) -> datetime | None:
@@ -202,6 +265,9 @@ _BUILTIN_ADJUSTABLE = frozenset(
         "retry_factor",
         "retry_max_delay_seconds",
         "grace_seconds",
+        # How its health is judged; never its circuit breaker: nothing else keeps partitions
+        # ahead, so it must not pause itself.
+        "health_policy",
     }
 )
 # The order the culprit is looked for, so a change of kind is named as that (not as the

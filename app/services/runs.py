@@ -32,6 +32,8 @@ async def retry(
         row = await store.retry_run(conn, run_id, actor=actor, now=now, meta=meta)
         if row is not None:
             await store.wake_workers(conn)
+            # A dead run retried is no longer an outcome: its schedule is judged without it.
+            await store.health.evaluate(conn, [row["schedule_id"]], now=now)
     if row is not None:  # committed: the operator's transition in the per-run log (otel.runs)
         log_transition(
             "retried",

@@ -85,6 +85,10 @@ async def update(
                     "cron", "exactly one of cron, interval_seconds and run_at must have a value"
                 )
         fields |= {k: v for k, v in patch.items() if k not in schedule.TIMING}
+        if "health_policy" in patch:  # a partial policy changes only the thresholds it names
+            fields["health_policy"] = schedule.health_policy(
+                patch["health_policy"], row["health_policy"]
+            )
         spec = schedule.check(fields, created_at=row["created_at"])
         changed = schedule.changes(row, fields)
         if not changed:
@@ -105,6 +109,13 @@ async def update(
             expected_version=row["version"],
             meta=meta,
         )
+        # New thresholds judge the same runs now, not at the next run's end (ADR 0032).
+        if (
+            updated is not None
+            and "health_policy" in changed
+            and await store.health.evaluate(conn, [schedule_id], now=now)
+        ):
+            updated = await live(conn, schedule_id)
     if updated is None:  # the row is locked above: only a bug gets here
         raise RuntimeError(f"update of schedule {schedule_id} matched no row")
     return updated

@@ -41,6 +41,7 @@ async def test_health_healthy_and_degraded(api: Client, db: Conn) -> None:
         "ticker": "healthy",
         "workers": "degraded",
         "partitions": "healthy",
+        "schedules": "healthy",
     }
     assert health["metrics"]["partition_months_ahead"] == 3
     assert health["timestamp"].endswith("Z")

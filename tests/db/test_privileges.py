@@ -77,7 +77,17 @@ COLUMNS = {
         "cancel_requested",
     },
     ("pgsched.run", "pgsched_operator"): set(),
-    ("pgsched.schedule", "pgsched_worker"): {"next_due_at"},
+    # The ticker's next due time; health and the circuit breaker's pause (migration 0021).
+    ("pgsched.schedule", "pgsched_worker"): {
+        "next_due_at",
+        "health",
+        "health_reason",
+        "health_since",
+        "enabled",
+        "paused_at",
+        "version",
+        "updated_at",
+    },
     ("pgsched.schedule", "pgsched_operator"): set(),
 }
 

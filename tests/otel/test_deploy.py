@@ -34,7 +34,11 @@ REQUIRED_ALERTS = {
     "PgschedPartitionsRunningOut",
     "PgschedDefaultPartitionRows",
     "PgschedDeadRunsGrowing",
+    "PgschedSchedulesUnhealthy",
+    "PgschedCircuitBreakerOpen",
 }
+# Rules with a promtool unit test in prometheus/alerts.test.yml (ADR 0032).
+UNIT_TESTED_ALERTS = {"PgschedSchedulesUnhealthy", "PgschedCircuitBreakerOpen"}
 
 
 def load(rel: str) -> Any:
@@ -123,6 +127,28 @@ def test_alert_rules_are_well_formed_and_use_catalogue_metrics() -> None:
                 "--syntax-only",
                 str(DEPLOY / "prometheus/prometheus.yml"),
             ],
+            check=True,
+            capture_output=True,
+        )
+
+
+def test_schedule_health_alerts_fire_on_their_metrics_after_their_for() -> None:
+    """prometheus/alerts.test.yml: each rule there is evaluated on made-up series, on both
+    sides of its `for`, and not at all where its metric stays 0 (`promtool test rules`)."""
+    spec = load("prometheus/alerts.test.yml")
+    assert spec["rule_files"] == ["alerts.yml"]
+    tested = {case["alertname"] for test in spec["tests"] for case in test["alert_rule_test"]}
+    assert tested == UNIT_TESTED_ALERTS
+    firing = {
+        case["alertname"]
+        for test in spec["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert firing == UNIT_TESTED_ALERTS  # each is seen firing, not only silent
+    if checker := promtool():
+        subprocess.run(
+            [checker, "test", "rules", str(DEPLOY / "prometheus/alerts.test.yml")],
             check=True,
             capture_output=True,
         )

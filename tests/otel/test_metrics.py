@@ -27,6 +27,7 @@ from pgsched import otel
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
+from pgsched.app.domain.schedule import HEALTH_POLICY
 from pgsched.app.service import default_loops
 from pgsched.app.services import schedules
 from pgsched.otel import catalogue
@@ -239,6 +240,51 @@ async def test_the_api_serves_database_gauges_and_exports_them(
     assert ({"queue": "default", "state": "ready"}, 2) in points["pgsched.queue.depth"]
     assert ({"table": "run"}, 3) in points["pgsched.partitions.months_ahead"]
     await asyncio.sleep(0)
+
+
+async def test_schedule_health_and_the_breaker_reach_the_metrics(
+    db: Conn, telemetry: otel.Telemetry, traced_api: AsyncTestClient[Litestar]
+) -> None:
+    """A count per health state, and the schedules the breaker paused: what the alerts
+    PgschedSchedulesUnhealthy and PgschedCircuitBreakerOpen read (ADR 0032)."""
+    await cover_last_month(db)
+    late = datetime.now(UTC) - timedelta(minutes=10)
+    policy = {**HEALTH_POLICY, "overdue_seconds": 60.0}
+    await make_schedule(db, now=late, job_type="noop", health_policy=policy)  # 10 min overdue
+    await make_schedule(db, now=datetime.now(UTC), job_type="noop")
+    tripped = await make_schedule(
+        db, now=late, job_type="noop", queue="breaker", pause_after_failures=1, max_attempts=1,
+        health_policy={**HEALTH_POLICY, "consecutive_failures": 1},
+    )  # fmt: skip
+    await store.insert_runs(
+        db, [(tripped["id"], late, late)], origin="backfill", actor="t", now=None
+    )
+    (run,) = await test_store.claim_runs(
+        db, worker_id=1, queues=["breaker"], limit=1, lease_seconds=30, actor="w", now=None
+    )
+    await test_store.fail_run(
+        db, store.Lease.of(run), {"status": "failed"}, jitter=0.0, actor="w", now=None, final=True
+    )
+    await store.health.evaluate(db, None, now=None)  # the sweep: the overdue one
+
+    async def sampled() -> Samples | None:
+        samples = parse((await traced_api.get("/metrics")).text)
+        unhealthy = value(samples, "pgsched_schedules_health", state="unhealthy")
+        return samples if unhealthy == 2 else None
+
+    samples = await wait_for(sampled, within=10)
+    assert value(samples, "pgsched_schedules_health", state="healthy") == 1
+    assert value(samples, "pgsched_schedules_health", state="degraded") == 0
+    assert value(samples, "pgsched_schedules_paused_by_breaker") == 1
+    check_against_catalogue(samples)
+    # Resumed, it is no longer counted as the breaker's.
+    await schedules.resume(db, tripped["id"], actor="admin", now=None)
+
+    async def resumed() -> Samples | None:
+        samples = parse((await traced_api.get("/metrics")).text)
+        return samples if value(samples, "pgsched_schedules_paused_by_breaker") == 0 else None
+
+    await wait_for(resumed, within=10)
 
 
 async def test_rows_in_a_default_partition_reach_the_metric(

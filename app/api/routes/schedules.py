@@ -41,6 +41,7 @@ from pgsched.app.api.schemas import (
     ScheduleCreate,
     SchedulePage,
     ScheduleUpdate,
+    Status,
     run_out,
     schedule_out,
 )
@@ -150,6 +151,10 @@ async def list_schedules(
     job_type: Annotated[JobType | None, QueryParameter(required=False)] = None,
     enabled: Annotated[bool | None, QueryParameter(required=False)] = None,
     name: NameFilter = None,
+    health: Annotated[
+        Status | None,
+        QueryParameter(required=False, description="Only schedules in this health (ADR 0032)."),
+    ] = None,
 ) -> SchedulePage:
     """By id; `next_cursor` is null on the last page."""
     size = page_size(limit)
@@ -162,6 +167,7 @@ async def list_schedules(
         job_type=job_type,
         enabled=enabled,
         name=name,
+        health=health,
     )
     more = len(rows) > size
     rows = rows[:size]

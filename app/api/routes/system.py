@@ -81,10 +81,30 @@ def _components(row: Row, settings: ApiSettings) -> tuple[HealthComponents, dict
             f"; rows in a DEFAULT partition: {row['default_partition_rows']}"
             " (they block creating their month's partition: docs/runbook.md)"
         )
+    schedules, details["schedules"] = _schedules(row)
     components = HealthComponents(
-        database="healthy", ticker=ticker, workers=workers, partitions=partitions
+        database="healthy",
+        ticker=ticker,
+        workers=workers,
+        partitions=partitions,
+        schedules=schedules,
     )
     return components, details
+
+
+def _schedules(row: Row) -> tuple[Status, str]:
+    """The worst schedule's health and a line of counts. A schedule whose job fails says
+    nothing of the service, so this component never decides the overall status or the HTTP
+    code: a load balancer must not take out a healthy scheduler for a failing job (ADR 0032)."""
+    worst = row["worst_schedule"]
+    if worst is None:
+        return "healthy", "every schedule is healthy"
+    # Counts and reasons only: /health is public, schedule names are not (GET
+    # /v1/schedules?health=unhealthy names them to a viewer).
+    return worst["health"], (
+        f"{row['unhealthy_schedules']} unhealthy, {row['degraded_schedules']} degraded; "
+        f"the worst is {worst['health']} ({worst['reason']})"
+    )
 
 
 @get(
@@ -101,8 +121,9 @@ def _components(row: Row, settings: ApiSettings) -> tuple[HealthComponents, dict
 )
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     """Open (no token). Each component is healthy, degraded or unhealthy; the overall status is
-    the worst of them, and the HTTP status is 503 when that is unhealthy. One query, through
-    indexes only."""
+    the worst of them, and the HTTP status is 503 when that is unhealthy. `schedules` is the
+    worst schedule's health, named in `details`: it is reported but never makes the service
+    degraded or unhealthy (a failing job is not a failing scheduler, ADR 0032). One query."""
     state = request.app.state
     settings: ApiSettings = state.settings
     try:
@@ -117,7 +138,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
         body = Health(
             status=down,
             timestamp=datetime.now(UTC),  # the database, whose clock decides, is away
-            components=HealthComponents(database=down, ticker=down, workers=down, partitions=down),
+            components=HealthComponents(
+                database=down, ticker=down, workers=down, partitions=down, schedules=down
+            ),
             details={"database": "unreachable; the other components cannot be assessed"},
             metrics=HealthMetrics(
                 active_schedules=None,
@@ -126,10 +149,13 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
                 live_workers=None,
                 overdue_seconds=None,
                 partition_months_ahead=None,
+                degraded_schedules=None,
+                unhealthy_schedules=None,
             ),
         )
         return Response(body, status_code=503)
     components, details = _components(row, settings)
+    # Not `schedules`: see _schedules.
     worst = max(
         (components.database, components.ticker, components.workers, components.partitions),
         key=_ORDER.__getitem__,
@@ -146,6 +172,8 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
             live_workers=row["live_workers"],
             overdue_seconds=max(0.0, row["overdue_seconds"] or 0.0),
             partition_months_ahead=row["months_ahead"],
+            degraded_schedules=row["degraded_schedules"],
+            unhealthy_schedules=row["unhealthy_schedules"],
         ),
     )
     return Response(body, status_code=503 if worst == "unhealthy" else 200)

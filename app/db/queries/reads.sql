@@ -12,6 +12,7 @@ WHERE deleted_at IS NULL
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s::text)
   AND (%(enabled)s::boolean IS NULL OR enabled = %(enabled)s::boolean)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(health)s::text IS NULL OR health = %(health)s::text)
 ORDER BY id
 LIMIT %(limit)s;
 
@@ -101,7 +102,8 @@ WHERE w.id = %(id)s::bigint;
 -- name: health
 -- Everything /health reports, in one round trip and through indexes only (the endpoint is
 -- unauthenticated): how late the most overdue enabled schedule is, live workers, partition
--- horizon and rows in DEFAULT partitions, and a few counts.
+-- horizon and rows in DEFAULT partitions, schedules by health and the worst one, and a few
+-- counts.
 WITH clock AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 )
@@ -121,7 +123,17 @@ SELECT clock.now,
        (SELECT count(*) FROM pgsched.schedule s WHERE s.enabled AND s.deleted_at IS NULL)
            AS active_schedules,
        (SELECT count(*) FROM pgsched.run r WHERE r.state = 'waiting') AS pending_runs,
-       (SELECT count(*) FROM pgsched.run r WHERE r.state = 'running') AS running_runs
+       (SELECT count(*) FROM pgsched.run r WHERE r.state = 'running') AS running_runs,
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND s.health = 'degraded') AS degraded_schedules,
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND s.health = 'unhealthy') AS unhealthy_schedules,
+       -- The worst schedule (unhealthy before degraded, then by id), ADR 0032.
+       (SELECT jsonb_build_object('health', s.health, 'reason', s.health_reason)
+        FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND s.health <> 'healthy'
+        ORDER BY s.health = 'unhealthy' DESC, s.id
+        LIMIT 1) AS worst_schedule
 FROM clock;
 
 -- name: stats

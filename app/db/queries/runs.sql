@@ -261,7 +261,8 @@ RETURNING id, lease_token, cancel_requested;
 -- mistaken for a zombie's.
 -- The batch arrives as one JSON array (one parameter, serialised in one call by the client,
 -- rather than eight arrays adapted element by element). Only the columns a reporter reads come
--- back: the run's id and where the result left it.
+-- back: the run's id and where the result left it, and its schedule with that schedule's
+-- health, so the caller re-judges only the schedules a result can change (ADR 0032).
 WITH input AS (
     SELECT *
     FROM jsonb_to_recordset(%(reports)s::jsonb)
@@ -285,7 +286,7 @@ WITH input AS (
     FROM input i, pgsched.schedule s
     WHERE r.id = i.id AND r.due_at = i.due_at AND s.id = r.schedule_id
       AND r.state = 'running' AND r.attempt = i.attempt AND r.lease_token = i.lease_token
-    RETURNING r.*
+    RETURNING r.*, s.health AS schedule_health
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id,
@@ -318,9 +319,13 @@ WITH input AS (
       AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = i.id)
     ORDER BY i.id
 )
-SELECT r.id, r.state, r.attempt, r.available_at, r.finished_at FROM r
+SELECT r.id, r.state, r.attempt, r.available_at, r.finished_at, r.schedule_id,
+       r.schedule_health
+FROM r
 UNION ALL
-SELECT a.id, a.state, a.attempt, a.available_at, a.finished_at FROM applied a;
+SELECT a.id, a.state, a.attempt, a.available_at, a.finished_at, a.schedule_id,
+       NULL AS schedule_health
+FROM applied a;
 
 -- name: release_run
 -- Graceful shutdown: give an unfinished attempt back without consuming it.

@@ -9,7 +9,8 @@ WITH s AS (
         name, job_type, payload, kind, cron, interval_seconds, run_at, timezone, starts_at, ends_at,
         jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
         retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
-        grace_seconds, max_concurrency, enabled, paused_at, next_due_at, created_at, updated_at)
+        grace_seconds, max_concurrency, enabled, paused_at, next_due_at, created_at, updated_at,
+        health_policy, pause_after_failures)
     SELECT d.name, d.job_type, d.payload, d.kind, d.cron, d.interval_seconds, d.run_at, d.timezone,
            d.starts_at, d.ends_at, d.jitter_seconds, d.queue, d.priority, d.max_attempts,
            d.retry_delay_seconds, d.retry_factor, d.retry_max_delay_seconds, d.timeout_seconds,
@@ -17,7 +18,8 @@ WITH s AS (
            d.enabled,
            CASE WHEN d.enabled THEN NULL ELSE coalesce(%(now)s::timestamptz, now()) END,
            d.next_due_at,
-           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
+           d.health_policy, d.pause_after_failures
     -- `fields` carries every column; app.domain.schedule.complete fills the defaults (one place).
     FROM jsonb_populate_record(NULL::pgsched.schedule,
         %(fields)s::jsonb) d
@@ -43,13 +45,14 @@ WITH old AS (
     SET (name, job_type, payload, kind, cron, interval_seconds, run_at, timezone, starts_at, ends_at,
          jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
          retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
-         grace_seconds, max_concurrency, enabled, paused_at, deleted_at, next_due_at) =
+         grace_seconds, max_concurrency, enabled, paused_at, deleted_at, next_due_at,
+         health_policy, pause_after_failures) =
         (SELECT n.name, n.job_type, n.payload, n.kind, n.cron, n.interval_seconds, n.run_at,
                 n.timezone, n.starts_at, n.ends_at, n.jitter_seconds, n.queue, n.priority,
                 n.max_attempts, n.retry_delay_seconds, n.retry_factor, n.retry_max_delay_seconds,
                 n.timeout_seconds, n.overlap_policy, n.missed_policy, n.missed_cap,
                 n.grace_seconds, n.max_concurrency, n.enabled, n.paused_at, n.deleted_at,
-                n.next_due_at
+                n.next_due_at, n.health_policy, n.pause_after_failures
          FROM jsonb_populate_record(t, %(changes)s::jsonb) n),
         version = t.version + 1,
         updated_at = coalesce(%(now)s::timestamptz, now())

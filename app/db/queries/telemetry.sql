@@ -3,9 +3,9 @@
 -- nothing here scans finished history.
 
 -- name: telemetry_sample
--- Queue depth and oldest ready age per queue, schedules by state, the most overdue schedule,
--- workers by state, partitions ahead and rows in any DEFAULT partition (an alarm: pgsched
--- creates none, ADR 0005).
+-- Queue depth and oldest ready age per queue, schedules by state and by health, the most
+-- overdue schedule, workers by state, partitions ahead and rows in any DEFAULT partition (an
+-- alarm: pgsched creates none, ADR 0005).
 WITH clock AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 )
@@ -31,6 +31,23 @@ SELECT clock.now,
        (SELECT count(*) FROM pgsched.schedule s
         WHERE s.deleted_at IS NULL AND NOT s.enabled AND s.name NOT LIKE 'pgsched.%%')
            AS paused_schedules,
+       -- Schedules by health (ADR 0032): three series, whatever the number of schedules. The
+       -- built-in ones count here: a failing pgsched.maintenance is a schedule to look at.
+       (SELECT jsonb_build_object(
+                   'healthy', count(*) FILTER (WHERE s.health = 'healthy'),
+                   'degraded', count(*) FILTER (WHERE s.health = 'degraded'),
+                   'unhealthy', count(*) FILTER (WHERE s.health = 'unhealthy'))
+        FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL) AS schedule_health,
+       -- Paused schedules whose last pause or resume was the circuit breaker's pause (ADR
+       -- 0032): only paused schedules are looked at, each by the event index, newest first.
+       (SELECT count(*) FROM pgsched.schedule s
+        WHERE s.deleted_at IS NULL AND NOT s.enabled
+          AND (SELECT e.meta ->> 'reason' FROM pgsched.event e
+               WHERE e.stream = 'schedule' AND e.stream_id = s.id
+                 AND e.type IN ('schedule.paused', 'schedule.resumed')
+               ORDER BY e.id DESC
+               LIMIT 1) = 'circuit_breaker') AS paused_by_breaker,
        (SELECT coalesce(greatest(extract(epoch FROM clock.now - min(s.next_due_at)), 0), 0)::float8
         FROM pgsched.schedule s
         WHERE s.enabled AND s.deleted_at IS NULL) AS overdue_seconds,

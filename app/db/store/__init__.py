@@ -4,6 +4,7 @@
   statement (app/db/queries) that writes the projection row and appends its event together, so
   a change and its event commit or roll back as one (ADR 0005);
 - `ticker`, `maintenance`, `replay`: the statements of those processes;
+- `health`: schedule health's evaluation and counts (ADR 0032);
 - `reads`: the read-only pages and aggregates of the API and the telemetry;
 - `executor`: runs a named statement and turns the database errors the schema raises on purpose
   into pgsched's (PartitionMissing, NameTaken, TokenNameTaken), in one place.
@@ -22,6 +23,7 @@ from pgsched.app.db.store import (
     enqueue,
     events,
     executor,
+    health,
     maintenance,
     reads,
     replay,
@@ -98,6 +100,7 @@ __all__ = [
     "events",
     "executor",
     "get_schedule",
+    "health",
     "heartbeat_worker",
     "insert_runs",
     "jsonb",

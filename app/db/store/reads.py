@@ -24,6 +24,7 @@ async def page_schedules(
     job_type: str | None = None,
     enabled: bool | None = None,
     name: str | None = None,
+    health: str | None = None,
 ) -> list[Row]:
     """Live schedules with id > after_id, by id."""
     return await _rows(
@@ -36,6 +37,7 @@ async def page_schedules(
             "job_type": job_type,
             "enabled": enabled,
             "name": name,
+            "health": health,
         },
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from pgsched.app.db.store import health
 from pgsched.app.db.store.executor import Conn, Row, jsonb, row, rows
 from pgsched.otel import spans
 
@@ -228,6 +229,7 @@ async def complete_attempts(
             "now": now,
         },
     )
+    await health.evaluate_after(conn, completed, now=now)
     done = {r["id"]: r for r in completed}
     return [done.get(r.lease.run_id) for r in reports]
 
@@ -263,7 +265,9 @@ async def cancel_run(
 
 async def rescue_expired(conn: Conn, *, limit: int, actor: str, now: datetime | None) -> list[Row]:
     """Put runs whose lease expired back to waiting (after backoff) or to dead."""
-    return await rows(conn, "rescue_expired", {"limit": limit, "actor": actor, "now": now})
+    rescued = await rows(conn, "rescue_expired", {"limit": limit, "actor": actor, "now": now})
+    await health.evaluate_after(conn, rescued, now=now)
+    return rescued
 
 
 async def retry_run(

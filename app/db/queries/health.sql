@@ -1,0 +1,131 @@
+-- Schedule health (docs/adr/0032-schedule-health-and-circuit-breaker.md): each schedule's
+-- health is judged from its runs by its own thresholds (schedule.health_policy); a change of
+-- health or of its reason is written to the row with a schedule.health_changed event, and the
+-- circuit breaker (schedule.pause_after_failures) pauses the schedule with schedule.paused, in
+-- the same statement. The columns are a projection of those events (`pgsched verify`).
+
+-- name: evaluate_health
+-- Judge the live schedules `ids` (NULL: every live schedule) at `now`, and record what changed.
+-- Outcomes are finished runs: succeeded or dead (a run that failed and then succeeded on a
+-- retry is a success; cancelled runs are an operator's act, not an outcome), newest occurrence
+-- first (due_at, id). Per schedule:
+--   failures: dead runs newer than its newest succeeded run (at most what a threshold needs);
+--   window:   its newest `window_runs` outcomes, and how many of them are dead;
+--   overdue:  enabled and its next due time, or any waiting run of it (the oldest's
+--             available_at), more than `overdue_seconds` in the past (NULL: never overdue).
+-- unhealthy: failures >= consecutive_failures (reason consecutive_failures), else overdue
+-- (reason overdue); degraded: dead / outcomes in the window >= failure_rate (failure_rate);
+-- else healthy. The breaker trips when the schedule is enabled, pause_after_failures is set,
+-- failures >= it, and the newest of those failures finished after the schedule last changed
+-- (updated_at: a resume or an edit re-arms it for the next failure, never for the old ones).
+-- Only rows that change are locked, in id order, SKIP LOCKED: a schedule an API call or a
+-- ticker holds right now is judged at the next evaluation (the periodic sweep), never waited
+-- for, so evaluations cannot deadlock with each other or with the ticker.
+WITH clock AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), candidate AS (
+    SELECT s.id, s.health, s.health_reason, s.enabled, s.next_due_at, s.updated_at,
+           s.pause_after_failures, s.health_policy,
+           (s.health_policy ->> 'consecutive_failures')::integer AS max_failures,
+           (s.health_policy ->> 'failure_rate')::float8 AS max_rate,
+           (s.health_policy ->> 'window_runs')::integer AS window_runs,
+           (s.health_policy ->> 'overdue_seconds')::float8 AS overdue_seconds
+    FROM pgsched.schedule s
+    WHERE s.deleted_at IS NULL
+      AND (%(ids)s::bigint[] IS NULL OR s.id = ANY(%(ids)s::bigint[]))
+), figures AS (
+    SELECT c.*, clock.now, w.outcomes, w.dead, streak.failures, streak.last_failed_at,
+           c.overdue_seconds IS NOT NULL
+           AND least(CASE WHEN c.enabled THEN c.next_due_at END,
+                     (SELECT min(r.available_at) FROM pgsched.run r
+                      WHERE r.schedule_id = c.id AND r.state = 'waiting'))
+               < clock.now - make_interval(secs => c.overdue_seconds) AS overdue
+    FROM candidate c
+    CROSS JOIN clock
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS outcomes, count(*) FILTER (WHERE x.state = 'dead') AS dead
+        FROM (SELECT r.state FROM pgsched.run r
+              WHERE r.schedule_id = c.id AND r.state IN ('succeeded', 'dead')
+              ORDER BY r.due_at DESC, r.id DESC
+              LIMIT c.window_runs) x
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS failures, max(f.finished_at) AS last_failed_at
+        FROM (SELECT r.finished_at FROM pgsched.run r
+              LEFT JOIN LATERAL (
+                  SELECT o.due_at, o.id FROM pgsched.run o
+                  WHERE o.schedule_id = c.id AND o.state = 'succeeded'
+                  ORDER BY o.due_at DESC, o.id DESC
+                  LIMIT 1) ok ON true
+              WHERE r.schedule_id = c.id AND r.state = 'dead'
+                AND (ok.id IS NULL OR (r.due_at, r.id) > (ok.due_at, ok.id))
+              ORDER BY r.due_at DESC, r.id DESC
+              LIMIT greatest(c.max_failures, coalesce(c.pause_after_failures, 0))) f
+    ) streak
+), judged AS (
+    SELECT f.*,
+           CASE WHEN f.failures >= f.max_failures OR f.overdue THEN 'unhealthy'
+                WHEN f.outcomes > 0 AND f.dead >= f.max_rate * f.outcomes THEN 'degraded'
+                ELSE 'healthy' END AS new_health,
+           CASE WHEN f.failures >= f.max_failures THEN 'consecutive_failures'
+                WHEN f.overdue THEN 'overdue'
+                WHEN f.outcomes > 0 AND f.dead >= f.max_rate * f.outcomes THEN 'failure_rate'
+                END AS new_reason,
+           coalesce(f.enabled AND f.failures >= f.pause_after_failures
+                    AND f.last_failed_at > f.updated_at, false) AS trip
+    FROM figures f
+), locked AS (
+    SELECT s.id
+    FROM pgsched.schedule s
+    JOIN judged j ON j.id = s.id
+    WHERE j.trip OR j.new_health <> j.health OR j.new_reason IS DISTINCT FROM j.health_reason
+    ORDER BY s.id
+    FOR NO KEY UPDATE OF s SKIP LOCKED
+), changed AS (
+    UPDATE pgsched.schedule s
+    SET health = j.new_health,
+        health_reason = j.new_reason,
+        health_since = CASE WHEN j.new_health <> j.health THEN j.now ELSE s.health_since END,
+        enabled = CASE WHEN j.trip THEN false ELSE s.enabled END,
+        paused_at = CASE WHEN j.trip THEN j.now ELSE s.paused_at END,
+        version = s.version + CASE WHEN j.trip THEN 1 ELSE 0 END,
+        updated_at = CASE WHEN j.trip THEN j.now ELSE s.updated_at END
+    FROM judged j, locked l
+    WHERE s.id = j.id AND l.id = j.id
+    RETURNING s.id, s.name, s.health, s.health_reason, s.health_since, s.health_policy,
+              s.enabled, s.paused_at, s.version, s.updated_at, s.pause_after_failures,
+              j.health AS old_health, j.health_reason AS old_reason, j.trip, j.failures,
+              j.outcomes, j.dead, j.now
+), health_event AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT c.now, 'schedule', c.id, 'schedule.health_changed', %(actor)s,
+           jsonb_build_object('health', c.health, 'health_reason', c.health_reason,
+                              'health_since', c.health_since),
+           jsonb_build_object('from', c.old_health, 'to', c.health,
+                              'from_reason', c.old_reason, 'reason', c.health_reason,
+                              'consecutive_failures', c.failures,
+                              'window_outcomes', c.outcomes, 'window_dead', c.dead,
+                              'policy', c.health_policy)
+    FROM changed c
+    WHERE c.health <> c.old_health OR c.health_reason IS DISTINCT FROM c.old_reason
+    ORDER BY c.id
+), pause_event AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+    SELECT c.now, 'schedule', c.id, 'schedule.paused', %(actor)s,
+           jsonb_build_object('enabled', c.enabled, 'paused_at', c.paused_at,
+                              'version', c.version, 'updated_at', c.updated_at),
+           jsonb_build_object('reason', 'circuit_breaker',
+                              'consecutive_failures', c.failures,
+                              'pause_after_failures', c.pause_after_failures)
+    FROM changed c
+    WHERE c.trip
+    ORDER BY c.id
+)
+SELECT c.id, c.name, c.old_health, c.health, c.old_reason, c.health_reason, c.trip AS paused,
+       c.failures
+FROM changed c
+ORDER BY c.id;
+
+-- name: live_schedule_ids
+-- Every live schedule's id, in order: the sweep judges them a chunk at a time (ADR 0032).
+SELECT id FROM pgsched.schedule WHERE deleted_at IS NULL ORDER BY id;
