@@ -40,6 +40,9 @@ DEFAULTS: Mapping[str, Any] = {
     "missed_cap": 100,
     "grace_seconds": 60,
     "max_concurrency": None,
+    # Upstream schedule ids and how long an occurrence waits for them (ADR 0033).
+    "depends_on": [],
+    "dependency_timeout_seconds": 3600,
     "enabled": True,
     "next_due_at": None,
 }
@@ -128,6 +131,12 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     """
     no_nul(fields["payload"], "payload")
     fields["payload"] = validate_payload(fields["job_type"], fields["payload"])
+    if is_job(fields) and fields["depends_on"]:
+        raise InvalidDefinition("depends_on", "a job definition has no occurrences to wait")
+    timeout = fields["dependency_timeout_seconds"]  # None: stored before ADR 0033, the default
+    whole = isinstance(timeout, int) and not isinstance(timeout, bool)
+    if timeout is not None and not (whole and timeout >= 1):
+        raise InvalidDefinition("dependency_timeout_seconds", "must be a whole number above 0")
     if is_job(fields):
         if any(fields[k] is not None for k in TIMING):
             raise InvalidDefinition("kind", "a job definition has no cron, interval or run_at")
