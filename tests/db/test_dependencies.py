@@ -167,6 +167,10 @@ async def test_an_upstream_failure_makes_the_chain_wait_then_skip_with_the_reaso
     assert await _event_count(conn, "run.skipped") == 2
     assert await _event_count(conn, "run.unblocked") == 0
     assert await replay.verify(conn) == []
+    # The log alone rebuilds the waits and the skips exactly.
+    before = await _runs(conn)
+    await replay.rebuild(conn)
+    assert await _runs(conn) == before
 
 
 async def test_a_blocked_run_is_never_claimed_and_an_operator_may_cancel_it(
