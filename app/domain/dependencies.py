@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pgsched.app.domain.errors import InvalidDefinition
 from pgsched.app.domain.occurrences import ScheduleSpec, next_after, occurrences
@@ -29,6 +29,7 @@ MAX_WAITS_PER_UPSTREAM: Final = 10_000
 _TICK: Final = timedelta(microseconds=1)
 
 Ref = int | str  # an upstream as a client names it: an id, or a live schedule's name
+K = TypeVar("K", int, str)  # a schedule in a graph: its id, or its name
 
 
 def unique_refs(refs: Iterable[Ref]) -> list[Ref]:
@@ -62,16 +63,16 @@ def resolve(refs: Sequence[Ref], live: Sequence[Mapping[str, Any]]) -> list[int]
 
 
 def cycle_through(
-    start: int, upstreams: Sequence[int], graph: Mapping[int, Sequence[int]]
-) -> list[int] | None:
+    start: K, upstreams: Sequence[K], graph: Mapping[K, Sequence[K]]
+) -> list[K] | None:
     """The cycle `start` would close by depending on `upstreams`, as [start, ..., start];
-    None when there is none. `graph` maps each schedule to its upstreams (its own entry is
-    ignored: `upstreams` replaces it)."""
+    None when there is none. `graph` maps each schedule (by id, or by name before ids exist)
+    to its upstreams (its own entry is ignored: `upstreams` replaces it)."""
     edges = {**graph, start: list(upstreams)}
-    path: list[int] = [start]
-    done: set[int] = set()
+    path: list[K] = [start]
+    done: set[K] = set()
 
-    def walk(node: int) -> bool:
+    def walk(node: K) -> bool:
         for upstream in edges.get(node, ()):
             if upstream == start:
                 path.append(start)
@@ -99,6 +100,27 @@ def refuse_cycle(
     if cycle is not None:
         named = " -> ".join(names.get(node, f"schedule {node}") for node in cycle)
         raise InvalidDefinition(FIELD, f"would make a cycle: {named}")
+
+
+def in_order(graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """The schedules of `graph` (names to upstream names) upstreams first, each after all of
+    its upstreams (ties by name), for a writer that creates several at once (a file applied
+    whole); InvalidDefinition names a cycle. Upstreams outside `graph` are taken as existing."""
+    for name in sorted(graph):
+        cycle = cycle_through(name, graph[name], graph)
+        if cycle is not None:
+            raise InvalidDefinition(FIELD, "would make a cycle: " + " -> ".join(cycle))
+    ordered: list[str] = []
+    placed: set[str] = set()
+    while len(ordered) < len(graph):
+        ready = sorted(
+            n
+            for n in graph
+            if n not in placed and all(u in placed or u not in graph for u in graph[n])
+        )
+        ordered += ready
+        placed.update(ready)
+    return ordered
 
 
 def period(spec: ScheduleSpec, due_at: datetime) -> tuple[datetime, datetime | None]:

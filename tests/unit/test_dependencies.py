@@ -8,7 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pgsched.app.domain.dependencies import cycle_through, period, refuse_cycle, waits_for
+from pgsched.app.domain.dependencies import (
+    cycle_through,
+    in_order,
+    period,
+    refuse_cycle,
+    waits_for,
+)
 from pgsched.app.domain.errors import InvalidDefinition
 from pgsched.app.domain.occurrences import ScheduleSpec
 
@@ -89,3 +95,10 @@ def test_cycles_through_the_changed_schedule_are_found_and_diamonds_are_not() ->
     assert cycle_through(3, [2, 1], graph) is None
     with pytest.raises(InvalidDefinition, match=r"^would make a cycle: a -> c -> b -> a$"):
         refuse_cycle(1, [3], graph, {1: "a", 2: "b", 3: "c"})
+
+
+def test_schedules_defined_together_are_ordered_upstreams_first_or_their_cycle_named() -> None:
+    diamond = {"d": ["b", "c"], "c": ["a"], "b": ["a", "existing"], "a": []}
+    assert in_order(diamond) == ["a", "b", "c", "d"]
+    with pytest.raises(InvalidDefinition, match=r"^would make a cycle: a -> c -> b -> a$"):
+        in_order({"a": ["c"], "b": ["a"], "c": ["b"]})
