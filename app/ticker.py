@@ -13,6 +13,11 @@ due before now - grace. Per schedule:
 - `latest` (default): the most recent one runs (origin "catchup"), the older ones are recorded
   (reason "superseded");
 - `all`: the most recent `missed_cap` run (origin "catchup"), older ones are recorded ("over_cap").
+
+Dependencies (ADR 0033): a new run of a schedule with upstreams is held `blocked` in the same
+transaction, with the upstream occurrences of its period it waits for. At the end of each tick
+the blocked runs are settled: released to `waiting` once every one of those upstream runs
+succeeded, skipped once their wait times out.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
+from pgsched.app.domain import dependencies
 from pgsched.app.domain.occurrences import jitter_offset, next_after, occurrences
-from pgsched.app.domain.schedule import spec_of
+from pgsched.app.domain.schedule import DEFAULTS, spec_of
 from pgsched.otel.runs import trace_context_json
 
 # Occurrences enumerated per schedule per tick. A schedule further behind than this continues at
@@ -91,6 +97,9 @@ class TickResult:
     overlapped: int = 0
     batches: int = 0
     run_ids: list[int] = field(default_factory=list)
+    blocked: int = 0  # new runs held for their upstreams
+    released: int = 0  # blocked runs whose upstreams all succeeded
+    skipped: int = 0  # blocked runs whose wait timed out
 
 
 async def tick(
@@ -108,13 +117,28 @@ async def tick(
             at = await store.db_now(conn, now)
             groups = await store.ticker.lock_due_groups(conn, horizon=at + lookahead, limit=batch)
             if not groups:
-                return result
+                break
             locked = await _materialise(
                 conn, groups=groups, now=at, horizon=at + lookahead, actor=actor, result=result
             )
         result.batches += 1
         if locked < batch:
-            return result
+            break
+    await settle(conn, now=now, actor=actor, limit=batch, result=result)
+    return result
+
+
+async def settle(
+    conn: Conn, *, now: datetime | None, actor: str, limit: int, result: TickResult
+) -> None:
+    """Release the blocked runs whose upstreams all succeeded, skip those whose wait timed out
+    (ADR 0033); one transaction, at most `limit` runs (the rest at the next tick)."""
+    async with conn.transaction():
+        settled = await store.dependencies.settle_blocked(conn, limit=limit, actor=actor, now=now)
+        if settled["released"]:
+            await store.wake_workers(conn)
+    result.released += len(settled["released"])
+    result.skipped += len(settled["skipped"])
 
 
 async def tick_together(
@@ -145,6 +169,9 @@ async def tick_together(
         total.overlapped += part.overlapped
         total.batches += part.batches
         total.run_ids += part.run_ids
+        total.blocked += part.blocked
+        total.released += part.released
+        total.skipped += part.skipped
     return total
 
 
@@ -166,9 +193,11 @@ async def _materialise(
     runs: list[tuple[int, datetime, datetime, str]] = []
     missed: list[tuple[int, datetime, str]] = []
     next_dues: list[datetime | None] = []
+    dependents: list[int] = []
     for g, row in enumerate(groups, start=1):
         planned = plan(row, now, horizon)
         ids += row["ids"]
+        dependents += row["dependent_ids"]
         members += [g] * len(row["ids"])
         runs += [(g, due_at, available, origin) for due_at, available, origin in planned.runs]
         missed += [(g, due_at, reason) for due_at, reason in planned.missed]
@@ -200,10 +229,51 @@ async def _materialise(
     result.duplicates += summary["admitted"] - len(created)
     result.overlapped += summary["refused"]
     result.missed += summary["missed"]
+    if created and dependents:
+        result.blocked += await _hold(conn, created, dependents, now=now, actor=actor)
     if created:
         await store.wake_workers(conn)
     result.schedules += len(ids)
     return len(ids)
+
+
+async def _hold(
+    conn: Conn, run_ids: Sequence[int], schedule_ids: Sequence[int], *, now: datetime, actor: str
+) -> int:
+    """Block the new runs of schedules with upstreams: each waits for the upstream occurrences
+    of its period (app.domain.dependencies) until now + its schedule's timeout. Returns how
+    many were blocked."""
+    found = await store.dependencies.new_dependent_runs(
+        conn, run_ids, schedule_ids, default_timeout=DEFAULTS["dependency_timeout_seconds"]
+    )
+    per_run: dict[int, list[Mapping[str, Any]]] = {}
+    for row in found:
+        per_run.setdefault(row["id"], []).append(row)
+    held: list[dict[str, object]] = []
+    for pairs in per_run.values():
+        run = pairs[0]
+        upstreams = [(r["upstream_id"], spec_of(_upstream_row(r))) for r in pairs]
+        waits = dependencies.waits_for(spec_of(run), run["due_at"], upstreams)
+        held.append(
+            {
+                "id": run["id"],
+                "due_at": run["due_at"],
+                "waits_for": [
+                    {"schedule_id": upstream, "due_at": due.astimezone(UTC)}
+                    for upstream, due in waits
+                ],
+                "wait_until": now + timedelta(seconds=run["dependency_timeout_seconds"]),
+            }
+        )
+    if not held:
+        return 0
+    return len(await store.dependencies.block_runs(conn, held, actor=actor, now=now))
+
+
+def _upstream_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream's timing columns, from new_dependent_runs' `upstream_*` ones."""
+    prefix = "upstream_"
+    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -167,6 +167,16 @@ METRICS: Final[tuple[Metric, ...]] = (
         "ticker",
     ),
     Metric(
+        "pgsched.runs.dependency",
+        "pgsched_runs_dependency_total",
+        "counter",
+        "{run}",
+        ("decision",),
+        "Runs of schedules with upstreams, by the ticker's decision (ADR 0033): blocked (held "
+        "for its upstreams), released (they all succeeded), skipped (the wait timed out).",
+        "ticker",
+    ),
+    Metric(
         "pgsched.ticker.tick.duration",
         "pgsched_ticker_tick_duration_seconds",
         "histogram",

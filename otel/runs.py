@@ -445,6 +445,12 @@ class TickLike(Protocol):
     def missed(self) -> int: ...
     @property
     def overlapped(self) -> int: ...
+    @property
+    def blocked(self) -> int: ...
+    @property
+    def released(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -480,7 +486,8 @@ def ticking() -> Iterator[Tick]:
                 span.set_attribute(spans.BATCH_COUNT, result.created)
                 span.set_attribute(spans.RUNS_MISSED, result.missed)
                 span.set_attribute(spans.RUNS_OVERLAPPED, result.overlapped)
-                if not (result.created or result.missed or result.overlapped):
+                busy = result.created or result.missed or result.overlapped
+                if not (busy or result.released or result.skipped):
                     span.set_attribute(spans.IDLE, True)
     finally:
         otel_context.detach(token)
@@ -496,6 +503,9 @@ def ticking() -> Iterator[Tick]:
             tel.counter("pgsched.occurrences.missed").add(result.missed, {"reason": "late"})
         if result.overlapped:
             tel.counter("pgsched.occurrences.missed").add(result.overlapped, {"reason": "overlap"})
+        for decision in ("blocked", "released", "skipped"):  # schedule dependencies (ADR 0033)
+            if count := getattr(result, decision):
+                tel.counter("pgsched.runs.dependency").add(count, {"decision": decision})
 
 
 def _log_tick(result: TickLike, elapsed: float) -> None:

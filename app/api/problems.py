@@ -31,6 +31,7 @@ from psycopg_pool import PoolTimeout
 
 from pgsched.app.db import store
 from pgsched.app.domain.errors import (
+    HasDependents,
     InvalidDefinition,
     InvalidRequest,
     NotFound,
@@ -231,6 +232,11 @@ def _protected(request: Request[Any, Any, Any], exc: Protected) -> Response[Prob
     return problem_response(request, 409, str(exc), kind="builtin-schedule", errors=errors)
 
 
+def _has_dependents(request: Request[Any, Any, Any], exc: HasDependents) -> Response[Problem]:
+    """Deleting an upstream of live schedules (ADR 0033): their names are in the detail."""
+    return problem_response(request, 409, str(exc), kind="has-dependents")
+
+
 def _invalid(
     request: Request[Any, Any, Any],
     exc: InvalidRequest | InvalidSchedule | InvalidPayload,
@@ -286,6 +292,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     VersionMismatch: _stale,
     InvalidDefinition: _bad_definition,
     Protected: _protected,
+    HasDependents: _has_dependents,
     InvalidRequest: _invalid,
     InvalidSchedule: _invalid,
     InvalidPayload: _invalid,

@@ -34,7 +34,8 @@ JobType = Literal["http", "command", "sql", "python", "noop"]
 Kind = Literal["cron", "interval", "once", "job"]
 OverlapPolicy = Literal["allow", "skip", "queue"]
 MissedPolicy = Literal["skip", "latest", "all"]
-RunState = Literal["waiting", "running", "succeeded", "dead", "cancelled"]
+# blocked: waiting for its upstreams' runs; skipped: their wait timed out (ADR 0033).
+RunState = Literal["waiting", "running", "succeeded", "dead", "cancelled", "blocked", "skipped"]
 WorkerState = Literal["active", "stopping", "stopped", "gone"]
 Status = Literal["healthy", "degraded", "unhealthy"]
 HealthReason = Literal["consecutive_failures", "failure_rate", "overdue"]
@@ -58,6 +59,26 @@ PauseAfter = Annotated[
         le=MAX_HEALTH_RUNS,
         description="The circuit breaker: pause the schedule after this many dead runs in a "
         "row (null: never). Resuming re-arms it for the next failure (ADR 0032).",
+    ),
+]
+# An upstream schedule: its id, or a live schedule's name (ADR 0033).
+UpstreamRef = Id | Name
+DependsOn = Annotated[
+    list[UpstreamRef],
+    Meta(
+        max_length=100,
+        description=(
+            "Upstream schedules (ids or names): an occurrence runs only after each upstream's "
+            "runs due in its period (from its due time to its next occurrence) succeeded."
+        ),
+    ),
+]
+DependencyTimeout = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_SECONDS,
+        description="How long an occurrence waits for its upstreams before it is skipped.",
     ),
 ]
 
@@ -116,6 +137,8 @@ class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     missed_cap: MissedCap = DEFAULTS["missed_cap"]
     grace_seconds: Count32 = DEFAULTS["grace_seconds"]
     max_concurrency: Concurrency | None = None
+    depends_on: DependsOn = msgspec.field(default_factory=list)
+    dependency_timeout_seconds: DependencyTimeout = DEFAULTS["dependency_timeout_seconds"]
     enabled: bool = True
     starts_at: Instant | None = None
     ends_at: Instant | None = None
@@ -153,6 +176,8 @@ class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     missed_cap: MissedCap | UnsetType = UNSET
     grace_seconds: Count32 | UnsetType = UNSET
     max_concurrency: Concurrency | UnsetType | None = UNSET
+    depends_on: DependsOn | UnsetType = UNSET
+    dependency_timeout_seconds: DependencyTimeout | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     starts_at: Instant | UnsetType | None = UNSET
     ends_at: Instant | UnsetType | None = UNSET
@@ -194,6 +219,8 @@ class Schedule(Struct, kw_only=True):
     missed_cap: int
     grace_seconds: int
     max_concurrency: int | None
+    depends_on: list[int]
+    dependency_timeout_seconds: int
     enabled: bool
     paused_at: datetime | None
     starts_at: datetime | None
@@ -294,6 +321,10 @@ class Run(Struct, kw_only=True):
     created_at: datetime
     payload: dict[str, Any] | None
     timeout_seconds: float | None
+    # A run of a schedule with upstreams: the upstream occurrences ({schedule_id, due_at}) it
+    # waited for, and until when (ADR 0033); null otherwise.
+    waits_for: list[dict[str, Any]] | None = None
+    wait_until: datetime | None = None
 
 
 class Attempt(Struct, kw_only=True):
@@ -453,6 +484,11 @@ def schedule_out(row: Mapping[str, Any]) -> Schedule:
         "factor": row["retry_factor"],
         "max_delay_seconds": row["retry_max_delay_seconds"],
     }
+    # NULL: a schedule stored before dependencies existed (migration 0022), which has none.
+    fields["depends_on"] = row.get("depends_on") or []
+    fields["dependency_timeout_seconds"] = (
+        row.get("dependency_timeout_seconds") or DEFAULTS["dependency_timeout_seconds"]
+    )
     return msgspec.convert(fields, Schedule)
 
 

@@ -54,3 +54,16 @@ class VersionMismatch(OperationError):
     def __init__(self, version: int) -> None:
         super().__init__(f"the schedule changed since that version; it is now at version {version}")
         self.version = version
+
+
+class HasDependents(OperationError):
+    """The schedule is an upstream of live schedules (ADR 0033): deleting it would leave their
+    occurrences waiting for runs that never come. `dependents` are their names."""
+
+    def __init__(self, row: Mapping[str, Any], dependents: list[str]) -> None:
+        named = ", ".join(repr(name) for name in dependents)
+        super().__init__(
+            f"schedule {row['id']} ({row['name']!r}) is an upstream of {named}: "
+            "remove it from their depends_on first"
+        )
+        self.dependents = dependents

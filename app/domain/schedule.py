@@ -53,6 +53,9 @@ DEFAULTS: Mapping[str, Any] = {
     "missed_cap": 100,
     "grace_seconds": 60,
     "max_concurrency": None,
+    # Upstream schedule ids and how long an occurrence waits for them (ADR 0033).
+    "depends_on": [],
+    "dependency_timeout_seconds": 3600,
     "enabled": True,
     "next_due_at": None,
     "health_policy": HEALTH_POLICY,
@@ -148,6 +151,12 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     fields["pause_after_failures"] = _count(
         fields["pause_after_failures"], "pause_after_failures", optional=True
     )
+    if is_job(fields) and fields["depends_on"]:
+        raise InvalidDefinition("depends_on", "a job definition has no occurrences to wait")
+    timeout = fields["dependency_timeout_seconds"]  # None: stored before ADR 0033, the default
+    whole = isinstance(timeout, int) and not isinstance(timeout, bool)
+    if timeout is not None and not (whole and timeout >= 1):
+        raise InvalidDefinition("dependency_timeout_seconds", "must be a whole number above 0")
     if is_job(fields):
         if any(fields[k] is not None for k in TIMING):
             raise InvalidDefinition("kind", "a job definition has no cron, interval or run_at")

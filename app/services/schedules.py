@@ -9,7 +9,7 @@ kept in the event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -17,8 +17,9 @@ from typing import Any
 
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row
-from pgsched.app.domain import schedule
+from pgsched.app.domain import dependencies, schedule
 from pgsched.app.domain.errors import (
+    HasDependents,
     InvalidDefinition,
     InvalidRequest,
     NotFound,
@@ -37,13 +38,41 @@ async def live(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row:
     return row
 
 
+async def upstream_ids(conn: Conn, refs: Sequence[dependencies.Ref]) -> list[int]:
+    """The ids of the live schedules `refs` names (ids or names, ADR 0033); InvalidDefinition
+    names an unknown one or a job definition. Takes the dependency graph's lock (held until the
+    transaction ends), so an upstream cannot be deleted meanwhile."""
+    await store.dependencies.lock_graph(conn)
+    unique = dependencies.unique_refs(refs)
+    live = await store.dependencies.upstream_candidates(
+        conn,
+        [r for r in unique if isinstance(r, int)],
+        [r for r in unique if isinstance(r, str)],
+    )
+    return dependencies.resolve(unique, live)
+
+
+async def refuse_cycle(conn: Conn, schedule_id: int, name: str, upstreams: Sequence[int]) -> None:
+    """InvalidDefinition naming the cycle ("a -> b -> a") that schedule `schedule_id` (called
+    `name`) would close by depending on `upstreams`, against the committed graph. Call within
+    the transaction of `upstream_ids`, which holds the graph's lock."""
+    edges = await store.dependencies.graph(conn)
+    graph = {int(r["id"]): [int(u) for u in r["depends_on"]] for r in edges}
+    names = {int(r["id"]): str(r["name"]) for r in edges} | {schedule_id: name}
+    dependencies.refuse_cycle(schedule_id, upstreams, graph, names)
+
+
 async def create(
     conn: Conn, fields: Mapping[str, Any], *, actor: str, now: datetime | None, meta: Meta = None
 ) -> Row:
     """Store a new schedule from client-settable `fields` (completed with the defaults),
-    checked, with its first due time from the database's now."""
+    checked, with its first due time from the database's now. `depends_on` may name upstreams
+    by id or name; they are stored as ids. A new schedule closes no cycle: none depends on it
+    yet."""
     complete = schedule.complete(fields)
     async with conn.transaction():
+        if complete["depends_on"]:
+            complete["depends_on"] = await upstream_ids(conn, complete["depends_on"])
         # One transaction, so created_at (the interval anchor) is the instant we planned with.
         at = await store.db_now(conn, now)
         spec = schedule.check(complete, created_at=at)
@@ -89,10 +118,14 @@ async def update(
             fields["health_policy"] = schedule.health_policy(
                 patch["health_policy"], row["health_policy"]
             )
+        if patch.get("depends_on"):
+            fields["depends_on"] = await upstream_ids(conn, patch["depends_on"])
         spec = schedule.check(fields, created_at=row["created_at"])
         changed = schedule.changes(row, fields)
         if not changed:
             return row  # nothing to record; the version stays
+        if changed.get("depends_on"):
+            await refuse_cycle(conn, schedule_id, fields["name"], changed["depends_on"])
         schedule.check_builtin_change(row, changed)
         at = await store.db_now(conn, now)
         if schedule.TIMING_COLUMNS & changed.keys():
@@ -174,6 +207,12 @@ async def delete(
             raise VersionMismatch(row["version"])
         at = await store.db_now(conn, now)
         schedule.check_builtin_change(row, {"deleted_at": at})
+        # Refused rather than the edges dropped: the dependents' occurrences would run without
+        # what they were declared to need (ADR 0033). The lock keeps a new edge from appearing.
+        await store.dependencies.lock_graph(conn)
+        dependents = await store.dependencies.dependents_of(conn, schedule_id)
+        if dependents:
+            raise HasDependents(row, [str(d["name"]) for d in dependents])
         changed = await store.update_schedule(
             conn,
             schedule_id,

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from pgsched.app import maintenance, ticker
 from pgsched.app.db import replay, store
@@ -303,21 +304,24 @@ async def test_the_migration_turns_the_stored_sql_builtin_into_the_python_job(
     migrate(empty_dsn, "0015")
     conn = await connect(empty_dsn)
     try:
-        fields = schedule.complete(
-            {
-                "name": maintenance.BUILTIN_NAME,
-                "kind": "cron",
-                "cron": "7 * * * *",
-                "job_type": "sql",
-                "payload": {
-                    "statement": "SELECT * FROM pgsched.maintain_v2(%s::int,"
-                    " make_interval(days => %s::int), make_interval(days => %s::int))",
-                    "params": [4, 31, 92],
-                },
-                "timeout_seconds": 600.0,
-            }
+        payload = {
+            "statement": "SELECT * FROM pgsched.maintain_v2(%s::int,"
+            " make_interval(days => %s::int), make_interval(days => %s::int))",
+            "params": [4, 31, 92],
+        }
+        # As 0015's code stored it: only the columns that schema has (today's create_schedule
+        # names columns added since), the rest their defaults, and schedule.created the row.
+        cur = await conn.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, payload, kind, cron,"
+            " timeout_seconds, created_at, updated_at)"
+            " VALUES (%s, 'sql', %s, 'cron', '7 * * * *', 600, now(), now()) RETURNING *),"
+            " ev AS (INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'pgsched', to_jsonb(s) FROM s)"
+            " SELECT * FROM s",
+            [maintenance.BUILTIN_NAME, Jsonb(payload)],
         )
-        old = await store.create_schedule(conn, fields, actor="pgsched", now=None)
+        old = await cur.fetchone()
+        assert old is not None
         migrate(empty_dsn)
         new = await store.get_schedule(conn, old["id"])
         assert new is not None

@@ -192,3 +192,40 @@ def test_0019_round_trips_and_keeps_earlier_runs_verifiable(empty_dsn: str) -> N
     assert _schema_dump(empty_dsn) == before
     migrate(empty_dsn)
     assert _schema_dump(empty_dsn) == after
+
+
+def test_0022_keeps_earlier_schedules_verifiable_and_refuses_to_drop_blocked_runs(
+    empty_dsn: str,
+) -> None:
+    """0022 (ADR 0033) adds the dependency columns as NULL, which is what the events of a
+    schedule stored before it fold to, so verify stays clean; its downgrade fails while a run
+    is blocked (nothing is deleted) and otherwise leaves the schema as it found it."""
+    migrate(empty_dsn, "0019")
+    before = _schema_dump(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        c.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds,"
+            " created_at, updated_at) VALUES ('s', 'noop', 'interval', 60, now(), now())"
+            " RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'test', to_jsonb(s) FROM s"
+        )
+        c.execute(
+            "WITH r AS (INSERT INTO pgsched.run (schedule_id, due_at, origin, state, queue,"
+            " priority, available_at, max_attempts, created_at)"
+            " SELECT id, now(), 'schedule', 'waiting', 'default', 0, now(), 3, now()"
+            " FROM pgsched.schedule RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'run', r.id, 'run.created', 'test', to_jsonb(r) FROM r"
+        )
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(query("diff_schedules")).fetchall() == []
+        assert c.execute(query("diff_runs")).fetchall() == []
+        c.execute("UPDATE pgsched.run SET state = 'blocked'")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        migrate(empty_dsn, "0019", down=True)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        c.execute("UPDATE pgsched.run SET state = 'waiting'")
+    migrate(empty_dsn, "0019", down=True)
+    assert _schema_dump(empty_dsn) == before

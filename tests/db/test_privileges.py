@@ -68,6 +68,8 @@ COLUMNS = {
         "available_at",
         "finished_at",
         "outcome",
+        "waits_for",  # the ticker blocks a run on its upstreams (ADR 0033)
+        "wait_until",
     },
     ("pgsched.run", "pgsched_api"): {
         "state",
@@ -408,6 +410,27 @@ async def _worker_transitions(worker: Conn, api: Conn) -> None:
     await store.record_system_event(
         worker, "partition.archive_failed", note, actor="maintenance", now=None
     )
+    await _dependency_transitions(worker, api)
+
+
+async def _dependency_transitions(worker: Conn, api: Conn) -> None:
+    """The ticker blocks the runs of schedules with upstreams (ADR 0033), releases one whose
+    period holds no upstream occurrence and skips one whose paused upstream never ran."""
+    at = T + timedelta(hours=3)
+    day = timedelta(days=1)
+    later = await make_schedule(api, now=at, kind="once", interval_seconds=None, run_at=at + day)
+    paused = await make_schedule(api, now=at, enabled=False)
+    released = await make_schedule(api, now=at, depends_on=[later["id"]])
+    skipped = await make_schedule(
+        api, now=at, depends_on=[paused["id"]], dependency_timeout_seconds=1
+    )
+    assert (await ticker.tick(worker, now=at)).released >= 1
+    assert (await ticker.tick(worker, now=at + timedelta(seconds=2))).skipped == 1
+    cur = await worker.execute(
+        "SELECT schedule_id, state FROM pgsched.run WHERE schedule_id = ANY(%s) ORDER BY 1",
+        [[released["id"], skipped["id"]]],
+    )
+    assert [r["state"] for r in await cur.fetchall()] == ["waiting", "skipped"]
 
 
 async def test_every_transition_of_the_application_roles_passes_the_guard(dsn: str) -> None:

@@ -24,6 +24,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgsched import otel
+from pgsched.app import ticker
 from pgsched.app.clock import SystemClock
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
@@ -31,6 +32,7 @@ from pgsched.app.domain.schedule import HEALTH_POLICY
 from pgsched.app.service import default_loops
 from pgsched.app.services import schedules
 from pgsched.otel import catalogue
+from pgsched.otel import runs as otel_runs
 from pgsched.workers.jobs import JobContext, Outcome
 from pgsched.workers.worker import POOL_SIZE
 from tests.api.conftest import wait_for
@@ -348,6 +350,23 @@ async def test_the_ticker_counts_missed_occurrences_and_stamps_its_last_tick(
     assert points["pgsched.occurrences.missed"] == [({"reason": "late"}, len(reasons))]
     ((labels, stamp),) = points["pgsched.ticker.last_tick.timestamp"]
     assert labels == {} and stamp == last
+
+
+async def test_the_ticker_counts_its_dependency_decisions(
+    db: Conn, telemetry: otel.Telemetry
+) -> None:
+    """A run held for a paused upstream is counted blocked, then skipped when its wait ends."""
+    at = datetime.now(UTC).replace(microsecond=0)
+    upstream = await make_schedule(db, now=at, enabled=False)
+    await make_schedule(db, now=at, depends_on=[upstream["id"]], dependency_timeout_seconds=1)
+    for instant in (at, at + timedelta(seconds=2)):
+        with otel_runs.ticking() as tick:  # as the service's ticker loop records a tick
+            tick.done(await ticker.tick(db, now=instant))
+    samples = await scrape(telemetry)
+    assert value(samples, "pgsched_runs_dependency_total", decision="blocked") == 1
+    assert value(samples, "pgsched_runs_dependency_total", decision="skipped") == 1
+    assert value(samples, "pgsched_runs_dependency_total", decision="released") is None
+    check_against_catalogue(samples)
 
 
 async def test_a_fenced_completion_is_counted(

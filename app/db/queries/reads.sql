@@ -22,7 +22,7 @@ LIMIT %(limit)s;
 SELECT r.id, r.schedule_id, s.name AS schedule_name, r.due_at, r.adhoc, r.origin, r.state,
        r.queue, r.priority, r.available_at, r.attempt, r.max_attempts, r.lease_expires_at,
        r.worker_id, r.started_at, r.finished_at, r.outcome, r.cancel_requested,
-       r.idempotency_key, r.created_at, r.payload, r.timeout_seconds
+       r.idempotency_key, r.created_at, r.payload, r.timeout_seconds, r.waits_for, r.wait_until
 FROM pgsched.run r
 LEFT JOIN pgsched.schedule s ON s.id = r.schedule_id
 WHERE (%(states)s::text[] IS NULL OR r.state = ANY(%(states)s::text[]))
@@ -41,7 +41,7 @@ LIMIT %(limit)s;
 SELECT r.id, r.schedule_id, s.name AS schedule_name, r.due_at, r.adhoc, r.origin, r.state,
        r.queue, r.priority, r.available_at, r.attempt, r.max_attempts, r.lease_expires_at,
        r.worker_id, r.started_at, r.finished_at, r.outcome, r.cancel_requested,
-       r.idempotency_key, r.created_at, r.payload, r.timeout_seconds
+       r.idempotency_key, r.created_at, r.payload, r.timeout_seconds, r.waits_for, r.wait_until
 FROM pgsched.run r
 LEFT JOIN pgsched.schedule s ON s.id = r.schedule_id
 WHERE r.id = %(id)s::bigint;

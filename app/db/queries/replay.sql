@@ -66,12 +66,13 @@ FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
 INSERT INTO pgsched.run
     (id, schedule_id, due_at, adhoc, origin, state, queue, priority, available_at, attempt,
      max_attempts, lease_token, lease_expires_at, worker_id, started_at, finished_at, outcome,
-     cancel_requested, idempotency_key, trace_context, created_at, payload, timeout_seconds)
+     cancel_requested, idempotency_key, trace_context, created_at, payload, timeout_seconds,
+     waits_for, wait_until)
 OVERRIDING SYSTEM VALUE
 SELECT p.id, p.schedule_id, p.due_at, p.adhoc, p.origin, p.state, p.queue, p.priority,
        p.available_at, p.attempt, p.max_attempts, p.lease_token, p.lease_expires_at, p.worker_id,
        p.started_at, p.finished_at, p.outcome, p.cancel_requested, p.idempotency_key,
-       p.trace_context, p.created_at, p.payload, p.timeout_seconds
+       p.trace_context, p.created_at, p.payload, p.timeout_seconds, p.waits_for, p.wait_until
 FROM (SELECT pgsched.jsonb_merge(e.data ORDER BY e.id) AS state
       FROM pgsched.event e
       WHERE e.stream = 'run'

@@ -357,15 +357,16 @@ VALUES (coalesce(%(now)s::timestamptz, now()), 'run', %(id)s, 'run.completion_fe
 RETURNING id;
 
 -- name: cancel_run
--- Cancel a run: a waiting run ends at once; a running one is asked to stop (the worker sees it at
--- its next heartbeat and reports the attempt cancelled).
+-- Cancel a run: a waiting run (or one blocked on its upstreams, ADR 0033) ends at once; a
+-- running one is asked to stop (the worker sees it at its next heartbeat and reports the
+-- attempt cancelled).
 WITH r AS (
     UPDATE pgsched.run
-    SET state = CASE state WHEN 'waiting' THEN 'cancelled' ELSE state END,
-        finished_at = CASE state WHEN 'waiting' THEN coalesce(%(now)s::timestamptz, now())
-                                 ELSE finished_at END,
+    SET state = CASE WHEN state IN ('waiting', 'blocked') THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state IN ('waiting', 'blocked')
+                           THEN coalesce(%(now)s::timestamptz, now()) ELSE finished_at END,
         cancel_requested = true
-    WHERE id = %(id)s AND state IN ('waiting', 'running') AND NOT cancel_requested
+    WHERE id = %(id)s AND state IN ('waiting', 'blocked', 'running') AND NOT cancel_requested
     RETURNING *
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)

@@ -9,13 +9,13 @@ WITH s AS (
         name, job_type, payload, kind, cron, interval_seconds, run_at, timezone, starts_at, ends_at,
         jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
         retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
-        grace_seconds, max_concurrency, enabled, paused_at, next_due_at, created_at, updated_at,
-        health_policy, pause_after_failures)
+        grace_seconds, max_concurrency, depends_on, dependency_timeout_seconds, enabled,
+        paused_at, next_due_at, created_at, updated_at, health_policy, pause_after_failures)
     SELECT d.name, d.job_type, d.payload, d.kind, d.cron, d.interval_seconds, d.run_at, d.timezone,
            d.starts_at, d.ends_at, d.jitter_seconds, d.queue, d.priority, d.max_attempts,
            d.retry_delay_seconds, d.retry_factor, d.retry_max_delay_seconds, d.timeout_seconds,
            d.overlap_policy, d.missed_policy, d.missed_cap, d.grace_seconds, d.max_concurrency,
-           d.enabled,
+           d.depends_on, d.dependency_timeout_seconds, d.enabled,
            CASE WHEN d.enabled THEN NULL ELSE coalesce(%(now)s::timestamptz, now()) END,
            d.next_due_at,
            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
@@ -45,14 +45,15 @@ WITH old AS (
     SET (name, job_type, payload, kind, cron, interval_seconds, run_at, timezone, starts_at, ends_at,
          jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
          retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
-         grace_seconds, max_concurrency, enabled, paused_at, deleted_at, next_due_at,
-         health_policy, pause_after_failures) =
+         grace_seconds, max_concurrency, depends_on, dependency_timeout_seconds, enabled,
+         paused_at, deleted_at, next_due_at, health_policy, pause_after_failures) =
         (SELECT n.name, n.job_type, n.payload, n.kind, n.cron, n.interval_seconds, n.run_at,
                 n.timezone, n.starts_at, n.ends_at, n.jitter_seconds, n.queue, n.priority,
                 n.max_attempts, n.retry_delay_seconds, n.retry_factor, n.retry_max_delay_seconds,
                 n.timeout_seconds, n.overlap_policy, n.missed_policy, n.missed_cap,
-                n.grace_seconds, n.max_concurrency, n.enabled, n.paused_at, n.deleted_at,
-                n.next_due_at, n.health_policy, n.pause_after_failures
+                n.grace_seconds, n.max_concurrency, n.depends_on, n.dependency_timeout_seconds,
+                n.enabled, n.paused_at, n.deleted_at, n.next_due_at, n.health_policy,
+                n.pause_after_failures
          FROM jsonb_populate_record(t, %(changes)s::jsonb) n),
         version = t.version + 1,
         updated_at = coalesce(%(now)s::timestamptz, now())

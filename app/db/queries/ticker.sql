@@ -16,7 +16,7 @@ SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 -- `id` is one member, for plan(); `ids` are all of them.
 WITH due AS (
     SELECT id, kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at, created_at,
-           next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds
+           next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds, depends_on
     FROM pgsched.schedule
     WHERE enabled AND deleted_at IS NULL AND next_due_at <= %(horizon)s::timestamptz
     ORDER BY next_due_at, id
@@ -24,6 +24,9 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 SELECT min(id) AS id, array_agg(id ORDER BY id) AS ids,
+       -- Members whose runs wait for upstreams (ADR 0033): app.ticker holds their new runs.
+       coalesce(array_agg(id ORDER BY id) FILTER (WHERE cardinality(depends_on) > 0), '{}')
+           AS dependent_ids,
        kind, cron, timezone, interval_seconds, run_at, starts_at, ends_at,
        CASE WHEN kind = 'interval' THEN created_at END AS created_at,
        next_due_at, jitter_seconds, missed_policy, missed_cap, grace_seconds

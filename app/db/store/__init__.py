@@ -4,6 +4,7 @@
   statement (app/db/queries) that writes the projection row and appends its event together, so
   a change and its event commit or roll back as one (ADR 0005);
 - `ticker`, `maintenance`, `replay`: the statements of those processes;
+- `dependencies`: the dependency graph and the runs blocked on their upstreams (ADR 0033);
 - `health`: schedule health's evaluation and counts (ADR 0032);
 - `reads`: the read-only pages and aggregates of the API and the telemetry;
 - `executor`: runs a named statement and turns the database errors the schema raises on purpose
@@ -20,6 +21,7 @@ the modules hold the rest.
 from __future__ import annotations
 
 from pgsched.app.db.store import (
+    dependencies,
     enqueue,
     events,
     executor,
@@ -96,6 +98,7 @@ __all__ = [
     "configure_session",
     "create_schedule",
     "db_now",
+    "dependencies",
     "enqueue",
     "events",
     "executor",
