@@ -128,7 +128,8 @@ async def test_an_unknown_state_is_refused_with_the_valid_ones(
     viewer = role_tokens.auth("viewer")
     doc = problem(await api.get("/v1/runs?status=failed", headers=viewer), 422, "status")
     assert doc["errors"][0]["message"] == (
-        "must be one of waiting, running, succeeded, dead, cancelled; got 'failed'"
+        "must be one of waiting, running, succeeded, dead, cancelled, blocked, skipped;"
+        " got 'failed'"
     )
     doc = problem(await api.get("/v1/workers?state=bogus", headers=viewer), 422, "state")
     assert "active, stopping, stopped, gone" in doc["errors"][0]["message"]
