@@ -38,11 +38,18 @@ async def live(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row:
 
 
 async def create(
-    conn: Conn, fields: Mapping[str, Any], *, actor: str, now: datetime | None, meta: Meta = None
+    conn: Conn,
+    fields: Mapping[str, Any],
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Meta = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Row:
-    """Store a new schedule from client-settable `fields` (completed with the defaults),
-    checked, with its first due time from the database's now."""
-    complete = schedule.complete(fields)
+    """Store a new schedule from client-settable `fields` (completed with the operator's
+    `defaults`, then the built-in ones), checked, with its first due time from the database's
+    now."""
+    complete = schedule.complete(fields, defaults)
     async with conn.transaction():
         # One transaction, so created_at (the interval anchor) is the instant we planned with.
         at = await store.db_now(conn, now)
