@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
 
     from pgsched.app.api.config import ApiSettings
+    from pgsched.app.declare.document import Document
     from pgsched.app.maintenance import Retention
     from pgsched.app.service import Service
     from pgsched.workers.worker import WorkerSettings
@@ -214,6 +215,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.logs(env)
     # The application's jobs, as `pgsched worker` imports them: before anything starts.
     _import_jobs(settings.job_modules(env), "PGSCHED_IMPORT")
+    # A schedules file to apply at start (`--apply`, else PGSCHED_APPLY_FILE), read and
+    # checked now: a bad one is one line before anything starts.
+    apply_path = args.apply or settings.apply_file(env)
+    declared = _declaration(Path(apply_path), env) if apply_path else None
     started_local = False
     if url is None:
         url, started_local = _local_database(Path(args.data_dir))
@@ -221,7 +226,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with _telemetry("run", env):
             return _run_service(
-                url, env, worker, dataclasses.replace(api, database_url=url), retention
+                url,
+                env,
+                worker,
+                dataclasses.replace(api, database_url=url),
+                retention,
+                declared=declared,
             )
     finally:
         if started_local:
@@ -295,6 +305,8 @@ def _run_service(
     worker_settings: WorkerSettings,
     api_settings: ApiSettings,
     retention: Retention,
+    *,
+    declared: Document | None = None,
 ) -> int:
     from pgsched.app.clock import SystemClock
     from pgsched.app.service import default_loops, health_loop, serve
@@ -305,6 +317,8 @@ def _run_service(
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins(retention)))
     asyncio.run(_define_jobs(url))
+    if declared is not None:
+        asyncio.run(_with_conn(url, _applier(declared, api_settings.schedule_defaults)))
     print(f"database ready at {url}")
     print(f"  psql '{url}'")
 
@@ -478,6 +492,88 @@ def cmd_ticker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _declaration(path: Path, env: Mapping[str, str]) -> Document:
+    """A schedules file, read and checked (app.declare.document): a bad one is one line."""
+    from pgsched.app.declare import document
+
+    try:
+        return document.load(path, env)
+    except document.DeclarationError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def _applier(
+    declared: Document,
+    defaults: Mapping[str, object],
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+) -> Callable[[Conn], Awaitable[int]]:
+    async def work(conn: Conn) -> int:
+        from pgsched.app.declare import document, plan
+
+        try:
+            changes = await plan.apply(
+                conn, declared, defaults=defaults, prune=prune, dry_run=dry_run
+            )
+        except document.DeclarationError as exc:
+            raise CommandError(f"nothing applied: {exc}") from None
+        for line in plan.describe(changes, declared, dry_run=dry_run):
+            print(line)
+        return 0
+
+    return work
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Make the schedules a file declares so, in one transaction (ADR 0031)."""
+    env = _environ(args)
+    defaults = settings.schedule_defaults(env)
+    url = _database_url(args)
+    declared = _declaration(Path(args.file), env)
+    work = _applier(declared, defaults, prune=args.prune, dry_run=args.dry_run)
+    return asyncio.run(_with_conn(url, work))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the live schedules as a schedules file that `apply` takes unchanged."""
+    from pgsched.app.declare import document, plan
+
+    env = _environ(args)
+    defaults = settings.schedule_defaults(env)
+
+    async def work(conn: Conn) -> tuple[str, int]:
+        rows = await plan.declared(conn, args.manager)
+        managers = {r["managed_by"] for r in rows}
+        # Without --manager, the file names the one manager all of them share, if they do.
+        manager = args.manager or (managers.pop() if len(managers) == 1 else None)
+        try:
+            text = document.render(rows, args.format, manager=manager, defaults=defaults)
+        except document.DeclarationError as exc:
+            raise CommandError(str(exc)) from None
+        return text, len(rows)
+
+    async def export() -> tuple[str, int]:
+        conn = await psycopg.AsyncConnection.connect(
+            _database_url(args), autocommit=True, row_factory=dict_row
+        )
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    text, count = asyncio.run(export())
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"exported {count} schedule(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     """Set or clear a queue's global concurrency limit."""
     from pgsched.app.services import runs
@@ -647,6 +743,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _declare_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """`apply` and `export`: schedules as code (ADR 0031)."""
+    ay = sub.add_parser("apply", help="make the schedules a YAML or TOML file declares so")
+    ay.add_argument("file", help="the schedules file (.yaml, .yml or .toml)")
+    ay.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    ay.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete the schedules of this file's manager that it no longer declares",
+    )
+    ay.set_defaults(func=cmd_apply)
+
+    ex = sub.add_parser("export", help="write the live schedules as a schedules file")
+    ex.add_argument("--format", choices=["yaml", "toml"], default="yaml")
+    ex.add_argument("--manager", help="only the schedules this manager declares")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    ex.set_defaults(func=cmd_export)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
@@ -672,7 +787,14 @@ def parser() -> argparse.ArgumentParser:
         default=".pgsched/pgdata",
         help="local PostgreSQL data directory (default: %(default)s)",
     )
+    run.add_argument(
+        "--apply",
+        metavar="FILE",
+        help="apply this schedules file at start (default: $PGSCHED_APPLY_FILE)",
+    )
     run.set_defaults(func=cmd_run)
+
+    _declare_commands(sub)
 
     wk = sub.add_parser("worker", help="run a worker (SIGTERM drains, a second signal stops)")
     wk.add_argument("--queues", help="comma-separated queues (default: $PGSCHED_QUEUES or default)")

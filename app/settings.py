@@ -25,6 +25,11 @@ Sections, and the commands that read them:
 - retention: `PGSCHED_MONTHS_AHEAD`, `PGSCHED_RUN_RETENTION_DAYS`,
   `PGSCHED_EVENT_RETENTION_DAYS`, `PGSCHED_ARCHIVE_DIR` (app.maintenance.Retention):
   `maintain`, `ticker`, `run` (the last two install the built-in schedule with it);
+- schedule defaults: `PGSCHED_DEFAULT_TIMEZONE`, `PGSCHED_DEFAULT_QUEUE`,
+  `PGSCHED_DEFAULT_MAX_ATTEMPTS`, `PGSCHED_DEFAULT_RETRY_DELAY_SECONDS`,
+  `PGSCHED_DEFAULT_RETRY_FACTOR`, `PGSCHED_DEFAULT_TIMEOUT_SECONDS` (`schedule_defaults`, what a
+  new schedule gets when its definition leaves the field out, ADR 0031): `api`, `run`, `apply`,
+  `export`; `PGSCHED_APPLY_FILE` (`apply_file`, a schedules file `run` applies at start): `run`;
 - telemetry: `PGSCHED_METRICS_PORT` here, `PGSCHED_LOG_LEVEL`, `PGSCHED_LOG_FORMAT`,
   `PGSCHED_RUN_LOG_LEVEL` (the per-run and per-tick lines), and the
   `OTEL_*` variables with `PGSCHED_METRICS_HOST` and `PGSCHED_TRACE_SQL`, which otel.config
@@ -310,6 +315,7 @@ def api(env: Mapping[str, str], url: str | None = None) -> ApiSettings:
         trusted_proxies=_optional(env, "PGSCHED_HTTP_TRUSTED_PROXIES", text),
         # 0: the API does not sample the database's gauges.
         metrics_sample_seconds=_read(env, "PGSCHED_METRICS_SAMPLE_SECONDS", 15.0, _seconds_or_0),
+        schedule_defaults=schedule_defaults(env),
     )
 
 
@@ -355,6 +361,78 @@ def job_environment(env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if name.startswith("PGSCHED_SQL_DSN_"):
             check_dsn(value, name)
+
+
+# -- schedule defaults --------------------------------------------------------------------------
+
+# As the API's bounds (app.api.schemas): a year is the longest delay or timeout, 100 attempts.
+MAX_SCHEDULE_SECONDS = 366 * 86_400.0
+
+
+def zone(raw: str, name: str) -> str:
+    """An IANA time zone name a schedule may use (`Europe/Berlin`, `UTC`)."""
+    from pgsched.app.domain.occurrences import is_known_zone  # noqa: PLC0415 - croniter, lazily
+
+    if not is_known_zone(raw.strip()):
+        raise SettingsError(f"{name} must be an IANA time zone name (Europe/Berlin), got {raw!r}")
+    return raw.strip()
+
+
+def factor(raw: str, name: str) -> float:
+    """A retry backoff multiplier, 1..10."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 10:  # NaN fails
+        raise SettingsError(f"{name} must be a number 1..10, got {raw!r}")
+    return value
+
+
+def _attempts(raw: str, name: str) -> int:
+    return whole(raw, name, 1, 100)
+
+
+def _schedule_seconds(raw: str, name: str) -> float:
+    return seconds(raw, name, most=MAX_SCHEDULE_SECONDS)
+
+
+def _schedule_seconds_or_0(raw: str, name: str) -> float:
+    return seconds(raw, name, zero=True, most=MAX_SCHEDULE_SECONDS)
+
+
+_SCHEDULE_DEFAULTS: tuple[tuple[str, str, Callable[[str, str], object]], ...] = (
+    ("PGSCHED_DEFAULT_TIMEZONE", "timezone", zone),
+    ("PGSCHED_DEFAULT_QUEUE", "queue", text),
+    ("PGSCHED_DEFAULT_MAX_ATTEMPTS", "max_attempts", _attempts),
+    ("PGSCHED_DEFAULT_RETRY_DELAY_SECONDS", "retry_delay_seconds", _schedule_seconds_or_0),
+    ("PGSCHED_DEFAULT_RETRY_FACTOR", "retry_factor", factor),
+    ("PGSCHED_DEFAULT_TIMEOUT_SECONDS", "timeout_seconds", _schedule_seconds),
+)
+
+
+def schedule_defaults(env: Mapping[str, str]) -> dict[str, object]:
+    """The operator's defaults for new schedules, by column, only those set: a definition that
+    leaves the field out gets this value instead of the built-in one (app.domain.schedule
+    DEFAULTS). Schedules that exist keep theirs (ADR 0031)."""
+    return {
+        column: parse(env[variable], variable)
+        for variable, column, parse in _SCHEDULE_DEFAULTS
+        if variable in env
+    }
+
+
+def apply_file(env: Mapping[str, str]) -> str | None:
+    """`PGSCHED_APPLY_FILE`: a schedules file (`pgsched apply`'s) that `pgsched run` applies
+    at start, as `--apply` does; it must be a readable file. Unset or empty: none."""
+    return _optional(env, "PGSCHED_APPLY_FILE", readable_file)
+
+
+def readable_file(raw: str, name: str) -> str:
+    where = Path(raw.strip())
+    if not where.is_file() or not os.access(where, os.R_OK):
+        raise SettingsError(f"{name} must be a readable file, got {raw!r}")
+    return str(where)
 
 
 # -- retention ----------------------------------------------------------------------------------

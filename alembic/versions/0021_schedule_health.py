@@ -29,7 +29,7 @@ from __future__ import annotations
 from pgsched.app.db.migration_sql import execute
 
 revision = "0021"
-down_revision = "0019"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 

@@ -7,7 +7,7 @@ build one directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgsched.app import settings
 
@@ -38,6 +38,9 @@ class ApiSettings:
     trusted_proxies: str | None = None
     # How often the API samples the database's gauges for /metrics and OTLP (0: never).
     metrics_sample_seconds: float = 15.0
+    # What a new schedule gets for a field its definition leaves out, by column, instead of
+    # the built-in default (PGSCHED_DEFAULT_*, app.settings.schedule_defaults, ADR 0031).
+    schedule_defaults: Mapping[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:

@@ -11,21 +11,33 @@ from typing import Any
 
 import msgspec
 
-from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
+from pgsched.app.api.schemas import RetryBackoff, RetryBackoffPatch, ScheduleCreate, ScheduleUpdate
 from pgsched.app.domain import schedule
 
 
 def create_fields(data: ScheduleCreate) -> dict[str, Any]:
-    """The client-settable columns of a new schedule (the defaults fill in the rest)."""
-    given = msgspec.structs.asdict(data)
-    given["health_policy"] = msgspec.structs.asdict(data.health_policy)
-    backoff = given.pop("retry_backoff")
-    given |= {
-        "retry_delay_seconds": backoff.delay_seconds,
-        "retry_factor": backoff.factor,
-        "retry_max_delay_seconds": backoff.max_delay_seconds,
-    }
+    """The client-settable columns of a new schedule; those left out are not among them (the
+    operator's defaults, then the built-in ones, fill them in: app.domain.schedule.complete)."""
+    given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    backoff = given.pop("retry_backoff", None)
+    if backoff is not None:
+        given |= _backoff_columns(backoff)
+    if "health_policy" in given:
+        given["health_policy"] = msgspec.structs.asdict(data.health_policy)
     return given | schedule.timing(given)
+
+
+def _backoff_columns(backoff: RetryBackoff | RetryBackoffPatch) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name, column in (
+        ("delay_seconds", "retry_delay_seconds"),
+        ("factor", "retry_factor"),
+        ("max_delay_seconds", "retry_max_delay_seconds"),
+    ):
+        value = getattr(backoff, name)
+        if value is not msgspec.UNSET:
+            columns[column] = value
+    return columns
 
 
 def patch_fields(patch: ScheduleUpdate) -> dict[str, Any]:
@@ -45,12 +57,5 @@ def patch_fields(patch: ScheduleUpdate) -> dict[str, Any]:
         }
     backoff = given.pop("retry_backoff", None)
     if backoff is not None:
-        for name, column in (
-            ("delay_seconds", "retry_delay_seconds"),
-            ("factor", "retry_factor"),
-            ("max_delay_seconds", "retry_max_delay_seconds"),
-        ):
-            value = getattr(backoff, name)
-            if value is not msgspec.UNSET:
-                given[column] = value
+        given |= _backoff_columns(backoff)
     return given

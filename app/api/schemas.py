@@ -81,6 +81,20 @@ DependencyTimeout = Annotated[
         description="How long an occurrence waits for its upstreams before it is skipped.",
     ),
 ]
+Description = Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
+Owner = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+# Keys and values are checked by app.domain.schedule.check_labels (the problem names the key).
+Labels = Annotated[
+    dict[str, str],
+    Meta(
+        description=(
+            "String labels, at most 32: keys of 1-63 letters, digits or `._/-` (starting and "
+            "ending with a letter or digit), values of at most 200 characters."
+        )
+    ),
+]
+# Left out, these take the operator's default (PGSCHED_DEFAULT_*), else the built-in one shown.
+_OPERATOR_DEFAULT = "Left out: the operator's default (PGSCHED_DEFAULT_*), else {}."
 
 
 # -- schedules -------------------------------------------------------------------------------
@@ -88,11 +102,18 @@ DependencyTimeout = Annotated[
 
 class RetryBackoff(Struct, forbid_unknown_fields=True, kw_only=True):
     """Retry delay after failed attempt n: `delay_seconds * factor^(n-1)`, at most
-    `max_delay_seconds`, spread by ±10 %."""
+    `max_delay_seconds`, spread by ±10 %. A field left out takes the operator's default
+    (PGSCHED_DEFAULT_RETRY_*), else the built-in one (10 s, 2, 3600 s)."""
 
-    delay_seconds: Seconds = DEFAULTS["retry_delay_seconds"]
-    factor: Factor = DEFAULTS["retry_factor"]
-    max_delay_seconds: Seconds = DEFAULTS["retry_max_delay_seconds"]
+    delay_seconds: Seconds | UnsetType = UNSET
+    factor: Factor | UnsetType = UNSET
+    max_delay_seconds: Seconds | UnsetType = UNSET
+
+
+class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
+    delay_seconds: Seconds | UnsetType = UNSET
+    factor: Factor | UnsetType = UNSET
+    max_delay_seconds: Seconds | UnsetType = UNSET
 
 
 class HealthPolicy(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -126,12 +147,36 @@ class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     cron: CronText | None = None
     interval_seconds: IntervalSeconds | None = None
     run_at: Instant | None = None
-    timezone: ZoneName = DEFAULTS["timezone"]
-    queue: QueueName = DEFAULTS["queue"]
+    timezone: (
+        Annotated[ZoneName, Meta(description=_OPERATOR_DEFAULT.format(DEFAULTS["timezone"]))]
+        | UnsetType
+    ) = UNSET
+    queue: (
+        Annotated[QueueName, Meta(description=_OPERATOR_DEFAULT.format(DEFAULTS["queue"]))]
+        | UnsetType
+    ) = UNSET
     priority: Priority = DEFAULTS["priority"]
-    max_attempts: MaxAttempts = DEFAULTS["max_attempts"]
-    retry_backoff: RetryBackoff = msgspec.field(default_factory=RetryBackoff)
-    timeout_seconds: Timeout = DEFAULTS["timeout_seconds"]
+    max_attempts: (
+        Annotated[MaxAttempts, Meta(description=_OPERATOR_DEFAULT.format(DEFAULTS["max_attempts"]))]
+        | UnsetType
+    ) = UNSET
+    retry_backoff: (
+        Annotated[
+            RetryBackoff,
+            Meta(
+                description=_OPERATOR_DEFAULT.format(
+                    f"delay {DEFAULTS['retry_delay_seconds']:g} s, factor "
+                    f"{DEFAULTS['retry_factor']:g}, at most "
+                    f"{DEFAULTS['retry_max_delay_seconds']:g} s"
+                )
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    timeout_seconds: (
+        Annotated[Timeout, Meta(description=_OPERATOR_DEFAULT.format(DEFAULTS["timeout_seconds"]))]
+        | UnsetType
+    ) = UNSET
     overlap_policy: OverlapPolicy = DEFAULTS["overlap_policy"]
     missed_policy: MissedPolicy = DEFAULTS["missed_policy"]
     missed_cap: MissedCap = DEFAULTS["missed_cap"]
@@ -146,11 +191,9 @@ class ScheduleCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     health_policy: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
     pause_after_failures: PauseAfter | None = None
 
-
-class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
-    delay_seconds: Seconds | UnsetType = UNSET
-    factor: Factor | UnsetType = UNSET
-    max_delay_seconds: Seconds | UnsetType = UNSET
+    description: Description | None = None
+    owner: Owner | None = None
+    labels: Labels = msgspec.field(default_factory=dict)
 
 
 class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -184,6 +227,9 @@ class ScheduleUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
     jitter_seconds: Count32 | UnsetType = UNSET
     health_policy: HealthPolicyPatch | UnsetType = UNSET
     pause_after_failures: PauseAfter | UnsetType | None = UNSET
+    description: Description | UnsetType | None = UNSET
+    owner: Owner | UnsetType | None = UNSET
+    labels: Labels | UnsetType = UNSET
 
 
 class RetryBackoffOut(Struct, kw_only=True):
@@ -235,6 +281,13 @@ class Schedule(Struct, kw_only=True):
     health_since: datetime | None
     health_policy: HealthPolicyOut
     pause_after_failures: int | None
+    description: str | None
+    owner: str | None
+    labels: dict[str, str]
+    managed_by: Annotated[
+        str | None,
+        Meta(description="The `pgsched apply` manager that declares it; null: made here."),
+    ]
 
 
 class SchedulePage(Struct, kw_only=True):
@@ -489,6 +542,7 @@ def schedule_out(row: Mapping[str, Any]) -> Schedule:
     fields["dependency_timeout_seconds"] = (
         row.get("dependency_timeout_seconds") or DEFAULTS["dependency_timeout_seconds"]
     )
+    fields["labels"] = row["labels"] or {}  # NULL on rows older than migration 0020
     return msgspec.convert(fields, Schedule)
 
 

@@ -433,6 +433,11 @@ def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones()) - _REJECTED_ZONES
 
 
+def is_known_zone(key: str) -> bool:
+    """Whether `key` is a time zone a schedule may name (an IANA name, no host file)."""
+    return key in _known_zones()
+
+
 @lru_cache(maxsize=1024)
 def _zone(key: str) -> _Zone:
     if key not in _known_zones():

@@ -61,7 +61,32 @@ DEFAULTS: Mapping[str, Any] = {
     "health_policy": HEALTH_POLICY,
     # The circuit breaker: pause after this many dead runs in a row (None: never).
     "pause_after_failures": None,
+    # What it is for and who keeps it; `managed_by` is the `pgsched apply` manager that declares
+    # it (None: made over the API), which the API does not set (ADR 0031).
+    "description": None,
+    "owner": None,
+    "labels": {},
+    "managed_by": None,
 }
+# The defaults an operator may change for new schedules (app.settings, PGSCHED_DEFAULT_*).
+ADJUSTABLE_DEFAULTS: Final = frozenset(
+    {
+        "timezone",
+        "queue",
+        "max_attempts",
+        "retry_delay_seconds",
+        "retry_factor",
+        "retry_max_delay_seconds",
+        "timeout_seconds",
+    }
+)
+MAX_LABELS: Final = 32
+MAX_LABEL_VALUE: Final = 200
+MAX_DESCRIPTION: Final = 2000
+MAX_OWNER: Final = 200
+# A label key: letters, digits and `._/-`, starting and ending with a letter or digit; no `:`,
+# so `?label=team:data` splits unambiguously.
+LABEL_KEY: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
 TIMING: Final = ("cron", "interval_seconds", "run_at")
 KIND_OF: Final = {"cron": "cron", "interval_seconds": "interval", "run_at": "once"}
 # A schedule with no timing: a job definition, enqueued to (ADR 0027).
@@ -80,12 +105,15 @@ _TICK: Final = timedelta(microseconds=1)
 # -- the definition --------------------------------------------------------------------------
 
 
-def complete(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """`fields` over the defaults; unknown keys are a programming error, not user input."""
+def complete(
+    fields: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`fields` over `defaults` (the operator's, app.settings.schedule_defaults) over DEFAULTS;
+    unknown keys are a programming error, not user input."""
     unknown = set(fields) - set(DEFAULTS) - {"name", "job_type", "kind"}
-    if unknown:
-        raise KeyError(f"unknown schedule fields: {sorted(unknown)}")
-    return {**DEFAULTS, **fields}
+    if unknown or set(defaults or {}) - ADJUSTABLE_DEFAULTS:
+        raise KeyError(f"unknown schedule fields: {sorted(unknown or defaults or {})}")
+    return {**DEFAULTS, **(defaults or {}), **fields}
 
 
 def spec_of(row: Mapping[str, Any]) -> ScheduleSpec:
@@ -157,6 +185,9 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     whole = isinstance(timeout, int) and not isinstance(timeout, bool)
     if timeout is not None and not (whole and timeout >= 1):
         raise InvalidDefinition("dependency_timeout_seconds", "must be a whole number above 0")
+    fields["labels"] = check_labels(fields["labels"])
+    for name, most in (("description", MAX_DESCRIPTION), ("owner", MAX_OWNER)):
+        check_text(fields[name], name, most)
     if is_job(fields):
         if any(fields[k] is not None for k in TIMING):
             raise InvalidDefinition("kind", "a job definition has no cron, interval or run_at")
@@ -214,6 +245,39 @@ def _count(value: object, field: str, *, optional: bool = False) -> int | None:
     return value
 
 
+def check_labels(labels: object) -> dict[str, str]:
+    """A label object: at most MAX_LABELS keys of LABEL_KEY's form, each a string value of at
+    most MAX_LABEL_VALUE characters. None (a row older than migration 0020) reads as none."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise InvalidDefinition("labels", "must be an object of string values")
+    if len(labels) > MAX_LABELS:
+        raise InvalidDefinition("labels", f"must have at most {MAX_LABELS} keys")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
+            raise InvalidDefinition(
+                f"labels.{key}",
+                "a label key must be 1-63 letters, digits or ._/- and start and end with a "
+                "letter or digit",
+            )
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+            raise InvalidDefinition(
+                f"labels.{key}", f"must be a string of at most {MAX_LABEL_VALUE} characters"
+            )
+        no_nul(value, f"labels.{key}")
+    return dict(sorted(labels.items()))
+
+
+def check_text(value: object, field: str, most: int) -> None:
+    """Optional free text: None, or a string of 1..`most` characters without NUL."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not 1 <= len(value) <= most:
+        raise InvalidDefinition(field, f"must be text of 1 to {most} characters")
+    no_nul(value, field)
+
+
 def first_due(spec: ScheduleSpec, now: datetime, *, grace_seconds: float) -> datetime | None:
     """The first occurrence at or after `now` (the database's instant); None if there is none.
 
@@ -241,8 +305,13 @@ def due_or_refuse(
 
 
 def changes(row: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns whose value `fields` changes."""
-    return {k: v for k, v in fields.items() if row[k] != v}
+    """The columns whose value `fields` changes (no labels and `{}` are the same: a row older
+    than migration 0020 keeps its NULL until its labels are set)."""
+    return {
+        k: v
+        for k, v in fields.items()
+        if row[k] != v and not (k == "labels" and not row[k] and not v)
+    }
 
 
 def preview(row: Mapping[str, Any], after: datetime, count: int) -> list[datetime]:

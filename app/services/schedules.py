@@ -63,13 +63,19 @@ async def refuse_cycle(conn: Conn, schedule_id: int, name: str, upstreams: Seque
 
 
 async def create(
-    conn: Conn, fields: Mapping[str, Any], *, actor: str, now: datetime | None, meta: Meta = None
+    conn: Conn,
+    fields: Mapping[str, Any],
+    *,
+    actor: str,
+    now: datetime | None,
+    meta: Meta = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Row:
-    """Store a new schedule from client-settable `fields` (completed with the defaults),
-    checked, with its first due time from the database's now. `depends_on` may name upstreams
-    by id or name; they are stored as ids. A new schedule closes no cycle: none depends on it
-    yet."""
-    complete = schedule.complete(fields)
+    """Store a new schedule from client-settable `fields` (completed with the operator's
+    `defaults`, then the built-in ones), checked, with its first due time from the database's
+    now. `depends_on` may name upstreams by id or name; they are stored as ids. A new
+    schedule closes no cycle: none depends on it yet."""
+    complete = schedule.complete(fields, defaults)
     async with conn.transaction():
         if complete["depends_on"]:
             complete["depends_on"] = await upstream_ids(conn, complete["depends_on"])

@@ -56,6 +56,14 @@ TABLE = [
     Bad("PGSCHED_RUN_RETENTION_DAYS", "thirty", "maintain", "whole number 1..36500"),
     Bad("PGSCHED_EVENT_RETENTION_DAYS", "0", "ticker", "whole number 1..36500, got '0'"),
     Bad("PGSCHED_ARCHIVE_DIR", "/dev/null", "maintain", "must be a directory"),
+    # schedule defaults (api, run, apply, export) and the file `run` applies at start
+    Bad("PGSCHED_DEFAULT_TIMEZONE", "Mars/Olympus", "api", "must be an IANA time zone name"),
+    Bad("PGSCHED_DEFAULT_QUEUE", " ", "api", "must not be empty"),
+    Bad("PGSCHED_DEFAULT_MAX_ATTEMPTS", "0", "api", "must be a whole number 1..100, got '0'"),
+    Bad("PGSCHED_DEFAULT_RETRY_DELAY_SECONDS", "-1", "api", "must be a number of seconds >= 0"),
+    Bad("PGSCHED_DEFAULT_RETRY_FACTOR", "0.5", "api", "must be a number 1..10, got '0.5'"),
+    Bad("PGSCHED_DEFAULT_TIMEOUT_SECONDS", "soon", "api", "must be a number of seconds > 0"),
+    Bad("PGSCHED_APPLY_FILE", "/no/such/schedules.yaml", "run", "must be a readable file"),
     # telemetry
     Bad("PGSCHED_METRICS_PORT", "abc", "worker", "must be a port number 0..65535"),
     Bad("PGSCHED_METRICS_HOST", " ", "ticker", "must be a host name or address, got ' '"),
@@ -103,6 +111,8 @@ def _parse_everything(env: Mapping[str, str]) -> None:
     settings.retention(env)
     settings.telemetry(env, "worker")
     settings.logs(env)
+    settings.schedule_defaults(env)
+    settings.apply_file(env)
 
 
 def _one_line(message: str, bad: Bad) -> None:
@@ -160,6 +170,23 @@ def test_good_values_parse_as_meant() -> None:
     assert settings.metrics_port({"PGSCHED_METRICS_PORT": "0"}) == 0  # any free port
     assert settings.metrics_port({"PGSCHED_METRICS_PORT": ""}) is None
     assert settings.logs({"PGSCHED_LOG_LEVEL": "debug"}).level == "DEBUG"
+    assert settings.schedule_defaults(
+        {
+            "PGSCHED_DEFAULT_TIMEZONE": "Europe/Berlin",
+            "PGSCHED_DEFAULT_MAX_ATTEMPTS": "5",
+            "PGSCHED_DEFAULT_RETRY_FACTOR": "1.5",
+            "PGSCHED_DEFAULT_TIMEOUT_SECONDS": "90",
+        }
+    ) == {
+        "timezone": "Europe/Berlin",
+        "max_attempts": 5,
+        "retry_factor": 1.5,
+        "timeout_seconds": 90.0,
+    }
+    assert settings.schedule_defaults({}) == {}  # unset: the built-in defaults
+    assert settings.api({"PGSCHED_DEFAULT_QUEUE": "q"}, VALID_URL).schedule_defaults == {
+        "queue": "q"
+    }
     assert settings.database_url({"DATABASE_URL": "postgres://u@h/d"}) == "postgresql://u@h/d"
     given = settings.database_url({}, "postgresql+psycopg://u@h/d")
     assert given == "postgresql://u@h/d"

@@ -229,3 +229,39 @@ def test_0022_keeps_earlier_schedules_verifiable_and_refuses_to_drop_blocked_run
         c.execute("UPDATE pgsched.run SET state = 'waiting'")
     migrate(empty_dsn, "0019", down=True)
     assert _schema_dump(empty_dsn) == before
+
+
+def test_0020_round_trips_and_keeps_earlier_schedules_verifiable(empty_dsn: str) -> None:
+    """0020 (ADR 0031) up, down and up again leaves the schema as it found it each way; a
+    schedule made before it keeps NULL description, owner, labels and manager, which its events
+    (silent on those columns) fold to as well, while a new one gets `{}` for labels."""
+    migrate(empty_dsn, "0019")
+    before = _schema_dump(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        c.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds,"
+            " created_at, updated_at) VALUES ('old', 'noop', 'interval', 60, now(), now())"
+            " RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'test', to_jsonb(s) FROM s"
+        )
+    migrate(empty_dsn, "0020")
+    after = _schema_dump(empty_dsn)
+    assert "schedule_labels" in after and "managed_by text" in after
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(query("diff_schedules")).fetchall() == []
+        old = c.execute(
+            "SELECT description, owner, labels, managed_by FROM pgsched.schedule"
+        ).fetchone()
+        assert old == (None, None, None, None)
+        c.execute(
+            "INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds, created_at,"
+            " updated_at) VALUES ('by-hand', 'noop', 'interval', 60, now(), now())"
+        )
+        new = c.execute("SELECT labels FROM pgsched.schedule WHERE name = 'by-hand'").fetchone()
+        assert new == ({},)
+        c.execute("DELETE FROM pgsched.schedule WHERE name = 'by-hand'")
+    migrate(empty_dsn, "0019", down=True)
+    assert _schema_dump(empty_dsn) == before
+    migrate(empty_dsn, "0020")
+    assert _schema_dump(empty_dsn) == after

@@ -25,16 +25,19 @@ from pgsched.app.api.common import (
     NameFilter,
     PathId,
     QueueFilter,
+    bounds,
     clock_now,
     etag,
     page_size,
     parse_if_match,
 )
+from pgsched.app.api.config import ApiSettings
 from pgsched.app.api.problems import ApiError, responses
 from pgsched.app.api.schemas import (
     BackfillRequest,
     BackfillResult,
     JobType,
+    Owner,
     Preview,
     Run,
     Schedule,
@@ -47,7 +50,7 @@ from pgsched.app.api.schemas import (
 )
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
-from pgsched.app.domain.schedule import MAX_PREVIEW
+from pgsched.app.domain.schedule import LABEL_KEY, MAX_LABEL_VALUE, MAX_PREVIEW
 from pgsched.app.services import schedules
 
 TAGS = ["schedules"]
@@ -130,8 +133,34 @@ async def create_schedule(
     for its job type, and computes the first due time from the database's clock."""
     actor, meta = audit(request)
     fields = definition.create_fields(data)
-    row = await schedules.create(conn, fields, actor=actor, now=clock_now(request), meta=meta)
+    settings: ApiSettings = request.app.state.settings
+    row = await schedules.create(
+        conn,
+        fields,
+        actor=actor,
+        now=clock_now(request),
+        meta=meta,
+        defaults=settings.schedule_defaults,
+    )
     return _with_etag(row, 201)
+
+
+def _label_filter(given: list[str] | None) -> dict[str, str | None] | None:
+    """`?label=team:data&label=tier` as {team: data, tier: None} (None: any value)."""
+    if not given:
+        return None
+    wanted: dict[str, str | None] = {}
+    for each in given:
+        key, colon, value = each.partition(":")
+        if not LABEL_KEY.fullmatch(key) or len(value) > MAX_LABEL_VALUE or "\x00" in value:
+            raise ApiError(
+                422,
+                "must be a label key (letters, digits, ._/-) or key:value",
+                field="label",
+                source="query",
+            )
+        wanted[key] = value if colon else None
+    return wanted
 
 
 @get(
@@ -155,6 +184,28 @@ async def list_schedules(
         Status | None,
         QueryParameter(required=False, description="Only schedules in this health (ADR 0032)."),
     ] = None,
+    owner: Annotated[
+        str | None,
+        QueryParameter(**bounds(Owner), required=False, description="Only this owner's."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        QueryParameter(
+            required=False,
+            max_items=32,
+            description=(
+                "`key:value` (that value) or `key` (any value); repeated, all must match."
+            ),
+        ),
+    ] = None,
+    managed_by: Annotated[
+        str | None,
+        QueryParameter(
+            **bounds(Owner),
+            required=False,
+            description="Only those this `pgsched apply` manager declares.",
+        ),
+    ] = None,
 ) -> SchedulePage:
     """By id; `next_cursor` is null on the last page."""
     size = page_size(limit)
@@ -168,6 +219,9 @@ async def list_schedules(
         enabled=enabled,
         name=name,
         health=health,
+        owner=owner,
+        managed_by=managed_by,
+        labels=_label_filter(label),
     )
     more = len(rows) > size
     rows = rows[:size]

@@ -13,6 +13,11 @@ WHERE deleted_at IS NULL
   AND (%(enabled)s::boolean IS NULL OR enabled = %(enabled)s::boolean)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
   AND (%(health)s::text IS NULL OR health = %(health)s::text)
+  AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+  AND (%(managed_by)s::text IS NULL OR managed_by = %(managed_by)s::text)
+  -- Labels by containment (GIN index schedule_labels); keys given without a value by presence.
+  AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s::jsonb)
+  AND (%(label_keys)s::text[] IS NULL OR labels ?& %(label_keys)s::text[])
 ORDER BY id
 LIMIT %(limit)s;
 

@@ -10,7 +10,8 @@ WITH s AS (
         jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
         retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
         grace_seconds, max_concurrency, depends_on, dependency_timeout_seconds, enabled,
-        paused_at, next_due_at, created_at, updated_at, health_policy, pause_after_failures)
+        paused_at, next_due_at, created_at, updated_at, health_policy, pause_after_failures,
+        description, owner, labels, managed_by)
     SELECT d.name, d.job_type, d.payload, d.kind, d.cron, d.interval_seconds, d.run_at, d.timezone,
            d.starts_at, d.ends_at, d.jitter_seconds, d.queue, d.priority, d.max_attempts,
            d.retry_delay_seconds, d.retry_factor, d.retry_max_delay_seconds, d.timeout_seconds,
@@ -19,7 +20,7 @@ WITH s AS (
            CASE WHEN d.enabled THEN NULL ELSE coalesce(%(now)s::timestamptz, now()) END,
            d.next_due_at,
            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
-           d.health_policy, d.pause_after_failures
+           d.health_policy, d.pause_after_failures, d.description, d.owner, d.labels, d.managed_by
     -- `fields` carries every column; app.domain.schedule.complete fills the defaults (one place).
     FROM jsonb_populate_record(NULL::pgsched.schedule,
         %(fields)s::jsonb) d
@@ -46,14 +47,15 @@ WITH old AS (
          jitter_seconds, queue, priority, max_attempts, retry_delay_seconds, retry_factor,
          retry_max_delay_seconds, timeout_seconds, overlap_policy, missed_policy, missed_cap,
          grace_seconds, max_concurrency, depends_on, dependency_timeout_seconds, enabled,
-         paused_at, deleted_at, next_due_at, health_policy, pause_after_failures) =
+         paused_at, deleted_at, next_due_at, health_policy, pause_after_failures,
+         description, owner, labels, managed_by) =
         (SELECT n.name, n.job_type, n.payload, n.kind, n.cron, n.interval_seconds, n.run_at,
                 n.timezone, n.starts_at, n.ends_at, n.jitter_seconds, n.queue, n.priority,
                 n.max_attempts, n.retry_delay_seconds, n.retry_factor, n.retry_max_delay_seconds,
                 n.timeout_seconds, n.overlap_policy, n.missed_policy, n.missed_cap,
                 n.grace_seconds, n.max_concurrency, n.depends_on, n.dependency_timeout_seconds,
                 n.enabled, n.paused_at, n.deleted_at, n.next_due_at, n.health_policy,
-                n.pause_after_failures
+                n.pause_after_failures, n.description, n.owner, n.labels, n.managed_by
          FROM jsonb_populate_record(t, %(changes)s::jsonb) n),
         version = t.version + 1,
         updated_at = coalesce(%(now)s::timestamptz, now())
@@ -76,6 +78,12 @@ SELECT * FROM s;
 -- name: get_schedule
 -- One live schedule by id.
 SELECT * FROM pgsched.schedule WHERE id = %(id)s AND deleted_at IS NULL;
+
+-- name: managed_schedules
+-- The live schedules a `pgsched apply` manager declares (app.declare), by name.
+SELECT * FROM pgsched.schedule
+WHERE managed_by = %(manager)s::text AND deleted_at IS NULL
+ORDER BY name;
 
 -- name: live_schedule_id
 -- The live schedule called `name` (names are unique among live schedules).

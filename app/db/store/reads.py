@@ -7,10 +7,10 @@ COUNT(*) over the partitioned tables. The statements live in `app/db/queries/rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from pgsched.app.db.store.executor import Conn, Row
+from pgsched.app.db.store.executor import Conn, Row, jsonb
 from pgsched.app.db.store.executor import one as _one
 from pgsched.app.db.store.executor import rows as _rows
 
@@ -25,8 +25,14 @@ async def page_schedules(
     enabled: bool | None = None,
     name: str | None = None,
     health: str | None = None,
+    owner: str | None = None,
+    managed_by: str | None = None,
+    labels: Mapping[str, str | None] | None = None,
 ) -> list[Row]:
-    """Live schedules with id > after_id, by id."""
+    """Live schedules with id > after_id, by id. `labels`: each key with its value, or with
+    None for "has this label, whatever its value"."""
+    valued = {k: v for k, v in (labels or {}).items() if v is not None}
+    keys = [k for k, v in (labels or {}).items() if v is None]
     return await _rows(
         conn,
         "page_schedules",
@@ -38,6 +44,10 @@ async def page_schedules(
             "enabled": enabled,
             "name": name,
             "health": health,
+            "owner": owner,
+            "managed_by": managed_by,
+            "labels": jsonb(valued) if valued else None,
+            "label_keys": keys or None,
         },
     )
 

@@ -77,6 +77,11 @@ async def live_schedule_id(conn: Conn, name: str) -> int | None:
     return None if found is None else int(found["id"])
 
 
+async def managed_schedules(conn: Conn, manager: str) -> list[Row]:
+    """The live schedules `manager` (a `pgsched apply` file's) declares, by name."""
+    return await rows(conn, "managed_schedules", {"manager": manager})
+
+
 async def get_schedule(conn: Conn, schedule_id: int, *, lock: bool = False) -> Row | None:
     return await row(conn, "lock_schedule" if lock else "get_schedule", {"id": schedule_id})
 

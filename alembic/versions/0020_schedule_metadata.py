@@ -1,0 +1,69 @@
+"""What a schedule is for and who keeps it: description, owner, labels, and its manager.
+
+Revision ID: 0020
+Revises: 0019
+Create Date: 2026-12-04
+
+ADR 0031 (schedules as code):
+- `description`, `owner`: free text a person reads (who to call when it fails, what it feeds).
+- `labels`: a JSON object of string values (`{"team": "data", "tier": "1"}`), filtered with
+  containment (`labels @> '{"team": "data"}'`, GIN index `schedule_labels`).
+- `managed_by`: the `pgsched apply` file (its manager name) that declares the schedule; NULL for
+  a schedule made over the API. `apply --prune` deletes only schedules of its own manager.
+
+Every writer stores every column (app.domain.schedule.complete), and schedule events carry them
+like any column, so replay folds them. Rows that exist before this migration keep NULL in all
+four: their events do not mention the columns, so the fold of those events (NULL) and the row
+agree and `pgsched verify` stays clean. The default `'{}'` for labels is set after the column is
+added, so it applies only to rows inserted by hand from now on, not to the existing ones.
+"""
+
+from __future__ import annotations
+
+from pgsched.app.db.migration_sql import execute
+
+revision = "0020"
+down_revision = "0019"
+branch_labels = None
+depends_on = None
+
+UP = r"""
+SET LOCAL ROLE pgsched_owner;
+
+ALTER TABLE pgsched.schedule
+    ADD COLUMN description text CHECK (length(description) <= 2000),
+    ADD COLUMN owner text CHECK (length(owner) BETWEEN 1 AND 200),
+    ADD COLUMN labels jsonb CHECK (
+        jsonb_typeof(labels) = 'object'
+        AND NOT jsonb_path_exists(labels, '$.* ? (@.type() != "string")')),
+    ADD COLUMN managed_by text CHECK (length(managed_by) BETWEEN 1 AND 200);
+ALTER TABLE pgsched.schedule ALTER COLUMN labels SET DEFAULT '{}';
+COMMENT ON COLUMN pgsched.schedule.labels IS
+    'string labels, filtered by containment (ADR 0031); NULL on rows older than migration 0020';
+COMMENT ON COLUMN pgsched.schedule.managed_by IS
+    'the pgsched apply manager that declares this schedule (NULL: made over the API, ADR 0031)';
+
+CREATE INDEX schedule_labels ON pgsched.schedule USING gin (labels jsonb_path_ops)
+    WHERE deleted_at IS NULL;
+CREATE INDEX schedule_managed_by ON pgsched.schedule (managed_by)
+    WHERE deleted_at IS NULL AND managed_by IS NOT NULL;
+
+RESET ROLE;
+"""
+
+DOWN = """
+SET LOCAL ROLE pgsched_owner;
+DROP INDEX pgsched.schedule_managed_by;
+DROP INDEX pgsched.schedule_labels;
+ALTER TABLE pgsched.schedule
+    DROP COLUMN managed_by, DROP COLUMN labels, DROP COLUMN owner, DROP COLUMN description;
+RESET ROLE;
+"""
+
+
+def upgrade() -> None:
+    execute(UP)
+
+
+def downgrade() -> None:
+    execute(DOWN)

@@ -1,0 +1,210 @@
+"""What applying a schedules file changes, and making those changes in one transaction.
+
+The plan compares each declared schedule, completed as a create would complete it (the
+operator's defaults, then the built-in ones) and normalised by app.domain.schedule.check, with
+the live schedule of its name: absent -> create; differing columns -> update (the diff, old and
+new); else unchanged. With `prune`, the live schedules of the file's manager that it no longer
+names are deleted: never a schedule made over the API or declared by another manager.
+
+Every check runs while planning, before anything is written, and the writes go through
+app.services.schedules inside the plan's transaction (their own transactions nest as
+savepoints): a file with one bad schedule changes nothing. Each change is one event, by actor
+`apply`, with the file's sha256 and manager in its meta (ADR 0031).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.declare.document import DeclarationError, Document
+from pgsched.app.domain import schedule
+from pgsched.app.domain.errors import OperationError
+from pgsched.app.domain.jobs import InvalidPayload
+from pgsched.app.domain.occurrences import InvalidSchedule
+from pgsched.app.services import schedules
+
+ACTOR: Final = "apply"
+Action = Literal["create", "update", "unchanged", "delete"]
+_PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    action: Action
+    name: str
+    # For an update: each changed column, (stored, declared).
+    diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    schedule_id: int | None = None
+    # What is written: a create's fields, an update's whole declared definition.
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+async def apply(
+    conn: Conn,
+    document: Document,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    prune: bool = False,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[Change]:
+    """Plan `document` against the database and, unless `dry_run`, make the plan's changes,
+    all in one transaction. DeclarationError (one line) if any schedule cannot be applied."""
+    meta = {"file_sha256": document.sha256, "manager": document.manager}
+    async with conn.transaction():
+        changes = await _plan(conn, document, defaults, prune=prune, now=now)
+        if not dry_run:
+            for change in changes:
+                try:
+                    await _make(conn, change, defaults, meta=meta, now=now)
+                except (OperationError, InvalidPayload, InvalidSchedule, store.NameTaken) as exc:
+                    raise DeclarationError(f"schedule {change.name!r}: {_reason(exc)}") from None
+    return changes
+
+
+async def _plan(
+    conn: Conn,
+    document: Document,
+    defaults: Mapping[str, Any] | None,
+    *,
+    prune: bool,
+    now: datetime | None,
+) -> list[Change]:
+    at = await store.db_now(conn, now)
+    changes: list[Change] = []
+    for fields in document.schedules:
+        name = fields["name"]
+        existing = await store.schedules.live_schedule_id(conn, name)
+        row = None if existing is None else await store.get_schedule(conn, existing, lock=True)
+        try:
+            changes.append(_compare(row, fields, defaults, document.manager, at))
+        except (OperationError, InvalidPayload, InvalidSchedule) as exc:
+            raise DeclarationError(f"schedule {name!r}: {_reason(exc)}") from None
+    if prune:
+        declared = {f["name"] for f in document.schedules}
+        for row in await store.schedules.managed_schedules(conn, document.manager):
+            if row["name"] not in declared:
+                try:
+                    schedule.check_builtin_change(row, {"deleted_at": at})
+                except OperationError as exc:
+                    raise DeclarationError(f"schedule {row['name']!r}: {exc}") from None
+                changes.append(Change("delete", row["name"], schedule_id=row["id"]))
+    return changes
+
+
+def _compare(
+    row: Row | None,
+    fields: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None,
+    manager: str,
+    at: datetime,
+) -> Change:
+    """One declared schedule against its live row (None: there is none), checked."""
+    desired = schedule.complete(fields, defaults)
+    if row is None:
+        spec = schedule.check(desired, created_at=at)
+        schedule.due_or_refuse(desired, spec, at)
+        return Change("create", fields["name"], fields=dict(fields))
+    if row["managed_by"] not in (None, manager):
+        raise DeclarationError(
+            f"schedule {row['name']!r} is declared by manager {row['managed_by']!r}, not "
+            f"{manager!r}: one schedule, one file (change it there, or delete it there first)"
+        )
+    spec = schedule.check(desired, created_at=row["created_at"])
+    wanted = {k: desired[k] for k in schedule.COLUMNS}
+    diff = schedule.changes(row, wanted)
+    if not diff:
+        return Change("unchanged", row["name"], schedule_id=row["id"])
+    schedule.check_builtin_change(row, diff)
+    if schedule.TIMING_COLUMNS & diff.keys():
+        schedule.due_or_refuse(desired, spec, at)
+    return Change(
+        "update",
+        row["name"],
+        diff={k: (row[k], v) for k, v in sorted(diff.items())},
+        schedule_id=row["id"],
+        fields=wanted,
+    )
+
+
+async def _make(
+    conn: Conn,
+    change: Change,
+    defaults: Mapping[str, Any] | None,
+    *,
+    meta: Mapping[str, object],
+    now: datetime | None,
+) -> None:
+    if change.action == "create":
+        await schedules.create(
+            conn, change.fields, actor=ACTOR, now=now, meta=meta, defaults=defaults
+        )
+    elif change.action == "update" and change.schedule_id is not None:
+        await schedules.update(
+            conn,
+            change.schedule_id,
+            change.fields,
+            if_match=None,
+            actor=ACTOR,
+            now=now,
+            meta=meta,
+        )
+    elif change.action == "delete" and change.schedule_id is not None:
+        await schedules.delete(conn, change.schedule_id, actor=ACTOR, now=now, meta=meta)
+
+
+def _reason(exc: Exception) -> str:
+    field_ = getattr(exc, "field", None)
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{field_}: {message}" if field_ and not str(message).startswith(field_) else message
+
+
+async def declared(conn: Conn, manager: str | None) -> list[Row]:
+    """The live schedules `pgsched export` writes: those `manager` declares, or, without one,
+    every live schedule but the built-in one (pgsched installs that itself), by id."""
+    found: list[Row] = []
+    after = 0
+    while True:
+        page = await reads.page_schedules(conn, after_id=after, limit=_PAGE, managed_by=manager)
+        found += [r for r in page if not schedule.is_builtin(r)]
+        if len(page) < _PAGE:
+            return found
+        after = page[-1]["id"]
+
+
+def describe(changes: list[Change], document: Document, *, dry_run: bool) -> list[str]:
+    """The plan as lines for a person: one per schedule, an update's changed fields under it,
+    and a summary."""
+    lines: list[str] = []
+    for change in changes:
+        lines.append(f"{change.action:<10} {change.name}")
+        lines += [
+            f"    {k}: {_shown(old)} -> {_shown(new)}" for k, (old, new) in change.diff.items()
+        ]
+    counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "delete")}
+    unchanged = sum(c.action == "unchanged" for c in changes)
+    if dry_run:
+        lines.append(
+            f"dry run of manager {document.manager!r}, nothing changed: {counts['create']} to "
+            f"create, {counts['update']} to update, {counts['delete']} to delete, "
+            f"{unchanged} unchanged"
+        )
+    else:
+        lines.append(
+            f"applied manager {document.manager!r} (sha256 {document.sha256[:12]}): "
+            f"{counts['create']} created, {counts['update']} updated, {counts['delete']} "
+            f"deleted, {unchanged} unchanged"
+        )
+    return lines
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return json.dumps(value, sort_keys=True, default=str)

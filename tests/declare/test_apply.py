@@ -1,0 +1,297 @@
+"""`pgsched apply` (app.declare): a file of schedules made so in one transaction, each change one
+event by actor `apply` with the file's digest; dry runs, pruning, export and the seed 004 example.
+
+Against a real PostgreSQL, in the rolled-back tier: apply's transaction is a savepoint here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from pgsched.app.db import replay, store
+from pgsched.app.db.store import Conn
+from pgsched.app.declare import document, plan
+from pgsched.app.declare.document import DeclarationError
+from pgsched.app.services import schedules
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.tx
+
+ENV = {"API_HOST": "api.example.com"}
+FILE = b"""
+manager: team-a
+defaults:
+  timezone: Europe/Berlin
+  retry_backoff: {delay_seconds: 30}
+  labels: {team: data}
+schedules:
+  - name: posts
+    job_type: http
+    payload: {url: "https://${API_HOST}/posts"}
+    cron: "*/30 * * * *"
+    labels: {tier: "1"}
+  - name: users
+    job_type: noop
+    interval_seconds: 600
+    max_attempts: 5
+    retry_backoff: {factor: 3}
+"""
+
+
+def _doc(raw: bytes = FILE, env: dict[str, str] | None = None, **kw: Any) -> document.Document:
+    return document.parse(raw, kw.pop("fmt", "yaml"), manager="fallback", env=env or ENV, **kw)
+
+
+async def _events(conn: Conn) -> int:
+    cur = await conn.execute("SELECT count(*) AS n FROM pgsched.event")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+async def _schedule(conn: Conn, name: str) -> dict[str, Any]:
+    found = await store.schedules.live_schedule_id(conn, name)
+    assert found is not None, name
+    row = await store.get_schedule(conn, found)
+    assert row is not None
+    return dict(row)
+
+
+def _actions(changes: list[plan.Change]) -> dict[str, str]:
+    return {c.name: c.action for c in changes}
+
+
+async def _clean(conn: Conn) -> None:
+    assert [str(d) for d in await replay.verify(conn)] == []
+
+
+async def test_apply_creates_with_defaults_overrides_and_one_event_each(conn: Conn) -> None:
+    before = await _events(conn)
+    changes = await plan.apply(conn, _doc())
+    assert _actions(changes) == {"posts": "create", "users": "create"}
+    posts, users = await _schedule(conn, "posts"), await _schedule(conn, "users")
+    assert posts["payload"] == {"url": "https://api.example.com/posts"}
+    assert posts["timezone"] == users["timezone"] == "Europe/Berlin"
+    assert posts["labels"] == {"team": "data", "tier": "1"}  # merged key by key
+    assert (users["max_attempts"], users["retry_delay_seconds"], users["retry_factor"]) == (
+        5,
+        30.0,
+        3.0,
+    )
+    assert posts["managed_by"] == users["managed_by"] == "team-a"
+    cur = await conn.execute(
+        "SELECT type, actor, meta FROM pgsched.event WHERE id > "
+        "(SELECT max(id) FROM pgsched.event) - %s ORDER BY id",
+        (await _events(conn) - before,),
+    )
+    events = await cur.fetchall()
+    assert [e["type"] for e in events] == ["schedule.created", "schedule.created"]
+    digest = hashlib.sha256(FILE).hexdigest()
+    assert all(e["actor"] == "apply" and e["meta"]["file_sha256"] == digest for e in events)
+    await _clean(conn)
+
+
+async def test_applying_again_is_unchanged_and_records_nothing(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    before = await _events(conn)
+    changes = await plan.apply(conn, _doc())
+    assert _actions(changes) == {"posts": "unchanged", "users": "unchanged"}
+    assert await _events(conn) == before
+
+
+async def test_a_changed_file_updates_with_a_field_diff(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    before = await _events(conn)
+    changed = FILE.replace(b'"*/30 * * * *"', b'"*/10 * * * *"').replace(
+        b'{tier: "1"}', b'{tier: "2"}'
+    )
+    changes = await plan.apply(conn, _doc(changed))
+    by_name = {c.name: c for c in changes}
+    assert by_name["users"].action == "unchanged"
+    assert by_name["posts"].action == "update"
+    assert by_name["posts"].diff == {
+        "cron": ("*/30 * * * *", "*/10 * * * *"),
+        "labels": ({"team": "data", "tier": "1"}, {"team": "data", "tier": "2"}),
+    }
+    assert await _events(conn) == before + 1  # one event for the one changed schedule
+    cur = await conn.execute(
+        "SELECT type, actor, data, meta FROM pgsched.event ORDER BY id DESC LIMIT 1"
+    )
+    event = await cur.fetchone()
+    assert event is not None
+    assert (event["type"], event["actor"]) == ("schedule.updated", "apply")
+    assert event["data"]["cron"] == "*/10 * * * *"
+    assert event["meta"]["file_sha256"] == hashlib.sha256(changed).hexdigest()
+    assert (await _schedule(conn, "posts"))["cron"] == "*/10 * * * *"
+    lines = plan.describe(changes, _doc(changed), dry_run=False)
+    assert '    cron: "*/30 * * * *" -> "*/10 * * * *"' in lines
+    await _clean(conn)
+
+
+async def test_dry_run_prints_the_plan_and_changes_nothing(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    before = await _events(conn)
+    changed = FILE.replace(b"max_attempts: 5", b"max_attempts: 6") + (
+        b"  - name: extra\n    job_type: noop\n    cron: '0 1 * * *'\n"
+    )
+    changes = await plan.apply(conn, _doc(changed), dry_run=True, prune=True)
+    assert _actions(changes) == {"posts": "unchanged", "users": "update", "extra": "create"}
+    assert await _events(conn) == before
+    assert (await _schedule(conn, "users"))["max_attempts"] == 5
+    assert await store.schedules.live_schedule_id(conn, "extra") is None
+    summary = plan.describe(changes, _doc(changed), dry_run=True)[-1]
+    assert "nothing changed: 1 to create, 1 to update, 0 to delete, 1 unchanged" in summary
+
+
+async def test_prune_deletes_only_what_this_manager_declared(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    # Made over the API (no manager), and declared by another file: never pruned here.
+    await schedules.create(
+        conn,
+        {"name": "by-hand", "job_type": "noop", "kind": "cron", "cron": "0 3 * * *"},
+        actor="admin",
+        now=None,
+    )
+    other = FILE.replace(b"manager: team-a", b"manager: team-b").replace(b"posts", b"b-posts")
+    await plan.apply(conn, _doc(other.replace(b"name: users", b"name: b-users")))
+    only_posts = FILE.split(b"  - name: users")[0]
+    kept = await plan.apply(conn, _doc(only_posts))  # without --prune: nothing deleted
+    assert _actions(kept) == {"posts": "unchanged"}
+    assert await store.schedules.live_schedule_id(conn, "users") is not None
+    changes = await plan.apply(conn, _doc(only_posts), prune=True)
+    assert _actions(changes) == {"posts": "unchanged", "users": "delete"}
+    assert await store.schedules.live_schedule_id(conn, "users") is None
+    for name in ("by-hand", "b-posts", "b-users"):
+        assert await store.schedules.live_schedule_id(conn, name) is not None, name
+    await _clean(conn)
+
+
+async def test_a_schedule_of_another_manager_is_refused(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    with pytest.raises(DeclarationError, match="declared by manager 'team-a', not 'team-b'"):
+        await plan.apply(conn, _doc(FILE.replace(b"manager: team-a", b"manager: team-b")))
+
+
+async def test_a_file_with_one_bad_schedule_applies_nothing(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    before = await _events(conn)
+    bad = FILE.replace(b"max_attempts: 5", b"max_attempts: 7") + (
+        b"  - name: third\n    job_type: noop\n    cron: '61 * * * *'\n"
+    )
+    with pytest.raises(DeclarationError, match=r"^schedule 'third': cron: ") as refused:
+        await plan.apply(conn, _doc(bad))
+    assert "\n" not in str(refused.value)
+    assert await _events(conn) == before
+    assert (await _schedule(conn, "users"))["max_attempts"] == 5  # the 2nd was not updated
+    assert await store.schedules.live_schedule_id(conn, "third") is None
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+async def test_export_then_apply_changes_nothing(conn: Conn, fmt: document.Format) -> None:
+    await plan.apply(conn, _doc())
+    once = FILE.replace(b"manager: team-a", b"manager: team-c").replace(b"posts", b"c-once")
+    once = once.replace(b'cron: "*/30 * * * *"', b"run_at: '2099-01-01T00:00:00Z'")
+    await plan.apply(conn, _doc(once.replace(b"name: users", b"name: c-job\n    enabled: false")))
+    defaults = {"timeout_seconds": 90.0}  # the operator's, as export and apply both read them
+    rows = await plan.declared(conn, "team-a")
+    text = document.render(rows, fmt, manager="team-a", defaults=defaults)
+    before = await _events(conn)
+    changes = await plan.apply(conn, _doc(text.encode(), fmt=fmt), defaults=defaults, prune=True)
+    assert _actions(changes) == {"posts": "unchanged", "users": "unchanged"}
+    everything = document.render(await plan.declared(conn, None), fmt, manager=None)
+    assert (
+        "c-once" in everything and "posts" in everything and "pgsched.maintenance" not in everything
+    )
+    c_rows = await plan.declared(conn, "team-c")
+    again = document.render(c_rows, fmt, manager="team-c")
+    changes = await plan.apply(conn, _doc(again.encode(), fmt=fmt))
+    assert set(_actions(changes).values()) == {"unchanged"}
+    assert await _events(conn) == before
+
+
+async def test_the_seed_004_example_applies(conn: Conn) -> None:
+    path = ROOT / "docs" / "examples" / "seed004.yaml"
+    declared = document.load(path, {"SCHEDULER_RETRY_ATTEMPTS": "4"})
+    changes = await plan.apply(conn, declared)
+    assert _actions(changes) == {
+        "json_placeholder_posts": "create",
+        "json_placeholder_users": "create",
+        "json_placeholder_todos": "create",
+    }
+    posts = await _schedule(conn, "json_placeholder_posts")
+    assert (posts["cron"], posts["timeout_seconds"], posts["max_attempts"]) == (
+        "*/30 * * * *",
+        300.0,
+        2,
+    )
+    assert (posts["retry_delay_seconds"], posts["retry_factor"]) == (30.0, 2.0)
+    users = await _schedule(conn, "json_placeholder_users")
+    assert (users["max_attempts"], users["retry_delay_seconds"]) == (4, 60.0)  # ${...} and default
+    todos = await _schedule(conn, "json_placeholder_todos")
+    assert todos["payload"]["headers"] == {"Authorization": {"$secret": "logingest_api_token"}}
+    assert todos["labels"] == {"app": "logingest", "source": "todos"}
+    assert {posts["managed_by"], posts["owner"], posts["queue"]} == {
+        "logingest",
+        "data-platform",
+        "ingest",
+    }
+    assert _actions(await plan.apply(conn, declared)) == dict.fromkeys(
+        ("json_placeholder_posts", "json_placeholder_users", "json_placeholder_todos"),
+        "unchanged",
+    )
+    await _clean(conn)
+
+
+async def test_operator_defaults_fill_what_the_file_leaves_out(conn: Conn) -> None:
+    raw = b"schedules:\n  - {name: plain, job_type: noop, cron: '0 4 * * *'}\n"
+    defaults = {"timezone": "America/New_York", "max_attempts": 7, "timeout_seconds": 45.0}
+    await plan.apply(conn, _doc(raw), defaults=defaults)
+    row = await _schedule(conn, "plain")
+    assert (row["timezone"], row["max_attempts"], row["timeout_seconds"]) == (
+        "America/New_York",
+        7,
+        45.0,
+    )
+    assert row["managed_by"] == "fallback"  # no `manager`: the file's stem (here, given)
+
+
+def test_environment_interpolation() -> None:
+    raw = (
+        b"schedules:\n  - name: n\n    job_type: http\n"
+        b"    payload: {url: 'https://${HOST}/${PATH_PART:-x}', body: '$${HOST} stays'}\n"
+        b"    max_attempts: ${ATTEMPTS}\n"
+    )
+    (fields,) = _doc(raw, {"HOST": "h.example", "ATTEMPTS": "4"}).schedules
+    assert fields["payload"] == {"url": "https://h.example/x", "body": "${HOST} stays"}
+    assert fields["max_attempts"] == 4
+    with pytest.raises(DeclarationError) as missing:
+        _doc(raw, {"HOST": "h.example"})
+    assert str(missing.value) == (
+        "schedules[0].max_attempts: environment variable ATTEMPTS is not set"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (
+            b"schedules: [{name: a, job_type: noop}, {name: a, job_type: noop}]",
+            "'a': declared twice",
+        ),
+        (b"schedules:\n  - name: a\n    name: b\n    job_type: noop\n", "key 'name' given twice"),
+        (b"schedules: [{name: a, job_type: noop, max_attempts: 0}]", "max_attempts: Expected"),
+        (b"schedules: [{name: a, job_type: noop, colour: red}]", "unknown field `colour`"),
+        (b"defaults: {cron: '* * * * *'}\nschedules: []", "defaults.cron: is given per schedule"),
+        (b"schedule: []", "schedule: unknown key"),
+        (b"schedules: [{name: a, job_type: noop, run_at: 5}]", "run_at: must be an RFC 3339"),
+        (b"schedules: [\n", "not valid YAML: line"),
+    ],
+)
+def test_bad_files_are_one_line_naming_the_place(raw: bytes, says: str) -> None:
+    with pytest.raises(DeclarationError) as refused:
+        _doc(raw)
+    assert says in str(refused.value)
+    assert "\n" not in str(refused.value)
