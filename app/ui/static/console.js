@@ -94,6 +94,8 @@
       if (source.readyState === EventSource.CLOSED) toLogin();
       else say("reconnecting", "live off");
     });
+  } else if (indicator) {
+    indicator.hidden = true;  // nothing on this page follows the feed
   }
 
   document.addEventListener("submit", function (event) {
