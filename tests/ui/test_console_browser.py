@@ -204,7 +204,8 @@ async def test_an_operator_session_end_to_end(
     await page.screenshot(path=shots / "schedules.png", full_page=True)
     # The API reference, read with the session (no token pasted), from the nav.
     await page.click("header >> text=API")
-    await page.wait_for_selector("#reference summary:has-text('/v1/schedules/{schedule_id}/trigger')")
+    trigger = "#reference summary:has-text('/v1/schedules/{schedule_id}/trigger')"
+    await page.wait_for_selector(trigger)
     await page.screenshot(path=shots / "api.png", full_page=True)
     assert await replay.verify(db) == []
     for name in ("login", "overview", "schedule", "dead-letter", "run", "runs", "workers", "api"):
