@@ -62,6 +62,7 @@ async def test_no_console_route_answers_without_a_session(api: Client) -> None:
     assert login.status_code == 200
     assert "default-src 'self'" in login.headers["content-security-policy"]
     assert login.headers["x-frame-options"] == "DENY"
+    assert "pgsched token create --name NAME --role" in login.text  # the command as it is
     assert (await api.get("/ui/static/console.js")).status_code == 200
 
 
