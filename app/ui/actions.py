@@ -40,7 +40,7 @@ _MAX_FIELD: Final = 20_000
 # Whole numbers in ASCII digits (str.isdigit() also accepts '²', which int() refuses).
 _WHOLE: Final = re.compile(r"[0-9]{1,18}")
 _SIGNED: Final = re.compile(r"-?[0-9]{1,6}")
-_NUMBER: Final = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
+_NUMBER: Final = re.compile(r"[0-9]{1,9}(\.[0-9]{1,17})?")
 
 
 def _meta(request: Request[Any, Any, Any]) -> tuple[str, dict[str, object]]:

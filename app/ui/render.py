@@ -71,6 +71,13 @@ def utc_input(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def plain(value: float | None) -> str:
+    """A number as a form field holds it: `3600`, `2.5` (never `3600.0` or `1e+06`)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -93,7 +100,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(when=when, seconds=seconds, utc_input=utc_input)
+    env.filters.update(when=when, seconds=seconds, utc_input=utc_input, plain=plain)
     env.globals.update(duration=duration)
     return env
 

@@ -421,3 +421,22 @@ async def test_the_live_feed_ends_when_the_session_is_signed_out(
 
             seen = await asyncio.wait_for(ending(), 10)
         assert "event: signed-out" in seen
+
+
+async def test_the_edit_form_sent_back_unchanged_changes_nothing(
+    api: Client, role_tokens: Tokens, db: Conn
+) -> None:
+    """Every field as the page renders it reads back as the same value: no event, no version."""
+    s = await make_schedule(db, timeout_seconds=1_234_567.0, priority=-3, overlap_policy="skip")
+    csrf = await sign_in(api, role_tokens, "admin")
+    page = (await api.get(f"/ui/schedules/{s['id']}")).text
+    form = page.split('action="/ui/schedules/' + str(s["id"]) + '/edit">')[1].split("</form>")[0]
+    data = dict(re.findall(r'<input (?:type="[^"]+" )?name="([^"]+)" value="([^"]*)"', form))
+    data.update(re.findall(r'<select name="([^"]+)">.*?<option selected>([^<]+)</option>', form))
+    data["payload"] = re.search(r"<textarea name=\"payload\">([^<]*)</textarea>", form).group(1)  # type: ignore[union-attr]
+    assert data["timeout_seconds"] == "1234567" and data["priority"] == "-3"
+    assert data["overlap_policy"] == "skip" and data["csrf"] == csrf
+    sent = await api.post(f"/ui/schedules/{s['id']}/edit", data=data, follow_redirects=False)
+    assert sent.status_code == 303, sent.text
+    assert "done=" not in sent.headers["location"]  # nothing to save
+    assert (await schedules.live(db, s["id"]))["version"] == s["version"]
