@@ -249,3 +249,19 @@ def _noop_definition(name: str) -> dict[str, object]:
     return schedule.complete(
         {"name": name, "job_type": "noop", "kind": "interval", "interval_seconds": 86_400}
     )
+
+
+async def test_a_refused_live_stream_goes_to_sign_in(
+    browser: Any, live_server: LiveServer, role_tokens: Tokens
+) -> None:
+    """After a restart or an expiry /ui/live is refused, and EventSource gives up (CLOSED):
+    the page goes to sign-in rather than saying "reconnecting" forever."""
+    page = await _page(browser, live_server)
+    await _sign_in(page, role_tokens.values["viewer"])
+
+    async def refused(route: Any) -> None:  # what a browser sees of the 303 to the sign-in page
+        await route.fulfill(status=200, content_type="text/html", body="<!doctype html>")
+
+    await page.route("**/ui/live", refused)
+    await page.goto("/ui/dead")
+    await page.wait_for_url("**/ui/login")
