@@ -164,7 +164,7 @@ async def cancel_run(
 def _back(path: str) -> str:
     """Only a console page may be where a form returns to (never another site); its query
     string (the list's filter) is kept, without an earlier notice."""
-    if not path.startswith("/ui/") or "//" in path or "\\" in path:
+    if not path.startswith("/ui/") or "//" in path or "\\" in path or not path.isprintable():
         return "/ui/"
     where, _, query = path.partition("?")
     kept = [p for p in query.split("&") if p and not p.startswith("done=")]
