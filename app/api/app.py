@@ -26,7 +26,6 @@ from pgsched.app.api.decoding import ApiRequest
 from pgsched.app.api.metrics import MetricsController, prometheus_config
 from pgsched.app.api.openapi import OpenAPIJson, correct_allow
 from pgsched.app.api.problems import EXCEPTION_HANDLERS
-from pgsched.app.api.reference import reference
 from pgsched.app.api.routes import events, runs, schedules, system
 from pgsched.app.api.tracing import opentelemetry_plugin
 from pgsched.app.clock import Clock, SystemClock
@@ -141,7 +140,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock | None = None) 
     )
     return Litestar(
         # The operator console at /ui/ (ADR 0030): its own cookie session, the same services.
-        route_handlers=[v1, *system.ROOT_ROUTES, reference, MetricsController, console_router()],
+        # The interactive API reference is one of its pages (/ui/api), not a public route.
+        route_handlers=[v1, *system.ROOT_ROUTES, MetricsController, console_router()],
         template_config=console_templates(),
         lifespan=[_pool, _telemetry],
         dependencies={"conn": Provide(_provide_conn)},

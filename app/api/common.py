@@ -105,6 +105,15 @@ def strict_path_ids(
     (msgspec's lenient conversion would read `1.0` and `1e0` as 1); the value's range is the
     `PathId` bounds' business.
     """
+    if "console" in handler.opt:
+        return  # the console's guard checks its session first, then ids (app.ui.session)
+    check_path_ids(connection, handler)
+
+
+def check_path_ids(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """strict_path_ids' check itself, for a guard that runs it later (the console's)."""
     signature = handler.parsed_fn_signature.parameters
     for name, raw in connection.path_params.items():
         declared = signature.get(name)

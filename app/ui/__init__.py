@@ -15,23 +15,12 @@ from litestar import Router
 from litestar.datastructures import ResponseHeader
 from litestar.static_files import create_static_files_router
 
-from pgsched.app.ui import actions, live, pages, session
+from pgsched.app.ui import actions, live, pages, reference, render, session
 from pgsched.app.ui.render import EXCEPTION_HANDLERS, template_config
 
 __all__ = ["router", "template_config"]
 
-# The console loads nothing from elsewhere and runs no inline script, so the browser may refuse
-# anything else: an injected script or style has nowhere to come from, and no other site may
-# frame the console's buttons (clickjacking).
-SECURITY_HEADERS = [
-    ResponseHeader(
-        name="Content-Security-Policy",
-        value="default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    ),
-    ResponseHeader(name="X-Frame-Options", value="DENY"),
-    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
-    ResponseHeader(name="Referrer-Policy", value="same-origin"),
-]
+SECURITY_HEADERS = [ResponseHeader(name=k, value=v) for k, v in render.SECURITY_HEADERS.items()]
 
 
 def router() -> Router:
@@ -45,7 +34,7 @@ def router() -> Router:
     )
     return Router(
         path="/ui",
-        route_handlers=[*pages.ROUTES, *actions.ROUTES, *live.ROUTES, files],
+        route_handlers=[*pages.ROUTES, *actions.ROUTES, *live.ROUTES, *reference.ROUTES, files],
         guards=[session.guard],
         exception_handlers=EXCEPTION_HANDLERS,
         include_in_schema=False,

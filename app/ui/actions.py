@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -28,14 +29,18 @@ from pgsched.app.api.problems import ApiError
 from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
 from pgsched.app.db.store import Conn
 from pgsched.app.db.store import console as console_store
-from pgsched.app.domain.errors import VersionMismatch
+from pgsched.app.domain.errors import NotFound, VersionMismatch
 from pgsched.app.services import runs, schedules, tokens
 from pgsched.app.ui import session
-from pgsched.app.ui.pages import ADMIN, BULK_MAX, JOB_TYPES, OPERATOR, VIEWER
+from pgsched.app.ui.pages import ADMIN, BULK_MAX, BULK_STATES, JOB_TYPES, OPERATOR, VIEWER
 from pgsched.app.ui.render import back_to, describe, page
 
 PUBLIC: Final = {"role": "public", "console": "public"}
 _MAX_FIELD: Final = 20_000
+# Whole numbers in ASCII digits (str.isdigit() also accepts '²', which int() refuses).
+_WHOLE: Final = re.compile(r"[0-9]{1,18}")
+_SIGNED: Final = re.compile(r"-?[0-9]{1,6}")
+_NUMBER: Final = re.compile(r"[0-9]{1,9}(\.[0-9]{1,17})?")
 
 
 def _meta(request: Request[Any, Any, Any]) -> tuple[str, dict[str, object]]:
@@ -60,7 +65,7 @@ def _field(form: FormMultiDict, name: str) -> str:
 def _version(form: FormMultiDict) -> int:
     """The schedule version the form was made from: a stale form is refused (412)."""
     value = _field(form, "version")
-    if not value.isdigit() or len(value) > 18:
+    if not _WHOLE.fullmatch(value):
         raise ApiError(422, "the form carries no schedule version: reload", field="version")
     return int(value)
 
@@ -115,6 +120,7 @@ async def login(request: Request[Any, Any, Any], conn: NamedDependency[Conn]) ->
 @post("/logout", opt=VIEWER, include_in_schema=False, status_code=303)
 async def logout(request: Request[Any, Any, Any]) -> Redirect:
     await _form(request)
+    session.end(request, session.current(request))
     redirect = Redirect("/ui/login", status_code=303)
     redirect.set_cookie(session.cleared())
     return redirect
@@ -156,29 +162,58 @@ async def cancel_run(
 
 
 def _back(path: str) -> str:
-    """Only a console page may be where a form returns to (never another site)."""
-    return path if path.startswith("/ui/") and "//" not in path and "\\" not in path else "/ui/"
+    """Only a console page may be where a form returns to (never another site); its query
+    string (the list's filter) is kept, without an earlier notice."""
+    if not path.startswith("/ui/") or "//" in path or "\\" in path or not path.isprintable():
+        return "/ui/"
+    where, _, query = path.partition("?")
+    kept = [p for p in query.split("&") if p and not p.startswith("done=")]
+    return where + ("?" + "&".join(kept) if kept else "")
 
 
 @post("/runs/bulk", opt=OPERATOR, include_in_schema=False, status_code=200)
 async def bulk_apply(request: Request[Any, Any, Any], conn: NamedDependency[Conn]) -> Template:
     """Retry or cancel exactly the runs the confirmation page listed, one transaction each
-    (as the API's retry and cancel): a run that changed state meanwhile is counted as skipped."""
+    (as the API's retry and cancel), each only if it is still in the state that page showed:
+    a run that changed state meanwhile, or is gone, is counted as skipped. A running run that
+    is cancelled is asked to stop (its worker ends it), counted apart from the cancelled."""
     form = await _form(request)
     action = _field(form, "action")
-    if action not in ("retry", "cancel"):
+    if action not in BULK_STATES:
         raise ApiError(422, "must be retry or cancel", field="action")
+    state = _field(form, "state")
+    if state not in BULK_STATES[action]:
+        raise ApiError(422, f"must be one of {', '.join(BULK_STATES[action])}", field="state")
     ids = form.getall("run_id") if "run_id" in form else []
     if len(ids) > BULK_MAX or not all(isinstance(i, str) and PATH_ID.fullmatch(i) for i in ids):
         raise ApiError(422, f"at most {BULK_MAX} run ids", field="run_id")
-    act = _retry if action == "retry" else _cancel
-    done = skipped = 0
+    counts = {"done": 0, "stopping": 0, "skipped": 0}
     for run_id in dict.fromkeys(int(i) for i in ids):
-        if await act(request, conn, run_id):
-            done += 1
-        else:
-            skipped += 1
-    return page(request, "bulk_done.html", action=action, done=done, skipped=skipped)
+        counts[await _bulk_one(request, conn, run_id, action=action, state=state)] += 1
+    return page(request, "bulk_done.html", action=action, state=state, **counts)
+
+
+async def _bulk_one(
+    request: Request[Any, Any, Any], conn: Conn, run_id: int, *, action: str, state: str
+) -> str:
+    """done, stopping (a running run asked to stop) or skipped. The run's row is locked while
+    its state is checked and changed, so the check holds."""
+    actor, meta = _meta(request)
+    now = clock_now(request)
+    try:
+        async with conn.transaction():
+            before = await console_store.lock_run(conn, run_id)
+            if before is None or before["state"] != state:
+                return "skipped"
+            if action == "retry":
+                row = await runs.retry(conn, run_id, actor=actor, now=now, meta=meta)
+            else:
+                _, row = await runs.cancel(conn, run_id, actor=actor, now=now, meta=meta)
+    except NotFound:
+        return "skipped"
+    if row is None:
+        return "skipped"
+    return "stopping" if row["state"] == "running" else "done"
 
 
 # -- schedules --------------------------------------------------------------------------------
@@ -194,26 +229,59 @@ def _json_field(form: FormMultiDict, name: str) -> object:
         raise ApiError(422, "must be JSON (an object)", field=name) from None
 
 
-def _int_field(form: FormMultiDict, name: str) -> int | None:
+def _int_field(form: FormMultiDict, name: str, pattern: re.Pattern[str] = _WHOLE) -> int | None:
     raw = _field(form, name)
     if not raw:
         return None
-    if not raw.isdigit() or len(raw) > 10:
+    if not pattern.fullmatch(raw):
         raise ApiError(422, "must be a whole number", field=name)
     return int(raw)
 
 
+def _number_field(form: FormMultiDict, name: str) -> float | None:
+    raw = _field(form, name)
+    if not raw:
+        return None
+    if not _NUMBER.fullmatch(raw):
+        raise ApiError(422, "must be a number of seconds, e.g. 30 or 2.5", field=name)
+    return float(raw)
+
+
+def _instant_field(form: FormMultiDict, name: str) -> datetime | None:
+    return _utc(form, name) if _field(form, name) else None
+
+
+# Fields a form may empty to clear them (the API's null); the others cannot be empty.
+_CLEARABLE: Final = ("cron", "interval_seconds", "run_at")
+_REQUIRED_ON_EDIT: Final = (
+    "timezone",
+    "queue",
+    "max_attempts",
+    "priority",
+    "timeout_seconds",
+    "overlap_policy",
+    "missed_policy",
+    "payload",
+)
+
+
 def _definition(form: FormMultiDict) -> dict[str, Any]:
-    """The schedule fields a form gives, as the API's JSON body would carry them."""
+    """The schedule fields a form gives, as the API's JSON body would carry them (ApiError
+    naming the field when one is malformed)."""
     given: dict[str, Any] = {
         "name": _field(form, "name"),
         "job_type": _field(form, "job_type"),
         "payload": _json_field(form, "payload"),
         "cron": _field(form, "cron"),
         "interval_seconds": _int_field(form, "interval_seconds"),
+        "run_at": _instant_field(form, "run_at"),
         "timezone": _field(form, "timezone"),
         "queue": _field(form, "queue"),
+        "priority": _int_field(form, "priority", _SIGNED),
         "max_attempts": _int_field(form, "max_attempts"),
+        "timeout_seconds": _number_field(form, "timeout_seconds"),
+        "overlap_policy": _field(form, "overlap_policy"),
+        "missed_policy": _field(form, "missed_policy"),
     }
     return {k: v for k, v in given.items() if v not in (None, "")}
 
@@ -230,9 +298,8 @@ async def create_schedule(
     request: Request[Any, Any, Any], conn: NamedDependency[Conn]
 ) -> Response[Any]:
     form = await _form(request)
-    fields = _definition(form)
     try:
-        data = _as(ScheduleCreate, fields)
+        data = _as(ScheduleCreate, _definition(form))
         actor, meta = _meta(request)
         row = await schedules.create(
             conn, definition.create_fields(data), actor=actor, now=clock_now(request), meta=meta
@@ -244,10 +311,17 @@ async def create_schedule(
             "schedule_new.html",
             status=status,
             job_types=JOB_TYPES,
-            form={k: _field(form, k) for k in form if k != "csrf"},
+            form={k: str(form.get(k) or "")[:_MAX_FIELD] for k in form if k != "csrf"},
             error=message,
         )
     return back_to(f"/ui/schedules/{row['id']}", "created")
+
+
+def _comparable(value: object) -> object:
+    """A schedule row's value as the form's parsed value would be (floats, aware instants)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @post("/schedules/{schedule_id:str}/edit", opt=ADMIN, include_in_schema=False, status_code=303)
@@ -261,12 +335,18 @@ async def edit_schedule(
     current = await schedules.live(conn, schedule_id)
     submitted = _definition(form)
     changed = {
-        k: v for k, v in submitted.items() if k not in ("name", "job_type") and v != current.get(k)
+        k: v
+        for k, v in submitted.items()
+        if k not in ("name", "job_type") and _comparable(v) != _comparable(current.get(k))
     }
-    # A timing field the form emptied is cleared, so switching cron <-> interval is said explicitly.
-    for timing in ("cron", "interval_seconds"):
-        if timing in form and not _field(form, timing) and current.get(timing) is not None:
-            changed[timing] = None
+    # A field the form emptied is cleared (null), so switching cron <-> interval <-> once is
+    # said explicitly; one that cannot be cleared is refused rather than silently kept.
+    for name in _CLEARABLE:
+        if name in form and not _field(form, name) and current.get(name) is not None:
+            changed[name] = None
+    for name in _REQUIRED_ON_EDIT:
+        if name in form and not _field(form, name):
+            raise ApiError(422, "cannot be emptied: give a value", field=name)
     if not changed:
         return back_to(f"/ui/schedules/{schedule_id}")
     actor, meta = _meta(request)
@@ -286,16 +366,13 @@ async def edit_schedule(
 async def delete_schedule(
     request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> Redirect:
-    """Deleted only if the form's version is still the schedule's: the check and the delete
-    hold the schedule's row lock together."""
+    """Deleted only if the form's version is still the schedule's (412 otherwise)."""
     form = await _form(request)
     version = _version(form)
     actor, meta = _meta(request)
-    async with conn.transaction():
-        row = await schedules.live(conn, schedule_id, lock=True)
-        if row["version"] != version:
-            raise VersionMismatch(row["version"])
-        await schedules.delete(conn, schedule_id, actor=actor, now=clock_now(request), meta=meta)
+    await schedules.delete(
+        conn, schedule_id, actor=actor, now=clock_now(request), meta=meta, if_match={version}
+    )
     return back_to("/ui/schedules", "deleted")
 
 
@@ -310,23 +387,39 @@ async def operate_schedule(
     schedule_id: PathId,
     action: Annotated[str, PathParameter(max_length=20)],
     conn: NamedDependency[Conn],
-) -> Redirect:
-    """pause, resume, trigger (a run due now) or backfill (the occurrences of a past range)."""
+) -> Response[Any]:
+    """pause, resume, trigger (a run due now) or backfill (the occurrences of a past range).
+
+    Each form carries the schedule version it was made from and is refused (412) if the
+    schedule changed since: the operator acts on what the page showed. The check and the
+    action hold the schedule's row lock together. Trigger's form also carries a random
+    idempotency key, so a double submit makes one run."""
+    if action not in ("pause", "resume", "trigger", "backfill"):
+        raise ApiError(404, f"no action {action!r} on a schedule")
     form = await _form(request)
+    version = _version(form)
     actor, meta = _meta(request)
     now = clock_now(request)
     where = f"/ui/schedules/{schedule_id}"
-    if action == "pause":
-        await schedules.pause(conn, schedule_id, actor=actor, now=now, meta=meta)
-    elif action == "resume":
-        await schedules.resume(conn, schedule_id, actor=actor, now=now, meta=meta)
-    elif action == "trigger":
-        await schedules.trigger(conn, schedule_id, actor=actor, now=now, meta=meta)
-    elif action == "backfill":
-        start, end = _utc(form, "from"), _utc(form, "to")
-        await schedules.backfill(conn, schedule_id, start, end, actor=actor, now=now, meta=meta)
-    else:
-        raise ApiError(404, f"no action {action!r} on a schedule")
+    async with conn.transaction():
+        row = await schedules.live(conn, schedule_id, lock=True)
+        if row["version"] != version:
+            raise VersionMismatch(row["version"])
+        if action == "pause":
+            await schedules.pause(conn, schedule_id, actor=actor, now=now, meta=meta)
+        elif action == "resume":
+            await schedules.resume(conn, schedule_id, actor=actor, now=now, meta=meta)
+        elif action == "trigger":
+            key = _field(form, "idempotency_key") or None
+            await schedules.trigger(
+                conn, schedule_id, actor=actor, now=now, meta=meta, idempotency_key=key
+            )
+        else:
+            start, end = _utc(form, "from"), _utc(form, "to")
+            result = await schedules.backfill(
+                conn, schedule_id, start, end, actor=actor, now=now, meta=meta
+            )
+            return page(request, "backfill_done.html", s=row, start=start, end=end, result=result)
     return back_to(where, {"pause": "paused", "resume": "resumed"}.get(action, action + "ed"))
 
 

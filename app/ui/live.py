@@ -4,7 +4,8 @@ The console cannot send the API's bearer token from an EventSource, so it has th
 own, authenticated by the session cookie. It starts where the feed ends when the page opens (a
 page already shows the past) and sends, per event, only what a page needs to know that it is
 stale: the type and the stream it belongs to, never the event's data or meta. The session is
-checked again every keepalive period: a revoked token ends the stream, as on the API's tail.
+checked again every keepalive period, as every page checks it (app.ui.session.load): a revoked
+token, a signed-out or expired session ends the stream with `signed-out`.
 """
 
 from __future__ import annotations
@@ -23,17 +24,24 @@ from pgsched.app.api.config import ApiSettings
 from pgsched.app.db.store import console as console_store
 from pgsched.app.db.store import reads
 from pgsched.app.ui.pages import VIEWER
-from pgsched.app.ui.session import current
+from pgsched.app.ui.session import SignInRequired, load
 
 log = logging.getLogger("pgsched.api")
 _BATCH: Final = 200
+
+
+async def _still_signed_in(request: Request[Any, Any, Any]) -> bool:
+    try:
+        await load(request)
+    except SignInRequired:
+        return False
+    return True
 
 
 async def _changes(request: Request[Any, Any, Any]) -> AsyncIterator[ServerSentEventMessage]:
     state = request.app.state
     settings: ApiSettings = state.settings
     clock = state.clock
-    token_id = current(request).principal.token_id
     try:
         async with state.pool.connection() as conn:
             position = await console_store.feed_head(conn)
@@ -47,10 +55,9 @@ async def _changes(request: Request[Any, Any, Any]) -> AsyncIterator[ServerSentE
         try:
             async with state.pool.connection() as conn:
                 rows = await reads.event_feed(conn, after=position, limit=_BATCH)
-                if clock.monotonic() - checked >= settings.stream_keepalive_seconds:
-                    checked = clock.monotonic()
-                    row = await console_store.live_token(conn, token_id, now=clock.db_now())
-                    live = row is not None
+            if clock.monotonic() - checked >= settings.stream_keepalive_seconds:
+                checked = clock.monotonic()
+                live = await _still_signed_in(request)
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("console live stream ends: database unavailable: %s", exc)
             return

@@ -9,6 +9,7 @@ typed parameters: an empty field means "no filter", a wrong one a 422 page namin
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any, Final, get_args
 from urllib.parse import urlencode
@@ -35,6 +36,9 @@ ADMIN: Final = {"role": "public", "console": "admin"}
 
 PAGE: Final = 50
 BULK_MAX: Final = 1000
+# The states a bulk action can apply to: retry makes dead or cancelled runs wait again, cancel
+# ends waiting runs and asks running ones to stop.
+BULK_STATES: Final = {"retry": ("dead", "cancelled"), "cancel": ("waiting", "running")}
 RUN_STATES: Final = get_args(RunState)
 JOB_TYPES: Final = get_args(JobType)
 # Keys never shown, wherever they appear in an event: a run's lease token fences its worker.
@@ -44,12 +48,11 @@ NOTICES: Final = {
     "paused": "Paused.",
     "resumed": "Resumed.",
     "triggered": "Triggered: a run is waiting.",
-    "backfilled": "Backfill requested.",
     "updated": "Saved.",
     "deleted": "Deleted.",
     "created": "Created.",
     "retried": "Sent back to waiting.",
-    "cancelled": "Cancelled (or asked to stop).",
+    "cancelled": "Cancelled (a running run is asked to stop: its worker ends it).",
     "bulk": "Done: see the result counts below.",
 }
 
@@ -174,16 +177,42 @@ async def schedule_new(request: Request[Any, Any, Any]) -> Template:
     return page(request, "schedule_new.html", job_types=JOB_TYPES, form={}, error=None)
 
 
+# A schedule's own history on its page: what people (and the ticker's policies) did to it.
+TIMELINE_TYPES: Final = (
+    "schedule.created",
+    "schedule.updated",
+    "schedule.paused",
+    "schedule.resumed",
+    "schedule.backfilled",
+    "schedule.deleted",
+)
+
+
+def _due(value: object) -> datetime | None:
+    """An occurrence's due time as an event's meta carries it (RFC 3339 text)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @get("/schedules/{schedule_id:str}", opt=VIEWER, include_in_schema=False)
 async def schedule_page(
     request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
 ) -> Template:
-    """A schedule: definition, version (the edit and delete forms send it back), runs, the
-    occurrences that did not run and why, and the next due times."""
+    """A schedule: definition, version (every form sends it back), runs, the occurrences that
+    did not run and why (paged), its own event timeline (paged) and the next due times."""
     row = await schedules.live(conn, schedule_id)
     runs = await reads.page_runs(conn, limit=20, schedule_id=schedule_id)
+    missed_before, timeline_before = _id(request, "missed_before"), _id(request, "timeline_before")
     missed = await console_store.schedule_events(
-        conn, schedule_id, ["schedule.occurrence_missed"], limit=50
+        conn, schedule_id, ["schedule.occurrence_missed"], limit=PAGE + 1, before=missed_before
+    )
+    timeline = await console_store.schedule_events(
+        conn, schedule_id, TIMELINE_TYPES, limit=PAGE + 1, before=timeline_before
     )
     after: datetime | None = None
     due: list[datetime] = []
@@ -195,9 +224,15 @@ async def schedule_page(
         s=row,
         payload=shown(row["payload"]),
         runs=runs,
-        missed=missed,
+        missed=[{**e, "due": _due(e["meta"].get("due_at"))} for e in missed[:PAGE]],
+        missed_next=missed[PAGE - 1]["id"] if len(missed) > PAGE else None,
+        timeline=[
+            {**e, "data": shown(e["data"]), "meta": shown(e["meta"])} for e in timeline[:PAGE]
+        ],
+        timeline_next=timeline[PAGE - 1]["id"] if len(timeline) > PAGE else None,
         preview_after=after,
         preview=due,
+        trigger_key=secrets.token_urlsafe(16),
         notice=notice(request),
     )
 
@@ -219,7 +254,12 @@ async def _runs(request: Request[Any, Any, Any], conn: Conn, *, dead: bool) -> T
     before = cursors.decode_instant_id(cursor, "before") if cursor else None
     rows = await reads.page_runs(conn, limit=PAGE + 1, before=before, **filters)
     more, rows = len(rows) > PAGE, rows[:PAGE]
-    errors = await reads.common_errors(conn, hours=STATS_HOURS, limit=5, now=clock_now(request))
+    # The 24 h aggregation is the dead letter's, and pages are re-fetched live: only there.
+    errors = (
+        await reads.common_errors(conn, hours=STATS_HOURS, limit=5, now=clock_now(request))
+        if dead
+        else []
+    )
     # The bulk buttons carry the filter (never the page position) to the confirmation step.
     kept = {k: v for k, v in request.query_params.items() if k not in ("before", "state", "done")}
     return page(
@@ -228,9 +268,13 @@ async def _runs(request: Request[Any, Any, Any], conn: Conn, *, dead: bool) -> T
         dead=dead,
         runs=rows,
         states=RUN_STATES,
-        filters={k: v for k, v in request.query_params.items() if k != "before"},
+        filters={k: v for k, v in request.query_params.items() if k not in ("before", "done")},
         next_before=cursors.encode(rows[-1]["due_at"], rows[-1]["id"]) if more else None,
-        common_errors=errors if dead else [],
+        common_errors=errors,
+        workers=await console_store.worker_names(
+            conn, [r["worker_id"] for r in rows if r["worker_id"]]
+        ),
+        here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         bulk_state=state,
         bulk_query=urlencode({**kept, "state": state or ""}),
         notice=notice(request),
@@ -261,13 +305,19 @@ async def bulk_confirm(request: Request[Any, Any, Any], conn: NamedDependency[Co
     action = _choice(request, "action", ("retry", "cancel"))
     if action is None:
         raise ApiError(422, "must be retry or cancel", field="action")
-    if _choice(request, "state", RUN_STATES) is None:
+    state = _choice(request, "state", RUN_STATES)
+    if state is None:
         raise ApiError(422, "choose the runs' state first (a bulk action needs one)", field="state")
+    if state not in BULK_STATES[action]:
+        raise ApiError(
+            422, f"{action} applies to {' or '.join(BULK_STATES[action])} runs only", field="state"
+        )
     found = await matching_runs(request, conn)
     return page(
         request,
         "bulk.html",
         action=action,
+        state=state,
         runs=found[:BULK_MAX],
         too_many=len(found) > BULK_MAX,
         limit=BULK_MAX,
@@ -287,11 +337,14 @@ async def run_page(
         raise ApiError(404, f"run {run_id} does not exist")
     events = await reads.stream_events(conn, "run", run_id, limit=10_000)
     outcome = row["outcome"] or {}
+    attempts = attempts_of(events)
+    worker_ids = [a.worker_id for a in attempts if a.worker_id is not None]
     return page(
         request,
         "run.html",
         r=row,
-        attempts=attempts_of(events),
+        attempts=attempts,
+        workers=await console_store.worker_names(conn, worker_ids),
         events=[{**e, "data": shown(e["data"]), "meta": shown(e["meta"])} for e in events],
         traces=sorted({e["trace_id"] for e in events if e["trace_id"]}),
         error=outcome.get("error") if isinstance(outcome, dict) else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +37,21 @@ log = logging.getLogger("pgsched.api")
 
 LOGIN_URL: Final = "/ui/login"
 
+# The console loads nothing from elsewhere and runs no inline script, so the browser may refuse
+# anything else: an injected script or style has nowhere to come from, and no other site may
+# frame the console's buttons (clickjacking). Every answer under /ui carries these, errors and
+# redirects included (a page is what a browser renders, whatever its status), and none is kept
+# in a cache: a page shows one session's data.
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
 
 def when(value: datetime | None, zone: str | None = None) -> str:
     """An instant as `2026-12-04 19:00:00 UTC`, or in `zone` with the zone's name."""
@@ -49,6 +64,18 @@ def when(value: datetime | None, zone: str | None = None) -> str:
             return value.isoformat()
         return local.strftime("%Y-%m-%d %H:%M:%S ") + zone
     return value.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def utc_input(value: datetime | None) -> str:
+    """An instant as a datetime-local field's value, in UTC (as the forms read it back)."""
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def plain(value: float | None) -> str:
+    """A number as a form field holds it: `3600`, `2.5` (never `3600.0` or `1e+06`)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def seconds(value: float | None) -> str:
@@ -73,7 +100,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(when=when, seconds=seconds)
+    env.filters.update(when=when, seconds=seconds, utc_input=utc_input, plain=plain)
     env.globals.update(duration=duration)
     return env
 
@@ -146,6 +173,12 @@ def describe(exc: Exception) -> tuple[int, str]:
 
 
 def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    response = _error_response(request, exc)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, SignInRequired):
         return Redirect(LOGIN_URL, status_code=303)
     status, message = describe(exc)

@@ -1,12 +1,15 @@
 """The console's session: a signed cookie naming an API token, never holding it (ADR 0030).
 
 Signing in takes an API token once (app.services.tokens.authenticate, as the API's guard). The
-cookie then holds `v1.<token id>.<issued at>.<MAC>`: the MAC is an HMAC-SHA256 under a key of
-this process, over the id, the issue time and the token's stored SHA-256, so the cookie is bound
-to that token and cannot be made by whoever reads it or the database alone. Every request looks
-the token up again by id: a revoked or expired token ends its sessions at the next click, and
-the role shown is the token's role now. The cookie is HttpOnly, SameSite=Strict, Path=/ui, and
-Secure when the console is served over https.
+cookie then holds `v2.<token id>.<issued at>.<session id>.<MAC>`: the MAC is an HMAC-SHA256
+under a key of this process, over the id, the issue time, a random session id and the token's
+stored SHA-256, so the cookie is bound to that token and cannot be made by whoever reads it or
+the database alone. Every request looks the token up again by id: a revoked or expired token
+ends its sessions at the next click, and the role shown is the token's role now. Signing out
+records the session id as ended (in this process, as long as the session could have lived, as
+the key itself lives only as long as the process): a copy of the cookie taken before sign-out
+is refused afterwards. The cookie is HttpOnly, SameSite=Strict, Path=/ui, and Secure when the
+console is served over https.
 
 Forms carry a CSRF token bound to the session (an HMAC of the cookie under the same key); the
 sign-in form, before any session, a double-submit token (a random cookie and the same value in
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,6 +33,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
 from pgsched.app.api.auth import RANK, Principal
+from pgsched.app.api.common import check_path_ids
 from pgsched.app.db.store import console as console_store
 
 COOKIE: Final = "pgsched_session"
@@ -47,6 +52,9 @@ class Session:
     principal: Principal
     cookie: str
     csrf: str
+    sid: str
+    expires: int  # epoch seconds, when the cookie stops being accepted
+    checked: int  # epoch seconds, the database's clock when the session was checked
 
 
 def _key(connection: ASGIConnection[Any, Any, Any, Any]) -> bytes:
@@ -62,9 +70,18 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _mac(key: bytes, token_id: int, issued: int, token_sha256: bytes) -> str:
-    message = f"{token_id}.{issued}.".encode() + token_sha256
+def _mac(key: bytes, token_id: int, issued: int, sid: str, token_sha256: bytes) -> str:
+    message = f"{token_id}.{issued}.{sid}.".encode() + token_sha256
     return _b64(hmac.new(key, message, hashlib.sha256).digest())
+
+
+def _ended(connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, int]:
+    """Session ids signed out in this process -> when they would have expired (epoch seconds)."""
+    state = connection.app.state
+    ended = state.get("ui_ended_sessions")
+    if not isinstance(ended, dict):
+        ended = state["ui_ended_sessions"] = {}
+    return ended
 
 
 def csrf_for(key: bytes, cookie: str) -> str:
@@ -78,7 +95,9 @@ def is_https(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
 def session_cookie(
     connection: ASGIConnection[Any, Any, Any, Any], token_id: int, token_sha256: bytes, issued: int
 ) -> Cookie:
-    value = f"v1.{token_id}.{issued}.{_mac(_key(connection), token_id, issued, token_sha256)}"
+    sid = _b64(secrets.token_bytes(16))
+    mac = _mac(_key(connection), token_id, issued, sid, token_sha256)
+    value = f"v2.{token_id}.{issued}.{sid}.{mac}"
     return Cookie(
         key=COOKIE,
         value=value,
@@ -106,13 +125,17 @@ def login_cookie(connection: ASGIConnection[Any, Any, Any, Any], value: str) -> 
     )
 
 
-def _parse(cookie: str) -> tuple[int, int, str] | None:
-    parts = cookie.split(".")
-    if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit() or not parts[2].isdigit():
+# ASCII digits only: str.isdigit() accepts '²', which int() then refuses.
+_COOKIE_FORMAT: Final = re.compile(
+    r"v2\.([1-9][0-9]{0,18})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})"
+)
+
+
+def _parse(cookie: str) -> tuple[int, int, str, str] | None:
+    found = _COOKIE_FORMAT.fullmatch(cookie)
+    if found is None:
         return None
-    if len(parts[1]) > 19 or len(parts[2]) > 12:
-        return None
-    return int(parts[1]), int(parts[2]), parts[3]
+    return int(found[1]), int(found[2]), found[3], found[4]
 
 
 async def load(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
@@ -121,7 +144,9 @@ async def load(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
     parsed = _parse(cookie) if cookie else None
     if cookie is None or parsed is None:
         raise SignInRequired
-    token_id, issued, mac = parsed
+    token_id, issued, sid, mac = parsed
+    if sid in _ended(connection):
+        raise SignInRequired
     state = connection.app.state
     now = state.clock.db_now()
     async with state.pool.connection() as conn:
@@ -129,11 +154,22 @@ async def load(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
     if row is None or not (issued <= row["now_epoch"] < issued + LIFETIME_SECONDS):
         raise SignInRequired
     key = _key(connection)
-    expected = _mac(key, token_id, issued, bytes(row["token_sha256"]))
+    expected = _mac(key, token_id, issued, sid, bytes(row["token_sha256"]))
     if not hmac.compare_digest(expected, mac):
         raise SignInRequired
     principal = Principal(row["id"], row["name"], row["role"], row["prefix"])
-    return Session(principal, cookie, csrf_for(key, cookie))
+    return Session(
+        principal, cookie, csrf_for(key, cookie), sid, issued + LIFETIME_SECONDS, row["now_epoch"]
+    )
+
+
+def end(connection: ASGIConnection[Any, Any, Any, Any], session: Session) -> None:
+    """Sign this session out for good: its cookie, even a copy, is refused from now on. Ids of
+    sessions that have expired anyway are forgotten here, so the record stays small."""
+    ended = _ended(connection)
+    for sid in [s for s, until in ended.items() if until <= session.checked]:
+        del ended[sid]
+    ended[session.sid] = session.expires
 
 
 async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -149,6 +185,7 @@ async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     if required not in RANK:
         raise PermissionDeniedException("this page declares no role requirement")
     session = await load(connection)
+    check_path_ids(connection, handler)  # after the session: nobody else learns input rules
     if RANK.get(session.principal.role, 0) < RANK[required]:
         raise PermissionDeniedException(f"this needs the {required} role")
     connection.scope["user"] = session.principal

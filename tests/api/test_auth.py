@@ -48,7 +48,6 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/tokens"): "admin",
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
-    ("GET", "/docs"): "public",  # a static page; what it shows is fetched with a token
     ("GET", "/stats"): "viewer",
     ("GET", "/schema"): "viewer",
     ("GET", "/schema/openapi.json"): "viewer",

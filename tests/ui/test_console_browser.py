@@ -129,7 +129,13 @@ async def _create_schedule(page: Any, shots: Path) -> int:
 
 
 async def _bulk_cancel(page: Any, db: Conn, schedule_id: int, shots: Path) -> None:
-    """Bulk-cancel a filtered set: this schedule's waiting runs (three more and the retried)."""
+    """Bulk-cancel a filtered set: this schedule's waiting runs (one triggered here, three
+    more and the retried)."""
+    await page.goto(f"/ui/schedules/{schedule_id}")
+    # A double click on "Trigger now" posts once (the button waits for the next page), and the
+    # form's idempotency key would make a second post the same run anyway.
+    await page.dblclick("button:has-text('Trigger now')")
+    await page.wait_for_selector("text=Triggered: a run is waiting.")
     for _ in range(3):
         await schedules.trigger(db, schedule_id, actor="elsewhere", now=None)
     await page.goto("/ui/")
@@ -138,11 +144,11 @@ async def _bulk_cancel(page: Any, db: Conn, schedule_id: int, shots: Path) -> No
     await page.goto(f"/ui/runs?state=waiting&schedule_id={schedule_id}")
     await page.screenshot(path=shots / "runs.png", full_page=True)
     await page.click("[data-testid=bulk-cancel]")
-    assert "4 run(s) match" in await page.inner_text("[data-testid=bulk-count]")
+    assert "5 run(s) match" in await page.inner_text("[data-testid=bulk-count]")
     await page.screenshot(path=shots / "bulk-confirm.png", full_page=True)
     await page.click("[data-testid=bulk-confirm]")
     result = await page.inner_text("[data-testid=bulk-result]")
-    assert result.startswith("4 run(s) cancelled; 0 skipped")
+    assert result.startswith("5 run(s) cancelled; 0 running run(s) asked to stop; 0 skipped")
     left = await store.reads.page_runs(db, limit=10, schedule_id=schedule_id, states=["waiting"])
     assert left == []
 
@@ -196,8 +202,13 @@ async def test_an_operator_session_end_to_end(
     await page.screenshot(path=shots / "workers.png", full_page=True)
     await page.goto("/ui/schedules")
     await page.screenshot(path=shots / "schedules.png", full_page=True)
+    # The API reference, read with the session (no token pasted), from the nav.
+    await page.click("header >> text=API")
+    trigger = "#reference summary:has-text('/v1/schedules/{schedule_id}/trigger')"
+    await page.wait_for_selector(trigger)
+    await page.screenshot(path=shots / "api.png", full_page=True)
     assert await replay.verify(db) == []
-    for name in ("login", "overview", "schedule", "dead-letter", "run", "runs", "workers"):
+    for name in ("login", "overview", "schedule", "dead-letter", "run", "runs", "workers", "api"):
         assert (shots / f"{name}.png").stat().st_size > 5_000, name
 
 
@@ -238,3 +249,19 @@ def _noop_definition(name: str) -> dict[str, object]:
     return schedule.complete(
         {"name": name, "job_type": "noop", "kind": "interval", "interval_seconds": 86_400}
     )
+
+
+async def test_a_refused_live_stream_goes_to_sign_in(
+    browser: Any, live_server: LiveServer, role_tokens: Tokens
+) -> None:
+    """After a restart or an expiry /ui/live is refused, and EventSource gives up (CLOSED):
+    the page goes to sign-in rather than saying "reconnecting" forever."""
+    page = await _page(browser, live_server)
+    await _sign_in(page, role_tokens.values["viewer"])
+
+    async def refused(route: Any) -> None:  # what a browser sees of the 303 to the sign-in page
+        await route.fulfill(status=200, content_type="text/html", body="<!doctype html>")
+
+    await page.route("**/ui/live", refused)
+    await page.goto("/ui/dead")
+    await page.wait_for_url("**/ui/login")

@@ -29,12 +29,25 @@ async def last_runs(conn: Conn, schedule_ids: Sequence[int]) -> dict[int, Row]:
 
 
 async def schedule_events(
-    conn: Conn, schedule_id: int, types: Sequence[str], *, limit: int
+    conn: Conn, schedule_id: int, types: Sequence[str], *, limit: int, before: int | None = None
 ) -> list[Row]:
-    """A schedule's newest events of these types."""
+    """A schedule's newest events of these types, older than event `before` if given."""
     return await _rows(
-        conn, "console_schedule_events", {"id": schedule_id, "types": list(types), "limit": limit}
+        conn,
+        "console_schedule_events",
+        {"id": schedule_id, "types": list(types), "limit": limit, "before": before or 2**63 - 1},
     )
+
+
+async def lock_run(conn: Conn, run_id: int) -> Row | None:
+    """The run's id and state, its row locked for the caller's transaction (None: no run)."""
+    return await _row(conn, "console_lock_run", {"id": run_id})
+
+
+async def worker_names(conn: Conn, worker_ids: Sequence[int]) -> dict[int, Row]:
+    """Name and host of these workers, by id (unknown ids are absent)."""
+    found = await _rows(conn, "console_worker_names", {"ids": list(set(worker_ids))})
+    return {r["id"]: r for r in found}
 
 
 async def queues(conn: Conn) -> list[Row]:

@@ -5,8 +5,17 @@
 (function () {
   "use strict";
 
-  var pending = null;
+  // At most one re-fetch in flight, and one every MIN_GAP ms: a busy feed must not turn every
+  // open tab into a stream of full page renders.
+  var MIN_GAP = 2000;
+  var timer = null;
+  var inFlight = false;
+  var again = false;
+  var last = 0;
   var indicator = document.getElementById("live-state");
+  // A page about one stream (a run's) only refreshes for that stream's events.
+  var scoped = document.querySelector("[data-live][data-stream]");
+  var stream = scoped ? scoped.getAttribute("data-stream") : null;
 
   function say(text, cls) {
     if (indicator) {
@@ -15,12 +24,26 @@
     }
   }
 
+  function toLogin() {
+    window.location.assign("/ui/login");
+  }
+
+  function done() {
+    inFlight = false;
+    last = Date.now();
+    if (again) {
+      again = false;
+      schedule();
+    }
+  }
+
   function refresh() {
-    pending = null;
+    timer = null;
+    inFlight = true;
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) {
         if (response.redirected && response.url.indexOf("/ui/login") >= 0) {
-          window.location.assign("/ui/login");
+          toLogin();
           return null;
         }
         return response.ok ? response.text() : null;
@@ -34,27 +57,60 @@
         });
         document.dispatchEvent(new CustomEvent("console:refreshed"));
       })
-      .catch(function () { /* the next change tries again */ });
+      .catch(function () { /* the next change tries again */ })
+      .then(done);
   }
 
   function schedule() {
-    if (pending === null) pending = window.setTimeout(refresh, 250);
+    if (inFlight) {
+      again = true;  // one more after this one, with what it missed
+      return;
+    }
+    if (timer === null) timer = window.setTimeout(refresh, Math.max(250, last + MIN_GAP - Date.now()));
+  }
+
+  function changed(event) {
+    if (stream) {
+      var mine = false;
+      try {
+        mine = JSON.parse(event.data).some(function (c) { return c.stream + ":" + c.stream_id === stream; });
+      } catch (e) { mine = true; }
+      if (!mine) return;
+    }
+    schedule();
   }
 
   if (window.EventSource && document.querySelector("[data-live]")) {
     var source = new EventSource("/ui/live");
     source.addEventListener("open", function () { say("live", "live on"); });
-    source.addEventListener("changes", schedule);
+    source.addEventListener("changes", changed);
     source.addEventListener("signed-out", function () {
       source.close();
-      window.location.assign("/ui/login");
+      toLogin();
     });
-    source.addEventListener("error", function () { say("reconnecting", "live off"); });
+    source.addEventListener("error", function () {
+      // CLOSED: the server refused the stream (a 303 to sign-in after a restart or expiry), and
+      // EventSource will not retry; otherwise it reconnects by itself.
+      if (source.readyState === EventSource.CLOSED) toLogin();
+      else say("reconnecting", "live off");
+    });
+  } else if (indicator) {
+    indicator.hidden = true;  // nothing on this page follows the feed
   }
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
     var question = form.getAttribute("data-confirm");
-    if (question && !window.confirm(question)) event.preventDefault();
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      return;
+    }
+    // A second click would post the form again (a second run from "Trigger now"): once sent,
+    // its buttons wait for the next page. Forms handled by script (the API reference) stay.
+    if (form.method.toLowerCase() === "post") {
+      form.querySelectorAll("button[type=submit], button:not([type])").forEach(function (b) {
+        window.setTimeout(function () { b.disabled = true; }, 0);
+      });
+    }
   });
 })();
