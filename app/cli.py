@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 import psycopg
 from alembic.util.exc import CommandError as AlembicError
-from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
-from pgsched.app import settings
+import pgsched
+from pgsched.app import commands, settings
 from pgsched.app.background import Died
+from pgsched.app.commands import base
+from pgsched.app.commands.base import CommandError
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
 from pgsched.app.settings import SettingsError
@@ -52,10 +54,6 @@ if TYPE_CHECKING:
 QUEUE_NAME_MAX = 100
 # A background task died (app.background, ADR 0024): sysexits' EX_SOFTWARE, "internal error".
 EXIT_TASK_DIED = 70
-
-
-class CommandError(Exception):
-    """An expected failure: printed as one line, exit code 2."""
 
 
 def _keep_secrets_in() -> None:
@@ -76,25 +74,30 @@ def _environ(args: argparse.Namespace) -> Mapping[str, str]:
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    return settings.database_url(_environ(args), args.database_url)
+    """DATABASE_URL, or the local cluster `pgsched run` started (app.commands.base)."""
+    return base.database_url(args)
 
 
 def migrate(url: str, target: str = "head") -> None:
-    """`alembic upgrade <target>` against `url`, with the scripts the package carries."""
+    """`alembic upgrade <target>` against `url`, with the scripts the package carries.
+
+    Alembic's INFO lines ("Context impl PostgresqlImpl.", each revision it runs) are a tool's
+    banner, not the operator's business: its warnings and errors still show."""
+    import logging
+
     from pgsched.app.db import migrations
 
-    migrations.upgrade(url, target)
+    quiet = logging.getLogger("alembic")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        migrations.upgrade(url, target)
+    finally:
+        quiet.setLevel(level)
 
 
 async def _with_conn(url: str, work: Callable[[Conn], Awaitable[int]]) -> int:
-    try:
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row)
-    except psycopg.OperationalError as exc:
-        raise CommandError(f"cannot connect to the database: {_first_line(exc)}") from None
-    try:
-        return await work(conn)
-    finally:
-        await conn.close()
+    return await base.with_conn(url, work)
 
 
 async def _wait_for_database(url: str) -> None:
@@ -177,7 +180,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    return asyncio.run(_with_conn(_database_url(args), _rebuild))
+    url = _database_url(args)
+    question = "replace the schedule and run tables with the fold of the event log?"
+    if not base.confirm(question, yes=args.yes):
+        print("nothing rebuilt", file=sys.stderr)
+        return 1
+    return asyncio.run(_with_conn(url, _rebuild))
 
 
 def _local_database(data_dir: Path) -> tuple[str, bool]:
@@ -215,13 +223,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The application's jobs, as `pgsched worker` imports them: before anything starts.
     _import_jobs(settings.job_modules(env), "PGSCHED_IMPORT")
     started_local = False
+    local = url is None
     if url is None:
         url, started_local = _local_database(Path(args.data_dir))
         print(f"local PostgreSQL under {args.data_dir} (data kept between runs)")
     try:
         with _telemetry("run", env):
             return _run_service(
-                url, env, worker, dataclasses.replace(api, database_url=url), retention
+                url, env, worker, dataclasses.replace(api, database_url=url), retention, local=local
             )
     finally:
         if started_local:
@@ -295,8 +304,11 @@ def _run_service(
     worker_settings: WorkerSettings,
     api_settings: ApiSettings,
     retention: Retention,
+    *,
+    local: bool,
 ) -> int:
     from pgsched.app.clock import SystemClock
+    from pgsched.app.commands import welcome
     from pgsched.app.service import default_loops, serve
     from pgsched.workers.worker import Worker
 
@@ -305,8 +317,10 @@ def _run_service(
     migrate(url)
     asyncio.run(_with_conn(url, _install_builtins(retention)))
     asyncio.run(_define_jobs(url))
-    print(f"database ready at {url}")
-    print(f"  psql '{url}'")
+    # The local cluster's DSN holds no password; a given DATABASE_URL may, so it is not echoed.
+    print(f"database ready at {url}" if local else "database ready (DATABASE_URL)")
+    if local:
+        print(f"  psql '{url}'")
 
     async def _serve() -> None:
         stop = _stop_on_signals()
@@ -316,7 +330,9 @@ def _run_service(
         # maintenance) are given `url` by the worker (workers.jobs.python_call).
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
-        print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
+        print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)")
+        steps = welcome.next_steps(local_dsn=url if local else None, api=where)
+        print("\n".join(steps), flush=True)
         await serve(url, clock, stop, loops, services={"worker": worker.run, "api": api})
 
     try:
@@ -649,7 +665,12 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
-    p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: $DATABASE_URL, else the local PostgreSQL that "
+        f"`pgsched run` started under {base.LOCAL_DATA_DIR})",
+    )
+    p.add_argument("--version", action="version", version=f"pgsched {pgsched.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("migrate", help="apply the schema migrations (alembic upgrade)")
@@ -660,6 +681,7 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("rebuild", help="rebuild the schedule and run tables from the event log")
+    r.add_argument("--yes", action="store_true", help="do not ask before replacing the tables")
     r.set_defaults(func=cmd_rebuild)
 
     run = sub.add_parser(
@@ -669,7 +691,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--data-dir",
-        default=".pgsched/pgdata",
+        default=str(base.LOCAL_DATA_DIR),
         help="local PostgreSQL data directory (default: %(default)s)",
     )
     run.set_defaults(func=cmd_run)
@@ -716,7 +738,21 @@ def parser() -> argparse.ArgumentParser:
     tr = tks.add_parser("revoke", help="revoke a token by name")
     tr.add_argument("name")
     tr.set_defaults(func=cmd_token_revoke)
+
+    commands.register(sub)
+    _describe(p)
     return p
+
+
+def _describe(p: argparse.ArgumentParser) -> None:
+    """Give every subcommand's `--help` a description: its one-line help, unless it has one."""
+    for action in p._actions:  # argparse keeps the subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                sub = action.choices[choice.dest]
+                if sub.description is None and choice.help:
+                    sub.description = choice.help[0].upper() + choice.help[1:] + "."
+                _describe(sub)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
