@@ -27,6 +27,8 @@ from pgsched.app import settings
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, OperationError
+from pgsched.app.domain.jobs import InvalidPayload
+from pgsched.app.domain.occurrences import InvalidSchedule
 
 LOCAL_DATA_DIR = Path(".pgsched") / "pgdata"
 """Where `pgsched run` keeps its local cluster when no database is given (its --data-dir)."""
@@ -108,7 +110,7 @@ def operation_errors() -> Iterator[None]:
         yield
     except InvalidDefinition as exc:
         raise CommandError(f"{exc.field}: {exc.message}") from None
-    except (InvalidRequest, OperationError) as exc:
+    except (InvalidRequest, OperationError, InvalidSchedule, InvalidPayload) as exc:
         raise CommandError(str(exc)) from None
     except store.NameTaken as exc:
         raise CommandError(f"name: {first_line(exc)}") from None
