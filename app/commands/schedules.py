@@ -27,6 +27,7 @@ from pgsched.app.domain.schedule import MAX_PREVIEW
 from pgsched.app.services import schedules
 
 PAGE = 500
+JOB_TYPES = ("http", "command", "sql", "python", "noop")
 _EVENTS_SHOWN = 10
 _RUNS_SHOWN = 10
 
@@ -395,7 +396,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     ls = add("list", "list live schedules with their next due time and last run")
     ls.add_argument("--queue")
-    ls.add_argument("--job-type", choices=["http", "command", "sql", "python", "noop"])
+    ls.add_argument("--job-type", choices=JOB_TYPES)
     ls.add_argument("--state", choices=["enabled", "paused"])
     ls.add_argument("--name", help="exactly this name")
     ls.add_argument("--limit", type=_positive, default=100, help="at most (default: %(default)s)")
@@ -454,7 +455,7 @@ def _create_parser(cr: argparse.ArgumentParser) -> None:
     cr.add_argument(
         "--file", metavar="FILE", help="a JSON body as POST /v1/schedules takes (- = stdin)"
     )
-    cr.add_argument("--job-type", help="http, command, sql, python or noop")
+    cr.add_argument("--job-type", choices=JOB_TYPES, help="what the runs do")
     cr.add_argument("--payload", metavar="JSON", help="the job's payload, a JSON object")
     when = cr.add_mutually_exclusive_group()
     when.add_argument("--cron", help="a cron expression, in --timezone")
