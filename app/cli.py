@@ -1,8 +1,13 @@
 """The `pgsched` command.
 
-Every subcommand reads DATABASE_URL (or --database-url). Expected failures (bad input, no
-database, drift found) end with a one-line reason on stderr and a non-zero exit code, never a
-traceback: 1 = the check found a problem, 2 = the command could not do its work.
+Every subcommand reads DATABASE_URL (or --database-url); without either, it uses the local
+PostgreSQL that `pgsched run` started in the working directory (app.commands.base). Expected
+failures (bad input, no database, drift found) end with a one-line reason on stderr and a
+non-zero exit code, never a traceback: 1 = the check found a problem (or the operator answered
+no), 2 = the command could not do its work. `pgsched status` is a Nagios-style check with exit
+codes of its own (app.commands.status).
+
+The groups `schedules`, `runs` and `status` live in app/commands/, registered by `parser()`.
 
 The environment is read once, by `main`, and parsed by app.settings: each command parses the
 settings it uses before it starts anything, so a bad value is one line and exit 2.
@@ -331,7 +336,7 @@ def _run_service(
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
         print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)")
-        steps = welcome.next_steps(local_dsn=url if local else None, api=where)
+        steps = welcome.next_steps(local_dsn=url if local else None, api=where, environ=env)
         print("\n".join(steps), flush=True)
         await serve(url, clock, stop, loops, services={"worker": worker.run, "api": api})
 
