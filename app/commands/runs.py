@@ -116,8 +116,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = await _matching(conn, args, states, args.limit)
         if args.json:
             output.json_out([_run_json(r) for r in rows])
-        else:
-            output.table(rows, COLUMNS)
+            return 0
+        output.table(rows, COLUMNS)
+        if len(rows) == args.limit:  # said aside, so the table stays a table
+            print(f"(the newest {args.limit}; more may match: --limit N)", file=sys.stderr)
         return 0
 
     return _run(args, work)

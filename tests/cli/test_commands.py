@@ -266,12 +266,38 @@ async def test_create_takes_the_apis_json_body(
         (("runs", "list", "--since", "2026-01-01T00:00"), "--since must be an instant with a"),
         (("status", "--verbose"), "unrecognized arguments: --verbose"),
         (("schedules", "frobnicate"), "invalid choice: 'frobnicate'"),
+        (("schedules", "trigger", "no-such"), "no live schedule is named 'no-such'"),
+        (("schedules", "resume", "0"), "schedule 0 does not exist"),
+        (
+            (
+                "schedules",
+                "create",
+                "x",
+                "--job-type",
+                "noop",
+                "--cron",
+                "1 * * * *",
+                "--interval",
+                "60",
+            ),
+            "not allowed with argument --cron",
+        ),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(dsn: str, args: tuple[str, ...], says: str) -> None:
     out = run_cli(dsn, *args)
     one_line_refusal(out, says)
     assert out.stdout == ""
+
+
+async def test_delete_asks_first_and_without_a_terminal_refuses(dsn: str, db: Conn) -> None:
+    kept = await make_schedule(db, name="keep")
+    out = run_cli(dsn, "schedules", "delete", "keep")
+    one_line_refusal(out, f"delete schedule {kept['id']} 'keep': refused, no terminal to confirm")
+    declined = answered(dsn, "n", "schedules", "delete", "keep")
+    assert declined.returncode == 1 and "nothing deleted" in declined.stderr
+    assert await store.get_schedule(db, kept["id"]) is not None
+    assert [e["type"] for e in await _events(db, "schedule", kept["id"])] == ["schedule.created"]
 
 
 # -- runs -----------------------------------------------------------------------------------------
