@@ -148,19 +148,40 @@ def cmd_show(args: argparse.Namespace) -> int:
         if runs:
             output.table(runs, _RUN_COLUMNS)
         events = await reads.stream_events(conn, "schedule", row["id"], limit=100_000)
-        print(f"\nlatest events ({min(len(events), _EVENTS_SHOWN)} of {len(events)}):")
+        # The ticker's advance of next_due_at is one event per occurrence: noise here.
+        told = [e for e in events if e["type"] not in _ROUTINE]
+        print(
+            f"\nlatest changes and missed occurrences ({min(len(told), _EVENTS_SHOWN)} of "
+            f"{len(told)}; `GET /v1/events` has all):"
+        )
         output.table(
-            events[-_EVENTS_SHOWN:],
+            told[-_EVENTS_SHOWN:],
             [
                 ("AT", lambda e: e["occurred_at"]),
                 ("EVENT", lambda e: e["type"]),
                 ("ACTOR", lambda e: e["actor"]),
-                ("REASON", lambda e: (e["data"] or {}).get("reason")),
+                ("DETAIL", _detail),
             ],
         )
         return 0
 
     return _run(args, work)
+
+
+_ROUTINE = frozenset({"schedule.advanced", "schedule.snapshot"})
+
+
+def _detail(event: Mapping[str, Any]) -> str | None:
+    """What a reader wants of an event: why an occurrence did not run, what a backfill did."""
+    meta = event["meta"] or {}
+    if event["type"] == "schedule.occurrence_missed":
+        return f"due {meta.get('due_at')}: {meta.get('reason')}"
+    if event["type"] == "schedule.backfilled":
+        return (
+            f"[{meta.get('from')}, {meta.get('to')}): {meta.get('requested')} occurrence(s), "
+            f"{meta.get('created')} new run(s)"
+        )
+    return None
 
 
 _RUN_COLUMNS: list[output.Column] = [

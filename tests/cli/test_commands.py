@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 import pgsched
-from pgsched.app import cli
+from pgsched.app import cli, ticker
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
 from pgsched.app.services import schedules
 from tests.conftest import ROOT, connect
-from tests.factories import make_schedule
+from tests.factories import cover_last_month, make_schedule
 from tests.support import store as test_store
 
 DEADLINE = 60.0
@@ -288,6 +288,25 @@ def test_a_bad_argument_is_one_line_and_exit_2(dsn: str, args: tuple[str, ...], 
     out = run_cli(dsn, *args)
     one_line_refusal(out, says)
     assert out.stdout == ""
+
+
+async def test_show_tells_which_occurrences_did_not_run_and_why(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await cover_last_month(db)  # ten minutes ago is last month's just after midnight on the 1st
+    late = await make_schedule(
+        db, name="late", now=datetime.now(UTC) - timedelta(minutes=10), missed_policy="latest"
+    )
+    made = await ticker.tick(db, now=None)  # ten occurrences fell due: only the latest runs
+    assert made.missed >= 8, made
+    code, text = await main(dsn, capsys, "schedules", "show", "late")
+    assert code == 0
+    missed = [line for line in text.splitlines() if "schedule.occurrence_missed" in line]
+    assert len(missed) == min(made.missed, 10), text
+    assert all(line.rstrip().endswith(": latest") for line in missed), missed
+    assert "schedule.advanced" not in text, "the ticker's routine is not shown"
+    runs = await main_json(dsn, capsys, "runs", "list", "--schedule", str(late["id"]))
+    assert [r["origin"] for r in runs] == ["schedule"] * made.created
 
 
 async def test_delete_asks_first_and_without_a_terminal_refuses(dsn: str, db: Conn) -> None:
