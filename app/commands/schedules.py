@@ -175,13 +175,22 @@ def _detail(event: Mapping[str, Any]) -> str | None:
     """What a reader wants of an event: why an occurrence did not run, what a backfill did."""
     meta = event["meta"] or {}
     if event["type"] == "schedule.occurrence_missed":
-        return f"due {meta.get('due_at')}: {meta.get('reason')}"
+        return f"due {_instant_text(meta.get('due_at'))}: {meta.get('reason')}"
     if event["type"] == "schedule.backfilled":
         return (
-            f"[{meta.get('from')}, {meta.get('to')}): {meta.get('requested')} occurrence(s), "
+            f"[{_instant_text(meta.get('from'))}, {_instant_text(meta.get('to'))}): "
+            f"{meta.get('requested')} occurrence(s), "
             f"{meta.get('created')} new run(s)"
         )
     return None
+
+
+def _instant_text(value: object) -> str:
+    """An instant as an event's JSON holds it, printed as the tables print instants."""
+    try:
+        return output.instant(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
 
 
 _RUN_COLUMNS: list[output.Column] = [
