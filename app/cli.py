@@ -518,7 +518,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-running must be a whole number >= 1 or 'none', got {raw!r}")
 
     async def work(conn: Conn) -> int:
-        row = await runs.set_queue_limit(conn, args.name, limit, actor="cli", now=None)
+        row = await runs.set_queue_limit(conn, args.name, limit, actor=base.actor(), now=None)
         shown = row["max_running"] if row["max_running"] is not None else "unlimited"
         print(f"queue {row['name']}: at most {shown} running")
         return 0
@@ -612,7 +612,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     async def work(conn: Conn) -> int:
         try:
             row, token = await tokens.create_token(
-                conn, name=args.name, role=args.role, actor="cli", now=None, expires_at=expires
+                conn,
+                name=args.name,
+                role=args.role,
+                actor=base.actor(),
+                now=None,
+                expires_at=expires,
+                meta=base.audit_meta(),
             )
         except tokens.TokenNameTaken as exc:
             raise CommandError(str(exc)) from None
@@ -650,7 +656,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     from pgsched.app.services import tokens
 
     async def work(conn: Conn) -> int:
-        row = await tokens.revoke_token(conn, args.name, actor="cli", now=None)
+        row = await tokens.revoke_token(
+            conn, args.name, actor=base.actor(), now=None, meta=base.audit_meta()
+        )
         if row is None:
             raise CommandError(f"no active token named {args.name!r}")
         print(f"revoked token {row['name']!r} ({row['prefix']}…)")
