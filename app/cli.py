@@ -677,7 +677,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
+    p = _Parser(
+        prog="pgsched",
+        description="pgsched: a job scheduler whose store, queue and history are PostgreSQL. "
+        "`pgsched COMMAND --help` describes each command.",
+    )
     p.add_argument(
         "--database-url",
         help="PostgreSQL URL (default: $DATABASE_URL, else the local PostgreSQL that "

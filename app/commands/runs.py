@@ -287,12 +287,13 @@ async def _why_not(conn: Conn, run_id: int, allowed: tuple[str, ...]) -> str:
 # -- the parser ---------------------------------------------------------------------------------
 
 
-def _filters(p: argparse.ArgumentParser, states: Sequence[str]) -> None:
+def _filters(p: argparse.ArgumentParser, states: Sequence[str], *, bulk: bool = False) -> None:
+    every = "; default: any of them" if bulk else ""
     p.add_argument(
         "--state",
         action="append",
         metavar="STATE",
-        help=f"{', '.join(states)} (repeatable, or comma-separated)",
+        help=f"{', '.join(states)} (repeatable, or comma-separated{every})",
     )
     p.add_argument("--queue", help="only this queue")
     p.add_argument("--schedule", metavar="SCHEDULE", help="only this schedule (id or name)")
@@ -339,7 +340,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     ):
         p = add(name, f"{summary}: the RUN ids given, or every run the filters match")
         p.add_argument("runs", nargs="*", type=_run_id, metavar="RUN", help="run ids")
-        _filters(p, allowed)
+        _filters(p, allowed, bulk=True)
         p.add_argument("--yes", action="store_true", help="do not ask before a bulk change")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=_bulk(verb, allowed))
