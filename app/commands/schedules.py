@@ -103,6 +103,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 ("LAST RUN", lambda r: last[r["id"]]),
             ],
         )
+        if len(rows) == args.limit:  # said aside, so the table stays a table
+            print(f"(the first {args.limit} by id; more may match: --limit N)", file=sys.stderr)
         return 0
 
     return _run(args, work)
