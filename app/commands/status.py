@@ -83,7 +83,9 @@ async def _report(args: argparse.Namespace, conn: Conn, overdue: float, stale: f
 
 def _unreachable(args: argparse.Namespace, why: str) -> int:
     if args.json:
-        output.json_out({"status": "unhealthy", "details": {"database": why}})
+        down = dict.fromkeys(("database", "ticker", "workers", "partitions"), "unhealthy")
+        # As /health without its database: nothing else can be assessed.
+        output.json_out({"status": "unhealthy", "components": down, "details": {"database": why}})
     else:
         print(f"CRITICAL: pgsched is unhealthy - database: {why}")
     return CODES["unhealthy"]

@@ -436,6 +436,9 @@ def test_status_of_a_database_that_does_not_answer_is_critical() -> None:
     code, first, _ = _status("postgresql://postgres@127.0.0.1:1/nothing")
     assert code == 2
     assert first.startswith("CRITICAL: pgsched is unhealthy - database: cannot connect")
+    body = run_cli("postgresql://postgres@127.0.0.1:1/nothing", "status", "--json")
+    assert body.returncode == 2
+    assert json.loads(body.stdout)["components"]["database"] == "unhealthy"
 
 
 # -- rebuild ---------------------------------------------------------------------------------------
