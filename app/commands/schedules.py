@@ -367,7 +367,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             return 0
         span = f"[{output.instant(begin)}, {output.instant(until)})"
         if not done.requested:
-            print(f"no occurrence of schedule {sid} falls in {span}: nothing to backfill")
+            row = await schedules.live(conn, sid)
+            print(
+                f"no occurrence of schedule {sid} falls in {span}: nothing to backfill"
+                f"{_why_none(row, begin, until)}"
+            )
         else:
             print(
                 f"{done.requested} occurrence(s) of schedule {sid} in {span}: "
@@ -377,6 +381,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, work)
+
+
+def _why_none(row: Mapping[str, Any], begin: datetime, until: datetime) -> str:
+    """Why a range holds no occurrence, when the definition says so."""
+    if row["starts_at"] is not None and until <= row["starts_at"]:
+        return f" (it starts at {output.instant(row['starts_at'])})"
+    if row["ends_at"] is not None and begin >= row["ends_at"]:
+        return f" (it ended at {output.instant(row['ends_at'])})"
+    if row["interval_seconds"] and row["starts_at"] is None and until <= row["created_at"]:
+        # An interval counts from its anchor, the creation time: nothing falls before it.
+        return f" (its interval counts from its creation, {output.instant(row['created_at'])})"
+    if row["run_at"] is not None:
+        return f" (it runs once, at {output.instant(row['run_at'])})"
+    return ""
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

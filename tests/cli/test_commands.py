@@ -309,6 +309,13 @@ async def test_show_tells_which_occurrences_did_not_run_and_why(
     assert len(runs) == made.created and {r["origin"] for r in runs} <= {"schedule", "catchup"}
 
 
+async def test_an_empty_backfill_says_why(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    await main_json(dsn, capsys, "schedules", "create", "iv", "--job-type", "noop", "--interval=60")
+    code, text = await main(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
+    assert code == 0
+    assert "nothing to backfill (its interval counts from its creation," in text
+
+
 async def test_delete_asks_first_and_without_a_terminal_refuses(dsn: str, db: Conn) -> None:
     kept = await make_schedule(db, name="keep")
     out = run_cli(dsn, "schedules", "delete", "keep")
