@@ -43,7 +43,6 @@ from pgsched.app.api.schemas import (
     worker_out,
 )
 from pgsched.app.db.store import Conn, Row, reads
-from pgsched.app.domain import health as health_rules
 from pgsched.app.services import tokens
 
 log = logging.getLogger("pgsched.api")
@@ -54,13 +53,36 @@ STATS_HOURS: Final = 24
 
 
 def _components(row: Row, settings: ApiSettings) -> tuple[HealthComponents, dict[str, str]]:
-    """The verdict app.domain.health gives, shared with `pgsched status`."""
-    found = health_rules.assess(
-        row,
-        ticker_overdue_seconds=settings.ticker_overdue_seconds,
-        worker_stale_seconds=settings.worker_stale_seconds,
+    details = {"database": "reachable"}
+    overdue = row["overdue_seconds"]
+    ticker: Status = "healthy"
+    if overdue is not None and overdue > settings.ticker_overdue_seconds:
+        ticker = "degraded"
+        details["ticker"] = f"an enabled schedule is {overdue:.0f} s overdue"
+    else:
+        details["ticker"] = "no enabled schedule is overdue"
+    workers: Status = "healthy" if row["live_workers"] else "degraded"
+    details["workers"] = (
+        f"{row['live_workers']} live worker(s)"
+        if row["live_workers"]
+        else f"no worker has sent a heartbeat in {settings.worker_stale_seconds:.0f} s"
     )
-    return HealthComponents(**found.components), found.details
+    ahead = row["months_ahead"]
+    partitions: Status = "healthy"
+    if not ahead:
+        partitions = "unhealthy"
+    elif row["partition_alarm"] or row["default_partition_rows"]:
+        partitions = "degraded"
+    details["partitions"] = f"{ahead or 0} month(s) of partitions ahead"
+    if row["default_partition_rows"]:
+        details["partitions"] += (
+            f"; rows in a DEFAULT partition: {row['default_partition_rows']}"
+            " (they block creating their month's partition: docs/runbook.md)"
+        )
+    components = HealthComponents(
+        database="healthy", ticker=ticker, workers=workers, partitions=partitions
+    )
+    return components, details
 
 
 @get(
