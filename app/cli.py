@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import pgsched
 from pgsched.app import commands, settings
 from pgsched.app.background import Died
-from pgsched.app.commands import base
+from pgsched.app.commands import base, welcome
 from pgsched.app.commands.base import CommandError
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
@@ -313,7 +313,6 @@ def _run_service(
     local: bool,
 ) -> int:
     from pgsched.app.clock import SystemClock
-    from pgsched.app.commands import welcome
     from pgsched.app.service import default_loops, serve
     from pgsched.workers.worker import Worker
 
