@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pgsched.app.commands import base, output
 from pgsched.app.commands.base import CommandError
@@ -25,7 +25,6 @@ from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.domain.errors import NotFound
 from pgsched.app.services import runs
 
-STATES = ("waiting", "running", "succeeded", "dead", "cancelled")
 RETRYABLE = ("dead", "cancelled")
 CANCELLABLE = ("waiting", "running")
 PAGE = 500
@@ -59,14 +58,27 @@ COLUMNS: list[output.Column] = [
 ]
 
 
-def _states(given: Sequence[str] | None, allowed: Sequence[str], verb: str) -> list[str] | None:
+def run_states() -> tuple[str, ...]:
+    """The run states the API knows (its filter takes the same list); imported when needed, so
+    that `pgsched --help` does not load the API."""
+    from pgsched.app.api.schemas import RunState
+
+    return get_args(RunState)
+
+
+def _states(
+    given: Sequence[str] | None, allowed: Sequence[str] | None, verb: str
+) -> list[str] | None:
     """The --state values, each one a run state (and, for retry/cancel, one it applies to)."""
     if not given:
         return None
+    known = run_states()
     states = [s.strip() for raw in given for s in raw.split(",") if s.strip()]
     for state in states:
-        if state not in STATES:
-            raise CommandError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
+        if state not in known:
+            raise CommandError(f"--state must be one of {', '.join(known)}, got {state!r}")
+        if allowed is None:
+            continue
         if state not in allowed:
             raise CommandError(
                 f"--state: only {' or '.join(allowed)} runs can be {verb}, got {state!r}"
@@ -110,7 +122,7 @@ def _run_json(row: Row) -> object:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    states = _states(args.state, STATES, "listed")
+    states = _states(args.state, None, "listed")
 
     async def work(conn: Conn) -> int:
         rows = await _matching(conn, args, states, args.limit)
@@ -287,13 +299,13 @@ async def _why_not(conn: Conn, run_id: int, allowed: tuple[str, ...]) -> str:
 # -- the parser ---------------------------------------------------------------------------------
 
 
-def _filters(p: argparse.ArgumentParser, states: Sequence[str], *, bulk: bool = False) -> None:
-    every = "; default: any of them" if bulk else ""
+def _filters(p: argparse.ArgumentParser, states: Sequence[str] | None = None) -> None:
+    which = f"{', '.join(states)}; default: any of them" if states else "waiting, dead, ..."
     p.add_argument(
         "--state",
         action="append",
         metavar="STATE",
-        help=f"{', '.join(states)} (repeatable, or comma-separated{every})",
+        help=f"run state ({which}; repeatable, or comma-separated)",
     )
     p.add_argument("--queue", help="only this queue")
     p.add_argument("--schedule", metavar="SCHEDULE", help="only this schedule (id or name)")
@@ -324,7 +336,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         return p
 
     ls = add("list", "runs matching the filters, newest occurrence first")
-    _filters(ls, STATES)
+    _filters(ls)
     ls.add_argument("--limit", type=_positive, default=50, help="at most (default: %(default)s)")
     ls.add_argument("--json", action="store_true", help="print JSON (the API's shape)")
     ls.set_defaults(func=cmd_list)
@@ -340,7 +352,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     ):
         p = add(name, f"{summary}: the RUN ids given, or every run the filters match")
         p.add_argument("runs", nargs="*", type=_run_id, metavar="RUN", help="run ids")
-        _filters(p, allowed, bulk=True)
+        _filters(p, allowed)
         p.add_argument("--yes", action="store_true", help="do not ask before a bulk change")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=_bulk(verb, allowed))
