@@ -1,8 +1,13 @@
 """The `pgsched` command.
 
-Every subcommand reads DATABASE_URL (or --database-url). Expected failures (bad input, no
-database, drift found) end with a one-line reason on stderr and a non-zero exit code, never a
-traceback: 1 = the check found a problem, 2 = the command could not do its work.
+Every subcommand reads DATABASE_URL (or --database-url); without either, it uses the local
+PostgreSQL that `pgsched run` started in the working directory (app.commands.base). Expected
+failures (bad input, no database, drift found) end with a one-line reason on stderr and a
+non-zero exit code, never a traceback: 1 = the check found a problem (or the operator answered
+no), 2 = the command could not do its work. `pgsched status` is a Nagios-style check with exit
+codes of its own (app.commands.status).
+
+The groups `schedules`, `runs` and `status` live in app/commands/, registered by `parser()`.
 
 The environment is read once, by `main`, and parsed by app.settings: each command parses the
 settings it uses before it starts anything, so a bad value is one line and exit 2.
@@ -30,11 +35,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 import psycopg
 from alembic.util.exc import CommandError as AlembicError
-from psycopg.rows import dict_row
 from sqlalchemy.exc import SQLAlchemyError
 
-from pgsched.app import settings
+import pgsched
+from pgsched.app import commands, settings
 from pgsched.app.background import Died
+from pgsched.app.commands import base, welcome
+from pgsched.app.commands.base import CommandError
 from pgsched.app.db import outage, replay
 from pgsched.app.db.store import Conn
 from pgsched.app.settings import SettingsError
@@ -55,10 +62,6 @@ QUEUE_NAME_MAX = 100
 EXIT_TASK_DIED = 70
 
 
-class CommandError(Exception):
-    """An expected failure: printed as one line, exit code 2."""
-
-
 def _keep_secrets_in() -> None:
     """Make this process non-dumpable, first thing in every long-running command (run, api,
     ticker, worker): a process of the same user, a `command` job among them, can then read
@@ -77,25 +80,30 @@ def _environ(args: argparse.Namespace) -> Mapping[str, str]:
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    return settings.database_url(_environ(args), args.database_url)
+    """DATABASE_URL, or the local cluster `pgsched run` started (app.commands.base)."""
+    return base.database_url(args)
 
 
 def migrate(url: str, target: str = "head") -> None:
-    """`alembic upgrade <target>` against `url`, with the scripts the package carries."""
+    """`alembic upgrade <target>` against `url`, with the scripts the package carries.
+
+    Alembic's INFO lines ("Context impl PostgresqlImpl.", each revision it runs) are a tool's
+    banner, not the operator's business: its warnings and errors still show."""
+    import logging
+
     from pgsched.app.db import migrations
 
-    migrations.upgrade(url, target)
+    quiet = logging.getLogger("alembic")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        migrations.upgrade(url, target)
+    finally:
+        quiet.setLevel(level)
 
 
 async def _with_conn(url: str, work: Callable[[Conn], Awaitable[int]]) -> int:
-    try:
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row)
-    except psycopg.OperationalError as exc:
-        raise CommandError(f"cannot connect to the database: {_first_line(exc)}") from None
-    try:
-        return await work(conn)
-    finally:
-        await conn.close()
+    return await base.with_conn(url, work)
 
 
 async def _wait_for_database(url: str) -> None:
@@ -178,7 +186,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    return asyncio.run(_with_conn(_database_url(args), _rebuild))
+    url = _database_url(args)
+    question = "replace the schedule and run tables with the fold of the event log?"
+    if not base.confirm(question, yes=args.yes):
+        print("nothing rebuilt", file=sys.stderr)
+        return 1
+    return asyncio.run(_with_conn(url, _rebuild))
 
 
 def _local_database(data_dir: Path) -> tuple[str, bool]:
@@ -220,6 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     apply_path = args.apply or settings.apply_file(env)
     declared = _declaration(Path(apply_path), env) if apply_path else None
     started_local = False
+    local = url is None
     if url is None:
         url, started_local = _local_database(Path(args.data_dir))
         print(f"local PostgreSQL under {args.data_dir} (data kept between runs)")
@@ -232,6 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 dataclasses.replace(api, database_url=url),
                 retention,
                 declared=declared,
+                local=local,
             )
     finally:
         if started_local:
@@ -306,6 +321,7 @@ def _run_service(
     api_settings: ApiSettings,
     retention: Retention,
     *,
+    local: bool,
     declared: Document | None = None,
 ) -> int:
     from pgsched.app.clock import SystemClock
@@ -319,8 +335,10 @@ def _run_service(
     asyncio.run(_define_jobs(url))
     if declared is not None:
         asyncio.run(_with_conn(url, _applier(declared, api_settings.schedule_defaults)))
-    print(f"database ready at {url}")
-    print(f"  psql '{url}'")
+    # The local cluster's DSN holds no password; a given DATABASE_URL may, so it is not echoed.
+    print(f"database ready at {url}" if local else "database ready (DATABASE_URL)")
+    if local:
+        print(f"  psql '{url}'")
 
     async def _serve() -> None:
         stop = _stop_on_signals()
@@ -330,7 +348,9 @@ def _run_service(
         # maintenance) are given `url` by the worker (workers.jobs.python_call).
         worker = Worker(url, clock=clock, settings=worker_settings, environ=env)
         names = [lp.name for lp in loops] + ["worker", f"API on {where}"]
-        print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)", flush=True)
+        print("pgsched is running: " + ", ".join(names) + " (Ctrl-C stops)")
+        steps = welcome.next_steps(local_dsn=url if local else None, api=where, environ=env)
+        print("\n".join(steps), flush=True)
         await serve(url, clock, stop, loops, services={"worker": worker.run, "api": api})
 
     try:
@@ -553,16 +573,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
         return text, len(rows)
 
-    async def export() -> tuple[str, int]:
-        conn = await psycopg.AsyncConnection.connect(
-            _database_url(args), autocommit=True, row_factory=dict_row
-        )
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    text, count = asyncio.run(export())
+    text, count = asyncio.run(base.with_conn(_database_url(args), work))
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -593,7 +604,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-running must be a whole number >= 1 or 'none', got {raw!r}")
 
     async def work(conn: Conn) -> int:
-        row = await runs.set_queue_limit(conn, args.name, limit, actor="cli", now=None)
+        row = await runs.set_queue_limit(conn, args.name, limit, actor=base.actor(), now=None)
         shown = row["max_running"] if row["max_running"] is not None else "unlimited"
         print(f"queue {row['name']}: at most {shown} running")
         return 0
@@ -687,7 +698,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     async def work(conn: Conn) -> int:
         try:
             row, token = await tokens.create_token(
-                conn, name=args.name, role=args.role, actor="cli", now=None, expires_at=expires
+                conn,
+                name=args.name,
+                role=args.role,
+                actor=base.actor(),
+                now=None,
+                expires_at=expires,
+                meta=base.audit_meta(),
             )
         except tokens.TokenNameTaken as exc:
             raise CommandError(str(exc)) from None
@@ -725,7 +742,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     from pgsched.app.services import tokens
 
     async def work(conn: Conn) -> int:
-        row = await tokens.revoke_token(conn, args.name, actor="cli", now=None)
+        row = await tokens.revoke_token(
+            conn, args.name, actor=base.actor(), now=None, meta=base.audit_meta()
+        )
         if row is None:
             raise CommandError(f"no active token named {args.name!r}")
         print(f"revoked token {row['name']!r} ({row['prefix']}…)")
@@ -763,8 +782,17 @@ def _declare_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgsched", description=__doc__.splitlines()[0])
-    p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    p = _Parser(
+        prog="pgsched",
+        description="pgsched: a job scheduler whose store, queue and history are PostgreSQL. "
+        "`pgsched COMMAND --help` describes each command.",
+    )
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: $DATABASE_URL, else the local PostgreSQL that "
+        f"`pgsched run` started under {base.LOCAL_DATA_DIR})",
+    )
+    p.add_argument("--version", action="version", version=f"pgsched {pgsched.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("migrate", help="apply the schema migrations (alembic upgrade)")
@@ -775,6 +803,7 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("rebuild", help="rebuild the schedule and run tables from the event log")
+    r.add_argument("--yes", action="store_true", help="do not ask before replacing the tables")
     r.set_defaults(func=cmd_rebuild)
 
     run = sub.add_parser(
@@ -784,7 +813,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--data-dir",
-        default=".pgsched/pgdata",
+        default=str(base.LOCAL_DATA_DIR),
         help="local PostgreSQL data directory (default: %(default)s)",
     )
     run.add_argument(
@@ -838,7 +867,21 @@ def parser() -> argparse.ArgumentParser:
     tr = tks.add_parser("revoke", help="revoke a token by name")
     tr.add_argument("name")
     tr.set_defaults(func=cmd_token_revoke)
+
+    commands.register(sub)
+    _describe(p)
     return p
+
+
+def _describe(p: argparse.ArgumentParser) -> None:
+    """Give every subcommand's `--help` a description: its one-line help, unless it has one."""
+    for action in p._actions:  # argparse keeps the subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                sub = action.choices[choice.dest]
+                if sub.description is None and choice.help:
+                    sub.description = choice.help[0].upper() + choice.help[1:] + "."
+                _describe(sub)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

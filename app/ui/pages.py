@@ -38,7 +38,7 @@ PAGE: Final = 50
 BULK_MAX: Final = 1000
 # The states a bulk action can apply to: retry makes dead or cancelled runs wait again, cancel
 # ends waiting runs and asks running ones to stop.
-BULK_STATES: Final = {"retry": ("dead", "cancelled"), "cancel": ("waiting", "running")}
+BULK_STATES: Final = {"retry": ("dead", "cancelled"), "cancel": ("waiting", "blocked", "running")}
 RUN_STATES: Final = get_args(RunState)
 JOB_TYPES: Final = get_args(JobType)
 # Keys never shown, wherever they appear in an event: a run's lease token fences its worker.

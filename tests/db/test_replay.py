@@ -190,7 +190,7 @@ async def test_cli_verify_and_rebuild(dsn: str) -> None:
         bad = _cli(dsn, "verify")
         assert bad.returncode == 1
         assert f"schedule {ids['a']}: name is 'x', events say 'nightly'" in bad.stdout
-        fixed = _cli(dsn, "rebuild")
+        fixed = _cli(dsn, "rebuild", "--yes")  # without a terminal it would refuse to ask
         assert fixed.returncode == 0 and "rebuilt 2 schedule(s) and 6 run(s)" in fixed.stdout
         assert _cli(dsn, "verify").returncode == 0
     finally:
@@ -200,7 +200,10 @@ async def test_cli_verify_and_rebuild(dsn: str) -> None:
 def test_cli_errors_are_one_line() -> None:
     out = _cli(None, "verify")
     assert out.returncode == 2
-    assert out.stderr.strip() == "pgsched: DATABASE_URL is not set (or pass --database-url)"
+    assert out.stderr.strip() == (
+        "pgsched: DATABASE_URL is not set (or pass --database-url), and no local PostgreSQL runs "
+        "under .pgsched/pgdata here (`pgsched run` in this directory starts one)"
+    )
     bad = _cli(None, "--database-url", "postgresql://nobody@127.0.0.1:1/none", "verify")
     assert bad.returncode == 2
     assert bad.stderr.startswith("pgsched: cannot connect to the database:")

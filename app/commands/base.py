@@ -1,0 +1,169 @@
+"""What every `pgsched` command shares: the one-line error, which database, who acts, and asking
+before a change that touches many rows.
+
+Which database (`database_url`): `--database-url`, else `DATABASE_URL`, else the local cluster
+that `pgsched run` started under `.pgsched/pgdata` of the working directory (ADR 0008), if it is
+running. So after `bash scripts/run`, `pgsched token create` in another shell of the same
+directory needs nothing set. `pgsched run` itself starts that cluster when it is not running;
+the other commands never start a server behind the operator's back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.app import settings
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn
+from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, OperationError
+from pgsched.app.domain.jobs import InvalidPayload
+from pgsched.app.domain.occurrences import InvalidSchedule
+
+LOCAL_DATA_DIR = Path(".pgsched") / "pgdata"
+"""Where `pgsched run` keeps its local cluster when no database is given (its --data-dir)."""
+LOCAL_DATABASE = "pgsched"
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def environ(args: argparse.Namespace) -> Mapping[str, str]:
+    """The environment `main` read for this command (app.settings parses it)."""
+    env: Mapping[str, str] = args.environ
+    return env
+
+
+def local_database_url(data_dir: Path = LOCAL_DATA_DIR) -> str | None:
+    """The DSN of database `pgsched` on the local cluster running under `data_dir`, or None
+    when no server runs there."""
+    from pgsched.app import localpg
+
+    try:
+        if not localpg.is_running(data_dir):
+            return None
+        return localpg.start(data_dir).dsn(LOCAL_DATABASE)  # reuses the running server as it is
+    except localpg.LocalPostgresError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The database this command works on (the module's docstring says which)."""
+    url = settings.optional_database_url(environ(args), args.database_url)
+    if url is not None:
+        return url
+    local = local_database_url()
+    if local is None:
+        raise CommandError(
+            "DATABASE_URL is not set (or pass --database-url), and no local PostgreSQL runs "
+            f"under {LOCAL_DATA_DIR} here (`pgsched run` in this directory starts one)"
+        )
+    return local
+
+
+async def with_conn(url: str, work: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run `work` on one autocommit connection (each service call is its own transaction)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        raise CommandError(f"cannot connect to the database: {first_line(exc)}") from None
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def actor() -> str:
+    """Who acts, as events record it: `cli:<os user>` (the API's actor is a token's name)."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (some containers)
+        user = str(os.geteuid())
+    return f"cli:{user}"
+
+
+def audit_meta() -> dict[str, object]:
+    """Where a change came from, kept in its event's meta like the API's (never a secret)."""
+    return {"via": "cli", "host": socket.gethostname(), "pid": os.getpid()}
+
+
+@contextlib.contextmanager
+def operation_errors() -> Iterator[None]:
+    """The services' expected refusals as one line naming the field, as the API's 4xx do."""
+    try:
+        yield
+    except InvalidDefinition as exc:
+        raise CommandError(f"{exc.field}: {exc.message}") from None
+    except (InvalidRequest, OperationError, InvalidSchedule, InvalidPayload) as exc:
+        raise CommandError(str(exc)) from None
+    except store.NameTaken as exc:
+        raise CommandError(f"name: {first_line(exc)}") from None
+
+
+def confirm(question: str, *, yes: bool) -> bool:
+    """Ask `question` on the terminal (y/N); True at once with --yes. Without a terminal to ask
+    on (a script, a pipe, cron) and without --yes: refuse, since nobody can answer."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CommandError(
+            f"{question.rstrip('?')}: refused, no terminal to confirm on (pass --yes)"
+        )
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def when(raw: str, name: str) -> datetime | timedelta:
+    """An instant with a time zone (`2026-12-04T10:00:00Z`), or a span back from now (`90m`,
+    `2h`, `7d`) that `at` resolves against the database's clock."""
+    text = raw.strip()
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _UNITS:
+        return timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise CommandError(
+            f"{name} must be an instant with a time zone (2026-12-04T10:00:00Z) or a span "
+            f"back from now (30m, 2h, 7d), got {raw!r}"
+        )
+    return value
+
+
+def at(value: datetime | timedelta, now: datetime) -> datetime:
+    """`when`'s answer as an instant: a span counts back from `now` (the database's)."""
+    return now - value if isinstance(value, timedelta) else value
+
+
+async def schedule_id(conn: Conn, ref: str) -> int:
+    """A live schedule named by its id (digits) or its name."""
+    if ref.isdigit():
+        return int(ref)
+    found = await store.schedules.live_schedule_id(conn, ref)
+    if found is None:
+        raise CommandError(f"no live schedule is named {ref!r}")
+    return found

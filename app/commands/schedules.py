@@ -1,0 +1,521 @@
+"""`pgsched schedules …`: what `/v1/schedules` does, from a terminal.
+
+Each action calls the service the API calls (app.services.schedules), so the checks, the events
+and their audit meta are the same; the actor is `cli:<os user>` (app.commands.base). A schedule
+is named by its id or its name. `create` takes the API's JSON body (`--file`), options, or both
+(options win), checked as the API checks a body (app.api.decoding): a mistake is one line
+naming the field, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pgsched.app.commands import base, output
+from pgsched.app.commands.base import CommandError
+from pgsched.app.db import store
+from pgsched.app.db.store import Conn, Row, reads
+from pgsched.app.domain.schedule import MAX_PREVIEW
+from pgsched.app.services import schedules
+
+PAGE = 500
+JOB_TYPES = ("http", "command", "sql", "python", "noop")
+_EVENTS_SHOWN = 10
+_RUNS_SHOWN = 10
+
+
+def _timing(row: Mapping[str, Any]) -> str:
+    if row["cron"]:
+        return str(row["cron"])
+    if row["interval_seconds"]:
+        return f"every {row['interval_seconds']} s"
+    if row["run_at"]:
+        return f"once at {output.instant(row['run_at'])}"
+    return "- (a job definition: runs are enqueued)"
+
+
+def _zone(row: Mapping[str, Any]) -> ZoneInfo:
+    return ZoneInfo(row["timezone"])
+
+
+def _state(row: Mapping[str, Any]) -> str:
+    return "enabled" if row["enabled"] else "paused"
+
+
+def _json(row: Row) -> object:
+    from pgsched.app.api.schemas import schedule_out
+
+    return schedule_out(row)
+
+
+def _run(args: argparse.Namespace, work: Callable[[Conn], Any]) -> int:
+    code: int = asyncio.run(base.with_conn(base.database_url(args), work))
+    return code
+
+
+# -- list / show ------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    enabled = None if args.state is None else args.state == "enabled"
+
+    async def work(conn: Conn) -> int:
+        rows: list[Row] = []
+        after = 0
+        while len(rows) < args.limit:
+            page = await reads.page_schedules(
+                conn,
+                after_id=after,
+                limit=min(PAGE, args.limit - len(rows)),
+                queue=args.queue,
+                job_type=args.job_type,
+                enabled=enabled,
+                name=args.name,
+            )
+            rows += page
+            if len(page) < PAGE:
+                break
+            after = page[-1]["id"]
+        if args.json:
+            output.json_out([_json(r) for r in rows])
+            return 0
+        last = {r["id"]: await _last_run_state(conn, r["id"]) for r in rows}
+        output.table(
+            rows,
+            [
+                ("ID", lambda r: r["id"]),
+                ("NAME", lambda r: r["name"]),
+                ("JOB", lambda r: r["job_type"]),
+                ("WHEN", _timing),
+                ("ZONE", lambda r: r["timezone"]),
+                ("QUEUE", lambda r: r["queue"]),
+                ("STATE", _state),
+                ("NEXT DUE (ZONE)", lambda r: output.instant(r["next_due_at"], zone=_zone(r))),
+                ("NEXT DUE (UTC)", lambda r: output.instant(r["next_due_at"])),
+                ("LAST RUN", lambda r: last[r["id"]]),
+            ],
+        )
+        if len(rows) == args.limit:  # said aside, so the table stays a table
+            print(f"(the first {args.limit} by id; more may match: --limit N)", file=sys.stderr)
+        return 0
+
+    return _run(args, work)
+
+
+async def _last_run_state(conn: Conn, schedule_id: int) -> str | None:
+    newest = await reads.page_runs(conn, limit=1, schedule_id=schedule_id)
+    return str(newest[0]["state"]) if newest else None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def work(conn: Conn) -> int:
+        with base.operation_errors():
+            row = await schedules.live(conn, await base.schedule_id(conn, args.schedule))
+        if args.json:
+            output.json_out(_json(row))
+            return 0
+        zone = _zone(row)
+        output.fields(
+            [
+                ("id", row["id"]),
+                ("name", row["name"]),
+                ("job type", row["job_type"]),
+                ("payload", json.dumps(row["payload"], sort_keys=True)),
+                ("when", _timing(row)),
+                ("time zone", row["timezone"]),
+                ("state", _state(row)),
+                (
+                    "next due",
+                    f"{output.instant(row['next_due_at'], zone=zone)} "
+                    f"({output.instant(row['next_due_at'])})",
+                ),
+                ("queue", row["queue"]),
+                ("priority", row["priority"]),
+                ("max attempts", row["max_attempts"]),
+                ("timeout", f"{row['timeout_seconds']} s"),
+                ("overlap / missed", f"{row['overlap_policy']} / {row['missed_policy']}"),
+                ("version", row["version"]),
+            ]
+        )
+        runs = await reads.page_runs(conn, limit=_RUNS_SHOWN, schedule_id=row["id"])
+        print(f"\nlatest runs ({len(runs)}):")
+        if runs:
+            output.table(runs, _RUN_COLUMNS)
+        events = await reads.stream_events(conn, "schedule", row["id"], limit=100_000)
+        # The ticker's advance of next_due_at is one event per occurrence: noise here.
+        told = [e for e in events if e["type"] not in _ROUTINE]
+        print(
+            f"\nlatest changes and missed occurrences ({min(len(told), _EVENTS_SHOWN)} of "
+            f"{len(told)}; `GET /v1/events` has all):"
+        )
+        output.table(
+            told[-_EVENTS_SHOWN:],
+            [
+                ("AT", lambda e: e["occurred_at"]),
+                ("EVENT", lambda e: e["type"]),
+                ("ACTOR", lambda e: e["actor"]),
+                ("DETAIL", _detail),
+            ],
+        )
+        return 0
+
+    return _run(args, work)
+
+
+_ROUTINE = frozenset({"schedule.advanced", "schedule.snapshot"})
+
+
+def _detail(event: Mapping[str, Any]) -> str | None:
+    """What a reader wants of an event: why an occurrence did not run, what a backfill did."""
+    meta = event["meta"] or {}
+    if event["type"] == "schedule.occurrence_missed":
+        return f"due {_instant_text(meta.get('due_at'))}: {meta.get('reason')}"
+    if event["type"] == "schedule.backfilled":
+        return (
+            f"[{_instant_text(meta.get('from'))}, {_instant_text(meta.get('to'))}): "
+            f"{meta.get('requested')} occurrence(s), "
+            f"{meta.get('created')} new run(s)"
+        )
+    return None
+
+
+def _instant_text(value: object) -> str:
+    """An instant as an event's JSON holds it, printed as the tables print instants."""
+    try:
+        return output.instant(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
+
+
+_RUN_COLUMNS: list[output.Column] = [
+    ("RUN", lambda r: r["id"]),
+    ("STATE", lambda r: r["state"]),
+    ("DUE (UTC)", lambda r: r["due_at"]),
+    ("ORIGIN", lambda r: r["origin"]),
+    ("ATTEMPT", lambda r: f"{r['attempt']}/{r['max_attempts']}"),
+    ("FINISHED", lambda r: r["finished_at"]),
+]
+
+
+# -- create -------------------------------------------------------------------------------------
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's JSON body: --file's (or stdin's with `-`), with the options over it."""
+    body: dict[str, Any] = {}
+    if args.file is not None:
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        except OSError as exc:
+            raise CommandError(f"--file: cannot read {args.file}: {exc.strerror}") from None
+        loaded = _json_arg(text, "--file")
+        if not isinstance(loaded, dict):
+            raise CommandError("--file must hold a JSON object (the body POST /v1/schedules takes)")
+        body = loaded
+    options = {
+        "name": args.name,
+        "job_type": args.job_type,
+        "cron": args.cron,
+        "interval_seconds": args.interval,
+        "timezone": args.timezone,
+        "queue": args.queue,
+        "priority": args.priority,
+        "max_attempts": args.max_attempts,
+        "timeout_seconds": args.timeout,
+    }
+    body |= {k: v for k, v in options.items() if v is not None}
+    if args.payload is not None:
+        body["payload"] = _json_arg(args.payload, "--payload")
+    if args.run_at is not None:
+        body["run_at"] = args.run_at
+    if args.paused:
+        body["enabled"] = False
+    return body
+
+
+def _json_arg(text: str, name: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{name} is not JSON: {exc.msg} at line {exc.lineno}") from None
+
+
+def _checked(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as the API would take it, or one line naming the field."""
+    import msgspec
+    from litestar.exceptions import ValidationException
+
+    from pgsched.app.api import decoding, definition
+    from pgsched.app.api.schemas import ScheduleCreate
+
+    if isinstance(body.get("run_at"), str):
+        try:  # JSON has no instants: as the API's decoder, from RFC 3339 text
+            body["run_at"] = datetime.fromisoformat(body["run_at"])
+        except ValueError:
+            raise CommandError(f"run_at: not an instant, got {body['run_at']!r}") from None
+    try:
+        data = decoding.check_body(body, ScheduleCreate)
+    except ValidationException as exc:
+        raise CommandError(str(exc.detail)) from None
+    except msgspec.ValidationError as exc:
+        raise CommandError(str(exc)) from None
+    if not isinstance(data, ScheduleCreate):  # check_body converts to the type it is given
+        raise TypeError(type(data))
+    return definition.create_fields(data)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    fields = _checked(_body(args))
+
+    async def work(conn: Conn) -> int:
+        with base.operation_errors():
+            row = await schedules.create(
+                conn, fields, actor=base.actor(), now=None, meta=base.audit_meta()
+            )
+        if args.json:
+            output.json_out(_json(row))
+        else:
+            due = output.instant(row["next_due_at"])
+            print(f"created schedule {row['id']} {row['name']!r} ({_state(row)}; next due {due})")
+        return 0
+
+    return _run(args, work)
+
+
+# -- pause / resume / delete / trigger ------------------------------------------------------------
+
+
+def _change(verb: str, act: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        async def work(conn: Conn) -> int:
+            with base.operation_errors():
+                sid = await base.schedule_id(conn, args.schedule)
+                if verb == "deleted":
+                    row = await schedules.live(conn, sid)
+                    if not base.confirm(f"delete schedule {sid} {row['name']!r}?", yes=args.yes):
+                        print("nothing deleted", file=sys.stderr)
+                        return 1
+                row = await act(conn, sid, actor=base.actor(), now=None, meta=base.audit_meta())
+            if args.json:
+                output.json_out(_json(row))
+            else:
+                print(f"schedule {row['id']} {row['name']!r} {verb} ({_state(row)})")
+            return 0
+
+        return _run(args, work)
+
+    return command
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    async def work(conn: Conn) -> int:
+        with base.operation_errors():
+            sid = await base.schedule_id(conn, args.schedule)
+            run, created = await schedules.trigger(
+                conn,
+                sid,
+                actor=base.actor(),
+                now=None,
+                idempotency_key=args.idempotency_key,
+                meta=base.audit_meta(),
+            )
+        if args.json:
+            from pgsched.app.api.schemas import run_out
+
+            output.json_out(run_out(await reads.run_detail(conn, run["id"]) or run))
+        else:
+            how = "created" if created else "already made by this idempotency key"
+            print(f"run {run['id']} of schedule {sid}: {how} ({run['state']})")
+        return 0
+
+    return _run(args, work)
+
+
+# -- backfill / preview -------------------------------------------------------------------------
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    start = base.when(args.from_, "--from")
+    end = base.when(args.to, "--to")
+
+    async def work(conn: Conn) -> int:
+        now = await store.db_now(conn, None)
+        begin, until = base.at(start, now), base.at(end, now)
+        with base.operation_errors():
+            sid = await base.schedule_id(conn, args.schedule)
+            try:
+                done = await schedules.backfill(
+                    conn, sid, begin, until, actor=base.actor(), now=None, meta=base.audit_meta()
+                )
+            except store.PartitionMissing:
+                raise CommandError(
+                    "--from: [from, to) reaches a month the database keeps no runs for (before "
+                    "its oldest monthly partition); backfill a later range"
+                ) from None
+        if args.json:
+            output.json_out(
+                {"schedule_id": sid, "requested": done.requested, "created": done.created}
+            )
+            return 0
+        span = f"[{output.instant(begin)}, {output.instant(until)})"
+        if not done.requested:
+            row = await schedules.live(conn, sid)
+            print(
+                f"no occurrence of schedule {sid} falls in {span}: nothing to backfill"
+                f"{_why_none(row, begin, until)}"
+            )
+        else:
+            print(
+                f"{done.requested} occurrence(s) of schedule {sid} in {span}: "
+                f"{len(done.created)} new run(s), "
+                f"{done.requested - len(done.created)} already had one"
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def _why_none(row: Mapping[str, Any], begin: datetime, until: datetime) -> str:
+    """Why a range holds no occurrence, when the definition says so."""
+    if row["starts_at"] is not None and until <= row["starts_at"]:
+        return f" (it starts at {output.instant(row['starts_at'])})"
+    if row["ends_at"] is not None and begin >= row["ends_at"]:
+        return f" (it ended at {output.instant(row['ends_at'])})"
+    if row["interval_seconds"] and row["starts_at"] is None and until <= row["created_at"]:
+        # An interval counts from its anchor, the creation time: nothing falls before it.
+        return f" (its interval counts from its creation, {output.instant(row['created_at'])})"
+    if row["run_at"] is not None:
+        return f" (it runs once, at {output.instant(row['run_at'])})"
+    return ""
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    if not 1 <= args.count <= MAX_PREVIEW:
+        raise CommandError(f"--count must be 1..{MAX_PREVIEW}, got {args.count}")
+
+    async def work(conn: Conn) -> int:
+        with base.operation_errors():
+            sid = await base.schedule_id(conn, args.schedule)
+            row = await schedules.live(conn, sid)
+            after, due = await schedules.preview(conn, sid, args.count, now=None)
+        if args.json:
+            output.json_out({"schedule_id": sid, "after": after, "due": due})
+            return 0
+        zone = _zone(row)
+        print(f"next {len(due)} due time(s) of schedule {sid} {row['name']!r} (before jitter):")
+        output.table(
+            [{"at": t} for t in due],
+            [
+                (f"IN {row['timezone']}", lambda r: output.instant(r["at"], zone=zone)),
+                ("UTC", lambda r: output.instant(r["at"], zone=UTC)),
+            ],
+        )
+        return 0
+
+    return _run(args, work)
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (the API's shape)")
+
+
+def _schedule_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("schedule", metavar="SCHEDULE", help="its id, or its name")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add `schedules` and its actions to the `pgsched` parser's subcommands."""
+    desc = "List, inspect and operate schedules (as /v1/schedules does)."
+    sp = sub.add_parser("schedules", help="list, show and operate schedules", description=desc)
+    acts = sp.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+
+    def add(name: str, summary: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = acts.add_parser(name, help=summary, description=summary)
+        return p
+
+    ls = add("list", "list live schedules with their next due time and last run")
+    ls.add_argument("--queue")
+    ls.add_argument("--job-type", choices=JOB_TYPES)
+    ls.add_argument("--state", choices=["enabled", "paused"])
+    ls.add_argument("--name", help="exactly this name")
+    ls.add_argument("--limit", type=_positive, default=100, help="at most (default: %(default)s)")
+    _json_flag(ls)
+    ls.set_defaults(func=cmd_list)
+
+    sh = add("show", "one schedule: its definition, latest runs and events (missed, skipped)")
+    _schedule_arg(sh)
+    _json_flag(sh)
+    sh.set_defaults(func=cmd_show)
+
+    _create_parser(add("create", "create a schedule from options and/or the API's JSON body"))
+
+    for name, verb, act, summary in (
+        ("pause", "paused", schedules.pause, "stop making runs (a paused one stays so)"),
+        ("resume", "resumed", schedules.resume, "make runs again; missed ones follow its policy"),
+        ("delete", "deleted", schedules.delete, "delete (soft: history stays, name is free)"),
+    ):
+        p = add(name, summary)
+        _schedule_arg(p)
+        if name == "delete":
+            p.add_argument("--yes", action="store_true", help="do not ask")
+        _json_flag(p)
+        p.set_defaults(func=_change(verb, act))
+
+    tr = add("trigger", "run it now, whatever its pause or overlap policy")
+    _schedule_arg(tr)
+    tr.add_argument("--idempotency-key", help="the same key again returns the same run")
+    _json_flag(tr)
+    tr.set_defaults(func=cmd_trigger)
+
+    bf = add("backfill", "make the runs of past occurrences in [--from, --to) that have none")
+    _schedule_arg(bf)
+    bf.add_argument(
+        "--from", dest="from_", required=True, metavar="WHEN", help="an instant, or 2h, 7d ago"
+    )
+    bf.add_argument("--to", required=True, metavar="WHEN", help="an instant or 0s (now)")
+    _json_flag(bf)
+    bf.set_defaults(func=cmd_backfill)
+
+    pv = add("preview", "its next due times, in its zone and in UTC")
+    _schedule_arg(pv)
+    pv.add_argument("--count", type=int, default=10, help="how many (default: %(default)s)")
+    _json_flag(pv)
+    pv.set_defaults(func=cmd_preview)
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _create_parser(cr: argparse.ArgumentParser) -> None:
+    cr.add_argument("name", nargs="?", help="its name (or the body's `name`)")
+    cr.add_argument(
+        "--file", metavar="FILE", help="a JSON body as POST /v1/schedules takes (- = stdin)"
+    )
+    cr.add_argument("--job-type", choices=JOB_TYPES, help="what the runs do")
+    cr.add_argument("--payload", metavar="JSON", help="the job's payload, a JSON object")
+    when = cr.add_mutually_exclusive_group()
+    when.add_argument("--cron", help="a cron expression, in --timezone")
+    when.add_argument("--interval", type=int, metavar="SECONDS", help="every SECONDS")
+    when.add_argument("--run-at", metavar="INSTANT", help="once, at INSTANT (with a time zone)")
+    cr.add_argument("--timezone", help="IANA zone of the cron expression (default UTC)")
+    cr.add_argument("--queue")
+    cr.add_argument("--priority", type=int)
+    cr.add_argument("--max-attempts", type=int)
+    cr.add_argument("--timeout", type=float, metavar="SECONDS")
+    cr.add_argument("--paused", action="store_true", help="create it paused")
+    _json_flag(cr)
+    cr.set_defaults(func=cmd_create)
