@@ -75,6 +75,52 @@ FROM (SELECT 1) one
 LEFT JOIN r ON true
 ORDER BY r.id;
 
+-- name: enqueue_run
+-- enqueue_runs for one item, its fields as parameters (NULL: the definition's): the same
+-- definition check, key, run, event, NOTIFY and result, without parsing a JSON array, the
+-- key lookup by hash or the sorts a batch needs. A quarter less server time for the single
+-- enqueue, the common call (ADR 0033); the two must write the same rows.
+WITH def AS MATERIALIZED (
+    SELECT s.id, s.payload, s.queue, s.priority, s.max_attempts
+    FROM pgsched.schedule s
+    WHERE s.id = %(schedule_id)s::bigint AND s.deleted_at IS NULL
+      AND s.version = %(version)s::integer
+), taken AS (
+    INSERT INTO pgsched.trigger_key (schedule_id, key, created_at)
+    SELECT d.id, %(key)s::text, coalesce(%(now)s::timestamptz, now())
+    FROM def d
+    WHERE %(key)s::text IS NOT NULL
+    ON CONFLICT (schedule_id, key) DO NOTHING
+    RETURNING key
+), r AS (
+    INSERT INTO pgsched.run (schedule_id, due_at, adhoc, origin, state, queue, priority,
+                             available_at, max_attempts, idempotency_key, trace_context,
+                             created_at, payload, timeout_seconds)
+    SELECT d.id, coalesce(%(run_at)s::timestamptz, %(now)s::timestamptz, now()), true,
+           'enqueue', 'waiting', coalesce(%(queue)s::text, d.queue),
+           coalesce(%(priority)s::smallint, d.priority),
+           coalesce(%(run_at)s::timestamptz, %(now)s::timestamptz, now()),
+           coalesce(%(max_attempts)s::integer, d.max_attempts), %(key)s::text,
+           %(trace_context)s::jsonb, coalesce(%(now)s::timestamptz, now()),
+           d.payload || %(payload)s::jsonb, %(timeout_seconds)s::float8
+    FROM def d
+    WHERE %(key)s::text IS NULL OR EXISTS (SELECT FROM taken)
+    RETURNING *
+), ev AS (
+    INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
+    SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
+           to_jsonb(r) - ARRAY['lease_token', 'lease_expires_at', 'worker_id', 'started_at',
+                               'finished_at', 'outcome', 'occurrence'],
+           %(meta)s::jsonb, r.trace_context ->> 'trace_id'
+    FROM r
+), wake AS (
+    SELECT pg_notify('pgsched_runs', '') FROM r
+)
+SELECT EXISTS (SELECT 1 FROM def) AS fresh, (SELECT count(*) FROM wake) AS woke,
+       r.id, r.due_at, r.created_at, r.idempotency_key
+FROM (SELECT 1) one
+LEFT JOIN r ON true;
+
 -- name: runs_by_key
 -- The runs earlier enqueues (or triggers) made under these idempotency keys of a definition
 -- (index run_by_key, every retained month). Asked only when enqueue_runs found a key taken.
