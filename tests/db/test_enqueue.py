@@ -282,7 +282,7 @@ async def test_the_rows_an_enqueue_returns_are_the_rows_it_wrote(conn: Conn) -> 
     ]
     trace = {"trace_id": "ab" * 16, "span_id": "cd" * 8}
     made = await runs.enqueue_items(conn, "mail", items, actor="t", trace_context=trace)
-    # One item is a statement of its own (enqueue_run): the same rows, one by one.
+    # And one by one (a call of one item): the same rows.
     for item in items:
         again = replace(item, idempotency_key=item.idempotency_key and item.idempotency_key * 2)
         made += await runs.enqueue_items(conn, "mail", [again], actor="t", trace_context=trace)

@@ -61,35 +61,16 @@ def _enqueue_params(
     now: datetime | None,
     trace_context: Mapping[str, str] | None,
     meta: Mapping[str, object] | None,
-) -> tuple[str, dict[str, object]]:
-    """The statement for `items` and its parameters: enqueue_run, each field a parameter, for
-    one item (the common call, a quarter cheaper on the server, ADR 0033); enqueue_runs, the
-    items as one JSON array, for more."""
-    common: dict[str, object] = {
+) -> dict[str, object]:
+    return {
         "schedule_id": schedule_id,
         "version": version,
+        "items": jsonb([{"n": n, **item} for n, item in enumerate(items)]),
         "actor": actor,
         "now": now,
         "trace_context": jsonb(trace_context) if trace_context else None,
-        "meta": jsonb(meta) if meta else _NO_META,
+        "meta": jsonb(meta or {}),
     }
-    if len(items) == 1:
-        (item,) = items
-        payload = item.get("payload")
-        return "enqueue_run", {
-            **common,
-            **{field: item.get(field) for field in _ITEM_FIELDS},
-            "payload": None if payload is None else jsonb(payload),
-        }
-    return "enqueue_runs", {
-        **common,
-        "items": jsonb([{"n": n, **item} for n, item in enumerate(items)]),
-    }
-
-
-# An item's fields besides its payload, as enqueue_run names its parameters.
-_ITEM_FIELDS = ("queue", "priority", "run_at", "max_attempts", "timeout_seconds", "key")
-_NO_META = "{}"
 
 
 async def job_definition(conn: AnyAsyncConn, job: str | int) -> Row | None:
@@ -115,13 +96,12 @@ async def enqueue_runs(
     meta: Mapping[str, object] | None = None,
 ) -> list[Row]:
     """Enqueue `items` (payload override, queue, priority, run_at, max_attempts,
-    timeout_seconds, key; absent or None = the definition's) to the definition at `version`.
-    Rows as enqueue_runs returns them: `fresh`, then the run's id, due_at, created_at and
-    idempotency_key (None when no run was made)."""
-    name, params = _enqueue_params(
+    timeout_seconds, key; None = the definition's) to the definition at `version`. Rows as
+    enqueue_runs returns them: `fresh`, then the run's columns (None when no run was made)."""
+    params = _enqueue_params(
         schedule_id, version, items, actor=actor, now=now, trace_context=trace_context, meta=meta
     )
-    return await _rows(conn, name, params)
+    return await _rows(conn, "enqueue_runs", params)
 
 
 def enqueue_runs_sync(
@@ -135,10 +115,10 @@ def enqueue_runs_sync(
     trace_context: Mapping[str, str] | None = None,
     meta: Mapping[str, object] | None = None,
 ) -> list[Row]:
-    name, params = _enqueue_params(
+    params = _enqueue_params(
         schedule_id, version, items, actor=actor, now=now, trace_context=trace_context, meta=meta
     )
-    return _rows_sync(conn, name, params)
+    return _rows_sync(conn, "enqueue_runs", params)
 
 
 async def runs_by_key(conn: AnyAsyncConn, schedule_id: int, keys: Sequence[str]) -> list[Row]:
