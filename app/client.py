@@ -98,6 +98,8 @@ def _check_registered(job: str | int, items: list[Item]) -> None:
     """A job registered in this process with @pgsched.job (app.jobs): each run's kwargs must
     bind to its function, checked before the statement (InvalidRequest naming the argument).
     A job this process does not know is checked by the worker when it runs."""
+    if jobs.registry.get(job) is None:
+        return  # one lookup per call, not one per item of a bulk enqueue
     for item in items:
         jobs.registry.check_payload(job, item.payload)
 

@@ -69,8 +69,11 @@ def _enqueue_params(
         "actor": actor,
         "now": now,
         "trace_context": jsonb(trace_context) if trace_context else None,
-        "meta": jsonb(meta or {}),
+        "meta": jsonb(meta) if meta else _NO_META,  # no JSON dump for the usual empty meta
     }
+
+
+_NO_META = "{}"
 
 
 async def job_definition(conn: AnyAsyncConn, job: str | int) -> Row | None:
