@@ -53,7 +53,8 @@ DEFAULT_ACTOR = "client"
 class Run:
     """A run an enqueue made (or, with `created` False, the one an earlier enqueue with the same
     idempotency key made). `payload` and `timeout_seconds` are the run's own (None: the
-    definition's, read when a worker claims it); `row` is the whole row."""
+    definition's, read when a worker claims it); `row` is the whole row, as written (built from
+    what was sent and what the statement returned, not read back: ADR 0033)."""
 
     id: int
     schedule_id: int

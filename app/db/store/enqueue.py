@@ -99,8 +99,9 @@ async def enqueue_runs(
     meta: Mapping[str, object] | None = None,
 ) -> list[Row]:
     """Enqueue `items` (payload override, queue, priority, run_at, max_attempts,
-    timeout_seconds, key; None = the definition's) to the definition at `version`. Rows as
-    enqueue_runs returns them: `fresh`, then the run's columns (None when no run was made)."""
+    timeout_seconds, key; absent or None = the definition's) to the definition at `version`.
+    Rows as enqueue_runs returns them: `fresh`, then the run's id, due_at, created_at and
+    idempotency_key (None when no run was made; the service builds the rest, ADR 0033)."""
     params = _enqueue_params(
         schedule_id, version, items, actor=actor, now=now, trace_context=trace_context, meta=meta
     )
