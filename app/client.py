@@ -53,7 +53,8 @@ DEFAULT_ACTOR = "client"
 class Run:
     """A run an enqueue made (or, with `created` False, the one an earlier enqueue with the same
     idempotency key made). `payload` and `timeout_seconds` are the run's own (None: the
-    definition's, read when a worker claims it); `row` is the whole row."""
+    definition's, read when a worker claims it); `row` is the whole row, as written (built from
+    what was sent and what the statement returned, not read back: ADR 0034)."""
 
     id: int
     schedule_id: int
@@ -98,6 +99,8 @@ def _check_registered(job: str | int, items: list[Item]) -> None:
     """A job registered in this process with @pgsched.job (app.jobs): each run's kwargs must
     bind to its function, checked before the statement (InvalidRequest naming the argument).
     A job this process does not know is checked by the worker when it runs."""
+    if jobs.registry.get(job) is None:
+        return  # one lookup per call, not one per item of a bulk enqueue
     for item in items:
         jobs.registry.check_payload(job, item.payload)
 

@@ -704,7 +704,10 @@ def _variants() -> dict[str, str]:
         return wake.sub(")\nSELECT", t).replace("(SELECT count(*) FROM wake)", "0::bigint")
 
     def id_only(t: str) -> str:
-        return t.replace("r.*\nFROM (SELECT 1) one", "r.id\nFROM (SELECT 1) one")
+        return t.replace(
+            "r.id, r.due_at, r.created_at, r.idempotency_key\nFROM (SELECT 1) one",
+            "r.id\nFROM (SELECT 1) one",
+        )
 
     out = {
         "as is": full,

@@ -2,7 +2,8 @@
 
 `verify` folds every stream's events and lists where a projection row differs, column by column.
 `rebuild` replaces the projections with the fold. Both rely on one rule the store keeps: an
-event's `data` holds exactly the columns its transition set (ADR 0005).
+event's `data` holds exactly the columns its transition set (ADR 0005), except that a creation
+may leave out a column it set NULL, which the fold reads as NULL (ADR 0034).
 
 Events that no fold uses are checked where that is cheap (ADR 0021): token events against the
 token table, when this session may read it. Application roles cannot append other events than

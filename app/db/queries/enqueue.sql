@@ -18,12 +18,15 @@ WHERE deleted_at IS NULL
 -- otherwise: it changed or was deleted since); each item's idempotency key taken first
 -- (trigger_key, per definition; a key held by a concurrent transaction waits for it, as any
 -- unique insert does), runs inserted for the items without a key or with a key that was new;
--- one run.created per run carrying the whole row (ADR 0005); one NOTIFY when any run was made
--- (delivered at commit, so never for runs rolled back). Items are one JSON array: `payload` is
--- the caller's override, merged over the definition's with `||` (top-level keys), NULL when
--- none (the run then follows the definition, ADR 0004); every other NULL takes the
--- definition's. One row per run made, in item order, or one row with NULL run columns when
--- none was: `fresh` says whether the definition was current.
+-- one run.created per run carrying the row it made (ADR 0005) less the columns an enqueued
+-- run always has NULL (replay reads a missing key as NULL; ADR 0034); one NOTIFY when any run
+-- was made (delivered at commit, so never for runs rolled back). Items are one JSON array,
+-- each item's absent keys NULL: `payload` is the caller's override, merged over the
+-- definition's with `||` (top-level keys), NULL when none (the run then follows the
+-- definition, ADR 0004); every other NULL takes the definition's. One row per run made, in
+-- item order, or one row with NULL run columns when none was: `fresh` says whether the
+-- definition was current. Only what the caller cannot know is returned (the id, the instant,
+-- the key that made it): the service builds the rest of the row from what it sent (ADR 0034).
 WITH def AS MATERIALIZED (
     SELECT s.id, s.payload, s.queue, s.priority, s.max_attempts
     FROM pgsched.schedule s
@@ -58,13 +61,16 @@ WITH def AS MATERIALIZED (
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
-           to_jsonb(r), %(meta)s::jsonb, r.trace_context ->> 'trace_id'
+           to_jsonb(r) - ARRAY['lease_token', 'lease_expires_at', 'worker_id', 'started_at',
+                               'finished_at', 'outcome', 'occurrence'],
+           %(meta)s::jsonb, r.trace_context ->> 'trace_id'
     FROM r
     ORDER BY r.id
 ), wake AS (
     SELECT pg_notify('pgsched_runs', '') FROM (SELECT 1 FROM r LIMIT 1) made
 )
-SELECT EXISTS (SELECT 1 FROM def) AS fresh, (SELECT count(*) FROM wake) AS woke, r.*
+SELECT EXISTS (SELECT 1 FROM def) AS fresh, (SELECT count(*) FROM wake) AS woke,
+       r.id, r.due_at, r.created_at, r.idempotency_key
 FROM (SELECT 1) one
 LEFT JOIN r ON true
 ORDER BY r.id;

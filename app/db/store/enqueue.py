@@ -69,8 +69,11 @@ def _enqueue_params(
         "actor": actor,
         "now": now,
         "trace_context": jsonb(trace_context) if trace_context else None,
-        "meta": jsonb(meta or {}),
+        "meta": jsonb(meta) if meta else _NO_META,  # no JSON dump for the usual empty meta
     }
+
+
+_NO_META = "{}"
 
 
 async def job_definition(conn: AnyAsyncConn, job: str | int) -> Row | None:
@@ -96,8 +99,9 @@ async def enqueue_runs(
     meta: Mapping[str, object] | None = None,
 ) -> list[Row]:
     """Enqueue `items` (payload override, queue, priority, run_at, max_attempts,
-    timeout_seconds, key; None = the definition's) to the definition at `version`. Rows as
-    enqueue_runs returns them: `fresh`, then the run's columns (None when no run was made)."""
+    timeout_seconds, key; absent or None = the definition's) to the definition at `version`.
+    Rows as enqueue_runs returns them: `fresh`, then the run's id, due_at, created_at and
+    idempotency_key (None when no run was made; the service builds the rest, ADR 0034)."""
     params = _enqueue_params(
         schedule_id, version, items, actor=actor, now=now, trace_context=trace_context, meta=meta
     )
