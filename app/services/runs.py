@@ -356,6 +356,8 @@ def _run_row(
         "payload": None if payload is None else {**definition.payload, **payload},
         "timeout_seconds": None if timeout is None else float(timeout),
         "occurrence": None,
+        "waits_for": None,  # an enqueued run waits for no upstream (ADR 0033)
+        "wait_until": None,
     }
 
 

@@ -62,7 +62,8 @@ WITH def AS MATERIALIZED (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.created', %(actor)s,
            to_jsonb(r) - ARRAY['lease_token', 'lease_expires_at', 'worker_id', 'started_at',
-                               'finished_at', 'outcome', 'occurrence'],
+                               'finished_at', 'outcome', 'occurrence', 'waits_for',
+                               'wait_until'],
            %(meta)s::jsonb, r.trace_context ->> 'trace_id'
     FROM r
     ORDER BY r.id
