@@ -3,6 +3,7 @@ transitions as events, the breaker at exactly N, and the projection that `verify
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from tests.conftest import connect, migrate
 from tests.db.roles import login_role
 from tests.factories import clear_of_month_ends, make_schedule
 from tests.support import store as test_store
+from tests.support.worker import eventually
 
 pytestmark = pytest.mark.tx
 
@@ -368,3 +370,128 @@ async def test_0021_gives_existing_schedules_their_health_as_events(empty_dsn: s
     finally:
         await conn.close()
     migrate(empty_dsn, "0019", down=True)
+
+
+# -- review fixes: exact thresholds, skipped runs, concurrent evaluations ------------------
+
+
+async def test_the_failure_rate_is_exact_at_its_threshold(conn: Conn) -> None:
+    """7 dead of 25 is a rate of exactly 0.28: degraded (in float8, 0.28 * 25 > 7)."""
+    runs = await _runs(conn, policy={"failure_rate": 0.28, "window_runs": 25})
+    await runs.end(*(["ok"] * 18), *(["dead"] * 6))
+    assert (await runs.row())["health"] == "healthy"  # 6 of 24
+    await runs.end("ok")  # 6 of 25
+    assert (await runs.row())["health"] == "healthy"
+    await runs.end("dead")  # the oldest ok leaves the window: 7 of 25
+    row = await runs.row()
+    assert (row["health"], row["health_reason"]) == ("degraded", "failure_rate")
+
+
+async def _skip(conn: Conn, runs: Runs, count: int) -> None:
+    """`count` runs of the schedule that ended `skipped`, as the ticker leaves a run whose
+    upstreams did not succeed in time (ADR 0033), with the event that says so."""
+    for _ in range(count):
+        runs.at += timedelta(seconds=1)
+        (made,) = await store.insert_runs(
+            conn, [(runs.schedule["id"], runs.at, runs.at)], origin="backfill", actor="t",
+            now=runs.at,
+        )  # fmt: skip
+        await conn.execute(
+            "WITH s AS (UPDATE pgsched.run SET state = 'skipped', finished_at = %(at)s,"
+            "  outcome = '{\"status\": \"skipped\"}' WHERE id = %(id)s RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT %(at)s, 'run', s.id, 'run.skipped', 'ticker',"
+            "  jsonb_build_object('state', s.state, 'finished_at', s.finished_at,"
+            "                     'outcome', s.outcome) FROM s",
+            {"id": made["id"], "at": runs.at},
+        )
+
+
+async def test_skipped_runs_count_as_failures(conn: Conn) -> None:
+    """A downstream whose runs are skipped every time did not do its work: unhealthy by its
+    consecutive failures, and a success ends the streak as for dead runs."""
+    runs = await _runs(conn, policy={"consecutive_failures": 3})
+    await runs.end("ok", "dead")
+    await _skip(conn, runs, 2)
+    (changed,) = await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at)
+    assert (changed["health"], changed["health_reason"], changed["failures"]) == (
+        "unhealthy", "consecutive_failures", 3,
+    )  # fmt: skip
+    assert await replay.verify(conn) == []
+
+
+async def test_skipped_runs_count_in_the_failure_rate(conn: Conn) -> None:
+    runs = await _runs(conn, policy={"failure_rate": 0.5, "window_runs": 4})
+    await runs.end("ok", "ok", "ok")
+    await _skip(conn, runs, 1)
+    assert await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at) == []
+    await _skip(conn, runs, 1)  # window: skipped skipped ok ok
+    (changed,) = await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at)
+    assert (changed["health"], changed["health_reason"]) == ("degraded", "failure_rate")
+
+
+# The gate of the race below: an evaluation on a session that set pgsched_test.gate waits for
+# the test's advisory lock when it starts its UPDATE, after its snapshot was taken and before
+# it locks any schedule row (a BEFORE STATEMENT trigger fires before the first row is read).
+GATE = """
+CREATE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('pgsched_test.gate', true) = 'on' THEN
+        PERFORM pg_advisory_xact_lock(4242);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER test_gate BEFORE UPDATE ON pgsched.schedule
+    FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate();
+"""
+
+
+@pytest.mark.own_database
+@pytest.mark.parametrize("breaker", [1, None], ids=["trip", "health"])
+async def test_an_evaluation_racing_another_records_the_change_once(
+    conn: Conn, dsn: str, breaker: int | None
+) -> None:
+    """Two evaluations of one schedule: the second took its snapshot before the first
+    committed and reaches the row after. It must see the row as it is now: no second
+    schedule.health_changed, no second pause (version + 2), no health_since moved."""
+    runs = await _runs(conn, pause_after_failures=breaker, policy={"consecutive_failures": 1})
+    sid = runs.schedule["id"]
+    holder = await connect(dsn)
+    try:  # the run dies while another transaction holds the schedule: nothing judged yet
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1 FROM pgsched.schedule WHERE id = %s FOR NO KEY UPDATE", [sid])
+        await runs.end("dead")
+        await holder.execute("ROLLBACK")
+    finally:
+        await holder.close()
+    assert (await runs.row())["health"] == "healthy"
+    version = (await runs.row())["version"]
+    await conn.execute(GATE)
+    first, second = await connect(dsn), await connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(4242)")
+        await second.execute("SET pgsched_test.gate = 'on'")
+        late = asyncio.create_task(store.health.evaluate(second, [sid], now=runs.at))
+
+        async def second_waits() -> bool:
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted AND locktype = 'advisory'",
+                [second.info.backend_pid],
+            )
+            return await cur.fetchone() is not None
+
+        await eventually("the second evaluation waits at the gate", second_waits)
+        (won,) = await store.health.evaluate(first, [sid], now=runs.at)
+        assert won["paused"] is (breaker is not None)
+        await conn.execute("SELECT pg_advisory_unlock(4242)")
+        assert await late == []
+    finally:
+        await first.close()
+        await second.close()
+    assert len(await _events(conn, sid, "schedule.health_changed")) == 1
+    paused = await _events(conn, sid, "schedule.paused")
+    assert len(paused) == (0 if breaker is None else 1)
+    row = await runs.row()
+    assert row["version"] == version + (0 if breaker is None else 1)
+    assert await replay.verify(conn) == []
