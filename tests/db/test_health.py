@@ -14,6 +14,7 @@ import pytest
 from pgsched.app import service
 from pgsched.app.clock import FakeClock
 from pgsched.app.db import replay, store
+from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn, Lease, Row
 from pgsched.app.services import runs as run_service
 from pgsched.app.services import schedules
@@ -495,3 +496,35 @@ async def test_an_evaluation_racing_another_records_the_change_once(
     row = await runs.row()
     assert row["version"] == version + (0 if breaker is None else 1)
     assert await replay.verify(conn) == []
+
+
+async def _plan_indexes(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
+    """The parent indexes (a partition's index named by its partitioned one) that `name`'s
+    plan reads, with sequential scans priced out so the tiny test tables do not hide them."""
+    await conn.execute("SET LOCAL enable_seqscan = off")
+    cur = await conn.execute("EXPLAIN (COSTS OFF) " + query(name), params)
+    plan = "\n".join(next(iter(r.values())) for r in await cur.fetchall())
+    index_of: dict[str, str] = {}
+    cur = await conn.execute(
+        "SELECT i.relname AS own, coalesce(p.relname, i.relname) AS parent FROM pg_class i"
+        " LEFT JOIN pg_inherits h ON h.inhrelid = i.oid"
+        " LEFT JOIN pg_class p ON p.oid = h.inhparent"
+        " WHERE i.relkind IN ('i', 'I') AND i.relnamespace = 'pgsched'::regnamespace"
+    )
+    for r in await cur.fetchall():
+        index_of[r["own"]] = r["parent"]
+    return {parent for own, parent in index_of.items() if f"using {own} " in plan}
+
+
+async def test_the_evaluation_and_health_read_through_their_partial_indexes(conn: Conn) -> None:
+    """A schedule's outcomes and its newest success are read through indexes of those runs
+    only (a schedule that never succeeds is not read run by run), and /health's counts of
+    schedules that are not healthy through an index of those."""
+    runs = await _runs(conn)
+    await runs.end("ok", "dead")
+    used = await _plan_indexes(
+        conn, "evaluate_health", {"ids": [runs.schedule["id"]], "now": None, "actor": "system"}
+    )
+    assert {"run_outcome_by_schedule", "run_success_by_schedule"} <= used
+    used = await _plan_indexes(conn, "health", {"now": None, "stale_seconds": 30.0})
+    assert "schedule_not_healthy" in used
