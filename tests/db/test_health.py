@@ -528,3 +528,31 @@ async def test_the_evaluation_and_health_read_through_their_partial_indexes(conn
     assert {"run_outcome_by_schedule", "run_success_by_schedule"} <= used
     used = await _plan_indexes(conn, "health", {"now": None, "stale_seconds": 30.0})
     assert "schedule_not_healthy" in used
+
+
+@pytest.mark.own_database
+async def test_one_process_sweeps_while_its_connection_leads(conn: Conn, dsn: str) -> None:
+    """Every `pgsched run` and `pgsched ticker` has the sweep loop; only the one whose
+    connection leads sweeps, it keeps the lead pass after pass, and when its session ends
+    another takes over at its next pass."""
+    s = await make_schedule(conn, now=T, health_policy={**QUIET, "overdue_seconds": 60})
+    loop = service.health_loop(FakeClock(T + timedelta(hours=1)))
+    assert loop.own_connection
+    leader, other = await connect(dsn), await connect(dsn)
+    try:
+        assert await store.health.lead_sweep(leader)
+        assert await store.health.lead_sweep(leader)  # kept, not taken twice
+        assert await loop.step(other) == []  # not the leader: judges nothing
+        assert (await schedules.live(conn, s["id"]))["health"] == "healthy"
+        await leader.close()  # the leading process ends; its backend releases the lead
+        await eventually("the lead passes on", lambda: store.health.lead_sweep(other))
+        changed = await loop.step(other)
+        assert isinstance(changed, list) and s["id"] in {c["id"] for c in changed}
+        assert await loop.step(other) == []  # leads still; nothing left to change
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert await cur.fetchone() == {"n": 1}
+    finally:
+        await leader.close()
+        await other.close()

@@ -148,3 +148,16 @@ ORDER BY c.id;
 -- name: live_schedule_ids
 -- Every live schedule's id, in order: the sweep judges them a chunk at a time (ADR 0032).
 SELECT id FROM pgsched.schedule WHERE deleted_at IS NULL ORDER BY id;
+
+-- name: lead_health_sweep
+-- Whether this session leads the periodic sweep (ADR 0032): every `pgsched run` and `pgsched
+-- ticker` process has a sweep loop, but one sweep of every schedule is enough. The leader holds
+-- a session-level advisory lock on its own connection for as long as that lives; the others'
+-- try fails and they skip their pass, and one of them takes over at its next pass once the
+-- leader's session ends. A session that already holds it does not take it again (session locks
+-- stack). The key is a constant of pgsched's own, below 2^32, hence classid 0 in pg_locks.
+SELECT CASE
+    WHEN EXISTS (SELECT 1 FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
+                   AND l.classid = 0 AND l.objid = 1885754199 AND l.objsubid = 1) THEN true
+    ELSE pg_try_advisory_lock(1885754199) END AS lead;
