@@ -13,7 +13,7 @@ import pytest
 
 from pgsched.app import service
 from pgsched.app.clock import FakeClock
-from pgsched.app.db import replay, store
+from pgsched.app.db import outage, replay, store
 from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn, Lease, Row
 from pgsched.app.services import runs as run_service
@@ -399,7 +399,7 @@ async def _skip(conn: Conn, runs: Runs, count: int) -> None:
         )  # fmt: skip
         await conn.execute(
             "WITH s AS (UPDATE pgsched.run SET state = 'skipped', finished_at = %(at)s,"
-            "  outcome = '{\"status\": \"skipped\"}' WHERE id = %(id)s RETURNING *)"
+            '  outcome = \'{"status": "skipped"}\' WHERE id = %(id)s RETURNING *)'
             " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
             " SELECT %(at)s, 'run', s.id, 'run.skipped', 'ticker',"
             "  jsonb_build_object('state', s.state, 'finished_at', s.finished_at,"
@@ -461,7 +461,9 @@ async def test_an_evaluation_racing_another_records_the_change_once(
     holder = await connect(dsn)
     try:  # the run dies while another transaction holds the schedule: nothing judged yet
         await holder.execute("BEGIN")
-        await holder.execute("SELECT 1 FROM pgsched.schedule WHERE id = %s FOR NO KEY UPDATE", [sid])
+        await holder.execute(
+            "SELECT 1 FROM pgsched.schedule WHERE id = %s FOR NO KEY UPDATE", [sid]
+        )
         await runs.end("dead")
         await holder.execute("ROLLBACK")
     finally:
@@ -556,3 +558,29 @@ async def test_one_process_sweeps_while_its_connection_leads(conn: Conn, dsn: st
     finally:
         await leader.close()
         await other.close()
+
+
+@pytest.mark.own_database
+async def test_a_loop_with_its_own_connection_keeps_it_and_ends_its_session(dsn: str) -> None:
+    """The sweep's lead lives in its connection's session: the loop steps on the same
+    connection every pass, and when the loop ends, the session ends with it (no other user of
+    the pool inherits the lead)."""
+    seen: list[int] = []
+
+    async def step(conn: Conn) -> object:
+        seen.append(conn.info.backend_pid)
+        return await store.health.lead_sweep(conn)
+
+    pool = outage.pool(dsn, min_size=1, max_size=2)
+    await pool.open(wait=True)
+    try:
+        loop = service.PoolLoop(pool, service.Periodic("x", 1.0, step, True), FakeClock(T))
+        await loop.run_once()
+        await loop.run_once()
+        assert len(seen) == 2 and seen[0] == seen[1]
+        await loop.closed()
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid != seen[0]
+            await eventually("the lead is free", lambda: store.health.lead_sweep(conn))
+    finally:
+        await pool.close()

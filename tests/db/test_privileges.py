@@ -648,7 +648,6 @@ async def test_the_worker_cannot_advance_a_schedule_into_a_new_payload(dsn: str)
         await worker.close()
 
 
-
 # The worker's UPDATE of a schedule's enabled, paused_at, version and updated_at is for the
 # circuit breaker's pause only (migration 0021, ADR 0032): the trigger schedule_pause_guard.
 RESUME = (
@@ -694,6 +693,7 @@ async def test_the_worker_may_pause_a_schedule_but_never_resume_it(dsn: str) -> 
     finally:
         await worker.close()
         await admin.close()
+
 
 # Every SECURITY DEFINER function of pgsched and the application roles that may call it (each
 # grant is justified in ADR 0021): only the worker role, which runs maintenance, and only what
