@@ -38,11 +38,14 @@ Service = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 @dataclass(frozen=True, slots=True)
 class Periodic:
-    """What a ticker loop does: `step` on a pooled connection every `period_seconds`."""
+    """What a ticker loop does: `step` on a pooled connection every `period_seconds`.
+    `own_connection`: the same connection every pass, kept out of the pool while the loop
+    runs, for a step whose session holds something between passes (the health sweep's lead)."""
 
     name: str
     period_seconds: float
     step: Callable[[Conn], Awaitable[object]]
+    own_connection: bool = False
 
 
 class PoolLoop(background.Loop):
@@ -54,15 +57,34 @@ class PoolLoop(background.Loop):
         super().__init__(loop.name, clock, loop.period_seconds)
         self.pool = pool
         self.step = loop.step
+        self.own_connection = loop.own_connection
+        self._conn: Conn | None = None  # the loop's own connection, while it has one
 
     async def run_once(self) -> None:
         try:
-            async with self.pool.connection() as conn:
-                await self.step(conn)
+            if self.own_connection:
+                if self._conn is None:
+                    self._conn = await self.pool.getconn()
+                await self.step(self._conn)
+            else:
+                async with self.pool.connection() as conn:
+                    await self.step(conn)
         except psycopg.OperationalError:
+            await self._release()  # a fresh connection at the next pass
             raise  # the database is away (outage logs it once): retried with backoff
         except Exception:  # keep the service up; the next period retries
             log.exception("%s failed; retrying in %ss", self.name, self.period_seconds)
+
+    async def _release(self) -> None:
+        """Close the loop's own connection, ending its session (and whatever the session held,
+        such as the sweep's lead: no other user of the pool inherits it), and hand it back."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+            await self.pool.putconn(conn)
+
+    async def closed(self) -> None:
+        await self._release()
 
 
 def default_loops(clock: Clock, *, tickers: int = 2) -> list[Periodic]:
@@ -87,12 +109,17 @@ HEALTH_SWEEP_SECONDS = 15.0
 
 
 def health_loop(clock: Clock) -> Periodic:
-    """The health sweep: one statement that judges every live schedule and records changes."""
+    """The health sweep: judges every live schedule and records changes, in the one process
+    whose connection leads the sweep (each `pgsched run` and `pgsched ticker` has this loop;
+    one sweep between them is enough). The lead stays with the loop's own connection, so the
+    same process sweeps until it stops, and another takes over at its next pass."""
 
     async def sweep(conn: Conn) -> object:
+        if not await store.health.lead_sweep(conn):
+            return []
         return await store.health.sweep(conn, now=clock.db_now())
 
-    return Periodic("health", HEALTH_SWEEP_SECONDS, sweep)
+    return Periodic("health", HEALTH_SWEEP_SECONDS, sweep, own_connection=True)
 
 
 async def serve(

@@ -118,10 +118,11 @@ class RetryBackoffPatch(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class HealthPolicy(Struct, forbid_unknown_fields=True, kw_only=True):
     """How the schedule's health is judged from its finished runs (ADR 0032): unhealthy after
-    `consecutive_failures` dead runs in a row, or when an occurrence or a waiting run is more
+    `consecutive_failures` failed runs in a row, or when an occurrence or a waiting run is more
     than `overdue_seconds` late (null: never overdue); degraded when at least `failure_rate` of
-    its last `window_runs` finished runs are dead. A run that succeeded on a retry is a
-    success; cancelled runs do not count."""
+    its last `window_runs` finished runs failed. A failed run is dead, or skipped because its
+    upstreams did not succeed in time; a run that succeeded on a retry is a success; cancelled
+    runs do not count."""
 
     consecutive_failures: RunCount = HEALTH_POLICY["consecutive_failures"]
     failure_rate: Rate = HEALTH_POLICY["failure_rate"]

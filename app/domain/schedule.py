@@ -19,9 +19,10 @@ from pgsched.app.domain.jobs import validate_payload
 from pgsched.app.domain.occurrences import ScheduleSpec, next_after, validate
 from pgsched.app.domain.occurrences import preview as occurrence_preview
 
-# A schedule's health thresholds (ADR 0032): unhealthy after `consecutive_failures` dead runs
-# in a row or when `overdue_seconds` late (None: never overdue); degraded when at least
-# `failure_rate` of its last `window_runs` finished runs are dead.
+# A schedule's health thresholds (ADR 0032): unhealthy after `consecutive_failures` failed
+# runs (dead, or skipped for want of their upstreams) in a row or when `overdue_seconds` late
+# (None: never overdue); degraded when at least `failure_rate` of its last `window_runs`
+# finished runs failed.
 HEALTH_POLICY: Mapping[str, Any] = {
     "consecutive_failures": 3,
     "failure_rate": 0.5,

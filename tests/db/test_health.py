@@ -3,6 +3,7 @@ transitions as events, the breaker at exactly N, and the projection that `verify
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,8 @@ import pytest
 
 from pgsched.app import service
 from pgsched.app.clock import FakeClock
-from pgsched.app.db import replay, store
+from pgsched.app.db import outage, replay, store
+from pgsched.app.db.sql import query
 from pgsched.app.db.store import Conn, Lease, Row
 from pgsched.app.services import runs as run_service
 from pgsched.app.services import schedules
@@ -20,6 +22,7 @@ from tests.conftest import connect, migrate
 from tests.db.roles import login_role
 from tests.factories import clear_of_month_ends, make_schedule
 from tests.support import store as test_store
+from tests.support.worker import eventually
 
 pytestmark = pytest.mark.tx
 
@@ -368,3 +371,216 @@ async def test_0021_gives_existing_schedules_their_health_as_events(empty_dsn: s
     finally:
         await conn.close()
     migrate(empty_dsn, "0019", down=True)
+
+
+# -- review fixes: exact thresholds, skipped runs, concurrent evaluations ------------------
+
+
+async def test_the_failure_rate_is_exact_at_its_threshold(conn: Conn) -> None:
+    """7 dead of 25 is a rate of exactly 0.28: degraded (in float8, 0.28 * 25 > 7)."""
+    runs = await _runs(conn, policy={"failure_rate": 0.28, "window_runs": 25})
+    await runs.end(*(["ok"] * 18), *(["dead"] * 6))
+    assert (await runs.row())["health"] == "healthy"  # 6 of 24
+    await runs.end("ok")  # 6 of 25
+    assert (await runs.row())["health"] == "healthy"
+    await runs.end("dead")  # the oldest ok leaves the window: 7 of 25
+    row = await runs.row()
+    assert (row["health"], row["health_reason"]) == ("degraded", "failure_rate")
+
+
+async def _skip(conn: Conn, runs: Runs, count: int) -> None:
+    """`count` runs of the schedule that ended `skipped`, as the ticker leaves a run whose
+    upstreams did not succeed in time (ADR 0033), with the event that says so."""
+    for _ in range(count):
+        runs.at += timedelta(seconds=1)
+        (made,) = await store.insert_runs(
+            conn, [(runs.schedule["id"], runs.at, runs.at)], origin="backfill", actor="t",
+            now=runs.at,
+        )  # fmt: skip
+        await conn.execute(
+            "WITH s AS (UPDATE pgsched.run SET state = 'skipped', finished_at = %(at)s,"
+            '  outcome = \'{"status": "skipped"}\' WHERE id = %(id)s RETURNING *)'
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT %(at)s, 'run', s.id, 'run.skipped', 'ticker',"
+            "  jsonb_build_object('state', s.state, 'finished_at', s.finished_at,"
+            "                     'outcome', s.outcome) FROM s",
+            {"id": made["id"], "at": runs.at},
+        )
+
+
+async def test_skipped_runs_count_as_failures(conn: Conn) -> None:
+    """A downstream whose runs are skipped every time did not do its work: unhealthy by its
+    consecutive failures, and a success ends the streak as for dead runs."""
+    runs = await _runs(conn, policy={"consecutive_failures": 3})
+    await runs.end("ok", "dead")
+    await _skip(conn, runs, 2)
+    (changed,) = await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at)
+    assert (changed["health"], changed["health_reason"], changed["failures"]) == (
+        "unhealthy", "consecutive_failures", 3,
+    )  # fmt: skip
+    assert await replay.verify(conn) == []
+
+
+async def test_skipped_runs_count_in_the_failure_rate(conn: Conn) -> None:
+    runs = await _runs(conn, policy={"failure_rate": 0.5, "window_runs": 4})
+    await runs.end("ok", "ok", "ok")
+    await _skip(conn, runs, 1)
+    assert await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at) == []
+    await _skip(conn, runs, 1)  # window: skipped skipped ok ok
+    (changed,) = await store.health.evaluate(conn, [runs.schedule["id"]], now=runs.at)
+    assert (changed["health"], changed["health_reason"]) == ("degraded", "failure_rate")
+
+
+# The gate of the race below: an evaluation on a session that set pgsched_test.gate waits for
+# the test's advisory lock when it starts its UPDATE, after its snapshot was taken and before
+# it locks any schedule row (a BEFORE STATEMENT trigger fires before the first row is read).
+GATE = """
+CREATE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('pgsched_test.gate', true) = 'on' THEN
+        PERFORM pg_advisory_xact_lock(4242);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER test_gate BEFORE UPDATE ON pgsched.schedule
+    FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate();
+"""
+
+
+@pytest.mark.own_database
+@pytest.mark.parametrize("breaker", [1, None], ids=["trip", "health"])
+async def test_an_evaluation_racing_another_records_the_change_once(
+    conn: Conn, dsn: str, breaker: int | None
+) -> None:
+    """Two evaluations of one schedule: the second took its snapshot before the first
+    committed and reaches the row after. It must see the row as it is now: no second
+    schedule.health_changed, no second pause (version + 2), no health_since moved."""
+    runs = await _runs(conn, pause_after_failures=breaker, policy={"consecutive_failures": 1})
+    sid = runs.schedule["id"]
+    holder = await connect(dsn)
+    try:  # the run dies while another transaction holds the schedule: nothing judged yet
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT 1 FROM pgsched.schedule WHERE id = %s FOR NO KEY UPDATE", [sid]
+        )
+        await runs.end("dead")
+        await holder.execute("ROLLBACK")
+    finally:
+        await holder.close()
+    assert (await runs.row())["health"] == "healthy"
+    version = (await runs.row())["version"]
+    await conn.execute(GATE)
+    first, second = await connect(dsn), await connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(4242)")
+        await second.execute("SET pgsched_test.gate = 'on'")
+        late = asyncio.create_task(store.health.evaluate(second, [sid], now=runs.at))
+
+        async def second_waits() -> bool:
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted AND locktype = 'advisory'",
+                [second.info.backend_pid],
+            )
+            return await cur.fetchone() is not None
+
+        await eventually("the second evaluation waits at the gate", second_waits)
+        (won,) = await store.health.evaluate(first, [sid], now=runs.at)
+        assert won["paused"] is (breaker is not None)
+        await conn.execute("SELECT pg_advisory_unlock(4242)")
+        assert await late == []
+    finally:
+        await first.close()
+        await second.close()
+    assert len(await _events(conn, sid, "schedule.health_changed")) == 1
+    paused = await _events(conn, sid, "schedule.paused")
+    assert len(paused) == (0 if breaker is None else 1)
+    row = await runs.row()
+    assert row["version"] == version + (0 if breaker is None else 1)
+    assert await replay.verify(conn) == []
+
+
+async def _plan_indexes(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
+    """The parent indexes (a partition's index named by its partitioned one) that `name`'s
+    plan reads, with sequential scans priced out so the tiny test tables do not hide them."""
+    await conn.execute("SET LOCAL enable_seqscan = off")
+    cur = await conn.execute("EXPLAIN (COSTS OFF) " + query(name), params)
+    plan = "\n".join(next(iter(r.values())) for r in await cur.fetchall())
+    index_of: dict[str, str] = {}
+    cur = await conn.execute(
+        "SELECT i.relname AS own, coalesce(p.relname, i.relname) AS parent FROM pg_class i"
+        " LEFT JOIN pg_inherits h ON h.inhrelid = i.oid"
+        " LEFT JOIN pg_class p ON p.oid = h.inhparent"
+        " WHERE i.relkind IN ('i', 'I') AND i.relnamespace = 'pgsched'::regnamespace"
+    )
+    for r in await cur.fetchall():
+        index_of[r["own"]] = r["parent"]
+    return {parent for own, parent in index_of.items() if f"using {own} " in plan}
+
+
+async def test_the_evaluation_and_health_read_through_their_partial_indexes(conn: Conn) -> None:
+    """A schedule's outcomes and its newest success are read through indexes of those runs
+    only (a schedule that never succeeds is not read run by run), and /health's counts of
+    schedules that are not healthy through an index of those."""
+    runs = await _runs(conn)
+    await runs.end("ok", "dead")
+    used = await _plan_indexes(
+        conn, "evaluate_health", {"ids": [runs.schedule["id"]], "now": None, "actor": "system"}
+    )
+    assert {"run_outcome_by_schedule", "run_success_by_schedule"} <= used
+    used = await _plan_indexes(conn, "health", {"now": None, "stale_seconds": 30.0})
+    assert "schedule_not_healthy" in used
+
+
+@pytest.mark.own_database
+async def test_one_process_sweeps_while_its_connection_leads(conn: Conn, dsn: str) -> None:
+    """Every `pgsched run` and `pgsched ticker` has the sweep loop; only the one whose
+    connection leads sweeps, it keeps the lead pass after pass, and when its session ends
+    another takes over at its next pass."""
+    s = await make_schedule(conn, now=T, health_policy={**QUIET, "overdue_seconds": 60})
+    loop = service.health_loop(FakeClock(T + timedelta(hours=1)))
+    assert loop.own_connection
+    leader, other = await connect(dsn), await connect(dsn)
+    try:
+        assert await store.health.lead_sweep(leader)
+        assert await store.health.lead_sweep(leader)  # kept, not taken twice
+        assert await loop.step(other) == []  # not the leader: judges nothing
+        assert (await schedules.live(conn, s["id"]))["health"] == "healthy"
+        await leader.close()  # the leading process ends; its backend releases the lead
+        await eventually("the lead passes on", lambda: store.health.lead_sweep(other))
+        changed = await loop.step(other)
+        assert isinstance(changed, list) and s["id"] in {c["id"] for c in changed}
+        assert await loop.step(other) == []  # leads still; nothing left to change
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert await cur.fetchone() == {"n": 1}
+    finally:
+        await leader.close()
+        await other.close()
+
+
+@pytest.mark.own_database
+async def test_a_loop_with_its_own_connection_keeps_it_and_ends_its_session(dsn: str) -> None:
+    """The sweep's lead lives in its connection's session: the loop steps on the same
+    connection every pass, and when the loop ends, the session ends with it (no other user of
+    the pool inherits the lead)."""
+    seen: list[int] = []
+
+    async def step(conn: Conn) -> object:
+        seen.append(conn.info.backend_pid)
+        return await store.health.lead_sweep(conn)
+
+    pool = outage.pool(dsn, min_size=1, max_size=2)
+    await pool.open(wait=True)
+    try:
+        loop = service.PoolLoop(pool, service.Periodic("x", 1.0, step, True), FakeClock(T))
+        await loop.run_once()
+        await loop.run_once()
+        assert len(seen) == 2 and seen[0] == seen[1]
+        await loop.closed()
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid != seen[0]
+            await eventually("the lead is free", lambda: store.health.lead_sweep(conn))
+    finally:
+        await pool.close()

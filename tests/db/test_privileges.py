@@ -648,6 +648,53 @@ async def test_the_worker_cannot_advance_a_schedule_into_a_new_payload(dsn: str)
         await worker.close()
 
 
+# The worker's UPDATE of a schedule's enabled, paused_at, version and updated_at is for the
+# circuit breaker's pause only (migration 0021, ADR 0032): the trigger schedule_pause_guard.
+RESUME = (
+    "WITH s AS (UPDATE pgsched.schedule SET enabled = true, paused_at = NULL,"
+    "           version = version + 1, updated_at = now() WHERE id = %(id)s RETURNING *)"
+    " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+    " SELECT now(), 'schedule', s.id, 'schedule.paused', 'system',"
+    "        jsonb_build_object('enabled', s.enabled, 'paused_at', s.paused_at,"
+    "                           'version', s.version, 'updated_at', s.updated_at) FROM s"
+)
+
+
+async def test_the_worker_may_pause_a_schedule_but_never_resume_it(dsn: str) -> None:
+    ids = await _world(dsn)
+    admin = await connect(dsn)
+    worker = await connect(dsn, role="pgsched_worker")
+
+    async def refused(change: str) -> None:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only to pause"):
+            await worker.execute(
+                f"UPDATE pgsched.schedule SET {change} WHERE id = %s",  # literals below
+                [ids["schedule"]],
+            )
+
+    try:
+        await schedules.pause(admin, ids["schedule"], actor="admin", now=None)
+        await refused("enabled = true, paused_at = NULL, version = version + 1")  # a resume
+        await refused("enabled = true")
+        await refused("version = version + 1")
+        await refused("updated_at = updated_at + interval '1 hour'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only to pause"):
+            await worker.execute(RESUME, {"id": ids["schedule"]})  # as a schedule.paused event
+        row = await schedules.resume(admin, ids["schedule"], actor="admin", now=None)
+        assert row["enabled"] is True  # the API (a person) resumes
+        await refused("enabled = false, paused_at = now()")  # a pause bumps the version
+        # The breaker's pause, as app/db/queries/health.sql writes it, passes.
+        cur = await worker.execute(
+            "UPDATE pgsched.schedule SET enabled = false, paused_at = now(),"
+            " version = version + 1, updated_at = now() WHERE id = %s RETURNING version",
+            [ids["schedule"]],
+        )
+        assert await cur.fetchone() == {"version": row["version"] + 1}
+    finally:
+        await worker.close()
+        await admin.close()
+
+
 # Every SECURITY DEFINER function of pgsched and the application roles that may call it (each
 # grant is justified in ADR 0021): only the worker role, which runs maintenance, and only what
 # maintenance and the ticker call. A new one fails here until it is added, with its reason.

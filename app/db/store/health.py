@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from pgsched.app.db.store.executor import Conn, Row, rows
+from pgsched.app.db.store.executor import Conn, Row, one, rows
 
 # Who records what a health evaluation decides (the events' actor).
 ACTOR = "system"
@@ -36,6 +36,13 @@ async def evaluate(
 # than the whole evaluation (measured: 5,000 schedules in one statement took 3.0 s, 2.7 s of it
 # JIT; in chunks of this size, no JIT and no long statement holding anything).
 SWEEP_CHUNK = 200
+
+
+async def lead_sweep(conn: Conn) -> bool:
+    """Whether this connection's session leads the periodic sweep (it takes the lead when no
+    other session holds it, and keeps it while the session lives): the processes that each run
+    a sweep loop sweep once between them, not once each."""
+    return bool((await one(conn, "lead_health_sweep"))["lead"])
 
 
 async def sweep(conn: Conn, *, now: datetime | None, actor: str = ACTOR) -> list[Row]:
