@@ -15,9 +15,9 @@ due before now - grace. Per schedule:
 - `all`: the most recent `missed_cap` run (origin "catchup"), older ones are recorded ("over_cap").
 
 Dependencies (ADR 0033): a new run of a schedule with upstreams is held `blocked` in the same
-transaction, with the upstream occurrences of its period it waits for (none: it stays waiting). At the end of each tick
-the blocked runs are settled: released to `waiting` once every one of those upstream runs
-succeeded, skipped once their wait times out.
+transaction, with the upstream occurrences of its period it waits for (none: it stays
+waiting). At the end of each tick the blocked runs are settled: released to `waiting` once
+every one of those upstream runs succeeded, skipped once their wait times out.
 """
 
 from __future__ import annotations
