@@ -15,9 +15,9 @@ due before now - grace. Per schedule:
 - `all`: the most recent `missed_cap` run (origin "catchup"), older ones are recorded ("over_cap").
 
 Dependencies (ADR 0033): a new run of a schedule with upstreams is held `blocked` in the same
-transaction, with the upstream occurrences of its period it waits for. At the end of each tick
-the blocked runs are settled: released to `waiting` once every one of those upstream runs
-succeeded, skipped once their wait times out.
+transaction, with the upstream occurrences of its period it waits for (none: it stays
+waiting). At the end of each tick the blocked runs are settled: released to `waiting` once
+every one of those upstream runs succeeded, skipped once their wait times out.
 """
 
 from __future__ import annotations
@@ -241,8 +241,10 @@ async def _hold(
     conn: Conn, run_ids: Sequence[int], schedule_ids: Sequence[int], *, now: datetime, actor: str
 ) -> int:
     """Block the new runs of schedules with upstreams: each waits for the upstream occurrences
-    of its period (app.domain.dependencies) until now + its schedule's timeout. Returns how
-    many were blocked."""
+    of its period (app.domain.dependencies) until its timeout after the later of the period's
+    end and now (the timeout counts from when the last upstream occurrence was due). A run
+    with nothing to wait for stays waiting: no event, no tick of latency. Returns how many
+    were blocked."""
     found = await store.dependencies.new_dependent_runs(
         conn, run_ids, schedule_ids, default_timeout=DEFAULTS["dependency_timeout_seconds"]
     )
@@ -252,8 +254,12 @@ async def _hold(
     held: list[dict[str, object]] = []
     for pairs in per_run.values():
         run = pairs[0]
-        upstreams = [(r["upstream_id"], spec_of(_upstream_row(r))) for r in pairs]
+        upstreams = [
+            (r["upstream_id"], spec_of(_upstream_row(r)), r["upstream_created_at"]) for r in pairs
+        ]
         waits = dependencies.waits_for(spec_of(run), run["due_at"], upstreams)
+        if not waits:
+            continue
         held.append(
             {
                 "id": run["id"],
@@ -262,7 +268,9 @@ async def _hold(
                     {"schedule_id": upstream, "due_at": due.astimezone(UTC)}
                     for upstream, due in waits
                 ],
-                "wait_until": now + timedelta(seconds=run["dependency_timeout_seconds"]),
+                # The period ends at the due time (a catch-up run: long before now).
+                "wait_until": max(run["due_at"], now)
+                + timedelta(seconds=run["dependency_timeout_seconds"]),
             }
         )
     if not held:

@@ -5,15 +5,18 @@ to an upstream. The graph stays acyclic: a new cycle must pass through the sched
 change (a graph without a cycle gains one only through a new edge), so `cycle_through` searches
 from that schedule alone.
 
-The period of a downstream occurrence due at D is [D, E), E the downstream's next occurrence
-after D (for a cron, the interval between consecutive occurrences, DST included: the engine's
-own next occurrence; for an interval, the bucket of the grid). The occurrence waits for every
-upstream occurrence due in its period. Without a next occurrence (a one-off, the last one
-before `ends_at`) the period is the instant D alone.
+The period of a downstream occurrence due at D is (P, D], P the downstream's previous
+occurrence (for a cron, the interval between consecutive occurrences, DST included; for an
+interval, one step of the grid): D truncated to the downstream's grid, looking back, so a
+daily 06:00 report waits for the night's runs up to 06:00, which are over when it is due. The
+occurrence waits for every upstream occurrence due in its period. Without a previous
+occurrence (a one-off, the first occurrence of an interval or after `starts_at`) the period
+is the instant D alone.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
@@ -27,9 +30,13 @@ FIELD: Final = "depends_on"
 # upstream under a daily downstream is 1440; more than this is a definition to rethink.
 MAX_WAITS_PER_UPSTREAM: Final = 10_000
 _TICK: Final = timedelta(microseconds=1)
+# How far back a period's start is looked for: 2**22 minutes, about 8 years, past the longest
+# gap a 5-field cron can have (29 February, skipped in 2100).
+_LOOKBACK_DOUBLINGS: Final = 23
 
 Ref = int | str  # an upstream as a client names it: an id, or a live schedule's name
 K = TypeVar("K", int, str)  # a schedule in a graph: its id, or its name
+Upstream = tuple[int, ScheduleSpec, datetime]  # an upstream's id, timing and creation instant
 
 
 def unique_refs(refs: Iterable[Ref]) -> list[Ref]:
@@ -123,29 +130,41 @@ def in_order(graph: Mapping[str, Sequence[str]]) -> list[str]:
     return ordered
 
 
-def period(spec: ScheduleSpec, due_at: datetime) -> tuple[datetime, datetime | None]:
-    """The period of the downstream occurrence due at `due_at`: [due_at, next occurrence);
-    None as the end: the instant alone (no next occurrence)."""
-    return due_at, next_after(spec, due_at)
+def previous_before(spec: ScheduleSpec, at: datetime) -> datetime | None:
+    """The last occurrence strictly before `at`; None when there is none (a one-off, the
+    first occurrence of an interval, before `starts_at`). The occurrence engine only walks
+    forward, so this looks back over windows that double from a minute (cron resolution) up
+    to about 8 years: a few occurrences listed per window, whatever the timing."""
+    for doubling in range(_LOOKBACK_DOUBLINGS):
+        window = timedelta(minutes=2**doubling)
+        last = deque(occurrences(spec, at - window - _TICK, at - _TICK), maxlen=1)
+        if last:
+            return last[0]
+    return None
+
+
+def period(spec: ScheduleSpec, due_at: datetime) -> tuple[datetime | None, datetime]:
+    """The period of the downstream occurrence due at `due_at`: (previous occurrence,
+    due_at], the due time truncated to the downstream's own grid. None as the start: the
+    instant alone (no previous occurrence)."""
+    return previous_before(spec, due_at), due_at
 
 
 def waits_for(
-    spec: ScheduleSpec, due_at: datetime, upstreams: Sequence[tuple[int, ScheduleSpec]]
+    spec: ScheduleSpec, due_at: datetime, upstreams: Sequence[Upstream]
 ) -> list[tuple[int, datetime]]:
     """The upstream occurrences (schedule id, due time) the occurrence at `due_at` waits for:
-    each upstream's occurrences in the period, in the order of `upstreams`. An upstream with
-    none in the period adds nothing (an hourly downstream of a daily upstream waits once a
-    day)."""
+    each upstream's occurrences in the period, in the order of `upstreams`, leaving out those
+    due before the upstream was created (no run was ever made for them). An upstream with none
+    in the period adds nothing (an hourly downstream of a daily upstream waits once a day)."""
     start, end = period(spec, due_at)
     found: list[tuple[int, datetime]] = []
-    for upstream_id, upstream in upstreams:
-        if end is None:
-            # The instant alone: the upstream's occurrence at exactly `start`, if it has one.
-            nearest = next_after(upstream, start - _TICK)
-            dues = [nearest] if nearest == start else []
+    for upstream_id, upstream, created_at in upstreams:
+        if start is None:
+            # The instant alone: the upstream's occurrence at exactly `end`, if it has one.
+            nearest = next_after(upstream, end - _TICK)
+            dues = [nearest] if nearest == end else []
         else:
-            dues = list(
-                islice(occurrences(upstream, start - _TICK, end - _TICK), MAX_WAITS_PER_UPSTREAM)
-            )
-        found += [(upstream_id, t) for t in dues if t is not None]
+            dues = list(islice(occurrences(upstream, start, end), MAX_WAITS_PER_UPSTREAM))
+        found += [(upstream_id, t) for t in dues if t is not None and t >= created_at]
     return found

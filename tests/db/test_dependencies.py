@@ -111,27 +111,83 @@ async def test_a_graph_runs_in_order_every_hour_of_a_simulated_day(
 
 
 async def test_a_downstream_waits_for_every_upstream_run_of_its_period(conn: Conn) -> None:
-    """Upstream every 15 minutes, downstream hourly: the period of the downstream's 10:00 is
-    [10:00, 11:00), so it waits for the upstream's 10:00, 10:15, 10:30 and 10:45."""
-    await _define(conn, "often", cron="*/15 * * * *")
-    hourly = await _define(conn, "hourly", depends_on=["often"], dependency_timeout_seconds=7200)
+    """Upstream every 15 minutes, downstream hourly: the period of the downstream's 11:00 is
+    (10:00, 11:00], so it waits for the upstream's 10:15, 10:30, 10:45 and 11:00 (its 10:00,
+    the first after both were created, waits for the upstream's 10:00 alone)."""
+    quarter = timedelta(minutes=15)
+    await _define(conn, "often", cron="*/15 * * * *", max_attempts=1)
+    hourly = await _define(conn, "hourly", depends_on=["often"], dependency_timeout_seconds=600)
     await _work(conn, H0)
-    (run,) = [r for (name, _), r in (await _runs(conn)).items() if name == "hourly"]
-    assert run["state"] == "blocked"
+    first = (await _runs(conn))[("hourly", H0)]
+    assert first["state"] == "succeeded"
+    assert [w["due_at"] for w in first["waits_for"]] == [H0.isoformat()]
+    await _work(conn, H0 + quarter)
+    await _work(conn, H0 + 2 * quarter)
+    await _work(conn, H0 + 3 * quarter, failing=frozenset({"often"}))
+    await _work(conn, H0 + HOUR)
+    run = (await _runs(conn))[("hourly", H0 + HOUR)]
+    assert run["state"] == "blocked", "10:45 failed"
     assert [w["due_at"] for w in run["waits_for"]] == [
-        (H0 + m * timedelta(minutes=15)).isoformat() for m in range(4)
+        (H0 + m * quarter).isoformat() for m in range(1, 5)
     ]
-    await _work(conn, H0 + 30 * timedelta(minutes=1))
-    assert (await _runs(conn))[("hourly", H0)]["state"] == "blocked", "10:45 has not run yet"
-    await _work(conn, H0 + 45 * timedelta(minutes=1))
-    done = (await _runs(conn))[("hourly", H0)]
-    assert done["state"] == "succeeded"
-    assert (
-        done["started_at"]
-        > (await _runs(conn))[("often", H0 + 45 * timedelta(minutes=1))]["finished_at"] - SECOND
-    )
+    # The timeout counts from the period's end (the due time), not from the first upstream.
+    assert run["wait_until"] == H0 + HOUR + 600 * SECOND
+    await _work(conn, H0 + HOUR + 600 * SECOND)
+    skipped = (await _runs(conn))[("hourly", H0 + HOUR)]
+    assert skipped["state"] == "skipped"
+    assert skipped["outcome"]["upstream"]["due_at"] == (H0 + 3 * quarter).isoformat()
+    assert skipped["outcome"]["upstream"]["state"] == "dead"
     assert hourly["depends_on"] == [(await store.schedules.live_schedule_id(conn, "often"))]
     assert await replay.verify(conn) == []
+
+
+async def test_a_run_with_nothing_to_wait_for_is_never_blocked(conn: Conn) -> None:
+    """An hourly downstream of a daily upstream: only the hour holding the upstream's
+    occurrence waits; the others stay waiting from the start (no run.blocked, no latency)."""
+    await _define(conn, "daily", cron=f"{H0.minute} {(H0 + 2 * HOUR).hour} * * *")
+    await _define(conn, "hourly", depends_on=["daily"])
+    result = await ticker.tick(conn, now=H0)
+    assert result.blocked == 0
+    assert (await _runs(conn))[("hourly", H0)]["state"] == "waiting"
+    assert await _event_count(conn, "run.blocked") == 0
+    await _work(conn, H0)
+    await _work(conn, H0 + HOUR)
+    result = await ticker.tick(conn, now=H0 + 2 * HOUR)
+    assert result.blocked == 1, "the hour holding the daily occurrence waits for it"
+    assert await _event_count(conn, "run.blocked") == 1
+    assert await replay.verify(conn) == []
+
+
+@pytest.mark.parametrize(("policy", "runs"), [("skip", 1), ("queue", 1), ("allow", 3)])
+async def test_a_blocked_run_counts_for_the_overlap_policy(
+    conn: Conn, policy: str, runs: int
+) -> None:
+    """A downstream whose upstream keeps failing: under `skip` or `queue` its next
+    occurrences are refused while one run is blocked, rather than piling up blocked runs that
+    would all be released at once."""
+    await _define(conn, "a", max_attempts=1)
+    await _define(
+        conn, "b", depends_on=["a"], overlap_policy=policy, dependency_timeout_seconds=86400
+    )
+    for hour in range(3):
+        await _work(conn, H0 + hour * HOUR, failing=frozenset({"a"}))
+    held = [r for (name, _), r in (await _runs(conn)).items() if name == "b"]
+    assert len(held) == runs and {r["state"] for r in held} == {"blocked"}
+    assert await replay.verify(conn) == []
+
+
+async def test_settling_locks_no_run_it_leaves_blocked(conn: Conn) -> None:
+    """A run still waiting for its upstream is read, never locked (a row lock writes WAL at
+    every tick of every ticker): its row carries no locker (xmax 0) after a settle."""
+    await _define(conn, "a")
+    await _define(conn, "b", depends_on=["a"])
+    await ticker.tick(conn, now=H0)
+    await ticker.tick(conn, now=H0 + SECOND)
+    cur = await conn.execute(
+        "SELECT r.state, r.xmax::text AS xmax FROM pgsched.run r"
+        " JOIN pgsched.schedule s ON s.id = r.schedule_id WHERE s.name = 'b'"
+    )
+    assert await cur.fetchall() == [{"state": "blocked", "xmax": "0"}]
 
 
 async def test_an_upstream_failure_makes_the_chain_wait_then_skip_with_the_reason(

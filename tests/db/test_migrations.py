@@ -222,6 +222,10 @@ def test_0022_keeps_earlier_schedules_verifiable_and_refuses_to_drop_blocked_run
     with psycopg.connect(empty_dsn, autocommit=True) as c:
         assert c.execute(query("diff_schedules")).fetchall() == []
         assert c.execute(query("diff_runs")).fetchall() == []
+        # Added NOT VALID (no scan under ACCESS EXCLUSIVE), then validated after the commit.
+        assert c.execute(
+            "SELECT DISTINCT convalidated FROM pg_constraint WHERE conname = 'run_state_check'"
+        ).fetchall() == [(True,)]
         c.execute("UPDATE pgsched.run SET state = 'blocked'")
     with pytest.raises(psycopg.errors.CheckViolation):
         migrate(empty_dsn, "0019", down=True)
@@ -229,6 +233,38 @@ def test_0022_keeps_earlier_schedules_verifiable_and_refuses_to_drop_blocked_run
         c.execute("UPDATE pgsched.run SET state = 'waiting'")
     migrate(empty_dsn, "0019", down=True)
     assert _schema_dump(empty_dsn) == before
+
+
+def test_0022_redone_restates_the_dependency_columns_its_downgrade_dropped(
+    empty_dsn: str,
+) -> None:
+    """A schedule stored at 0022 has events naming depends_on and dependency_timeout_seconds;
+    0022 down then up leaves both NULL in the row, so the upgrade says so in one
+    schedule.migrated event and verify stays clean. A first upgrade appends none."""
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(
+            "SELECT count(*) FROM pgsched.event WHERE type = 'schedule.migrated'"
+            " AND meta ->> 'migration' = '0022'"
+        ).fetchone() == (0,)
+        c.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds,"
+            " created_at, updated_at, depends_on, dependency_timeout_seconds)"
+            " VALUES ('s', 'noop', 'interval', 60, now(), now(), '{}', 3600) RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'test', to_jsonb(s) FROM s"
+        )
+    migrate(empty_dsn, "0021", down=True)
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(
+            "SELECT depends_on, dependency_timeout_seconds FROM pgsched.schedule WHERE name = 's'"
+        ).fetchone() == (None, None)
+        assert c.execute(query("diff_schedules")).fetchall() == []
+        assert c.execute(
+            "SELECT count(*) FROM pgsched.event WHERE type = 'schedule.migrated'"
+            " AND meta ->> 'migration' = '0022'"
+        ).fetchone() == (1,)
 
 
 def test_0020_round_trips_and_keeps_earlier_schedules_verifiable(empty_dsn: str) -> None:

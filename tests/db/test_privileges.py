@@ -415,17 +415,25 @@ async def _worker_transitions(worker: Conn, api: Conn) -> None:
 
 async def _dependency_transitions(worker: Conn, api: Conn) -> None:
     """The ticker blocks the runs of schedules with upstreams (ADR 0033), releases one whose
-    period holds no upstream occurrence and skips one whose paused upstream never ran."""
+    upstream run succeeded and skips one whose paused upstream never ran."""
     at = T + timedelta(hours=3)
-    day = timedelta(days=1)
-    later = await make_schedule(api, now=at, kind="once", interval_seconds=None, run_at=at + day)
+    upstream = await make_schedule(api, now=at, queue="deps")
     paused = await make_schedule(api, now=at, enabled=False)
-    released = await make_schedule(api, now=at, depends_on=[later["id"]])
+    released = await make_schedule(api, now=at, depends_on=[upstream["id"]])
     skipped = await make_schedule(
         api, now=at, depends_on=[paused["id"]], dependency_timeout_seconds=1
     )
-    assert (await ticker.tick(worker, now=at)).released >= 1
-    assert (await ticker.tick(worker, now=at + timedelta(seconds=2))).skipped == 1
+    assert (await ticker.tick(worker, now=at)).blocked == 2
+    me = await store.register_worker(
+        worker, name="w3", host="h", pid=3, version="v", queues=["deps"], slots=1, now=None
+    )
+    (claimed,) = await test_store.claim_runs(
+        worker, worker_id=me["id"], queues=["deps"], limit=1, lease_seconds=30, actor="w", now=at
+    )
+    ok = {"status": "ok"}
+    assert await test_store.succeed_run(worker, store.Lease.of(claimed), ok, actor="w", now=at)
+    settled = await ticker.tick(worker, now=at + timedelta(seconds=2))
+    assert (settled.released, settled.skipped) == (1, 1)
     cur = await worker.execute(
         "SELECT schedule_id, state FROM pgsched.run WHERE schedule_id = ANY(%s) ORDER BY 1",
         [[released["id"], skipped["id"]]],

@@ -27,41 +27,66 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def test_the_period_runs_from_the_occurrence_to_the_next() -> None:
+LONG_AGO = utc("2020-01-01T00:00")
+
+
+def test_the_period_runs_from_the_previous_occurrence_to_this_one() -> None:
     assert period(HOURLY, utc("2026-06-01T10:00")) == (
+        utc("2026-06-01T09:00"),
         utc("2026-06-01T10:00"),
-        utc("2026-06-01T11:00"),
     )
     every_hour = ScheduleSpec(
         kind="interval", interval_seconds=3600, anchor=utc("2026-06-01T09:30")
     )
     assert period(every_hour, utc("2026-06-01T10:30")) == (
+        utc("2026-06-01T09:30"),
         utc("2026-06-01T10:30"),
-        utc("2026-06-01T11:30"),
     )
+    # The interval's first occurrence and a one-off have no previous one: the instant alone.
+    assert period(every_hour, utc("2026-06-01T09:30")) == (None, utc("2026-06-01T09:30"))
     once = ScheduleSpec(kind="once", run_at=utc("2026-06-01T10:00"))
-    assert period(once, utc("2026-06-01T10:00")) == (utc("2026-06-01T10:00"), None)
+    assert period(once, utc("2026-06-01T10:00")) == (None, utc("2026-06-01T10:00"))
+    leap = ScheduleSpec(kind="cron", cron="0 0 29 2 *")
+    assert period(leap, utc("2028-02-29T00:00"))[0] == utc("2024-02-29T00:00")
+
+
+def test_a_daily_report_waits_for_the_night_of_hourly_runs_before_it() -> None:
+    """The usual ETL case: a daily 06:00 report over an hourly ingest waits for the ingest's
+    runs since the previous 06:00, all due by the time the report is: nothing in the future."""
+    report = ScheduleSpec(kind="cron", cron="0 6 * * *")
+    day = waits_for(report, utc("2026-06-02T06:00"), [(7, HOURLY, LONG_AGO)])
+    assert [t for _, t in day] == [
+        utc("2026-06-01T07:00") + h * timedelta(hours=1) for h in range(24)
+    ]
+    nightly = ScheduleSpec(kind="cron", cron="30 2 * * *")
+    assert waits_for(report, utc("2026-06-02T06:00"), [(8, nightly, LONG_AGO)]) == [
+        (8, utc("2026-06-02T02:30"))
+    ]
 
 
 def test_a_more_frequent_upstream_is_waited_for_in_every_occurrence_of_the_period() -> None:
     quarter = ScheduleSpec(kind="cron", cron="*/15 * * * *")
-    assert waits_for(HOURLY, utc("2026-06-01T10:00"), [(7, quarter)]) == [
-        (7, utc("2026-06-01T10:00")),
+    assert waits_for(HOURLY, utc("2026-06-01T11:00"), [(7, quarter, LONG_AGO)]) == [
         (7, utc("2026-06-01T10:15")),
         (7, utc("2026-06-01T10:30")),
         (7, utc("2026-06-01T10:45")),
+        (7, utc("2026-06-01T11:00")),
     ]
-    day = waits_for(DAILY_UTC, utc("2026-06-01T00:00"), [(7, HOURLY)])
-    assert [t for _, t in day] == [
-        utc("2026-06-01T00:00") + h * timedelta(hours=1) for h in range(24)
+
+
+def test_upstream_occurrences_before_the_upstream_existed_are_not_waited_for() -> None:
+    quarter = ScheduleSpec(kind="cron", cron="*/15 * * * *")
+    assert waits_for(HOURLY, utc("2026-06-01T11:00"), [(7, quarter, utc("2026-06-01T10:40"))]) == [
+        (7, utc("2026-06-01T10:45")),
+        (7, utc("2026-06-01T11:00")),
     ]
 
 
 def test_a_less_frequent_upstream_is_waited_for_only_in_the_period_holding_it() -> None:
-    assert waits_for(HOURLY, utc("2026-06-01T00:00"), [(3, DAILY_UTC)]) == [
+    assert waits_for(HOURLY, utc("2026-06-01T00:00"), [(3, DAILY_UTC, LONG_AGO)]) == [
         (3, utc("2026-06-01T00:00"))
     ]
-    assert waits_for(HOURLY, utc("2026-06-01T01:00"), [(3, DAILY_UTC)]) == []
+    assert waits_for(HOURLY, utc("2026-06-01T01:00"), [(3, DAILY_UTC, LONG_AGO)]) == []
 
 
 @pytest.mark.parametrize(
@@ -72,19 +97,24 @@ def test_a_less_frequent_upstream_is_waited_for_only_in_the_period_holding_it() 
 def test_a_daily_period_in_a_zone_spans_the_local_day_across_dst(
     local_day: str, hours: int
 ) -> None:
-    """Berlin's midnight to the next: 23 hours on the day clocks go forward, 25 when they go
-    back, so an hourly upstream in UTC has that many occurrences in the period."""
-    start = datetime.fromisoformat(f"{local_day}T00:00").replace(tzinfo=ZoneInfo("Europe/Berlin"))
-    begin, end = period(BERLIN_MIDNIGHT, start.astimezone(UTC))
-    assert end is not None and end - begin == timedelta(hours=hours)
-    assert len(waits_for(BERLIN_MIDNIGHT, begin, [(1, HOURLY)])) == hours
+    """Berlin's midnight back to the previous one: 23 hours over the day clocks go forward, 25
+    when they go back, so an hourly upstream in UTC has that many occurrences in the period."""
+    berlin = ZoneInfo("Europe/Berlin")
+    begin = datetime.fromisoformat(f"{local_day}T00:00").replace(tzinfo=berlin)
+    end = (begin.astimezone(UTC) + timedelta(hours=hours)).astimezone(berlin)
+    assert (end.hour, end.minute) == (0, 0)
+    start, due = period(BERLIN_MIDNIGHT, end.astimezone(UTC))
+    assert start == begin and due - start == timedelta(hours=hours)
+    assert len(waits_for(BERLIN_MIDNIGHT, due, [(1, HOURLY, LONG_AGO)])) == hours
 
 
 def test_a_one_off_waits_for_an_upstream_occurrence_at_its_instant_only() -> None:
     once = ScheduleSpec(kind="once", run_at=utc("2026-06-01T10:00"))
-    assert waits_for(once, utc("2026-06-01T10:00"), [(2, HOURLY)]) == [(2, utc("2026-06-01T10:00"))]
+    assert waits_for(once, utc("2026-06-01T10:00"), [(2, HOURLY, LONG_AGO)]) == [
+        (2, utc("2026-06-01T10:00"))
+    ]
     late = ScheduleSpec(kind="once", run_at=utc("2026-06-01T10:05"))
-    assert waits_for(late, utc("2026-06-01T10:05"), [(2, HOURLY)]) == []
+    assert waits_for(late, utc("2026-06-01T10:05"), [(2, HOURLY, LONG_AGO)]) == []
 
 
 def test_cycles_through_the_changed_schedule_are_found_and_diamonds_are_not() -> None:

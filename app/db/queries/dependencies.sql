@@ -74,23 +74,38 @@ WITH input AS (
 SELECT r.id FROM r;
 
 -- name: settle_blocked
--- Up to `limit` blocked runs (SKIP LOCKED: tickers share them), each decided:
+-- Up to `limit` blocked runs, each decided:
 --   every upstream occurrence it waits for has a succeeded run -> `waiting` (run.unblocked),
 --   claimable from its own available_at on;
 --   otherwise, at or after its wait_until -> `skipped` (run.skipped), the outcome naming the
 --   first upstream occurrence in its list that had not succeeded and that run's state ("no
 --   run": the ticker never made one, e.g. a missed occurrence or a paused upstream);
---   otherwise it stays blocked.
+--   otherwise it stays blocked, untouched.
+-- This runs at every tick of every ticker while most blocked runs stay blocked, so the
+-- decision takes no lock (a row lock writes WAL) and reads little: a run is a candidate only
+-- when its wait is over or the LAST upstream occurrence it lists succeeded (one index probe;
+-- the latest occurrence is the one still to come), and only candidates have their whole list
+-- read. Only the runs decided are locked (SKIP LOCKED: tickers share them), and a lock
+-- re-reads the row, so a run cancelled meanwhile (no longer `blocked`) is left alone.
 -- An upstream run is an occurrence (not an ad-hoc trigger or enqueue): `occurrence` is true.
 WITH blocked AS MATERIALIZED (
     SELECT r.id, r.due_at, r.waits_for, r.wait_until
     FROM pgsched.run r
     WHERE r.state = 'blocked'
+      AND (r.wait_until <= coalesce(%(now)s::timestamptz, now())
+           OR NOT EXISTS (
+               -- An empty list reads as one NULL row here: a candidate, released at once.
+               SELECT 1
+               FROM jsonb_to_record(r.waits_for -> -1)
+                    AS l(schedule_id bigint, due_at timestamptz)
+               WHERE l.schedule_id IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM pgsched.run u
+                                 WHERE u.schedule_id = l.schedule_id AND u.due_at = l.due_at
+                                   AND u.occurrence AND u.state = 'succeeded')))
     ORDER BY r.wait_until, r.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), unmet AS (
-    -- Per blocked run, the first upstream occurrence without a succeeded run.
+    -- Per candidate, the first upstream occurrence without a succeeded run.
     SELECT DISTINCT ON (b.id) b.id, w.schedule_id AS upstream_id, w.due_at AS upstream_due_at,
            u.id AS upstream_run_id, u.state AS upstream_state
     FROM blocked b
@@ -108,6 +123,12 @@ WITH blocked AS MATERIALIZED (
     LEFT JOIN unmet n ON n.id = b.id
     LEFT JOIN pgsched.schedule us ON us.id = n.upstream_id
     WHERE n.id IS NULL OR b.wait_until <= coalesce(%(now)s::timestamptz, now())
+), locked AS MATERIALIZED (
+    SELECT r.id, r.due_at
+    FROM pgsched.run r
+    JOIN decided d ON d.id = r.id AND d.due_at = r.due_at
+    WHERE r.state = 'blocked'
+    FOR UPDATE OF r SKIP LOCKED
 ), r AS (
     UPDATE pgsched.run r
     SET state = CASE WHEN d.ready THEN 'waiting' ELSE 'skipped' END,
@@ -130,6 +151,7 @@ WITH blocked AS MATERIALIZED (
                 'due_at', d.upstream_due_at, 'run_id', d.upstream_run_id,
                 'state', d.upstream_state)) END
     FROM decided d
+    JOIN locked l ON l.id = d.id AND l.due_at = d.due_at
     WHERE r.id = d.id AND r.due_at = d.due_at AND r.state = 'blocked'
     RETURNING r.*
 ), ev AS (

@@ -48,10 +48,12 @@ SELECT pg_notify('pgsched_runs', '');
 -- occurrences, which every member of the group shares. The statement:
 -- 1. inserts the runs under each schedule's overlap policy:
 --      allow: every occurrence becomes a run;
---      skip:  only when the schedule has no waiting or running run, and then only its earliest
---             occurrence of this batch (the later ones would overlap it);
---      queue: only when the schedule has no waiting run (at most one buffered behind a running
---             one), again the earliest of this batch;
+--      skip:  only when the schedule has no waiting, blocked or running run, and then only its
+--             earliest occurrence of this batch (the later ones would overlap it);
+--      queue: only when the schedule has no waiting or blocked run (at most one buffered behind
+--             a running one), again the earliest of this batch;
+--    (a blocked run, ADR 0033, is a waiting one held for its upstreams: counting it keeps a
+--    downstream from piling up blocked runs that would all be released at once);
 --    with ON CONFLICT DO NOTHING on the occurrence key, and a run.created event per new run;
 -- 2. records each occurrence that will not run as schedule.occurrence_missed with its reason
 --    (the missed policy's, or 'overlap' for those the overlap policy refused): an operator can
@@ -74,12 +76,13 @@ WITH member AS (
            -- CASE evaluates lazily: 'allow' schedules, the common case, skip both lookups.
            CASE WHEN s.overlap_policy = 'allow' THEN false
                 ELSE EXISTS (SELECT 1 FROM pgsched.run r
-                             WHERE r.schedule_id = m.schedule_id AND r.state = 'waiting')
+                             WHERE r.schedule_id = m.schedule_id
+                               AND r.state IN ('waiting', 'blocked'))
            END AS has_waiting,
            CASE WHEN s.overlap_policy = 'allow' THEN false
                 ELSE EXISTS (SELECT 1 FROM pgsched.run r
                              WHERE r.schedule_id = m.schedule_id
-                               AND r.state IN ('waiting', 'running'))
+                               AND r.state IN ('waiting', 'blocked', 'running'))
            END AS has_active
     FROM member m
     JOIN planned p USING (g)
