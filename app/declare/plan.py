@@ -85,7 +85,7 @@ async def _plan(
     at = await store.db_now(conn, now)
     declared, order, live_names = await _dependencies(conn, document)
     changes: list[Change] = []
-    for fields in sorted(declared, key=lambda f: order[f["name"]]):
+    for fields in sorted(declared, key=lambda f: order.get(f["name"], 0)):
         name = fields["name"]
         existing = await store.schedules.live_schedule_id(conn, name)
         row = None if existing is None else await store.get_schedule(conn, existing, lock=True)
@@ -112,7 +112,7 @@ async def _dependencies(
 ) -> tuple[list[dict[str, Any]], dict[str, int], dict[int, str]]:
     """The file's schedules with `depends_on` as upstream names, each checked (a live schedule or
     one of the file's, not a job definition); each schedule's place in the order of writing
-    (upstreams first); and the names of the live upstreams by id. DeclarationError names a
+    (its depth: upstreams first); and the names of the live upstreams by id. DeclarationError names a
     cycle the file would make, among its schedules or with live ones. Takes the graph's lock,
     so the graph checked is the graph written to."""
     await store.dependencies.lock_graph(conn)
@@ -150,8 +150,22 @@ async def _dependencies(
                 f"schedule {fields['name']!r}: depends_on: would make a cycle: "
                 + " -> ".join(cycle)
             )
-    order = {name: i for i, name in enumerate(dependencies.in_order(graph))}
-    return declared, order, live_names
+    return declared, _depths(graph), live_names
+
+
+def _depths(graph: Mapping[str, list[str]]) -> dict[str, int]:
+    """Each schedule's longest chain of upstreams in the acyclic `graph`: writing in this order
+    (the file's order among equals, as the plan prints it) puts every upstream first."""
+    depth: dict[str, int] = {}
+
+    def of(name: str) -> int:
+        if name not in depth:
+            depth[name] = 1 + max((of(u) for u in graph.get(name, ())), default=-1)
+        return depth[name]
+
+    for name in graph:
+        of(name)
+    return depth
 
 
 def _compare(

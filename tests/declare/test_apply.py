@@ -317,8 +317,8 @@ schedules:
 
 async def test_a_chain_and_a_diamond_apply_upstreams_first(conn: Conn) -> None:
     changes = await plan.apply(conn, _doc(GRAPH))
-    # Upstreams first, ties by name: each schedule is created after everything it needs.
-    assert [c.name for c in changes] == ["a", "x", "b", "c", "y", "d", "z"]
+    # Upstreams first, then the file's order: each schedule is created after what it needs.
+    assert [c.name for c in changes] == ["a", "x", "c", "y", "b", "d", "z"]
     rows = {n: await _schedule(conn, n) for n in "abcdxyz"}
     ids = {n: r["id"] for n, r in rows.items()}
     assert rows["d"]["depends_on"] == [ids["b"], ids["c"]]
