@@ -110,11 +110,11 @@ async def _plan(
 async def _dependencies(
     conn: Conn, document: Document
 ) -> tuple[list[dict[str, Any]], dict[str, int], dict[int, str]]:
-    """The file's schedules with `depends_on` as upstream names, each checked (a live schedule or
-    one of the file's, not a job definition); each schedule's place in the order of writing
-    (its depth: upstreams first); and the names of the live upstreams by id. DeclarationError names a
-    cycle the file would make, among its schedules or with live ones. Takes the graph's lock,
-    so the graph checked is the graph written to."""
+    """The file's schedules with `depends_on` as upstream names, each checked (a live schedule
+    or one of the file's, not a job definition); each schedule's place in the order of writing
+    (its depth: upstreams first); and the names of the live upstreams by id. DeclarationError
+    names a cycle the file would make, among its schedules or with live ones. Takes the graph's
+    lock, so the graph checked is the graph written to."""
     await store.dependencies.lock_graph(conn)
     edges = await store.dependencies.graph(conn)
     file_names = {f["name"] for f in document.schedules}
