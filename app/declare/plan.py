@@ -83,9 +83,9 @@ async def _plan(
     now: datetime | None,
 ) -> list[Change]:
     at = await store.db_now(conn, now)
-    declared, order, live_names = await _dependencies(conn, document)
+    wanted, order, live_names = await _dependencies(conn, document)
     changes: list[Change] = []
-    for fields in sorted(declared, key=lambda f: order.get(f["name"], 0)):
+    for fields in sorted(wanted, key=lambda f: order.get(f["name"], 0)):
         name = fields["name"]
         existing = await store.schedules.live_schedule_id(conn, name)
         row = None if existing is None else await store.get_schedule(conn, existing, lock=True)
