@@ -297,6 +297,21 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         body["run_at"] = args.run_at
     if args.paused:
         body["enabled"] = False
+    for key, value in (
+        ("owner", args.owner),
+        ("description", args.description),
+        ("pause_after_failures", args.pause_after_failures),
+    ):
+        if value is not None:
+            body[key] = value
+    if args.depends_on:
+        body["depends_on"] = args.depends_on
+    if args.label:
+        labels = _label_filter(args.label) or {}
+        missing = [k for k, v in labels.items() if v is None]
+        if missing:
+            raise CommandError(f"--label needs KEY:VALUE to set a label, got {missing[0]!r}")
+        body["labels"] = {**body.get("labels", {}), **labels}
     return body
 
 
@@ -584,5 +599,20 @@ def _create_parser(cr: argparse.ArgumentParser) -> None:
     cr.add_argument("--max-attempts", type=int)
     cr.add_argument("--timeout", type=float, metavar="SECONDS")
     cr.add_argument("--paused", action="store_true", help="create it paused")
+    cr.add_argument(
+        "--depends-on",
+        action="append",
+        metavar="SCHEDULE",
+        help="an upstream, by name: runs wait for its runs of the period (repeat for several)",
+    )
+    cr.add_argument("--owner", help="who keeps it")
+    cr.add_argument("--description", help="what it is for")
+    cr.add_argument("--label", action="append", metavar="KEY:VALUE", help="a label (repeatable)")
+    cr.add_argument(
+        "--pause-after-failures",
+        type=int,
+        metavar="N",
+        help="pause it after N dead runs in a row (the circuit breaker)",
+    )
     _json_flag(cr)
     cr.set_defaults(func=cmd_create)

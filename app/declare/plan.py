@@ -112,9 +112,9 @@ async def _dependencies(
 ) -> tuple[list[dict[str, Any]], dict[str, int], dict[int, str]]:
     """The file's schedules with `depends_on` as upstream names, each checked (a live schedule
     or one of the file's, not a job definition); each schedule's place in the order of writing
-    (its depth: upstreams first); and the names of the live upstreams by id. DeclarationError
-    names a cycle the file would make, among its schedules or with live ones. Takes the graph's
-    lock, so the graph checked is the graph written to."""
+    (upstreams first, else the file's order); and the names of the live upstreams by id.
+    DeclarationError names a cycle the file would make, among its schedules or with live ones.
+    Takes the graph's lock, so the graph checked is the graph written to."""
     await store.dependencies.lock_graph(conn)
     edges = await store.dependencies.graph(conn)
     file_names = {f["name"] for f in document.schedules}
@@ -139,10 +139,10 @@ async def _dependencies(
         except InvalidDefinition as exc:
             raise DeclarationError(f"schedule {fields['name']!r}: {_reason(exc)}") from None
         declared.append({**fields, "depends_on": [by_id[i] for i in ids]})
-    graph: dict[str, list[str]] = {
-        str(e["name"]): [live_names[int(u)] for u in e["depends_on"]] for e in edges
-    }
-    graph |= {f["name"]: f["depends_on"] for f in declared}
+    # The graph the file leaves: its schedules' edges (first, in its order), then the others'.
+    graph: dict[str, list[str]] = {f["name"]: f["depends_on"] for f in declared}
+    for e in edges:
+        graph.setdefault(str(e["name"]), [live_names[int(u)] for u in e["depends_on"]])
     for fields in declared:
         cycle = dependencies.cycle_through(fields["name"], fields["depends_on"], graph)
         if cycle is not None:
@@ -150,22 +150,8 @@ async def _dependencies(
                 f"schedule {fields['name']!r}: depends_on: would make a cycle: "
                 + " -> ".join(cycle)
             )
-    return declared, _depths(graph), live_names
-
-
-def _depths(graph: Mapping[str, list[str]]) -> dict[str, int]:
-    """Each schedule's longest chain of upstreams in the acyclic `graph`: writing in this order
-    (the file's order among equals, as the plan prints it) puts every upstream first."""
-    depth: dict[str, int] = {}
-
-    def of(name: str) -> int:
-        if name not in depth:
-            depth[name] = 1 + max((of(u) for u in graph.get(name, ())), default=-1)
-        return depth[name]
-
-    for name in graph:
-        of(name)
-    return depth
+    order = {name: i for i, name in enumerate(dependencies.in_order(graph))}
+    return declared, order, live_names
 
 
 def _compare(

@@ -362,6 +362,42 @@ async def test_show_names_upstreams_health_and_the_declaring_file(
         actor="test",
         now=None,
     )
+    made = await main_json(
+        dsn,
+        capsys,
+        "schedules",
+        "create",
+        "by-options",
+        "--job-type=noop",
+        "--cron=0 * * * *",
+        "--depends-on=downstream",
+        "--depends-on=upstream-job",
+        "--label=team:data",
+        "--owner=ops",
+        "--pause-after-failures=2",
+    )
+    assert (made["labels"], made["owner"], made["pause_after_failures"]) == (
+        {"team": "data"},
+        "ops",
+        2,
+    )
+    assert len(made["depends_on"]) == 2
+    one_line_refusal(
+        run_cli(dsn, "schedules", "create", "x", "--job-type=noop", "--interval=60", "--label=t"),
+        "--label needs KEY:VALUE",
+    )
+    one_line_refusal(
+        run_cli(
+            dsn,
+            "schedules",
+            "create",
+            "x",
+            "--job-type=noop",
+            "--interval=60",
+            "--depends-on=nowhere",
+        ),
+        "'nowhere' is no live schedule",
+    )
     code, text = await main(dsn, capsys, "schedules", "show", "downstream")
     assert code == 0
     shown = dict(
