@@ -83,7 +83,8 @@ async def _plan(
     now: datetime | None,
 ) -> list[Change]:
     at = await store.db_now(conn, now)
-    wanted, order, live_names = await _dependencies(conn, document)
+    wanted, graph, live_names = await _dependencies(conn, document)
+    order = {name: i for i, name in enumerate(dependencies.in_order(graph))}
     changes: list[Change] = []
     for fields in sorted(wanted, key=lambda f: order.get(f["name"], 0)):
         name = fields["name"]
@@ -97,22 +98,31 @@ async def _plan(
             raise DeclarationError(f"schedule {name!r}: {_reason(exc)}") from None
     if prune:
         declared = {f["name"] for f in document.schedules}
-        for row in await store.schedules.managed_schedules(conn, document.manager):
-            if row["name"] not in declared:
-                try:
-                    schedule.check_builtin_change(row, {"deleted_at": at})
-                except OperationError as exc:
-                    raise DeclarationError(f"schedule {row['name']!r}: {exc}") from None
-                changes.append(Change("delete", row["name"], schedule_id=row["id"]))
+        managed = await store.schedules.managed_schedules(conn, document.manager)
+        doomed = [r for r in managed if r["name"] not in declared]
+        gone = {r["name"] for r in doomed}
+        # Downstreams first: deleting an upstream is refused while a dependent lives (ADR 0033).
+        for row in sorted(doomed, key=lambda r: -order.get(r["name"], -1)):
+            kept = [n for n, ups in graph.items() if row["name"] in ups and n not in gone]
+            if kept:
+                raise DeclarationError(
+                    f"schedule {row['name']!r}: cannot be pruned while "
+                    f"{', '.join(map(repr, sorted(kept)))} depend(s) on it: drop those edges first"
+                )
+            try:
+                schedule.check_builtin_change(row, {"deleted_at": at})
+            except OperationError as exc:
+                raise DeclarationError(f"schedule {row['name']!r}: {exc}") from None
+            changes.append(Change("delete", row["name"], schedule_id=row["id"]))
     return changes
 
 
 async def _dependencies(
     conn: Conn, document: Document
-) -> tuple[list[dict[str, Any]], dict[str, int], dict[int, str]]:
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[int, str]]:
     """The file's schedules with `depends_on` as upstream names, each checked (a live schedule
-    or one of the file's, not a job definition); each schedule's place in the order of writing
-    (upstreams first, else the file's order); and the names of the live upstreams by id.
+    or one of the file's, not a job definition); the graph (names to upstream names) the file
+    would leave, its schedules first in its order; and the names of the live upstreams by id.
     DeclarationError names a cycle the file would make, among its schedules or with live ones.
     Takes the graph's lock, so the graph checked is the graph written to."""
     await store.dependencies.lock_graph(conn)
@@ -150,8 +160,7 @@ async def _dependencies(
                 f"schedule {fields['name']!r}: depends_on: would make a cycle: "
                 + " -> ".join(cycle)
             )
-    order = {name: i for i, name in enumerate(dependencies.in_order(graph))}
-    return declared, order, live_names
+    return declared, graph, live_names
 
 
 def _compare(

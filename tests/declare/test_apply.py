@@ -446,3 +446,40 @@ async def test_export_then_apply_is_a_no_op_with_dependencies_and_health(
     changes = await plan.apply(conn, reread, prune=True)
     assert set(_actions(changes).values()) == {"unchanged"}
     assert await _events(conn) == before
+
+
+async def test_prune_deletes_downstreams_first_and_keeps_an_upstream_others_need(
+    conn: Conn,
+) -> None:
+    three = b"""
+manager: pruned
+defaults: {job_type: noop}
+schedules:
+  - {name: keep, interval_seconds: 600}
+  - {name: mid, interval_seconds: 600}
+  - {name: leaf, interval_seconds: 600, depends_on: [mid]}
+"""
+    await plan.apply(conn, _doc(three))
+    only_keep = three.split(b"  - {name: mid")[0]
+    changes = await plan.apply(conn, _doc(only_keep), prune=True)
+    assert [(c.name, c.action) for c in changes] == [
+        ("keep", "unchanged"),
+        ("leaf", "delete"),
+        ("mid", "delete"),
+    ]
+    await plan.apply(conn, _doc(three))
+    await schedules.create(  # an API-made schedule needs mid: mid is not pruned under it
+        conn,
+        {"name": "api", "job_type": "noop", "kind": "interval", "interval_seconds": 60}
+        | {"depends_on": ["mid"]},
+        actor="t",
+        now=None,
+    )
+    before = await _events(conn)
+    with pytest.raises(DeclarationError) as refused:
+        await plan.apply(conn, _doc(only_keep), prune=True, dry_run=True)
+    assert str(refused.value) == (
+        "schedule 'mid': cannot be pruned while 'api' depend(s) on it: drop those edges first"
+    )
+    assert await _events(conn) == before
+    await _clean(conn)
