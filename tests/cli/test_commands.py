@@ -553,6 +553,26 @@ async def test_status_exit_codes_follow_the_health_states(dsn: str, db: Conn) ->
     body = json.loads(run_cli(dsn, "status", "--json").stdout)
     assert body["status"] == "healthy" and body["metrics"]["live_workers"] == 1
 
+    # An unhealthy schedule is shown as /health shows it, and is not the service's state.
+    dead = await _dead_run(db, await _worker(db, name="w2"), name="failing-job")
+    broken = await test_store.get_run(db, dead)
+    assert broken is not None
+    await schedules.update(
+        db,
+        broken["schedule_id"],
+        {"health_policy": {"consecutive_failures": 1}},
+        if_match=None,
+        actor="t",
+        now=None,
+    )
+    code, first, details = _status(dsn)
+    assert code == 0 and first.startswith("OK: pgsched is healthy"), first
+    (line,) = [d for d in details if d.split()[:1] == ["schedules"]]
+    assert line.split()[1] == "unhealthy" and "1 unhealthy" in line, line
+    assert json.loads(run_cli(dsn, "status", "--json").stdout)["components"]["schedules"] == (
+        "unhealthy"
+    )
+
     # No partition ahead for runs: nothing can be stored next month.
     await db.execute("SET ROLE pgsched_owner")
     cur = await db.execute(
