@@ -58,6 +58,12 @@ COLUMNS: list[output.Column] = [
 ]
 
 
+def _waits(row: Mapping[str, Any]) -> str | None:
+    """The upstream occurrences a blocked (or once blocked) run waits for (ADR 0033)."""
+    waits = row["waits_for"] or []
+    return ", ".join(f"schedule {w['schedule_id']} due {w['due_at']}" for w in waits) or None
+
+
 def run_states() -> tuple[str, ...]:
     """The run states the API knows (its filter takes the same list); imported when needed, so
     that `pgsched --help` does not load the API."""
@@ -171,6 +177,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                     f"{output.cell(row['started_at'])} / {output.cell(row['finished_at'])}",
                 ),
                 ("outcome", json.dumps(row["outcome"], sort_keys=True) if row["outcome"] else None),
+                ("waits for", _waits(row)),
+                ("waits until", row["wait_until"]),
                 ("trace", _trace(events)),
             ]
         )

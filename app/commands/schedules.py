@@ -23,7 +23,7 @@ from pgsched.app.commands import base, output
 from pgsched.app.commands.base import CommandError
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
-from pgsched.app.domain.schedule import MAX_PREVIEW
+from pgsched.app.domain.schedule import LABEL_KEY, MAX_LABEL_VALUE, MAX_PREVIEW
 from pgsched.app.services import schedules
 
 PAGE = 500
@@ -50,6 +50,35 @@ def _state(row: Mapping[str, Any]) -> str:
     return "enabled" if row["enabled"] else "paused"
 
 
+HEALTH_STATES = ("healthy", "degraded", "unhealthy")
+
+
+def _health(row: Mapping[str, Any]) -> str:
+    """Its health and, when not healthy, why (ADR 0032)."""
+    health = str(row["health"] or "healthy")
+    return f"{health} ({row['health_reason']})" if row["health_reason"] else health
+
+
+def _labels(row: Mapping[str, Any]) -> str | None:
+    return ",".join(f"{k}={v}" for k, v in sorted((row["labels"] or {}).items())) or None
+
+
+def _label_filter(given: list[str] | None) -> dict[str, str | None] | None:
+    """`--label team:data --label tier` as {team: data, tier: None} (None: any value), as the
+    API's `?label=` reads them."""
+    if not given:
+        return None
+    wanted: dict[str, str | None] = {}
+    for each in given:
+        key, colon, value = each.partition(":")
+        if not LABEL_KEY.fullmatch(key) or len(value) > MAX_LABEL_VALUE or "\x00" in value:
+            raise CommandError(
+                f"--label must be a label key (letters, digits, ._/-) or key:value, got {each!r}"
+            )
+        wanted[key] = value if colon else None
+    return wanted
+
+
 def _json(row: Row) -> object:
     from pgsched.app.api.schemas import schedule_out
 
@@ -66,6 +95,7 @@ def _run(args: argparse.Namespace, work: Callable[[Conn], Any]) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     enabled = None if args.state is None else args.state == "enabled"
+    labels = _label_filter(args.label)
 
     async def work(conn: Conn) -> int:
         rows: list[Row] = []
@@ -79,6 +109,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 job_type=args.job_type,
                 enabled=enabled,
                 name=args.name,
+                health=args.health,
+                owner=args.owner,
+                labels=labels,
             )
             rows += page
             if len(page) < PAGE:
@@ -98,9 +131,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 ("ZONE", lambda r: r["timezone"]),
                 ("QUEUE", lambda r: r["queue"]),
                 ("STATE", _state),
+                ("HEALTH", _health),
                 ("NEXT DUE (ZONE)", lambda r: output.instant(r["next_due_at"], zone=_zone(r))),
                 ("NEXT DUE (UTC)", lambda r: output.instant(r["next_due_at"])),
                 ("LAST RUN", lambda r: last[r["id"]]),
+                ("OWNER", lambda r: r["owner"]),
+                ("LABELS", _labels),
             ],
         )
         if len(rows) == args.limit:  # said aside, so the table stays a table
@@ -108,6 +144,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, work)
+
+
+async def _upstream_names(conn: Conn, row: Mapping[str, Any]) -> list[str]:
+    """Its upstreams by name, in the order it lists them (ADR 0033)."""
+    ids = [int(u) for u in row["depends_on"] or []]
+    found = await store.dependencies.upstream_candidates(conn, ids, [])
+    names = {int(c["id"]): str(c["name"]) for c in found}
+    return [names.get(i, f"schedule {i}") for i in ids]
 
 
 async def _last_run_state(conn: Conn, schedule_id: int) -> str | None:
@@ -142,6 +186,21 @@ def cmd_show(args: argparse.Namespace) -> int:
                 ("max attempts", row["max_attempts"]),
                 ("timeout", f"{row['timeout_seconds']} s"),
                 ("overlap / missed", f"{row['overlap_policy']} / {row['missed_policy']}"),
+                ("health", _health(row)),
+                ("health since", row["health_since"]),
+                ("health policy", json.dumps(row["health_policy"], sort_keys=True)),
+                ("pause after failures", row["pause_after_failures"] or "never (no breaker)"),
+                ("depends on", ", ".join(await _upstream_names(conn, row)) or None),
+                ("dependency timeout", f"{row['dependency_timeout_seconds']} s"),
+                ("description", row["description"]),
+                ("owner", row["owner"]),
+                ("labels", _labels(row)),
+                (
+                    "managed by",
+                    f"{row['managed_by']} (`pgsched apply` declares it: change it in that file)"
+                    if row["managed_by"]
+                    else None,
+                ),
                 ("version", row["version"]),
             ]
         )
@@ -238,6 +297,21 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         body["run_at"] = args.run_at
     if args.paused:
         body["enabled"] = False
+    for key, value in (
+        ("owner", args.owner),
+        ("description", args.description),
+        ("pause_after_failures", args.pause_after_failures),
+    ):
+        if value is not None:
+            body[key] = value
+    if args.depends_on:
+        body["depends_on"] = args.depends_on
+    if args.label:
+        labels = _label_filter(args.label) or {}
+        missing = [k for k, v in labels.items() if v is None]
+        if missing:
+            raise CommandError(f"--label needs KEY:VALUE to set a label, got {missing[0]!r}")
+        body["labels"] = {**body.get("labels", {}), **labels}
     return body
 
 
@@ -449,6 +523,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     ls.add_argument("--job-type", choices=JOB_TYPES)
     ls.add_argument("--state", choices=["enabled", "paused"])
     ls.add_argument("--name", help="exactly this name")
+    ls.add_argument("--health", choices=HEALTH_STATES)
+    ls.add_argument("--owner", help="exactly this owner")
+    ls.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY[:VALUE]",
+        help="has this label (with this value); repeat for all of several",
+    )
     ls.add_argument("--limit", type=_positive, default=100, help="at most (default: %(default)s)")
     _json_flag(ls)
     ls.set_defaults(func=cmd_list)
@@ -517,5 +599,20 @@ def _create_parser(cr: argparse.ArgumentParser) -> None:
     cr.add_argument("--max-attempts", type=int)
     cr.add_argument("--timeout", type=float, metavar="SECONDS")
     cr.add_argument("--paused", action="store_true", help="create it paused")
+    cr.add_argument(
+        "--depends-on",
+        action="append",
+        metavar="SCHEDULE",
+        help="an upstream, by name: runs wait for its runs of the period (repeat for several)",
+    )
+    cr.add_argument("--owner", help="who keeps it")
+    cr.add_argument("--description", help="what it is for")
+    cr.add_argument("--label", action="append", metavar="KEY:VALUE", help="a label (repeatable)")
+    cr.add_argument(
+        "--pause-after-failures",
+        type=int,
+        metavar="N",
+        help="pause it after N dead runs in a row (the circuit breaker)",
+    )
     _json_flag(cr)
     cr.set_defaults(func=cmd_create)

@@ -6,12 +6,18 @@ The file (YAML, or TOML by its `.toml` suffix)::
     defaults:                  # any schedule field but name and timing, under each schedule's
       timezone: Europe/Berlin
       retry_backoff: {delay_seconds: 60, factor: 2}
-      labels: {team: data}     # retry_backoff and labels merge key by key; the rest replaces
+      labels: {team: data}     # retry_backoff, health_policy and labels merge key by key;
+                               # the rest replaces
     schedules:
       - name: posts
         job_type: http
         payload: {url: "https://${API_HOST}/posts", headers: {Authorization: {$secret: api}}}
         cron: "*/30 * * * *"
+      - name: report
+        job_type: noop
+        cron: "0 6 * * *"
+        depends_on: [posts]    # by name: the file's schedules, or live ones (ADR 0033)
+        health_policy: {consecutive_failures: 5}   # the thresholds not given keep the defaults
 
 Each schedule is a `POST /v1/schedules` body (app.api.schemas.ScheduleCreate), checked by that
 struct. `${NAME}` in a string value is the environment variable NAME (`${NAME:-fallback}` when
@@ -49,7 +55,7 @@ _TOP: Final = frozenset({"manager", "defaults", "schedules"})
 # Fields a file-level default may not give: they identify or time one schedule.
 _NOT_DEFAULTS: Final = frozenset({"name", "cron", "interval_seconds", "run_at"})
 # Fields whose default and own value merge key by key.
-_MERGED: Final = ("retry_backoff", "labels")
+_MERGED: Final = ("retry_backoff", "health_policy", "labels")
 _INSTANTS: Final = ("run_at", "starts_at", "ends_at")
 _VARIABLE: Final = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MANAGER: Final = re.compile(r"[^\x00]{1,200}")
@@ -250,6 +256,11 @@ def _entry(row: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
         value = row[column]
         if column == "labels":
             value = value or {}
+        elif column == "health_policy":  # only the thresholds that differ: apply merges them
+            value = {k: v for k, v in value.items() if v != schedule.HEALTH_POLICY.get(k)}
+            if value:
+                entry[column] = _plain(value)
+            continue
         if value != base[column]:
             entry[column] = _plain(value)
     if backoff:

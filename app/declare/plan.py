@@ -10,6 +10,12 @@ Every check runs while planning, before anything is written, and the writes go t
 app.services.schedules inside the plan's transaction (their own transactions nest as
 savepoints): a file with one bad schedule changes nothing. Each change is one event, by actor
 `apply`, with the file's sha256 and manager in its meta (ADR 0031).
+
+Dependencies (ADR 0033) are compared and written by name, as a file names them: a file's
+schedules may depend on each other and on live ones. The graph the file would leave (the live
+edges, the file's replacing those of its schedules) is checked for a cycle while planning, and
+the creates and updates are made upstreams first, so every upstream exists when its downstream
+is written and no intermediate state closes a cycle; the deletes come last.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from typing import Any, Final, Literal
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.declare.document import DeclarationError, Document
-from pgsched.app.domain import schedule
-from pgsched.app.domain.errors import OperationError
+from pgsched.app.domain import dependencies, schedule
+from pgsched.app.domain.errors import InvalidDefinition, OperationError
 from pgsched.app.domain.jobs import InvalidPayload
 from pgsched.app.domain.occurrences import InvalidSchedule
 from pgsched.app.services import schedules
@@ -77,25 +83,84 @@ async def _plan(
     now: datetime | None,
 ) -> list[Change]:
     at = await store.db_now(conn, now)
+    wanted, graph, live_names = await _dependencies(conn, document)
+    order = {name: i for i, name in enumerate(dependencies.in_order(graph))}
     changes: list[Change] = []
-    for fields in document.schedules:
+    for fields in sorted(wanted, key=lambda f: order.get(f["name"], 0)):
         name = fields["name"]
         existing = await store.schedules.live_schedule_id(conn, name)
         row = None if existing is None else await store.get_schedule(conn, existing, lock=True)
+        if row is not None:  # compared by name, as the file gives them
+            row = {**row, "depends_on": [live_names[i] for i in row["depends_on"] or []]}
         try:
             changes.append(_compare(row, fields, defaults, document.manager, at))
         except (OperationError, InvalidPayload, InvalidSchedule) as exc:
             raise DeclarationError(f"schedule {name!r}: {_reason(exc)}") from None
     if prune:
         declared = {f["name"] for f in document.schedules}
-        for row in await store.schedules.managed_schedules(conn, document.manager):
-            if row["name"] not in declared:
-                try:
-                    schedule.check_builtin_change(row, {"deleted_at": at})
-                except OperationError as exc:
-                    raise DeclarationError(f"schedule {row['name']!r}: {exc}") from None
-                changes.append(Change("delete", row["name"], schedule_id=row["id"]))
+        managed = await store.schedules.managed_schedules(conn, document.manager)
+        doomed = [r for r in managed if r["name"] not in declared]
+        gone = {r["name"] for r in doomed}
+        # Downstreams first: deleting an upstream is refused while a dependent lives (ADR 0033).
+        for row in sorted(doomed, key=lambda r: -order.get(r["name"], -1)):
+            kept = [n for n, ups in graph.items() if row["name"] in ups and n not in gone]
+            if kept:
+                raise DeclarationError(
+                    f"schedule {row['name']!r}: cannot be pruned while "
+                    f"{', '.join(map(repr, sorted(kept)))} depend(s) on it: drop those edges first"
+                )
+            try:
+                schedule.check_builtin_change(row, {"deleted_at": at})
+            except OperationError as exc:
+                raise DeclarationError(f"schedule {row['name']!r}: {exc}") from None
+            changes.append(Change("delete", row["name"], schedule_id=row["id"]))
     return changes
+
+
+async def _dependencies(
+    conn: Conn, document: Document
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[int, str]]:
+    """The file's schedules with `depends_on` as upstream names, each checked (a live schedule
+    or one of the file's, not a job definition); the graph (names to upstream names) the file
+    would leave, its schedules first in its order; and the names of the live upstreams by id.
+    DeclarationError names a cycle the file would make, among its schedules or with live ones.
+    Takes the graph's lock, so the graph checked is the graph written to."""
+    await store.dependencies.lock_graph(conn)
+    edges = await store.dependencies.graph(conn)
+    file_names = {f["name"] for f in document.schedules}
+    refs = [r for f in document.schedules for r in f.get("depends_on") or []]
+    upstream_ids = {int(u) for e in edges for u in e["depends_on"]}
+    upstream_ids |= {r for r in refs if isinstance(r, int)}
+    candidates = await store.dependencies.upstream_candidates(
+        conn, sorted(upstream_ids), sorted({r for r in refs if isinstance(r, str)} - file_names)
+    )
+    live_names = {int(c["id"]): str(c["name"]) for c in candidates}
+    # The file's schedules stand in for live ones of the same name, with ids no row has.
+    own = [
+        {"id": -1 - i, "name": f["name"], "kind": f["kind"]}
+        for i, f in enumerate(document.schedules)
+    ]
+    pool = [c for c in candidates if c["name"] not in file_names] + own
+    by_id = {int(c["id"]): str(c["name"]) for c in pool}
+    declared: list[dict[str, Any]] = []
+    for fields in document.schedules:
+        try:
+            ids = dependencies.resolve(fields.get("depends_on") or [], pool)
+        except InvalidDefinition as exc:
+            raise DeclarationError(f"schedule {fields['name']!r}: {_reason(exc)}") from None
+        declared.append({**fields, "depends_on": [by_id[i] for i in ids]})
+    # The graph the file leaves: its schedules' edges (first, in its order), then the others'.
+    graph: dict[str, list[str]] = {f["name"]: f["depends_on"] for f in declared}
+    for e in edges:
+        graph.setdefault(str(e["name"]), [live_names[int(u)] for u in e["depends_on"]])
+    for fields in declared:
+        cycle = dependencies.cycle_through(fields["name"], fields["depends_on"], graph)
+        if cycle is not None:
+            raise DeclarationError(
+                f"schedule {fields['name']!r}: depends_on: would make a cycle: "
+                + " -> ".join(cycle)
+            )
+    return declared, graph, live_names
 
 
 def _compare(
@@ -167,15 +232,26 @@ def _reason(exc: Exception) -> str:
 
 async def declared(conn: Conn, manager: str | None) -> list[Row]:
     """The live schedules `pgsched export` writes: those `manager` declares, or, without one,
-    every live schedule but the built-in one (pgsched installs that itself), by id."""
+    every live schedule but the built-in one (pgsched installs that itself), by id; their
+    `depends_on` as upstream names."""
     found: list[Row] = []
     after = 0
     while True:
         page = await reads.page_schedules(conn, after_id=after, limit=_PAGE, managed_by=manager)
         found += [r for r in page if not schedule.is_builtin(r)]
         if len(page) < _PAGE:
-            return found
+            break
         after = page[-1]["id"]
+    # A file names upstreams by name (ids differ between databases; apply compares by name).
+    ids = sorted({int(u) for r in found for u in r["depends_on"] or []})
+    names = {
+        int(c["id"]): str(c["name"])
+        for c in await store.dependencies.upstream_candidates(conn, ids, [])
+    }
+    return [
+        {**r, "depends_on": [names[int(u)] for u in r["depends_on"]]} if r["depends_on"] else r
+        for r in found
+    ]
 
 
 def describe(changes: list[Change], document: Document, *, dry_run: bool) -> list[str]:

@@ -111,8 +111,9 @@ def refuse_cycle(
 
 def in_order(graph: Mapping[str, Sequence[str]]) -> list[str]:
     """The schedules of `graph` (names to upstream names) upstreams first, each after all of
-    its upstreams (ties by name), for a writer that creates several at once (a file applied
-    whole); InvalidDefinition names a cycle. Upstreams outside `graph` are taken as existing."""
+    its upstreams (ties in `graph`'s order: a file's, so a plan reads as its file), for a writer
+    that creates several at once (a file applied whole); InvalidDefinition names a cycle.
+    Upstreams outside `graph` are taken as existing."""
     for name in sorted(graph):
         cycle = cycle_through(name, graph[name], graph)
         if cycle is not None:
@@ -120,11 +121,11 @@ def in_order(graph: Mapping[str, Sequence[str]]) -> list[str]:
     ordered: list[str] = []
     placed: set[str] = set()
     while len(ordered) < len(graph):
-        ready = sorted(
+        ready = [
             n
             for n in graph
             if n not in placed and all(u in placed or u not in graph for u in graph[n])
-        )
+        ]
         ordered += ready
         placed.update(ready)
     return ordered

@@ -157,7 +157,7 @@ async def cancel_run(
 ) -> Redirect:
     form = await _form(request)
     if not await _cancel(request, conn, run_id):
-        raise ApiError(409, f"run {run_id}: only waiting or running runs can be cancelled")
+        raise ApiError(409, f"run {run_id}: only waiting, blocked or running runs can be cancelled")
     return back_to(_back(_field(form, "back") or f"/ui/runs/{run_id}"), "cancelled")
 
 

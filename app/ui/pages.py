@@ -24,9 +24,11 @@ from pgsched.app.api.config import ApiSettings
 from pgsched.app.api.problems import ApiError
 from pgsched.app.api.routes.runs import attempts_of
 from pgsched.app.api.routes.system import STATS_HOURS, _components
-from pgsched.app.api.schemas import JobType, RunState
+from pgsched.app.api.schemas import JobType, RunState, Status
+from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.db.store import console as console_store
+from pgsched.app.domain.schedule import LABEL_KEY, MAX_LABEL_VALUE
 from pgsched.app.services import schedules
 from pgsched.app.ui.render import page
 
@@ -41,6 +43,7 @@ BULK_MAX: Final = 1000
 BULK_STATES: Final = {"retry": ("dead", "cancelled"), "cancel": ("waiting", "blocked", "running")}
 RUN_STATES: Final = get_args(RunState)
 JOB_TYPES: Final = get_args(JobType)
+HEALTH_STATES: Final = get_args(Status)
 # Keys never shown, wherever they appear in an event: a run's lease token fences its worker.
 _HIDDEN_KEYS: Final = frozenset({"lease_token"})
 # What a redirect after a form says happened (the query string names one of these, nothing else).
@@ -92,6 +95,20 @@ def _choice(request: Request[Any, Any, Any], name: str, allowed: tuple[str, ...]
     if value is not None and value not in allowed:
         raise ApiError(422, f"must be one of {', '.join(allowed)}", field=name)
     return value
+
+
+def _labels(request: Request[Any, Any, Any]) -> dict[str, str | None] | None:
+    """`label=team:data` (or `label=tier`: any value) as the API's `?label=` reads it; one
+    field in the form, so one label."""
+    value = _text(request, "label")
+    if value is None:
+        return None
+    key, colon, wanted = value.partition(":")
+    if not LABEL_KEY.fullmatch(key) or len(wanted) > MAX_LABEL_VALUE:
+        raise ApiError(
+            422, "must be a label key (letters, digits, ._/-) or key:value", field="label"
+        )
+    return {key: wanted if colon else None}
 
 
 def notice(request: Request[Any, Any, Any]) -> str | None:
@@ -157,6 +174,9 @@ async def schedule_list(request: Request[Any, Any, Any], conn: NamedDependency[C
         job_type=_choice(request, "job_type", JOB_TYPES),
         enabled=None if enabled is None else enabled == "yes",
         name=_text(request, "name"),
+        health=_choice(request, "health", HEALTH_STATES),
+        owner=_text(request, "owner"),
+        labels=_labels(request),
     )
     more, rows = len(rows) > PAGE, rows[:PAGE]
     last = await console_store.last_runs(conn, [r["id"] for r in rows])
@@ -168,6 +188,7 @@ async def schedule_list(request: Request[Any, Any, Any], conn: NamedDependency[C
         next_after=rows[-1]["id"] if more else None,
         filters={k: v for k, v in request.query_params.items() if k not in ("after", "done")},
         job_types=JOB_TYPES,
+        health_states=HEALTH_STATES,
         notice=notice(request),
     )
 
@@ -214,6 +235,11 @@ async def schedule_page(
     timeline = await console_store.schedule_events(
         conn, schedule_id, TIMELINE_TYPES, limit=PAGE + 1, before=timeline_before
     )
+    # Upstreams by name, linked (ADR 0033); the graph's reads are the store's.
+    ids = [int(u) for u in row["depends_on"] or []]
+    found = await store.dependencies.upstream_candidates(conn, ids, [])
+    names = {int(c["id"]): str(c["name"]) for c in found}
+    upstreams = [(i, names.get(i)) for i in ids]
     after: datetime | None = None
     due: list[datetime] = []
     if row["kind"] != "job":
@@ -222,6 +248,7 @@ async def schedule_page(
         request,
         "schedule.html",
         s=row,
+        upstreams=upstreams,
         payload=shown(row["payload"]),
         runs=runs,
         missed=[{**e, "due": _due(e["meta"].get("due_at"))} for e in missed[:PAGE]],
@@ -339,10 +366,24 @@ async def run_page(
     outcome = row["outcome"] or {}
     attempts = attempts_of(events)
     worker_ids = [a.worker_id for a in attempts if a.worker_id is not None]
+    # The upstream occurrences a blocked (or once blocked) run waits for, by name (ADR 0033).
+    waits = row["waits_for"] or []
+    ups = await store.dependencies.upstream_candidates(
+        conn, sorted({int(w["schedule_id"]) for w in waits}), []
+    )
+    names = {int(u["id"]): str(u["name"]) for u in ups}
     return page(
         request,
         "run.html",
         r=row,
+        waits=[
+            {
+                "schedule_id": int(w["schedule_id"]),
+                "name": names.get(int(w["schedule_id"])),
+                "due": _due(w["due_at"]),
+            }
+            for w in waits
+        ],
         attempts=attempts,
         workers=await console_store.worker_names(conn, worker_ids),
         events=[{**e, "data": shown(e["data"]), "meta": shown(e["meta"])} for e in events],

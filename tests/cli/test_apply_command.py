@@ -83,6 +83,18 @@ def test_a_file_that_cannot_apply_is_one_line_and_applies_nothing(dsn: str, tmp_
         "nothing applied: schedule 'third': cron:",
     )
     _refused(_cli(dsn, "apply", str(tmp_path / "none.yaml")), "cannot read it")
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(
+        "schedules:\n"
+        + "".join(
+            f"  - {{name: {a}, job_type: noop, cron: '0 * * * *', depends_on: [{b}]}}\n"
+            for a, b in ("ab", "bc", "ca")
+        )
+    )
+    _refused(
+        _cli(dsn, "apply", str(loop), "--dry-run"),
+        "nothing applied: schedule 'a': depends_on: would make a cycle: a -> b -> c -> a",
+    )
     assert _events(dsn) == before
 
 

@@ -25,9 +25,10 @@ import pgsched
 from pgsched.app import cli, ticker
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
+from pgsched.app.domain import schedule
 from pgsched.app.services import schedules
 from tests.conftest import ROOT, connect
-from tests.factories import cover_last_month, make_schedule
+from tests.factories import clear_of_month_ends, cover_last_month, make_schedule
 from tests.support import store as test_store
 
 DEADLINE = 60.0
@@ -309,6 +310,132 @@ async def test_show_tells_which_occurrences_did_not_run_and_why(
     assert len(runs) == made.created and {r["origin"] for r in runs} <= {"schedule", "catchup"}
 
 
+async def test_list_shows_health_owner_labels_and_filters_by_them(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker = await _worker(db)
+    policy = {**schedule.HEALTH_POLICY, "consecutive_failures": 1}
+    await _dead_run(db, worker, name="broken", health_policy=policy, owner="ops")
+    broken = await store.schedules.live_schedule_id(db, "broken")
+    assert broken is not None
+    await store.health.evaluate(db, [broken], now=None)  # one dead run: unhealthy by its policy
+    await make_schedule(db, name="fine", owner="data", labels={"team": "data", "tier": "1"})
+
+    unhealthy = await main_json(dsn, capsys, "schedules", "list", "--health", "unhealthy")
+    assert [(s["name"], s["health"]) for s in unhealthy] == [("broken", "unhealthy")]
+    labelled = await main_json(dsn, capsys, "schedules", "list", "--label", "team:data")
+    assert [s["name"] for s in labelled] == ["fine"]
+    assert await main_json(dsn, capsys, "schedules", "list", "--label", "tier") == labelled
+    assert await main_json(dsn, capsys, "schedules", "list", "--label", "team:x") == []
+    owned = await main_json(dsn, capsys, "schedules", "list", "--owner", "ops")
+    assert [s["name"] for s in owned] == ["broken"]
+    code, table = await main(dsn, capsys, "schedules", "list")
+    assert code == 0
+    row = next(line for line in table.splitlines() if " broken " in line)
+    assert "unhealthy (consecutive_failures)" in row and "ops" in row
+    assert "team=data,tier=1" in next(line for line in table.splitlines() if " fine " in line)
+    one_line_refusal(
+        run_cli(dsn, "schedules", "list", "--label", "a:b:c", "--label", "-x"), "--label"
+    )
+    one_line_refusal(
+        run_cli(dsn, "schedules", "list", "--health", "sick"),
+        "(choose from 'healthy', 'degraded', 'unhealthy')",
+    )
+
+
+async def test_show_names_upstreams_health_and_the_declaring_file(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await make_schedule(db, name="upstream-job")
+    fields = {"name": "downstream", "job_type": "noop", "cron": "0 * * * *"}
+    await schedules.create(
+        db,
+        fields
+        | schedule.timing(fields)
+        | {
+            "depends_on": ["upstream-job"],
+            "labels": {"team": "data"},
+            "description": "the nightly roll-up",
+            "pause_after_failures": 4,
+            "managed_by": "etl",
+        },
+        actor="test",
+        now=None,
+    )
+    made = await main_json(
+        dsn,
+        capsys,
+        "schedules",
+        "create",
+        "by-options",
+        "--job-type=noop",
+        "--cron=0 * * * *",
+        "--depends-on=downstream",
+        "--depends-on=upstream-job",
+        "--label=team:data",
+        "--owner=ops",
+        "--pause-after-failures=2",
+    )
+    assert (made["labels"], made["owner"], made["pause_after_failures"]) == (
+        {"team": "data"},
+        "ops",
+        2,
+    )
+    assert len(made["depends_on"]) == 2
+    one_line_refusal(
+        run_cli(dsn, "schedules", "create", "x", "--job-type=noop", "--interval=60", "--label=t"),
+        "--label needs KEY:VALUE",
+    )
+    one_line_refusal(
+        run_cli(
+            dsn,
+            "schedules",
+            "create",
+            "x",
+            "--job-type=noop",
+            "--interval=60",
+            "--depends-on=nowhere",
+        ),
+        "'nowhere' is no live schedule",
+    )
+    code, text = await main(dsn, capsys, "schedules", "show", "downstream")
+    assert code == 0
+    shown = dict(
+        (name, value.strip())
+        for name, _, value in (line.partition(":") for line in text.split("\n\n")[0].splitlines())
+    )
+    assert shown["depends on"] == "upstream-job", text
+    assert shown["health"] == "healthy" and shown["pause after failures"] == "4"
+    assert shown["labels"] == "team=data" and shown["description"] == "the nightly roll-up"
+    assert shown["managed by"].startswith("etl (`pgsched apply` declares it")
+    assert '"consecutive_failures": 3' in shown["health policy"]
+
+
+async def test_runs_list_and_show_know_blocked_and_skipped_runs(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = clear_of_month_ends(now, timedelta(hours=1))  # its events in this month's partition
+    before = hour - timedelta(seconds=1)
+    for name, upstreams in (("up", []), ("down", ["up"])):
+        fields = {"name": name, "job_type": "noop", "cron": "0 * * * *"}
+        extra = {"depends_on": upstreams, "dependency_timeout_seconds": 60}
+        await schedules.create(db, fields | schedule.timing(fields) | extra, actor="t", now=before)
+    await ticker.tick(db, now=hour)  # both fall due; down waits for up's run of the hour
+    blocked = await main_json(dsn, capsys, "runs", "list", "--state", "blocked")
+    assert [r["schedule_name"] for r in blocked] == ["down"]
+    code, text = await main(dsn, capsys, "runs", "show", str(blocked[0]["id"]))
+    assert code == 0 and "waits for" in text and "waits until" in text
+    await ticker.tick(db, now=hour + timedelta(minutes=2))  # up never ran: down is skipped
+    assert await main_json(dsn, capsys, "runs", "list", "--state", "blocked") == []
+    skipped = await main_json(dsn, capsys, "runs", "list", "--state", "skipped")
+    assert [r["id"] for r in skipped] == [blocked[0]["id"]]
+    code, text = await main(dsn, capsys, "runs", "show", str(blocked[0]["id"]))
+    outcome = next(line for line in text.splitlines() if line.startswith("outcome"))
+    assert code == 0 and "up" in outcome, text
+    assert await replay.verify(db) == []
+
+
 async def test_an_empty_backfill_says_why(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     await main_json(dsn, capsys, "schedules", "create", "iv", "--job-type", "noop", "--interval=60")
     code, text = await main(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
@@ -425,6 +552,26 @@ async def test_status_exit_codes_follow_the_health_states(dsn: str, db: Conn) ->
     assert code == 0 and first.startswith("OK: pgsched is healthy - 1 live worker(s)")
     body = json.loads(run_cli(dsn, "status", "--json").stdout)
     assert body["status"] == "healthy" and body["metrics"]["live_workers"] == 1
+
+    # An unhealthy schedule is shown as /health shows it, and is not the service's state.
+    dead = await _dead_run(db, await _worker(db, name="w2"), name="failing-job")
+    broken = await test_store.get_run(db, dead)
+    assert broken is not None
+    await schedules.update(
+        db,
+        broken["schedule_id"],
+        {"health_policy": {"consecutive_failures": 1}},
+        if_match=None,
+        actor="t",
+        now=None,
+    )
+    code, first, details = _status(dsn)
+    assert code == 0 and first.startswith("OK: pgsched is healthy"), first
+    (line,) = [d for d in details if d.split()[:1] == ["schedules"]]
+    assert line.split()[1] == "unhealthy" and "1 unhealthy" in line, line
+    assert json.loads(run_cli(dsn, "status", "--json").stdout)["components"]["schedules"] == (
+        "unhealthy"
+    )
 
     # No partition ahead for runs: nothing can be stored next month.
     await db.execute("SET ROLE pgsched_owner")

@@ -295,3 +295,191 @@ def test_bad_files_are_one_line_naming_the_place(raw: bytes, says: str) -> None:
         _doc(raw)
     assert says in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+# -- dependencies, health policy and the circuit breaker in a file (ADR 0031, 0032, 0033) -----
+
+GRAPH = b"""
+manager: graph
+defaults:
+  job_type: noop
+  health_policy: {window_runs: 10}
+schedules:
+  - {name: d, cron: "0 * * * *", depends_on: [b, c]}
+  - {name: z, cron: "0 * * * *", depends_on: [y]}
+  - {name: c, cron: "0 * * * *", depends_on: [a]}
+  - {name: y, cron: "0 * * * *", depends_on: [x]}
+  - {name: b, cron: "0 * * * *", depends_on: [a], health_policy: {consecutive_failures: 5}}
+  - {name: a, cron: "0 * * * *", pause_after_failures: 4}
+  - {name: x, cron: "0 * * * *"}
+"""
+
+
+async def test_a_chain_and_a_diamond_apply_upstreams_first(conn: Conn) -> None:
+    changes = await plan.apply(conn, _doc(GRAPH))
+    # Upstreams first, then the file's order: each schedule is created after what it needs.
+    assert [c.name for c in changes] == ["a", "x", "c", "y", "b", "d", "z"]
+    rows = {n: await _schedule(conn, n) for n in "abcdxyz"}
+    ids = {n: r["id"] for n, r in rows.items()}
+    assert rows["d"]["depends_on"] == [ids["b"], ids["c"]]
+    assert rows["b"]["depends_on"] == rows["c"]["depends_on"] == [ids["a"]]
+    assert rows["z"]["depends_on"] == [ids["y"]] and rows["y"]["depends_on"] == [ids["x"]]
+    for down, ups in {"d": "bc", "b": "a", "c": "a", "z": "y", "y": "x"}.items():
+        assert all(ids[u] < ids[down] for u in ups), down
+    # Partial policies merge over the file's default, then the built-in thresholds.
+    assert rows["b"]["health_policy"]["consecutive_failures"] == 5
+    assert rows["b"]["health_policy"]["window_runs"] == rows["a"]["health_policy"]["window_runs"]
+    assert rows["a"]["health_policy"]["window_runs"] == 10
+    assert rows["a"]["pause_after_failures"] == 4
+    before = await _events(conn)
+    again = await plan.apply(conn, _doc(GRAPH))
+    assert set(_actions(again).values()) == {"unchanged"}  # depends_on compared by name
+    assert await _events(conn) == before
+    await _clean(conn)
+
+
+async def test_an_update_names_upstreams_in_its_diff_and_reorders_edges(conn: Conn) -> None:
+    first = b"""
+manager: flip
+defaults: {job_type: noop}
+schedules:
+  - {name: p, cron: "0 * * * *", depends_on: [q]}
+  - {name: q, cron: "0 * * * *"}
+"""
+    await plan.apply(conn, _doc(first))
+    # Reversed: q now depends on p, and p on nothing; applied in this order, no step makes
+    # a cycle (p first drops its edge, then q gains one).
+    flipped = first.replace(b"depends_on: [q]}", b"}").replace(
+        b'- {name: q, cron: "0 * * * *"}', b'- {name: q, cron: "0 * * * *", depends_on: [p]}'
+    )
+    changes = await plan.apply(conn, _doc(flipped))
+    assert [(c.name, c.diff) for c in changes] == [
+        ("p", {"depends_on": (["q"], [])}),
+        ("q", {"depends_on": ([], ["p"])}),
+    ]
+    q = await _schedule(conn, "q")
+    assert q["depends_on"] == [(await _schedule(conn, "p"))["id"]]
+    await _clean(conn)
+
+
+async def test_a_cycle_of_three_in_a_file_is_refused_and_named(conn: Conn) -> None:
+    before = await _events(conn)
+    cycle = b"""
+manager: loop
+defaults: {job_type: noop}
+schedules:
+  - {name: a, interval_seconds: 600, depends_on: [b]}
+  - {name: b, interval_seconds: 600, depends_on: [c]}
+  - {name: c, interval_seconds: 600, depends_on: [a]}
+"""
+    with pytest.raises(DeclarationError) as refused:
+        await plan.apply(conn, _doc(cycle))
+    assert str(refused.value) == "schedule 'a': depends_on: would make a cycle: a -> b -> c -> a"
+    with pytest.raises(DeclarationError):
+        await plan.apply(conn, _doc(cycle), dry_run=True)
+    assert await _events(conn) == before
+    assert await store.schedules.live_schedule_id(conn, "a") is None
+
+
+async def test_a_cycle_with_a_live_schedule_and_an_unknown_upstream_are_refused(
+    conn: Conn,
+) -> None:
+    alone = b"""
+manager: m
+schedules:
+  - {name: f, job_type: noop, interval_seconds: 600}
+"""
+    await plan.apply(conn, _doc(alone))
+    await schedules.create(
+        conn,
+        {
+            "name": "api-made",
+            "job_type": "noop",
+            "kind": "interval",
+            "interval_seconds": 600,
+            "depends_on": ["f"],
+        },
+        actor="test",
+        now=None,
+    )
+    before = await _events(conn)
+    with pytest.raises(DeclarationError) as refused:
+        await plan.apply(conn, _doc(alone.replace(b"600}", b"600, depends_on: [api-made]}")))
+    assert str(refused.value) == (
+        "schedule 'f': depends_on: would make a cycle: f -> api-made -> f"
+    )
+    with pytest.raises(DeclarationError) as unknown:
+        await plan.apply(conn, _doc(alone.replace(b"600}", b"600, depends_on: [nowhere]}")))
+    assert str(unknown.value) == "schedule 'f': depends_on: 'nowhere' is no live schedule"
+    assert await _events(conn) == before
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+async def test_export_then_apply_is_a_no_op_with_dependencies_and_health(
+    conn: Conn, fmt: document.Format
+) -> None:
+    graph = GRAPH.replace(b"manager: graph", b"manager: exported")
+    graph = graph.replace(b"{name: x,", b"{name: x, labels: {team: data}, owner: ops,")
+    await plan.apply(conn, _doc(graph))
+    await schedules.create(  # an upstream outside the manager is named too
+        conn,
+        {"name": "outside", "job_type": "noop", "kind": "cron", "cron": "0 * * * *"},
+        actor="t",
+        now=None,
+    )
+    await schedules.update(
+        conn,
+        (await _schedule(conn, "x"))["id"],
+        {"depends_on": ["outside"]},
+        if_match=None,
+        actor="t",
+        now=None,
+    )
+    text = document.render(await plan.declared(conn, "exported"), fmt, manager="exported")
+    assert "outside" in text and "consecutive_failures" in text and "pause_after_failures" in text
+    reread = _doc(text.encode(), fmt=fmt)
+    by_name = {f["name"]: f for f in reread.schedules}
+    assert by_name["d"]["depends_on"] == ["b", "c"]
+    assert by_name["x"]["depends_on"] == ["outside"]
+    assert by_name["x"]["labels"] == {"team": "data"}
+    before = await _events(conn)
+    changes = await plan.apply(conn, reread, prune=True)
+    assert set(_actions(changes).values()) == {"unchanged"}
+    assert await _events(conn) == before
+
+
+async def test_prune_deletes_downstreams_first_and_keeps_an_upstream_others_need(
+    conn: Conn,
+) -> None:
+    three = b"""
+manager: pruned
+defaults: {job_type: noop}
+schedules:
+  - {name: keep, interval_seconds: 600}
+  - {name: mid, interval_seconds: 600}
+  - {name: leaf, interval_seconds: 600, depends_on: [mid]}
+"""
+    await plan.apply(conn, _doc(three))
+    only_keep = three.split(b"  - {name: mid")[0]
+    changes = await plan.apply(conn, _doc(only_keep), prune=True)
+    assert [(c.name, c.action) for c in changes] == [
+        ("keep", "unchanged"),
+        ("leaf", "delete"),
+        ("mid", "delete"),
+    ]
+    await plan.apply(conn, _doc(three))
+    await schedules.create(  # an API-made schedule needs mid: mid is not pruned under it
+        conn,
+        {"name": "api", "job_type": "noop", "kind": "interval", "interval_seconds": 60}
+        | {"depends_on": ["mid"]},
+        actor="t",
+        now=None,
+    )
+    before = await _events(conn)
+    with pytest.raises(DeclarationError) as refused:
+        await plan.apply(conn, _doc(only_keep), prune=True, dry_run=True)
+    assert str(refused.value) == (
+        "schedule 'mid': cannot be pruned while 'api' depend(s) on it: drop those edges first"
+    )
+    assert await _events(conn) == before
+    await _clean(conn)
