@@ -313,7 +313,9 @@ async def test_an_empty_backfill_says_why(dsn: str, capsys: pytest.CaptureFixtur
     await main_json(dsn, capsys, "schedules", "create", "iv", "--job-type", "noop", "--interval=60")
     code, text = await main(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
     assert code == 0
-    assert "nothing to backfill (its interval counts from its creation," in text
+    assert "nothing to backfill: an interval schedule's occurrences count from when it was" in text
+    done = await main_json(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
+    assert done["requested"] == 0 and done["reason"].startswith("an interval schedule's")
 
 
 async def test_delete_asks_first_and_without_a_terminal_refuses(dsn: str, db: Conn) -> None:
