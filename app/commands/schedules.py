@@ -438,7 +438,9 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _schedule_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("schedule", metavar="SCHEDULE", help="its id, or its name")
+    p.add_argument(
+        "schedule", metavar="SCHEDULE", help="its id or its name (id:N or name:X says which)"
+    )
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
