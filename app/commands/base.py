@@ -31,6 +31,7 @@ from pgsched.app.db.store import Conn
 from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, OperationError
 from pgsched.app.domain.jobs import InvalidPayload
 from pgsched.app.domain.occurrences import InvalidSchedule
+from pgsched.app.domain.schedule import EARLIEST, LATEST, RANGE_TEXT
 
 LOCAL_DATA_DIR = Path(".pgsched") / "pgdata"
 """Where `pgsched run` keeps its local cluster when no database is given (its --data-dir)."""
@@ -172,6 +173,8 @@ def when(raw: str, name: str) -> datetime | timedelta:
             f"{name} must be an instant with a time zone (2026-12-04T10:00:00Z) or a span "
             f"back from now (30m, 2h, 7d), got {raw!r}"
         )
+    if not EARLIEST <= value < LATEST:  # as the API's instants: beyond, arithmetic overflows
+        raise CommandError(f"{name} must be {RANGE_TEXT}, got {raw!r}")
     return value
 
 

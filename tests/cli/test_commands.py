@@ -257,7 +257,7 @@ async def test_create_takes_the_apis_json_body(
         (("schedules", "pause", "999"), "schedule 999 does not exist"),
         (("schedules", "preview", "1", "--count", "0"), "--count must be 1..100, got 0"),
         (("schedules", "backfill", "x", "--from", "yesterday", "--to", "0s"), "--from must be"),
-        (("schedules", "list", "--limit", "0"), "--limit: must be a whole number >= 1"),
+        (("schedules", "list", "--limit", "0"), "--limit: must be a whole number 1.."),
         (("runs", "list", "--state", "failed"), "--state must be one of waiting, running"),
         (("runs", "show", "abc"), "a run id is a whole number"),
         (("runs", "show", "424242"), "run 424242 does not exist"),
@@ -487,6 +487,8 @@ BIG = "99999999999999999999999"
         (("runs", "list", "--since", "999999999d"), "--since: a span back from now is at most"),
         (("runs", "list", "--until", "99999999999999999999h"), "--until: a span back"),
         (("schedules", "backfill", "a1", "--from", "²d", "--to", "0s"), "--from must be an inst"),
+        (("runs", "list", "--since", "0001-01-01T00:00:00+14:00"), "--since must be from 1970"),
+        (("runs", "list", "--until", "9999-12-31T23:59:59-14:00"), "--until must be from 1970"),
         (("schedules", "show", "²"), "no live schedule is named '²'"),
         (("schedules", "pause", "١٢"), "no live schedule is named '١٢'"),
         (("schedules", "pause", f"id:{BIG}"), "schedule id must be a whole number 1..9223372"),
@@ -533,15 +535,18 @@ async def test_out_of_range_and_odd_input_is_one_line(
 async def test_a_backfill_before_1970_is_refused_by_the_service(
     dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await make_schedule(db, name="a1")
+    made = await make_schedule(db, name="a1")
     line = await refused(
         dsn, capsys, "schedules", "backfill", "a1", "--from", "0001-01-01T00:00:00Z", "--to", "0s"
     )
-    assert "from: must be from 1970-01-01T00:00:00Z up to" in line
+    assert "--from must be from 1970-01-01T00:00:00Z up to" in line
+    old = datetime(1, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidRequest, match="from: must be from 1970"):
+        await schedules.backfill(db, made["id"], old, datetime.now(UTC), actor="t", now=None)
     with pytest.raises(InvalidRequest, match="to: must be from 1970"):
         await schedules.backfill(
             db,
-            1,
+            made["id"],
             datetime(1970, 1, 1, tzinfo=UTC),
             datetime(9999, 1, 1, tzinfo=UTC),
             actor="t",
