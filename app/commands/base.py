@@ -191,8 +191,9 @@ def at(value: datetime | timedelta, now: datetime, name: str) -> datetime:
 async def schedule_id(conn: Conn, ref: str) -> int:
     """A live schedule named by its id (digits) or its name; `id:N` and `name:X` say which.
 
-    A name made of digits could also be another schedule's id: rather than guess, that is
-    refused unless both mean the same schedule."""
+    A name made of digits could also be another live schedule's id: rather than guess, that
+    is refused unless both mean the same schedule (with no live schedule of that id, the name
+    is the one meant)."""
     if ref.startswith("id:"):
         return whole(ref[3:], "schedule id")
     if ref.startswith("name:"):
@@ -202,6 +203,8 @@ async def schedule_id(conn: Conn, ref: str) -> int:
     sid = whole(ref, "schedule id", minimum=0)
     named = await store.schedules.live_schedule_id(conn, ref)
     if named is not None and named != sid:
+        if await store.get_schedule(conn, sid) is None:
+            return named
         raise CommandError(
             f"{ref!r} is schedule {named}'s name and schedule {sid}'s id: "
             f"say `id:{sid}` or `name:{ref}`"

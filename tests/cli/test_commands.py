@@ -576,6 +576,9 @@ async def test_a_name_of_digits_that_is_another_schedules_id_is_refused(
     )
     shown = await main_json(dsn, capsys, "schedules", "show", str(own["id"]))
     assert shown["id"] == own["id"]
+    # Nor one that is no live schedule's id: `007` is the schedule named so.
+    agent = await make_schedule(db, name="007")
+    assert (await main_json(dsn, capsys, "schedules", "show", "007"))["id"] == agent["id"]
 
 
 async def test_an_empty_state_filter_cancels_nothing(
