@@ -25,7 +25,6 @@ import pgsched
 from pgsched.app import cli, ticker
 from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
-from pgsched.app.domain.errors import InvalidRequest
 from pgsched.app.services import schedules
 from tests.conftest import ROOT, connect
 from tests.factories import cover_last_month, make_schedule
@@ -535,6 +534,8 @@ async def test_out_of_range_and_odd_input_is_one_line(
 async def test_a_backfill_before_1970_is_refused_by_the_service(
     dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from pgsched.app.domain.errors import InvalidRequest
+
     made = await make_schedule(db, name="a1")
     line = await refused(
         dsn, capsys, "schedules", "backfill", "a1", "--from", "0001-01-01T00:00:00Z", "--to", "0s"
