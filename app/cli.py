@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from pgsched.workers.worker import WorkerSettings
 
 QUEUE_NAME_MAX = 100
+MAX_TOKEN_DAYS = 3650  # ten years: a token meant to outlive that should not expire at all
 # A background task died (app.background, ADR 0024): sysexits' EX_SOFTWARE, "internal error".
 EXIT_TASK_DIED = 70
 
@@ -598,10 +599,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
     raw = args.max_running
     if raw == "none":
         limit = None
-    elif raw.isdigit() and int(raw) >= 1:
-        limit = int(raw)
     else:
-        raise CommandError(f"--max-running must be a whole number >= 1 or 'none', got {raw!r}")
+        try:
+            limit = base.whole(raw, "--max-running", maximum=base.MAX_COUNT)
+        except CommandError:
+            raise CommandError(
+                f"--max-running must be a whole number 1..{base.MAX_COUNT} or 'none', got {raw!r}"
+            ) from None
 
     async def work(conn: Conn) -> int:
         row = await runs.set_queue_limit(conn, args.name, limit, actor=base.actor(), now=None)
@@ -691,8 +695,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         raise CommandError("--name must not be empty")
     expires = None
     if args.expires_in_days is not None:
-        if args.expires_in_days <= 0:
-            raise CommandError("--expires-in-days must be > 0")
+        # NaN compares false with everything, so the range is checked as one positive test.
+        if not 0 < args.expires_in_days <= MAX_TOKEN_DAYS:
+            raise CommandError(
+                f"--expires-in-days must be a number of days in (0, {MAX_TOKEN_DAYS}], "
+                f"got {args.expires_in_days}"
+            )
         expires = datetime.now(UTC) + timedelta(days=args.expires_in_days)
 
     async def work(conn: Conn) -> int:

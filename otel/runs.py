@@ -412,6 +412,7 @@ def rescued(rows: Sequence[Mapping[str, Any]]) -> None:
             "rescued",
             {
                 "run_id": row["id"],
+                "schedule": row.get("schedule_name"),
                 "schedule_id": row["schedule_id"],
                 "attempt": row["attempt"],
                 "queue": row["queue"],
@@ -509,7 +510,8 @@ def ticking() -> Iterator[Tick]:
 
 
 def _log_tick(result: TickLike, elapsed: float) -> None:
-    busy = result.created or result.missed or result.overlapped
+    # A tick that only released or skipped dependency runs (ADR 0033) changed runs: not idle.
+    busy = result.created or result.missed or result.overlapped or result.released or result.skipped
     level = logging.INFO if busy else logging.DEBUG
     if tick_log.isEnabledFor(level):
         tick_log.log(
@@ -521,6 +523,8 @@ def _log_tick(result: TickLike, elapsed: float) -> None:
                 "runs_created": result.created,
                 "runs_missed": result.missed,
                 "runs_overlapped": result.overlapped,
+                "runs_released": result.released,
+                "runs_skipped": result.skipped,
                 "duration_ms": round(elapsed * 1000, 3),
             },
         )

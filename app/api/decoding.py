@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import accumulate
 from typing import Any, Final
 
@@ -41,10 +41,11 @@ from litestar import Request
 from litestar.exceptions import ClientException, ValidationException
 from litestar.types import Empty
 
+from pgsched.app.domain.schedule import EARLIEST, LATEST, RANGE_TEXT
+
+__all__ = ["EARLIEST", "LATEST", "MAX_JSON_DEPTH", "RANGE_TEXT"]
+
 MAX_JSON_DEPTH: Final = 32
-EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
-RANGE_TEXT: Final = "from 1970-01-01T00:00:00Z up to (not including) 9000-01-01T00:00:00Z"
 
 # A JSON string (escapes included): brackets inside strings do not nest.
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: linear, fast

@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pgsched.app.api.decoding import RANGE_TEXT
-from pgsched.app.domain.schedule import DEFAULTS, HEALTH_POLICY, MAX_HEALTH_RUNS
+from pgsched.app.domain.schedule import DEFAULTS, HEALTH_POLICY, MAX_HEALTH_RUNS, MIN_TIMEOUT
 
 INT32: Final = 2**31 - 1
 BIGINT: Final = 2**63 - 1
@@ -44,7 +44,7 @@ IntervalSeconds = Annotated[int, Meta(ge=1, le=INT32)]
 Priority = Annotated[int, Meta(ge=-32768, le=32767)]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
 Seconds = Annotated[float, Meta(ge=0, le=MAX_SECONDS)]
-Timeout = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
+Timeout = Annotated[float, Meta(ge=MIN_TIMEOUT, le=MAX_SECONDS)]
 Factor = Annotated[float, Meta(ge=1, le=10)]
 MissedCap = Annotated[int, Meta(ge=1, le=10_000)]
 Count32 = Annotated[int, Meta(ge=0, le=INT32)]

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import pwd
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -30,6 +31,7 @@ from pgsched.app.db.store import Conn
 from pgsched.app.domain.errors import InvalidDefinition, InvalidRequest, OperationError
 from pgsched.app.domain.jobs import InvalidPayload
 from pgsched.app.domain.occurrences import InvalidSchedule
+from pgsched.app.domain.schedule import EARLIEST, LATEST, RANGE_TEXT
 
 LOCAL_DATA_DIR = Path(".pgsched") / "pgdata"
 """Where `pgsched run` keeps its local cluster when no database is given (its --data-dir)."""
@@ -134,14 +136,34 @@ def confirm(question: str, *, yes: bool) -> bool:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_SPAN = re.compile(r"([0-9]+)([smhd])")
+_DIGITS = re.compile(r"[0-9]+")
+MAX_SPAN = timedelta(days=366 * 100)
+"""The longest span back from now a command takes: a century reaches every run a database keeps,
+and a bound keeps the arithmetic on instants in range."""
+MAX_ID = 2**63 - 1  # a bigint: ids and versions
+MAX_COUNT = 2**31 - 1  # an integer: limits and counts
+
+
+def whole(raw: str, name: str, *, minimum: int = 1, maximum: int = MAX_ID) -> int:
+    """A whole number in ASCII digits within [minimum, maximum], or one line naming `name`
+    (`str.isdigit` also takes '²' and '١٢', which `int` refuses or reads as another number)."""
+    text = raw.strip()
+    if not _DIGITS.fullmatch(text) or not minimum <= int(text) <= maximum:
+        raise CommandError(f"{name} must be a whole number {minimum}..{maximum}, got {raw!r}")
+    return int(text)
 
 
 def when(raw: str, name: str) -> datetime | timedelta:
     """An instant with a time zone (`2026-12-04T10:00:00Z`), or a span back from now (`90m`,
-    `2h`, `7d`) that `at` resolves against the database's clock."""
+    `2h`, `7d`, at most a century) that `at` resolves against the database's clock."""
     text = raw.strip()
-    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _UNITS:
-        return timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+    span = _SPAN.fullmatch(text)
+    if span is not None:
+        seconds = int(span[1]) * _UNITS[span[2]]
+        if seconds > MAX_SPAN.total_seconds():
+            raise CommandError(f"{name}: a span back from now is at most {MAX_SPAN.days}d")
+        return timedelta(seconds=seconds)
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
@@ -151,19 +173,47 @@ def when(raw: str, name: str) -> datetime | timedelta:
             f"{name} must be an instant with a time zone (2026-12-04T10:00:00Z) or a span "
             f"back from now (30m, 2h, 7d), got {raw!r}"
         )
+    if not EARLIEST <= value < LATEST:  # as the API's instants: beyond, arithmetic overflows
+        raise CommandError(f"{name} must be {RANGE_TEXT}, got {raw!r}")
     return value
 
 
-def at(value: datetime | timedelta, now: datetime) -> datetime:
+def at(value: datetime | timedelta, now: datetime, name: str) -> datetime:
     """`when`'s answer as an instant: a span counts back from `now` (the database's)."""
-    return now - value if isinstance(value, timedelta) else value
+    if isinstance(value, datetime):
+        return value
+    try:
+        return now - value
+    except OverflowError:  # before year 1
+        raise CommandError(f"{name}: {value.days}d back from now is before year 1") from None
 
 
 async def schedule_id(conn: Conn, ref: str) -> int:
-    """A live schedule named by its id (digits) or its name."""
-    if ref.isdigit():
-        return int(ref)
-    found = await store.schedules.live_schedule_id(conn, ref)
+    """A live schedule named by its id (digits) or its name; `id:N` and `name:X` say which.
+
+    A name made of digits could also be another live schedule's id: rather than guess, that
+    is refused unless both mean the same schedule (with no live schedule of that id, the name
+    is the one meant)."""
+    if ref.startswith("id:"):
+        return whole(ref[3:], "schedule id")
+    if ref.startswith("name:"):
+        return await _named(conn, ref[5:])
+    if not _DIGITS.fullmatch(ref):
+        return await _named(conn, ref)
+    sid = whole(ref, "schedule id", minimum=0)
+    named = await store.schedules.live_schedule_id(conn, ref)
+    if named is not None and named != sid:
+        if await store.get_schedule(conn, sid) is None:
+            return named
+        raise CommandError(
+            f"{ref!r} is schedule {named}'s name and schedule {sid}'s id: "
+            f"say `id:{sid}` or `name:{ref}`"
+        )
+    return sid
+
+
+async def _named(conn: Conn, name: str) -> int:
+    found = await store.schedules.live_schedule_id(conn, name)
     if found is None:
-        raise CommandError(f"no live schedule is named {ref!r}")
+        raise CommandError(f"no live schedule is named {name!r}")
     return found

@@ -79,7 +79,9 @@ def _states(
     if not given:
         return None
     known = run_states()
-    states = [s.strip() for raw in given for s in raw.split(",") if s.strip()]
+    states = [s.strip() for raw in given for s in raw.split(",")]
+    if "" in states:  # `--state "$UNSET"` must not widen a filter to every state
+        raise CommandError(f"--state must be one of {', '.join(known)}, got an empty value")
     for state in states:
         if state not in known:
             raise CommandError(f"--state must be one of {', '.join(known)}, got {state!r}")
@@ -97,8 +99,8 @@ async def _matching(
 ) -> list[Row]:
     """Runs that match the filters, newest occurrence first (keyset pages)."""
     now = await store.db_now(conn, None)
-    since = base.at(base.when(args.since, "--since"), now) if args.since else None
-    until = base.at(base.when(args.until, "--until"), now) if args.until else None
+    since = base.at(base.when(args.since, "--since"), now, "--since") if args.since else None
+    until = base.at(base.when(args.until, "--until"), now, "--until") if args.until else None
     schedule_id = await base.schedule_id(conn, args.schedule) if args.schedule else None
     found: list[Row] = []
     before: tuple[datetime, int] | None = None
@@ -228,7 +230,8 @@ def _bulk(verb: str, allowed: tuple[str, ...]) -> Callable[[argparse.Namespace],
 
     def command(args: argparse.Namespace) -> int:
         states = _states(args.state, allowed, verb)
-        filtered = any((args.state, args.queue, args.schedule, args.since, args.until))
+        # From the parsed values: an empty --queue or --since filters nothing, so it is none.
+        filtered = any((states, args.queue, args.schedule, args.since, args.until))
         if args.runs and filtered:
             raise CommandError("give run ids or filters (--state, --queue, ...), not both")
         if not args.runs and not filtered:
@@ -322,15 +325,21 @@ def _filters(p: argparse.ArgumentParser, states: Sequence[str] | None = None) ->
 
 
 def _run_id(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise argparse.ArgumentTypeError(f"a run id is a whole number >= 1, got {raw!r}")
-    return int(raw)
+    try:
+        return base.whole(raw, "a run id")
+    except CommandError:
+        raise argparse.ArgumentTypeError(
+            f"a run id is a whole number 1..{base.MAX_ID}, got {raw!r}"
+        ) from None
 
 
 def _positive(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {raw!r}")
-    return int(raw)
+    try:
+        return base.whole(raw, "it", maximum=base.MAX_COUNT)
+    except CommandError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number 1..{base.MAX_COUNT}, got {raw!r}"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 from pgsched.app.commands import base, output
@@ -208,15 +209,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"\nlatest runs ({len(runs)}):")
         if runs:
             output.table(runs, _RUN_COLUMNS)
-        events = await reads.stream_events(conn, "schedule", row["id"], limit=100_000)
-        # The ticker's advance of next_due_at is one event per occurrence: noise here.
-        told = [e for e in events if e["type"] not in _ROUTINE]
+        # The ticker's advance of next_due_at is one event per occurrence: noise here. Read
+        # newest first, so a history of any length shows its latest, oldest of them on top.
+        told = await reads.latest_stream_events(
+            conn, "schedule", row["id"], skip=sorted(_ROUTINE), limit=_EVENTS_SHOWN
+        )
         print(
-            f"\nlatest changes and missed occurrences ({min(len(told), _EVENTS_SHOWN)} of "
-            f"{len(told)}; `GET /v1/events` has all):"
+            f"\nlatest changes and missed occurrences (the newest {len(told)}; "
+            "`GET /v1/events` has all):"
         )
         output.table(
-            told[-_EVENTS_SHOWN:],
+            told[::-1],
             [
                 ("AT", lambda e: e["occurred_at"]),
                 ("EVENT", lambda e: e["type"]),
@@ -316,10 +319,25 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _json_arg(text: str, name: str) -> object:
+    """Strict JSON, as the API decodes a body: Python's json also reads NaN and Infinity (and
+    1e999 as infinity), which PostgreSQL's json refuses only later, in the driver's words."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise CommandError(f"{name} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:
+        raise CommandError(f"{name} is not JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> NoReturn:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
 
 
 def _checked(body: dict[str, Any]) -> dict[str, Any]:
@@ -422,7 +440,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     async def work(conn: Conn) -> int:
         now = await store.db_now(conn, None)
-        begin, until = base.at(start, now), base.at(end, now)
+        begin, until = base.at(start, now, "--from"), base.at(end, now, "--to")
         with base.operation_errors():
             sid = await base.schedule_id(conn, args.schedule)
             try:
@@ -436,39 +454,28 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 ) from None
         if args.json:
             output.json_out(
-                {"schedule_id": sid, "requested": done.requested, "created": done.created}
+                {
+                    "schedule_id": sid,
+                    "requested": done.requested,
+                    "created": done.created,
+                    "reason": done.reason,
+                }
             )
             return 0
         span = f"[{output.instant(begin)}, {output.instant(until)})"
+        # The service says why nothing was made (app.domain.schedule.backfill_empty_reason).
+        why = f": {done.reason}" if done.reason else ""
         if not done.requested:
-            row = await schedules.live(conn, sid)
-            print(
-                f"no occurrence of schedule {sid} falls in {span}: nothing to backfill"
-                f"{_why_none(row, begin, until)}"
-            )
+            print(f"no occurrence of schedule {sid} falls in {span}: nothing to backfill{why}")
         else:
             print(
                 f"{done.requested} occurrence(s) of schedule {sid} in {span}: "
                 f"{len(done.created)} new run(s), "
-                f"{done.requested - len(done.created)} already had one"
+                f"{done.requested - len(done.created)} already had one{why}"
             )
         return 0
 
     return _run(args, work)
-
-
-def _why_none(row: Mapping[str, Any], begin: datetime, until: datetime) -> str:
-    """Why a range holds no occurrence, when the definition says so."""
-    if row["starts_at"] is not None and until <= row["starts_at"]:
-        return f" (it starts at {output.instant(row['starts_at'])})"
-    if row["ends_at"] is not None and begin >= row["ends_at"]:
-        return f" (it ended at {output.instant(row['ends_at'])})"
-    if row["interval_seconds"] and row["starts_at"] is None and until <= row["created_at"]:
-        # An interval counts from its anchor, the creation time: nothing falls before it.
-        return f" (its interval counts from its creation, {output.instant(row['created_at'])})"
-    if row["run_at"] is not None:
-        return f" (it runs once, at {output.instant(row['run_at'])})"
-    return ""
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -505,7 +512,9 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _schedule_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("schedule", metavar="SCHEDULE", help="its id, or its name")
+    p.add_argument(
+        "schedule", metavar="SCHEDULE", help="its id or its name (id:N or name:X says which)"
+    )
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -577,9 +586,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _positive(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {raw!r}")
-    return int(raw)
+    try:
+        return base.whole(raw, "it", maximum=base.MAX_COUNT)
+    except CommandError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number 1..{base.MAX_COUNT}, got {raw!r}"
+        ) from None
 
 
 def _create_parser(cr: argparse.ArgumentParser) -> None:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from pgsched.app.api.config import ApiSettings
 
 CONNECT_TIMEOUT = 5
+# A check that hangs is worse than one that fails: a lock held on pgsched.worker (a migration,
+# a stuck transaction) would otherwise keep `pgsched status` waiting forever.
+STATEMENT_TIMEOUT_MS = 5000
 # The components whose state is the overall status, as /health counts them.
 COUNTED = ("database", "ticker", "workers", "partitions")
 ORDER = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -47,12 +50,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def check() -> int:
         try:
             conn = await psycopg.AsyncConnection.connect(
-                url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, row_factory=dict_row
+                url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                row_factory=dict_row,
+                options=_with_timeout(url),
             )
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # down, refused, or a DSN that does not parse
             return _unreachable(args, f"cannot connect to the database: {base.first_line(exc)}")
         try:
             return await _report(args, conn, limits)
+        except psycopg.Error as exc:  # a timeout, an unmigrated database: it cannot be judged
+            return _unreachable(args, base.first_line(exc))
         finally:
             await conn.close()
 
@@ -93,6 +102,12 @@ async def _report(args: argparse.Namespace, conn: Conn, limits: ApiSettings) -> 
     for name, state in components.items():
         print(f"  {name:<10} {state:<9} {details.get(name, '')}")
     return CODES[status]
+
+
+def _with_timeout(url: str) -> str:
+    """The DSN's own server options, if any, and the statement timeout after them."""
+    given = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+    return f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
 
 
 def _unreachable(args: argparse.Namespace, why: str) -> int:

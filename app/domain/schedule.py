@@ -99,6 +99,13 @@ TIMING_COLUMNS: Final = frozenset(
 # Columns a client may set (the table's other columns are the scheduler's own).
 COLUMNS: Final = frozenset(DEFAULTS) - {"next_due_at"} | {"name", "job_type", "kind"}
 MAX_BACKFILL: Final = 1000
+MIN_TIMEOUT: Final = 0.001  # a millisecond: below it no job can even start
+CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The instants a definition or a request may name (app.api.decoding says why these bounds):
+# beyond them, interval, jitter and retry arithmetic and the occurrence searches overflow.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
+RANGE_TEXT: Final = "from 1970-01-01T00:00:00Z up to (not including) 9000-01-01T00:00:00Z"
 MAX_PREVIEW: Final = 100
 _TICK: Final = timedelta(microseconds=1)
 
@@ -174,6 +181,12 @@ def check(fields: dict[str, Any], *, created_at: datetime) -> ScheduleSpec | Non
     Raises InvalidDefinition, InvalidPayload (app.domain.jobs) or InvalidSchedule
     (app.domain.occurrences), each naming the field.
     """
+    if CONTROL.search(str(fields["name"])):
+        # A newline or escape in a name forges lines in tables, logs and `pgsched` output.
+        raise InvalidDefinition("name", "must not hold control characters (newline, tab, ...)")
+    timeout = fields["timeout_seconds"]
+    if isinstance(timeout, int | float) and not timeout >= MIN_TIMEOUT:
+        raise InvalidDefinition("timeout_seconds", f"must be at least {MIN_TIMEOUT} s")
     no_nul(fields["payload"], "payload")
     fields["payload"] = validate_payload(fields["job_type"], fields["payload"])
     fields["health_policy"] = health_policy(fields["health_policy"])

@@ -40,6 +40,7 @@ async def retry(
             "retried",
             {
                 "run_id": row["id"],
+                "schedule": row.get("schedule_name"),
                 "schedule_id": row["schedule_id"],
                 "attempt": row["attempt"],
                 "queue": row["queue"],
@@ -61,6 +62,20 @@ async def cancel(
             raise NotFound(f"run {run_id} does not exist")
         row = await store.cancel_run(
             conn, run_id, actor=actor, now=now, meta={**meta, "old": {"state": before["state"]}}
+        )
+    if row is not None:  # committed: in the per-run log as retried is (ADR 0029)
+        # A waiting or blocked run ends at once; a running one is only asked to stop, and its
+        # worker logs `cancelled` when the attempt ends.
+        log_transition(
+            "cancelled" if row["state"] == "cancelled" else "cancel_requested",
+            {
+                "run_id": row["id"],
+                "schedule": before["schedule_name"],
+                "schedule_id": row["schedule_id"],
+                "attempt": row["attempt"],
+                "queue": row["queue"],
+                "actor": actor,
+            },
         )
     return before, row
 

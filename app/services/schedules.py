@@ -109,15 +109,23 @@ async def update(
         if if_match is not None and row["version"] not in if_match:
             raise VersionMismatch(row["version"])
         fields = {k: row[k] for k in schedule.COLUMNS}
-        if any(k in patch for k in schedule.TIMING):
-            schedule.check_timing_switch(row, patch)
-            given = {k: patch.get(k) for k in schedule.TIMING}
+        # A null for a timing field that is already null changes nothing: dropped, so that
+        # `{"interval_seconds": null}` on a cron schedule is not read as a switch of kind.
+        timing = {
+            k: v for k, v in patch.items() if k in schedule.TIMING and (v, row[k]) != (None, None)
+        }
+        if timing:
+            schedule.check_timing_switch(row, timing)
+            given = {k: timing.get(k) for k in schedule.TIMING}
             fields |= schedule.timing(given)
             if schedule.is_job(fields) and not schedule.is_job(row):
                 # Clearing a schedule's timing is far likelier a mistake than a wish to stop
                 # it for good (pause, or delete, says that); a job definition is created so.
+                cleared = next(k for k in schedule.TIMING if row[k] is not None)
+                others = " or ".join(k for k in schedule.TIMING if k != cleared)
                 raise InvalidDefinition(
-                    "cron", "exactly one of cron, interval_seconds and run_at must have a value"
+                    cleared,
+                    f"a timed schedule cannot become a job definition; set {others} with it",
                 )
         fields |= {k: v for k, v in patch.items() if k not in schedule.TIMING}
         if "health_policy" in patch:  # a partial policy changes only the thresholds it names
@@ -328,6 +336,10 @@ async def backfill(
     month before the oldest month of runs kept cannot be backfilled (InvalidRequest naming
     `from`). Nothing created comes with the reason.
     """
+    for field, instant in (("from", start), ("to", end)):
+        # Every caller (API, CLI, console): the occurrence search overflows near year 1.
+        if not schedule.EARLIEST <= instant < schedule.LATEST:
+            raise InvalidRequest(field, f"must be {schedule.RANGE_TEXT}")
     if end <= start:
         raise InvalidRequest("to", "must be later than from")
     async with conn.transaction():

@@ -175,7 +175,8 @@ async def test_a_schedule_without_timing_is_a_job_definition(
     timed = await api.patch(url, json={"interval_seconds": 60}, headers=admin)
     assert timed.status_code == 200, timed.text
     assert timed.json()["kind"] == "interval" and timed.json()["next_due_at"] is not None
-    problem(await api.patch(url, json={"interval_seconds": None}, headers=admin), 422, "cron")
+    cleared = problem(await api.patch(url, json={"interval_seconds": None}, headers=admin), 422)
+    assert [e["field"] for e in cleared["errors"]] == ["interval_seconds"], cleared
     assert await replay.verify(db) == []
 
 
@@ -272,7 +273,11 @@ async def test_patch_timing_switches_kind_and_recomputes_from_now(
     assert (t["kind"], t["cron"], t["interval_seconds"]) == ("interval", None, 60)
     due = datetime.fromisoformat(t["next_due_at"])
     assert timedelta(0) <= due - datetime.now(UTC) <= timedelta(seconds=61)
-    problem(await api.patch(url, json={"interval_seconds": None}, headers=admin), 422, "cron")
+    problem(
+        await api.patch(url, json={"interval_seconds": None}, headers=admin),
+        422,
+        "interval_seconds",
+    )
     problem(await api.patch(url, json={"cron": "bad"}, headers=admin), 422, "cron")
     problem(await api.patch(url, json={"timezone": "Nowhere/City"}, headers=admin), 422, "timezone")
     problem(await api.patch(url, json={"version": 9}, headers=admin), 422, "version")
@@ -380,3 +385,45 @@ async def test_preview(api: Client, role_tokens: Tokens) -> None:
     problem(await api.get(f"{url}?count=0", headers=viewer), 422, "count")
     problem(await api.get(f"{url}?count=101", headers=viewer), 422, "count")
     problem(await api.get("/v1/schedules/999999/preview", headers=viewer), 404)
+
+
+async def test_a_null_for_a_timing_field_already_null_changes_nothing(
+    api: Client, role_tokens: Tokens, db: Conn
+) -> None:
+    """`{"interval_seconds": null}` on a cron schedule asks for nothing: not a change of kind.
+    Clearing the timing it has is refused in words that say what to send instead."""
+    s = await create(api, role_tokens, cron="0 0 1 1 *")
+    admin = role_tokens.auth("admin")
+    url = f"/v1/schedules/{s['id']}"
+    same = await api.patch(url, json={"interval_seconds": None, "run_at": None}, headers=admin)
+    assert same.status_code == 200, same.text
+    assert (same.json()["kind"], same.json()["cron"], same.json()["version"]) == (
+        "cron",
+        "0 0 1 1 *",
+        s["version"],
+    )
+    doc = problem(await api.patch(url, json={"cron": None}, headers=admin), 422, "cron")
+    assert (
+        "a timed schedule cannot become a job definition; set interval_seconds or run_at"
+        in (doc["errors"][0]["message"])
+    ), doc
+    both = {"cron": None, "interval_seconds": None}  # still nothing to time it by
+    problem(await api.patch(url, json=both, headers=admin), 422, "cron")
+    assert await replay.verify(db) == []
+
+
+async def test_names_with_control_characters_and_tiny_timeouts_are_refused(
+    api: Client, role_tokens: Tokens
+) -> None:
+    admin = role_tokens.auth("admin")
+    for name in ("two\nlines", "tab\there", "esc\x1b[31m"):
+        response = await api.post("/v1/schedules", json=body(name=name), headers=admin)
+        doc = problem(response, 422, "name")
+        assert "control characters" in doc["errors"][0]["message"], doc
+    for timeout in (1e-300, 0.0009):
+        response = await api.post(
+            "/v1/schedules", json=body(timeout_seconds=timeout), headers=admin
+        )
+        problem(response, 422, "timeout_seconds")
+    fast = await create(api, role_tokens, name="fast", timeout_seconds=0.001)
+    assert fast["timeout_seconds"] == 0.001

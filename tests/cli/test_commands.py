@@ -257,7 +257,7 @@ async def test_create_takes_the_apis_json_body(
         (("schedules", "pause", "999"), "schedule 999 does not exist"),
         (("schedules", "preview", "1", "--count", "0"), "--count must be 1..100, got 0"),
         (("schedules", "backfill", "x", "--from", "yesterday", "--to", "0s"), "--from must be"),
-        (("schedules", "list", "--limit", "0"), "--limit: must be a whole number >= 1"),
+        (("schedules", "list", "--limit", "0"), "--limit: must be a whole number 1.."),
         (("runs", "list", "--state", "failed"), "--state must be one of waiting, running"),
         (("runs", "show", "abc"), "a run id is a whole number"),
         (("runs", "show", "424242"), "run 424242 does not exist"),
@@ -440,7 +440,9 @@ async def test_an_empty_backfill_says_why(dsn: str, capsys: pytest.CaptureFixtur
     await main_json(dsn, capsys, "schedules", "create", "iv", "--job-type", "noop", "--interval=60")
     code, text = await main(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
     assert code == 0
-    assert "nothing to backfill (its interval counts from its creation," in text
+    assert "nothing to backfill: an interval schedule's occurrences count from when it was" in text
+    done = await main_json(dsn, capsys, "schedules", "backfill", "iv", "--from=2h", "--to=1h")
+    assert done["requested"] == 0 and done["reason"].startswith("an interval schedule's")
 
 
 async def test_delete_asks_first_and_without_a_terminal_refuses(dsn: str, db: Conn) -> None:
@@ -593,6 +595,189 @@ def test_status_of_a_database_that_does_not_answer_is_critical() -> None:
     body = run_cli("postgresql://postgres@127.0.0.1:1/nothing", "status", "--json")
     assert body.returncode == 2
     assert json.loads(body.stdout)["components"]["database"] == "unhealthy"
+
+
+# -- input that must be refused in one line ----------------------------------------------------
+
+
+async def refused(dsn: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`pgsched ARGS` in process, refused: exit 2, nothing on stdout, one line on stderr
+    (no traceback); that line."""
+
+    def call() -> int | str | None:
+        try:
+            return cli.main(list(args), {"DATABASE_URL": dsn})
+        except SystemExit as exc:  # argparse's refusals
+            return exc.code
+
+    code = await asyncio.to_thread(call)
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, ""), (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgsched"), err
+    return lines[0]
+
+
+BIG = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("schedules", "backfill", "a1", "--from", "99999999999999999d", "--to", "0s"),
+            "--from: a",
+        ),
+        (("schedules", "backfill", "a1", "--from", "999999999d", "--to", "0s"), "at most 36600d"),
+        (("schedules", "backfill", "a1", "--from", "1d", "--to", "999999999d"), "--to: a span"),
+        (("runs", "list", "--since", "999999999d"), "--since: a span back from now is at most"),
+        (("runs", "list", "--until", "99999999999999999999h"), "--until: a span back"),
+        (("schedules", "backfill", "a1", "--from", "²d", "--to", "0s"), "--from must be an inst"),
+        (("runs", "list", "--since", "0001-01-01T00:00:00+14:00"), "--since must be from 1970"),
+        (("runs", "list", "--until", "9999-12-31T23:59:59-14:00"), "--until must be from 1970"),
+        (("schedules", "show", "²"), "no live schedule is named '²'"),
+        (("schedules", "pause", "١٢"), "no live schedule is named '١٢'"),
+        (("schedules", "pause", f"id:{BIG}"), "schedule id must be a whole number 1..9223372"),
+        (("schedules", "show", BIG), "schedule id must be a whole number 0..9223372036854775807"),
+        (("schedules", "show", "id:x"), "schedule id must be a whole number"),
+        (("runs", "show", BIG), "a run id is a whole number 1..9223372036854775807"),
+        (("runs", "show", "²"), "a run id is a whole number"),
+        (("runs", "retry", BIG), "a run id is a whole number 1..9223372036854775807"),
+        (("runs", "list", "--limit", BIG), "--limit: must be a whole number 1..2147483647"),
+        (("queue", "default", "--max-running", BIG), "--max-running must be a whole number 1.."),
+        (("token", "create", "--name", "t", "--role", "viewer", "--expires-in-days", "nan"), "--e"),
+        (
+            ("token", "create", "--name", "t", "--role", "viewer", "--expires-in-days", "1e300"),
+            "3650",
+        ),
+        (
+            ("token", "create", "--name", "t", "--role", "viewer", "--expires-in-days", "0"),
+            "(0, 3650]",
+        ),
+        (
+            ("schedules", "create", "j", "--job-type", "noop", "--payload", '{"body":{"a":NaN}}'),
+            "--payload is not JSON: NaN is not a JSON number",
+        ),
+        (
+            ("schedules", "create", "j", "--job-type", "noop", "--payload", '{"a":1e999}'),
+            "--payload is not JSON: 1e999 is out of range",
+        ),
+        (
+            ("schedules", "create", "j", "--job-type", "noop", "--payload", '{"a":-Infinity}'),
+            "--payload is not JSON: -Infinity is not a JSON number",
+        ),
+        (("schedules", "create", "a\nb", "--job-type", "noop", "--interval", "60"), "name: must"),
+        (("schedules", "create", "t", "--job-type", "noop", "--timeout", "1e-300"), "timeout_s"),
+        (("runs", "cancel", "--state", "", "--yes"), "--state must be one of waiting"),
+        (("runs", "retry", "--state", "dead,", "--yes"), "got an empty value"),
+    ],
+)
+async def test_out_of_range_and_odd_input_is_one_line(
+    dsn: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], says: str
+) -> None:
+    assert says in await refused(dsn, capsys, *args)
+
+
+async def test_a_backfill_before_1970_is_refused_by_the_service(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgsched.app.domain.errors import InvalidRequest
+
+    made = await make_schedule(db, name="a1")
+    line = await refused(
+        dsn, capsys, "schedules", "backfill", "a1", "--from", "0001-01-01T00:00:00Z", "--to", "0s"
+    )
+    assert "--from must be from 1970-01-01T00:00:00Z up to" in line
+    old = datetime(1, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidRequest, match="from: must be from 1970"):
+        await schedules.backfill(db, made["id"], old, datetime.now(UTC), actor="t", now=None)
+    with pytest.raises(InvalidRequest, match="to: must be from 1970"):
+        await schedules.backfill(
+            db,
+            made["id"],
+            datetime(1970, 1, 1, tzinfo=UTC),
+            datetime(9999, 1, 1, tzinfo=UTC),
+            actor="t",
+            now=None,
+        )
+
+
+async def test_a_name_of_digits_that_is_another_schedules_id_is_refused(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = await make_schedule(db, name="first")
+    named = await make_schedule(db, name=str(first["id"]))  # its name is `first`'s id
+    line = await refused(dsn, capsys, "schedules", "pause", str(first["id"]))
+    assert f"say `id:{first['id']}` or `name:{first['id']}`" in line
+    assert (await store.get_schedule(db, first["id"]))["enabled"]
+    assert (await store.get_schedule(db, named["id"]))["enabled"]
+
+    paused = await main_json(dsn, capsys, "schedules", "pause", f"name:{first['id']}")
+    assert paused["id"] == named["id"] and not paused["enabled"]
+    paused = await main_json(dsn, capsys, "schedules", "pause", f"id:{first['id']}")
+    assert paused["id"] == first["id"] and not paused["enabled"]
+    assert (await main_json(dsn, capsys, "schedules", "show", "name:first"))["id"] == first["id"]
+    # A name of digits that is its own id is no ambiguity.
+    own = await make_schedule(db, name="tmp")
+    await db.execute(
+        "UPDATE pgsched.schedule SET name = id::text WHERE id = %(id)s", {"id": own["id"]}
+    )
+    shown = await main_json(dsn, capsys, "schedules", "show", str(own["id"]))
+    assert shown["id"] == own["id"]
+    # Nor one that is no live schedule's id: `007` is the schedule named so.
+    agent = await make_schedule(db, name="007")
+    assert (await main_json(dsn, capsys, "schedules", "show", "007"))["id"] == agent["id"]
+
+
+async def test_an_empty_state_filter_cancels_nothing(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = await make_schedule(db)
+    run, _ = await schedules.trigger(db, s["id"], actor="test", now=None)
+    await refused(dsn, capsys, "runs", "cancel", "--state", "", "--yes")
+    assert (await test_store.get_run(db, run["id"]))["state"] == "waiting"
+    line = await refused(dsn, capsys, "runs", "cancel", "--queue", "", "--yes")
+    assert "name the runs to be cancelled (ids), or filter them" in line
+    assert (await test_store.get_run(db, run["id"]))["state"] == "waiting"
+
+
+async def test_show_lists_the_newest_changes_however_long_the_history(
+    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = await make_schedule(db, name="busy")
+    # More routine events than a read of the stream from its start would ever get past.
+    await db.execute(
+        "INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data) "
+        "SELECT now(), 'schedule', %(id)s, 'schedule.advanced', 'ticker', '{}' "
+        "FROM generate_series(1, 100001)",
+        {"id": s["id"]},
+    )
+    await schedules.pause(db, s["id"], actor="alice", now=None)
+    code, text = await main(dsn, capsys, "schedules", "show", "busy")
+    assert code == 0
+    changes = text[text.index("latest changes") :].splitlines()
+    assert "schedule.paused" in changes[-1] and "alice" in changes[-1], text
+    assert "schedule.created" in text and "schedule.advanced" not in text
+
+
+async def test_status_of_an_unmigrated_or_locked_database_is_critical(
+    dsn: str, admin_dsn: str, db: Conn
+) -> None:
+    empty = run_cli(admin_dsn, "status")  # the server's own database: no pgsched schema
+    assert empty.returncode == 2, (empty.stdout, empty.stderr)
+    assert empty.stdout.startswith("CRITICAL: pgsched is unhealthy - database: "), empty.stdout
+    assert empty.stderr == ""
+    body = run_cli(admin_dsn, "status", "--json")
+    assert body.returncode == 2 and json.loads(body.stdout)["status"] == "unhealthy"
+
+    await db.execute("BEGIN")
+    await db.execute("LOCK TABLE pgsched.worker IN ACCESS EXCLUSIVE MODE")
+    try:
+        locked = run_cli(dsn, "status")  # within DEADLINE: the statement timeout ends it
+    finally:
+        await db.execute("ROLLBACK")
+    assert locked.returncode == 2, (locked.stdout, locked.stderr)
+    assert "statement timeout" in locked.stdout, locked.stdout
 
 
 # -- rebuild ---------------------------------------------------------------------------------------

@@ -140,6 +140,42 @@ async def test_a_tick_logs_what_it_made_and_idle_ticks_only_at_debug(
     assert [x["level"] for x in _lines(stream, "pgsched.ticks")] == ["INFO", "DEBUG"]
 
 
+async def test_a_tick_that_only_settled_dependency_runs_is_not_idle(
+    db: Conn, stream: io.StringIO
+) -> None:
+    """A run held for a paused upstream is skipped when its wait ends: that tick made nothing
+    but changed a run, so it is logged at INFO like one that made runs (ADR 0033)."""
+    at = datetime.now(UTC).replace(microsecond=0)
+    upstream = await make_schedule(db, name="up", now=at, enabled=False)
+    await make_schedule(
+        db, name="down", now=at, depends_on=[upstream["id"]], dependency_timeout_seconds=1
+    )
+    held = await ticker.tick(db, now=at, actor="ticker")  # down's occurrence waits for up's
+    assert held.blocked == 1, held
+    with run_telemetry.ticking() as holder:
+        settled = await ticker.tick(db, now=at + timedelta(seconds=2), actor="ticker")
+        holder.done(settled)
+    assert (settled.skipped, settled.created) == (1, 0), settled
+    (line,) = _lines(stream, "pgsched.ticks")
+    assert (line["level"], line["runs_skipped"], line["runs_created"]) == ("INFO", 1, 0)
+
+
+async def test_an_operators_cancel_and_retry_are_logged_with_the_schedules_name(
+    db: Conn, stream: io.StringIO
+) -> None:
+    s = await make_schedule(db, name="nightly")
+    run, _ = await schedules.trigger(db, s["id"], actor="test", now=None)
+    await runs.cancel(db, run["id"], actor="alice", meta={}, now=None)
+    await runs.retry(db, run["id"], actor="bob", meta={}, now=None)
+    lines = [x for x in _lines(stream, "pgsched.runs") if x["run_id"] == run["id"]]
+    assert [(x["outcome"], x["actor"], x["schedule"]) for x in lines] == [
+        ("cancelled", "alice", "nightly"),
+        ("retried", "bob", "nightly"),
+    ], lines
+    assert (await runs.cancel(db, run["id"], actor="alice", meta={}, now=None))[1] is not None
+    assert _lines(stream, "pgsched.runs")[-1]["outcome"] == "cancelled"
+
+
 def test_the_run_lines_have_a_level_of_their_own(stream: io.StringIO) -> None:
     assert settings.logs({"PGSCHED_RUN_LOG_LEVEL": "warning"}).run_level == "WARNING"
     assert settings.logs({}).run_level is None, "unset: PGSCHED_LOG_LEVEL's"
@@ -193,3 +229,4 @@ async def test_a_rescued_run_says_so_and_its_next_attempt_follows(
     ], story
     (rescued,) = [x for x in _lines(stream, "pgsched.runs") if x["outcome"] == "rescued"]
     assert rescued["state"] == "waiting" and rescued["retry_at"]
+    assert rescued["schedule"] == s["name"]

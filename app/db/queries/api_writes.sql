@@ -21,7 +21,7 @@ WITH old AS (
         cancel_requested = false
     FROM old, pgsched.schedule s
     WHERE r.id = old.id AND r.due_at = old.due_at AND s.id = r.schedule_id
-    RETURNING r.*
+    RETURNING r.*, s.name AS schedule_name  -- the name for the run log's `schedule`
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id, 'run.retried', %(actor)s,

@@ -60,6 +60,16 @@ WHERE stream = %(stream)s::text AND stream_id = %(stream_id)s::bigint AND id > %
 ORDER BY id
 LIMIT %(limit)s;
 
+-- name: latest_stream_events
+-- One stream's newest events but those of the given types, newest first (the stream's index
+-- read backwards): what `pgsched schedules show` lists, however long the history.
+SELECT id, occurred_at, type, actor, meta
+FROM pgsched.event
+WHERE stream = %(stream)s::text AND stream_id = %(stream_id)s::bigint
+  AND type <> ALL (%(skip)s::text[])
+ORDER BY id DESC
+LIMIT %(limit)s;
+
 -- name: event_feed
 -- The global feed in commit order (ADR 0005): only events of transactions older than every
 -- transaction still running, so an event that commits late can never land behind a cursor a

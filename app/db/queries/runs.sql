@@ -404,7 +404,7 @@ WITH expired AS MATERIALIZED (
                                      'error', 'the worker stopped heartbeating')
     FROM expired e, pgsched.schedule s
     WHERE r.id = e.id AND r.due_at = e.due_at AND s.id = r.schedule_id
-    RETURNING r.*
+    RETURNING r.*, s.name AS schedule_name  -- the name for the run log's `schedule`
 ), ev AS (
     INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, trace_id)
     SELECT coalesce(%(now)s::timestamptz, now()), 'run', r.id,

@@ -96,6 +96,17 @@ async def stream_events(
     )
 
 
+async def latest_stream_events(
+    conn: Conn, stream: str, stream_id: int, *, skip: Sequence[str], limit: int
+) -> list[Row]:
+    """One stream's newest `limit` events whose type is not in `skip`, newest first."""
+    return await _rows(
+        conn,
+        "latest_stream_events",
+        {"stream": stream, "stream_id": stream_id, "skip": list(skip), "limit": limit},
+    )
+
+
 async def event_feed(conn: Conn, *, after: tuple[int, int], limit: int) -> list[Row]:
     """Events after the (tx_id, id) position, in commit order, settled ones only (ADR 0005)."""
     return await _rows(
