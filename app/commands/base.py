@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -217,3 +217,18 @@ async def _named(conn: Conn, name: str) -> int:
     if found is None:
         raise CommandError(f"no live schedule is named {name!r}")
     return found
+
+
+def actions(
+    sub: argparse._SubParsersAction[Any], group: str, summary: str, description: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """Add the command group `group` (e.g. `runs`) and return how to add one of its actions: a
+    subparser whose --help repeats its one-line summary as its description."""
+    gp = sub.add_parser(group, help=summary, description=description)
+    acts = gp.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION")
+
+    def add(name: str, help_line: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = acts.add_parser(name, help=help_line, description=help_line)
+        return p
+
+    return add

@@ -344,13 +344,12 @@ def _positive(raw: str) -> int:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `runs` and its actions to the `pgsched` parser's subcommands."""
-    desc = "Find runs, read one's attempts and events, retry or cancel one or many."
-    rp = sub.add_parser("runs", help="list, show, retry and cancel runs", description=desc)
-    acts = rp.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
-
-    def add(name: str, summary: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = acts.add_parser(name, help=summary, description=summary)
-        return p
+    add = base.actions(
+        sub,
+        "runs",
+        "list, show, retry and cancel runs",
+        "Find runs, read one's attempts and events, retry or cancel one or many.",
+    )
 
     ls = add("list", "runs matching the filters, newest occurrence first")
     _filters(ls)

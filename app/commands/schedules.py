@@ -519,13 +519,12 @@ def _schedule_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `schedules` and its actions to the `pgsched` parser's subcommands."""
-    desc = "List, inspect and operate schedules (as /v1/schedules does)."
-    sp = sub.add_parser("schedules", help="list, show and operate schedules", description=desc)
-    acts = sp.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
-
-    def add(name: str, summary: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = acts.add_parser(name, help=summary, description=summary)
-        return p
+    add = base.actions(
+        sub,
+        "schedules",
+        "list, show and operate schedules",
+        "List, inspect and operate schedules (as /v1/schedules does).",
+    )
 
     ls = add("list", "list live schedules with their next due time and last run")
     ls.add_argument("--queue")
