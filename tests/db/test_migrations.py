@@ -328,8 +328,7 @@ def test_0020_redone_restates_the_metadata_columns_its_downgrade_dropped(
     migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as c:
         assert c.execute(
-            "SELECT description, owner, labels, managed_by FROM pgsched.schedule"
-            " WHERE name = 's'"
+            "SELECT description, owner, labels, managed_by FROM pgsched.schedule WHERE name = 's'"
         ).fetchone() == (None, None, None, None)
         assert c.execute(query("diff_schedules")).fetchall() == []
         assert c.execute(count).fetchone() == (1,)
