@@ -3,6 +3,7 @@
 The file (YAML, or TOML by its `.toml` suffix)::
 
     manager: ingest            # who declares these schedules; default: the file's stem
+                               # (`--prune` needs it given)
     defaults:                  # any schedule field but name and timing, under each schedule's
       timezone: Europe/Berlin
       retry_backoff: {delay_seconds: 60, factor: 2}
@@ -21,7 +22,7 @@ The file (YAML, or TOML by its `.toml` suffix)::
 
 Each schedule is a `POST /v1/schedules` body (app.api.schemas.ScheduleCreate), checked by that
 struct. `${NAME}` in a string value is the environment variable NAME (`${NAME:-fallback}` when
-unset, `$${` a literal `${`); an unset one without a fallback is an error naming it. What it
+unset, `$${` always a literal `${`); an unset one without a fallback is an error naming it. What it
 gives is stored and recorded in events, so secrets belong in `{"$secret": NAME}` references,
 resolved by the worker when the job runs (ADR 0012), never in `${...}`.
 

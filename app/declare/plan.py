@@ -4,7 +4,10 @@ The plan compares each declared schedule, completed as a create would complete i
 operator's defaults, then the built-in ones) and normalised by app.domain.schedule.check, with
 the live schedule of its name: absent -> create; differing columns -> update (the diff, old and
 new); else unchanged. With `prune`, the live schedules of the file's manager that it no longer
-names are deleted: never a schedule made over the API or declared by another manager.
+names are deleted: never a schedule made over the API or declared by another manager; the
+file must name its manager for that. A live schedule of a declared name made over the API is
+taken over only with `adopt`. `enabled` is compared only when the file gives it, so a pause
+(the circuit breaker's or an operator's) outlives every apply (ADR 0031).
 
 Every check runs while planning, before anything is written, and the writes go through
 app.services.schedules inside the plan's transaction (their own transactions nest as
