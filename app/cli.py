@@ -528,6 +528,7 @@ def _applier(
     defaults: Mapping[str, object],
     *,
     prune: bool = False,
+    adopt: bool = False,
     dry_run: bool = False,
 ) -> Callable[[Conn], Awaitable[int]]:
     async def work(conn: Conn) -> int:
@@ -535,7 +536,7 @@ def _applier(
 
         try:
             changes = await plan.apply(
-                conn, declared, defaults=defaults, prune=prune, dry_run=dry_run
+                conn, declared, defaults=defaults, prune=prune, adopt=adopt, dry_run=dry_run
             )
         except document.DeclarationError as exc:
             raise CommandError(f"nothing applied: {exc}") from None
@@ -552,7 +553,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     defaults = settings.schedule_defaults(env)
     url = _database_url(args)
     declared = _declaration(Path(args.file), env)
-    work = _applier(declared, defaults, prune=args.prune, dry_run=args.dry_run)
+    work = _applier(declared, defaults, prune=args.prune, adopt=args.adopt, dry_run=args.dry_run)
     return asyncio.run(_with_conn(url, work))
 
 
@@ -778,7 +779,14 @@ def _declare_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     ay.add_argument(
         "--prune",
         action="store_true",
-        help="delete the schedules of this file's manager that it no longer declares",
+        help="delete the schedules of this file's manager that it no longer declares "
+        "(the file must name its `manager:`)",
+    )
+    ay.add_argument(
+        "--adopt",
+        action="store_true",
+        help="take over live schedules of the file's names that were made over the API "
+        "(without it they are refused)",
     )
     ay.set_defaults(func=cmd_apply)
 

@@ -16,6 +16,11 @@ like any column, so replay folds them. Rows that exist before this migration kee
 four: their events do not mention the columns, so the fold of those events (NULL) and the row
 agree and `pgsched verify` stays clean. The default `'{}'` for labels is set after the column is
 added, so it applies only to rows inserted by hand from now on, not to the existing ones.
+
+A schedule whose events already name one of the four (this migration was undone and is done
+again: the downgrade dropped the columns but no event can be dropped) gets one
+schedule.migrated event (actor pgsched) restating all four as NULL, which is what its row now
+holds; without it `verify` would report the schedule. A first upgrade appends none.
 """
 
 from __future__ import annotations
@@ -47,6 +52,19 @@ CREATE INDEX schedule_labels ON pgsched.schedule USING gin (labels jsonb_path_op
     WHERE deleted_at IS NULL;
 CREATE INDEX schedule_managed_by ON pgsched.schedule (managed_by)
     WHERE deleted_at IS NULL AND managed_by IS NOT NULL;
+
+-- Schedules whose events name the new columns from before a downgrade: the fold would give
+-- their values back, the rows hold NULL (ADR 0005: the event log is the truth).
+INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data, meta)
+SELECT now(), 'schedule', s.id, 'schedule.migrated', 'pgsched',
+       jsonb_build_object('description', NULL, 'owner', NULL, 'labels', NULL,
+                          'managed_by', NULL),
+       jsonb_build_object('migration', '0020')
+FROM pgsched.schedule s
+WHERE EXISTS (SELECT 1 FROM pgsched.event e
+              WHERE e.stream = 'schedule' AND e.stream_id = s.id
+                AND e.data ?| ARRAY['description', 'owner', 'labels', 'managed_by'])
+ORDER BY s.id;
 
 RESET ROLE;
 """

@@ -3,6 +3,7 @@
 The file (YAML, or TOML by its `.toml` suffix)::
 
     manager: ingest            # who declares these schedules; default: the file's stem
+                               # (`--prune` needs it given)
     defaults:                  # any schedule field but name and timing, under each schedule's
       timezone: Europe/Berlin
       retry_backoff: {delay_seconds: 60, factor: 2}
@@ -21,7 +22,7 @@ The file (YAML, or TOML by its `.toml` suffix)::
 
 Each schedule is a `POST /v1/schedules` body (app.api.schemas.ScheduleCreate), checked by that
 struct. `${NAME}` in a string value is the environment variable NAME (`${NAME:-fallback}` when
-unset, `$${` a literal `${`); an unset one without a fallback is an error naming it. What it
+unset, `$${` always a literal `${`); an unset one without a fallback is an error naming it. What it
 gives is stored and recorded in events, so secrets belong in `{"$secret": NAME}` references,
 resolved by the worker when the job runs (ADR 0012), never in `${...}`.
 
@@ -57,7 +58,8 @@ _NOT_DEFAULTS: Final = frozenset({"name", "cron", "interval_seconds", "run_at"})
 # Fields whose default and own value merge key by key.
 _MERGED: Final = ("retry_backoff", "health_policy", "labels")
 _INSTANTS: Final = ("run_at", "starts_at", "ends_at")
-_VARIABLE: Final = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `$${` (a literal `${`, whatever follows) or `${NAME}` / `${NAME:-fallback}`.
+_VARIABLE: Final = re.compile(r"\$(\$)\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MANAGER: Final = re.compile(r"[^\x00]{1,200}")
 _BACKOFF: Final = (
     ("delay_seconds", "retry_delay_seconds"),
@@ -77,6 +79,9 @@ class Document:
     # Each schedule's client-settable columns, as the API's create would take them, in file
     # order; a field left out is absent (the operator's, then the built-in default fills it).
     schedules: list[dict[str, Any]]
+    # The file names its `manager` (not its file name standing in): `--prune` needs that, since
+    # two files of the same name in different places would share a stem.
+    manager_given: bool = False
 
 
 def load(path: Path, env: Mapping[str, str]) -> Document:
@@ -102,7 +107,8 @@ def parse(raw: bytes, fmt: Format, *, manager: str, env: Mapping[str, str]) -> D
     tree = dict(tree)
     for key in ("manager", "defaults"):
         tree[key] = _interpolate(tree.get(key), key, env)
-    manager = tree["manager"] if tree.get("manager") is not None else manager
+    given = tree.get("manager") is not None
+    manager = tree["manager"] if given else manager
     if not isinstance(manager, str) or not _MANAGER.fullmatch(manager):
         raise DeclarationError("manager: must be text of 1 to 200 characters")
     defaults = tree.get("defaults") or {}
@@ -122,7 +128,7 @@ def parse(raw: bytes, fmt: Format, *, manager: str, env: Mapping[str, str]) -> D
             raise DeclarationError(f"schedule {fields['name']!r}: declared twice")
         seen.add(fields["name"])
         declared.append(fields | {"managed_by": manager})
-    return Document(manager, hashlib.sha256(raw).hexdigest(), declared)
+    return Document(manager, hashlib.sha256(raw).hexdigest(), declared, manager_given=given)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -169,7 +175,7 @@ def _interpolate(node: object, path: str, env: Mapping[str, str]) -> object:
         def value(match: re.Match[str]) -> str:
             escaped, name, fallback = match.groups()
             if escaped:
-                return match.group(0)[1:]
+                return "${"
             if name in env:
                 return env[name]
             if fallback is not None:
@@ -208,7 +214,12 @@ def _definition(i: int, entry: object, defaults: Mapping[str, Any]) -> dict[str,
         instant = getattr(data, key)
         if isinstance(instant, datetime) and not EARLIEST <= instant < LATEST:
             raise DeclarationError(f"{who}: {key}: must be {RANGE_TEXT}")
-    return create_fields(data)
+    fields = create_fields(data)
+    if "enabled" not in merged:
+        # Left out, `enabled` is not declared: apply never pauses nor resumes the schedule, so
+        # a pause by the circuit breaker or an operator outlives every apply (ADR 0031).
+        del fields["enabled"]
+    return fields
 
 
 def _where(message: str) -> str:
@@ -236,6 +247,9 @@ def render(
     if manager is not None:
         document["manager"] = manager
     document["schedules"] = [_entry(row, base) for row in rows]
+    # Every `${` stored is text, not a variable: written as `$${`, apply reads it back as is
+    # instead of filling it from its environment (where a secret could be).
+    document = {k: _escaped(v) for k, v in document.items()}
     if fmt == "toml":
         try:
             return tomli_w.dumps(document)
@@ -253,10 +267,8 @@ def _entry(row: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
     for column in sorted(schedule.COLUMNS - set(schedule.TIMING)):
         if column in {"name", "job_type", "kind", "managed_by"} or column.startswith("retry_"):
             continue
-        value = row[column]
-        if column == "labels":
-            value = value or {}
-        elif column == "health_policy":  # only the thresholds that differ: apply merges them
+        value: Any = schedule.stored(row, column)
+        if column == "health_policy":  # only the thresholds that differ: apply merges them
             value = {k: v for k, v in value.items() if v != schedule.HEALTH_POLICY.get(k)}
             if value:
                 entry[column] = _plain(value)
@@ -266,6 +278,18 @@ def _entry(row: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
     if backoff:
         entry["retry_backoff"] = backoff
     return entry
+
+
+def _escaped(node: object) -> object:
+    """Every string value in `node` with `${` as `$${`, which the file's interpolation reads
+    as a literal `${`. Keys are left as they are: interpolation does not read them."""
+    if isinstance(node, str):
+        return node.replace("${", "$${")
+    if isinstance(node, Mapping):
+        return {k: _escaped(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escaped(v) for v in node]
+    return node
 
 
 def _plain(value: object) -> object:

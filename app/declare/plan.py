@@ -4,7 +4,10 @@ The plan compares each declared schedule, completed as a create would complete i
 operator's defaults, then the built-in ones) and normalised by app.domain.schedule.check, with
 the live schedule of its name: absent -> create; differing columns -> update (the diff, old and
 new); else unchanged. With `prune`, the live schedules of the file's manager that it no longer
-names are deleted: never a schedule made over the API or declared by another manager.
+names are deleted: never a schedule made over the API or declared by another manager; the
+file must name its manager for that. A live schedule of a declared name made over the API is
+taken over only with `adopt`. `enabled` is compared only when the file gives it, so a pause
+(the circuit breaker's or an operator's) outlives every apply (ADR 0031).
 
 Every check runs while planning, before anything is written, and the writes go through
 app.services.schedules inside the plan's transaction (their own transactions nest as
@@ -57,14 +60,22 @@ async def apply(
     *,
     defaults: Mapping[str, Any] | None = None,
     prune: bool = False,
+    adopt: bool = False,
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> list[Change]:
     """Plan `document` against the database and, unless `dry_run`, make the plan's changes,
-    all in one transaction. DeclarationError (one line) if any schedule cannot be applied."""
+    all in one transaction. DeclarationError (one line) if any schedule cannot be applied.
+    `prune` needs a file that names its manager; `adopt` lets the file take over live
+    schedules of its names that were made over the API (else they are refused)."""
+    if prune and not document.manager_given:
+        raise DeclarationError(
+            "--prune needs the file to name its `manager:` (its file name is no identity: "
+            "two files called alike would prune each other's schedules)"
+        )
     meta = {"file_sha256": document.sha256, "manager": document.manager}
     async with conn.transaction():
-        changes = await _plan(conn, document, defaults, prune=prune, now=now)
+        changes = await _plan(conn, document, defaults, prune=prune, adopt=adopt, now=now)
         if not dry_run:
             for change in changes:
                 try:
@@ -80,6 +91,7 @@ async def _plan(
     defaults: Mapping[str, Any] | None,
     *,
     prune: bool,
+    adopt: bool,
     now: datetime | None,
 ) -> list[Change]:
     at = await store.db_now(conn, now)
@@ -93,7 +105,7 @@ async def _plan(
         if row is not None:  # compared by name, as the file gives them
             row = {**row, "depends_on": [live_names[i] for i in row["depends_on"] or []]}
         try:
-            changes.append(_compare(row, fields, defaults, document.manager, at))
+            changes.append(_compare(row, fields, defaults, document.manager, at, adopt=adopt))
         except (OperationError, InvalidPayload, InvalidSchedule) as exc:
             raise DeclarationError(f"schedule {name!r}: {_reason(exc)}") from None
     if prune:
@@ -169,6 +181,8 @@ def _compare(
     defaults: Mapping[str, Any] | None,
     manager: str,
     at: datetime,
+    *,
+    adopt: bool,
 ) -> Change:
     """One declared schedule against its live row (None: there is none), checked."""
     desired = schedule.complete(fields, defaults)
@@ -181,8 +195,15 @@ def _compare(
             f"schedule {row['name']!r} is declared by manager {row['managed_by']!r}, not "
             f"{manager!r}: one schedule, one file (change it there, or delete it there first)"
         )
+    if row["managed_by"] is None and not adopt:
+        raise DeclarationError(
+            f"schedule {row['name']!r} was made over the API: manager {manager!r} would adopt "
+            "it; pass --adopt to let this file take it over (or name it otherwise in the file)"
+        )
     spec = schedule.check(desired, created_at=row["created_at"])
-    wanted = {k: desired[k] for k in schedule.COLUMNS}
+    # `enabled` only when the file gives it: otherwise a pause (the circuit breaker's or an
+    # operator's) is not the file's business, and applying never resumes it (ADR 0031).
+    wanted = {k: desired[k] for k in schedule.COLUMNS if k != "enabled" or k in fields}
     diff = schedule.changes(row, wanted)
     if not diff:
         return Change("unchanged", row["name"], schedule_id=row["id"])

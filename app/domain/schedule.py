@@ -318,14 +318,25 @@ def due_or_refuse(
     return due
 
 
+# Columns a row older than their migration holds as NULL, meaning this value: no labels
+# (0020), no upstream and the default wait (0022). Those rows keep NULL until the column is set.
+_NULL_MEANS: Final = {
+    "labels": {},
+    "depends_on": [],
+    "dependency_timeout_seconds": DEFAULTS["dependency_timeout_seconds"],
+}
+
+
+def stored(row: Mapping[str, Any], column: str) -> object:
+    """A row's value of `column`, a NULL left by an older release read as what it means."""
+    value = row[column]
+    return _NULL_MEANS[column] if value is None and column in _NULL_MEANS else value
+
+
 def changes(row: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns whose value `fields` changes (no labels and `{}` are the same: a row older
-    than migration 0020 keeps its NULL until its labels are set)."""
-    return {
-        k: v
-        for k, v in fields.items()
-        if row[k] != v and not (k == "labels" and not row[k] and not v)
-    }
+    """The columns whose value `fields` changes (a NULL an older release left and what it
+    means are the same: see `stored`)."""
+    return {k: v for k, v in fields.items() if stored(row, k) != stored(fields, k)}
 
 
 def preview(row: Mapping[str, Any], after: datetime, count: int) -> list[datetime]:

@@ -95,7 +95,35 @@ def test_a_file_that_cannot_apply_is_one_line_and_applies_nothing(dsn: str, tmp_
         _cli(dsn, "apply", str(loop), "--dry-run"),
         "nothing applied: schedule 'a': depends_on: would make a cycle: a -> b -> c -> a",
     )
+    _refused(
+        _cli(dsn, "apply", str(loop), "--prune"),
+        "nothing applied: --prune needs the file to name its `manager:`",
+    )
     assert _events(dsn) == before
+
+
+def test_adopting_an_api_made_schedule_needs_adopt(dsn: str, tmp_path: Path) -> None:
+    assert _cli(dsn, "migrate").returncode == 0
+    path = tmp_path / "adopt.yaml"
+    path.write_text(
+        "manager: ops\nschedules:\n  - {name: mine, job_type: noop, cron: '0 1 * * *'}\n"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, kind, cron, created_at,"
+            " updated_at, depends_on, dependency_timeout_seconds, labels) VALUES ('mine', 'noop',"
+            " 'cron', '0 1 * * *', now(), now(), '{}', 3600, '{}') RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'test', to_jsonb(s) FROM s"
+        )
+    _refused(
+        _cli(dsn, "apply", str(path)),
+        "nothing applied: schedule 'mine' was made over the API: manager 'ops' would adopt it",
+    )
+    out = _cli(dsn, "apply", str(path), "--adopt")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == ["update     mine", '    managed_by: null -> "ops"']
+    assert _count(dsn, "SELECT count(*) FROM pgsched.schedule WHERE managed_by = 'ops'") == 1
 
 
 def test_run_refuses_a_bad_schedules_file_before_starting(dsn: str, tmp_path: Path) -> None:

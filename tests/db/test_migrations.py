@@ -301,3 +301,34 @@ def test_0020_round_trips_and_keeps_earlier_schedules_verifiable(empty_dsn: str)
     assert _schema_dump(empty_dsn) == before
     migrate(empty_dsn, "0020")
     assert _schema_dump(empty_dsn) == after
+
+
+def test_0020_redone_restates_the_metadata_columns_its_downgrade_dropped(
+    empty_dsn: str,
+) -> None:
+    """A schedule stored at 0020 has events naming description, owner, labels and managed_by;
+    0020 down then up leaves all four NULL in the row, so the upgrade says so in one
+    schedule.migrated event and verify stays clean. A first upgrade appends none."""
+    count = (
+        "SELECT count(*) FROM pgsched.event WHERE type = 'schedule.migrated'"
+        " AND meta ->> 'migration' = '0020'"
+    )
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(count).fetchone() == (0,)
+        c.execute(
+            "WITH s AS (INSERT INTO pgsched.schedule (name, job_type, kind, interval_seconds,"
+            " created_at, updated_at, description, owner, labels, managed_by, depends_on,"
+            " dependency_timeout_seconds) VALUES ('s', 'noop', 'interval', 60, now(), now(),"
+            " 'feeds the report', 'ann', '{\"team\": \"data\"}', 'etl', '{}', 3600) RETURNING *)"
+            " INSERT INTO pgsched.event (occurred_at, stream, stream_id, type, actor, data)"
+            " SELECT now(), 'schedule', s.id, 'schedule.created', 'test', to_jsonb(s) FROM s"
+        )
+    migrate(empty_dsn, "0019", down=True)
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as c:
+        assert c.execute(
+            "SELECT description, owner, labels, managed_by FROM pgsched.schedule WHERE name = 's'"
+        ).fetchone() == (None, None, None, None)
+        assert c.execute(query("diff_schedules")).fetchall() == []
+        assert c.execute(count).fetchone() == (1,)

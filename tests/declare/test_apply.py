@@ -15,6 +15,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn
 from pgsched.app.declare import document, plan
 from pgsched.app.declare.document import DeclarationError
+from pgsched.app.domain import schedule as schedule_domain
 from pgsched.app.services import schedules
 from tests.conftest import ROOT
 
@@ -482,4 +483,116 @@ schedules:
         "schedule 'mid': cannot be pruned while 'api' depend(s) on it: drop those edges first"
     )
     assert await _events(conn) == before
+    await _clean(conn)
+
+
+# -- review fixes: pauses, `${` in stored text, pre-0022 rows, prune and adoption ------------
+
+
+async def test_apply_leaves_a_pause_alone_unless_the_file_gives_enabled(conn: Conn) -> None:
+    await plan.apply(conn, _doc())
+    posts = await _schedule(conn, "posts")
+    await schedules.pause(conn, posts["id"], actor="breaker", now=None)  # as the breaker does
+    before = await _events(conn)
+    changes = await plan.apply(conn, _doc())
+    assert _actions(changes) == {"posts": "unchanged", "users": "unchanged"}
+    assert (await _schedule(conn, "posts"))["enabled"] is False
+    assert await _events(conn) == before
+    users = await _schedule(conn, "users")
+    paused = FILE.replace(b"    max_attempts: 5", b"    max_attempts: 5\n    enabled: false")
+    changes = await plan.apply(conn, _doc(paused))  # given: the file pauses
+    assert {c.name: c.diff for c in changes}["users"] == {"enabled": (True, False)}
+    assert (await _schedule(conn, "users"))["enabled"] is False
+    resumed = FILE.replace(b'labels: {tier: "1"}', b'labels: {tier: "1"}\n    enabled: true')
+    changes = await plan.apply(conn, _doc(resumed))  # given: the file resumes; users untouched
+    assert {c.name: c.diff for c in changes}["posts"] == {"enabled": (False, True)}
+    assert (await _schedule(conn, "posts"))["enabled"] is True
+    assert (await _schedule(conn, "users"))["enabled"] is False
+    assert (await _schedule(conn, "users"))["version"] == users["version"] + 1
+    await _clean(conn)
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+async def test_export_escapes_stored_dollar_braces_so_apply_never_fills_them(
+    conn: Conn, fmt: document.Format
+) -> None:
+    raw = b"""
+manager: literal
+schedules:
+  - name: hook
+    job_type: http
+    payload: {url: "https://h/$${TOKEN}", headers: {X-Tag: "$$${KEEP}", X-Odd: "$${1}"}}
+    description: "reads $${TOKEN} from the vault"
+    cron: "0 * * * *"
+"""
+    await plan.apply(conn, _doc(raw))
+    hook = await _schedule(conn, "hook")
+    assert hook["payload"] == {
+        "url": "https://h/${TOKEN}",
+        "headers": {"X-Tag": "$${KEEP}", "X-Odd": "${1}"},
+    }
+    text = document.render(await plan.declared(conn, "literal"), fmt, manager="literal")
+    assert "https://h/$${TOKEN}" in text
+    before = await _events(conn)
+    env = {"TOKEN": "s3cret", "KEEP": "no", "1": "no"}
+    changes = await plan.apply(conn, _doc(text.encode(), env, fmt=fmt), prune=True)
+    assert _actions(changes) == {"hook": "unchanged"}
+    assert await _events(conn) == before
+    assert "s3cret" not in str(await _schedule(conn, "hook"))
+
+
+async def test_a_row_from_before_0022_exports_and_compares_as_its_defaults(conn: Conn) -> None:
+    raw = b"manager: old\nschedules:\n  - {name: old, job_type: noop, cron: '0 2 * * *'}\n"
+    await plan.apply(conn, _doc(raw))
+    # As migration 0022 leaves a row stored before it (its events do not name the columns).
+    await conn.execute(
+        "UPDATE pgsched.schedule SET depends_on = NULL, dependency_timeout_seconds = NULL"
+        " WHERE name = 'old'"
+    )
+    row = await _schedule(conn, "old")
+    assert (row["depends_on"], row["dependency_timeout_seconds"]) == (None, None)
+    assert (
+        schedule_domain.changes(row, {"depends_on": [], "dependency_timeout_seconds": 3600}) == {}
+    )
+    assert schedule_domain.changes(row, {"dependency_timeout_seconds": 60}) == {
+        "dependency_timeout_seconds": 60
+    }
+    for fmt in document.FORMATS:
+        text = document.render(await plan.declared(conn, "old"), fmt, manager="old")
+        assert "depends_on" not in text and "dependency_timeout" not in text, text
+        changes = await plan.apply(conn, _doc(text.encode(), fmt=fmt))
+        assert _actions(changes) == {"old": "unchanged"}
+
+
+async def test_prune_needs_a_named_manager(conn: Conn) -> None:
+    unnamed = FILE.replace(b"manager: team-a\n", b"")
+    await plan.apply(conn, _doc(unnamed))  # without --prune the stem stands in
+    before = await _events(conn)
+    for dry_run in (True, False):
+        with pytest.raises(DeclarationError) as refused:
+            await plan.apply(conn, _doc(unnamed), prune=True, dry_run=dry_run)
+        assert str(refused.value).startswith("--prune needs the file to name its `manager:`")
+    assert await _events(conn) == before
+
+
+async def test_an_api_made_schedule_is_adopted_only_when_asked(conn: Conn) -> None:
+    made = await schedules.create(
+        conn,
+        {"name": "users", "job_type": "noop", "kind": "interval", "interval_seconds": 600},
+        actor="admin",
+        now=None,
+    )
+    before = await _events(conn)
+    for dry_run in (True, False):
+        with pytest.raises(DeclarationError) as refused:
+            await plan.apply(conn, _doc(), dry_run=dry_run)
+        assert str(refused.value).startswith(
+            "schedule 'users' was made over the API: manager 'team-a' would adopt it; pass --adopt"
+        )
+    assert await _events(conn) == before
+    assert await store.schedules.live_schedule_id(conn, "posts") is None  # nothing applied
+    changes = await plan.apply(conn, _doc(), adopt=True)
+    users = {c.name: c for c in changes}["users"]
+    assert users.action == "update" and users.diff["managed_by"] == (None, "team-a")
+    assert (await _schedule(conn, "users"))["id"] == made["id"]
     await _clean(conn)
