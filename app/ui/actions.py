@@ -34,7 +34,15 @@ from pgsched.app.domain import schedule
 from pgsched.app.domain.errors import NotFound, VersionMismatch
 from pgsched.app.services import runs, schedules, tokens
 from pgsched.app.ui import session
-from pgsched.app.ui.pages import ADMIN, BULK_MAX, BULK_STATES, JOB_TYPES, OPERATOR, VIEWER
+from pgsched.app.ui.pages import (
+    ADMIN,
+    BULK_MAX,
+    BULK_STATES,
+    JOB_TYPES,
+    OPERATOR,
+    VIEWER,
+    schedule_view,
+)
 from pgsched.app.ui.render import back_to, describe, page
 
 PUBLIC: Final = {"role": "public", "console": "public"}
@@ -438,10 +446,26 @@ async def _more_changed(
 @post("/schedules/{schedule_id:str}/edit", opt=ADMIN, include_in_schema=False, status_code=303)
 async def edit_schedule(
     request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
-) -> Redirect:
+) -> Response[Any]:
     """Only the fields whose value differs from the version the form was made from change, and
-    only if that version is still the schedule's (412 otherwise, as the API's If-Match)."""
+    only if that version is still the schedule's (412 otherwise, as the API's If-Match). A
+    refused edit shows the schedule again, its form holding what was typed."""
     form = await _form(request)
+    try:
+        return await _edit(request, schedule_id, conn, form)
+    except NotFound:
+        raise
+    except Exception as exc:  # noqa: BLE001 (shown on the form, which keeps what was typed)
+        status, message = describe(exc)
+        typed = {k: str(form.get(k) or "")[:_MAX_FIELD] for k in form if k != "csrf"}
+        return await schedule_view(
+            request, conn, schedule_id, typed=typed, error=message, status=status
+        )
+
+
+async def _edit(
+    request: Request[Any, Any, Any], schedule_id: int, conn: Conn, form: FormMultiDict
+) -> Redirect:
     version = _version(form)
     current = await schedules.live(conn, schedule_id)
     submitted = _definition(form)

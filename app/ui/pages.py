@@ -226,6 +226,20 @@ async def schedule_page(
 ) -> Template:
     """A schedule: definition, version (every form sends it back), runs, the occurrences that
     did not run and why (paged), its own event timeline (paged) and the next due times."""
+    return await schedule_view(request, conn, schedule_id)
+
+
+async def schedule_view(
+    request: Request[Any, Any, Any],
+    conn: Conn,
+    schedule_id: int,
+    *,
+    typed: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Template:
+    """The schedule page; after a refused edit, its edit form holds what was `typed` (the
+    version included, so a stale form stays stale) under the `error`."""
     row = await schedules.live(conn, schedule_id)
     runs = await reads.page_runs(conn, limit=20, schedule_id=schedule_id)
     missed_before, timeline_before = _id(request, "missed_before"), _id(request, "timeline_before")
@@ -247,9 +261,12 @@ async def schedule_page(
     return page(
         request,
         "schedule.html",
+        status=status,
         s=row,
         upstreams=upstreams,
-        more=_more_shown(row, upstreams),
+        edit=typed or {},
+        edit_error=error,
+        more={**_more_shown(row, upstreams), **(typed or {})},
         payload=shown(row["payload"]),
         runs=runs,
         missed=[{**e, "due": _due(e["meta"].get("due_at"))} for e in missed[:PAGE]],

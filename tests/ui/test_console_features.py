@@ -304,16 +304,27 @@ async def test_the_edit_form_changes_labels_dependencies_and_health(
 
     stale = await api.post(f"{base}/edit", data={**form, "labels": "team=x"})
     assert stale.status_code == 412 and "stale" in stale.text
+    # The refused form keeps its old version: sent again, it is still refused.
+    assert _edit_form(stale.text, down)["version"] == str(version)
     form = _edit_form((await api.get(base)).text, down)
-    bad = await api.post(f"{base}/edit", data={**form, "window_runs": "1e3"})
-    assert bad.status_code == 422 and "window_runs: must be a whole number" in bad.text
-    bad = await api.post(f"{base}/edit", data={**form, "labels": "=x"})
+    # A refused edit shows the form again holding what was typed, under the field's name.
+    typed = {**form, "window_runs": "1e3", "labels": "team=typed\n", "queue": "other"}
+    bad = await api.post(f"{base}/edit", data=typed)
+    assert bad.status_code == 422
+    error = re.search(r'data-testid="edit-error">(.*?)</div>', bad.text, flags=re.S)
+    assert error is not None and "window_runs: must be a whole number" in error.group(1)
+    assert _edit_form(bad.text, down) == {**typed, "csrf": csrf}
+    bad = await api.post(f"{base}/edit", data={**form, "labels": "=x", "owner": "ops"})
     assert bad.status_code == 422 and "labels: &#39;=x&#39; is not key=value" in bad.text
+    assert _edit_form(bad.text, down)["owner"] == "ops"
+    assert (await schedules.live(db, down))["version"] == version + 1  # none applied
     # extract -> load already: extract depending on load closes a cycle.
     up_form = _edit_form((await api.get(f"/ui/schedules/{up}")).text, up)
     cycle = await api.post(f"/ui/schedules/{up}/edit", data={**up_form, "depends_on": "load"})
     assert cycle.status_code == 422, cycle.text
-    assert "depends_on" in cycle.text and "cycle" in cycle.text, cycle.text
+    error = re.search(r'data-testid="edit-error">(.*?)</div>', cycle.text, flags=re.S)
+    assert error is not None and error.group(1).startswith("depends_on: "), error
+    assert "extract -&gt; load -&gt; extract" in error.group(1), error.group(1)
     assert (await schedules.live(db, up))["depends_on"] == []
     # Emptied upstreams and labels clear them.
     cleared = await api.post(
