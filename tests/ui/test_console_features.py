@@ -302,30 +302,7 @@ async def test_the_edit_form_changes_labels_dependencies_and_health(
         "pause_after_failures",
     }  # only what the form changed
 
-    stale = await api.post(f"{base}/edit", data={**form, "labels": "team=x"})
-    assert stale.status_code == 412 and "stale" in stale.text
-    # The refused form keeps its old version: sent again, it is still refused.
-    assert _edit_form(stale.text, down)["version"] == str(version)
     form = _edit_form((await api.get(base)).text, down)
-    # A refused edit shows the form again holding what was typed, under the field's name.
-    typed = {**form, "window_runs": "1e3", "labels": "team=typed\n", "queue": "other"}
-    bad = await api.post(f"{base}/edit", data=typed)
-    assert bad.status_code == 422
-    error = re.search(r'data-testid="edit-error">(.*?)</div>', bad.text, flags=re.S)
-    assert error is not None and "window_runs: must be a whole number" in error.group(1)
-    assert _edit_form(bad.text, down) == {**typed, "csrf": csrf}
-    bad = await api.post(f"{base}/edit", data={**form, "labels": "=x", "owner": "ops"})
-    assert bad.status_code == 422 and "labels: &#39;=x&#39; is not key=value" in bad.text
-    assert _edit_form(bad.text, down)["owner"] == "ops"
-    assert (await schedules.live(db, down))["version"] == version + 1  # none applied
-    # extract -> load already: extract depending on load closes a cycle.
-    up_form = _edit_form((await api.get(f"/ui/schedules/{up}")).text, up)
-    cycle = await api.post(f"/ui/schedules/{up}/edit", data={**up_form, "depends_on": "load"})
-    assert cycle.status_code == 422, cycle.text
-    error = re.search(r'data-testid="edit-error">(.*?)</div>', cycle.text, flags=re.S)
-    assert error is not None and error.group(1).startswith("depends_on: "), error
-    assert "extract -&gt; load -&gt; extract" in error.group(1), error.group(1)
-    assert (await schedules.live(db, up))["depends_on"] == []
     # Emptied upstreams and labels clear them.
     cleared = await api.post(
         f"{base}/edit", data={**form, "depends_on": "", "labels": ""}, follow_redirects=False
@@ -333,4 +310,46 @@ async def test_the_edit_form_changes_labels_dependencies_and_health(
     assert cleared.status_code == 303, cleared.text
     row = await schedules.live(db, down)
     assert row["depends_on"] == [] and row["labels"] == {}
+    assert await replay.verify(db) == []
+
+
+def _edit_error(text: str) -> str:
+    error = re.search(r'data-testid="edit-error">(.*?)</div>', text, flags=re.S)
+    assert error is not None, text
+    return error.group(1)
+
+
+async def test_a_refused_edit_names_the_field_and_keeps_what_was_typed(
+    api: Client, role_tokens: Tokens, db: Conn
+) -> None:
+    up = await _define(db, "extract")
+    down = await _define(db, "load", depends_on=["extract"])
+    csrf = await sign_in(api, role_tokens, "admin")
+    base = f"/ui/schedules/{down}"
+    form = _edit_form((await api.get(base)).text, down)
+    version = int(form["version"])
+    await schedules.update(db, down, {"owner": "ops"}, if_match=None, actor="t", now=None)
+    stale = await api.post(f"{base}/edit", data={**form, "labels": "team=x"})
+    assert stale.status_code == 412 and "stale" in _edit_error(stale.text)
+    # The refused form keeps its old version: sent again, it is still refused.
+    assert _edit_form(stale.text, down)["version"] == str(version)
+    form = _edit_form((await api.get(base)).text, down)
+    typed = {**form, "window_runs": "1e3", "labels": "team=typed\n", "queue": "other"}
+    bad = await api.post(f"{base}/edit", data=typed)
+    assert bad.status_code == 422
+    assert "window_runs: must be a whole number" in _edit_error(bad.text)
+    assert _edit_form(bad.text, down) == {**typed, "csrf": csrf}
+    bad = await api.post(f"{base}/edit", data={**form, "labels": "=x", "owner": "dev"})
+    assert bad.status_code == 422
+    assert "labels: &#39;=x&#39; is not key=value" in _edit_error(bad.text)
+    assert _edit_form(bad.text, down)["owner"] == "dev"
+    # extract -> load already: extract depending on load closes a cycle.
+    up_form = _edit_form((await api.get(f"/ui/schedules/{up}")).text, up)
+    cycle = await api.post(f"/ui/schedules/{up}/edit", data={**up_form, "depends_on": "load"})
+    assert cycle.status_code == 422
+    error = _edit_error(cycle.text)
+    assert error.startswith("depends_on: would make a cycle: extract -&gt; load -&gt; extract")
+    assert _edit_form(cycle.text, up)["depends_on"] == "load"
+    assert (await schedules.live(db, up))["depends_on"] == []
+    assert (await schedules.live(db, down))["version"] == version + 1  # none applied
     assert await replay.verify(db) == []
