@@ -27,12 +27,22 @@ from pgsched.app.api.auth import audit
 from pgsched.app.api.common import PATH_ID, PathId, clock_now
 from pgsched.app.api.problems import ApiError
 from pgsched.app.api.schemas import ScheduleCreate, ScheduleUpdate
+from pgsched.app.db import store
 from pgsched.app.db.store import Conn
 from pgsched.app.db.store import console as console_store
+from pgsched.app.domain import schedule
 from pgsched.app.domain.errors import NotFound, VersionMismatch
 from pgsched.app.services import runs, schedules, tokens
 from pgsched.app.ui import session
-from pgsched.app.ui.pages import ADMIN, BULK_MAX, BULK_STATES, JOB_TYPES, OPERATOR, VIEWER
+from pgsched.app.ui.pages import (
+    ADMIN,
+    BULK_MAX,
+    BULK_STATES,
+    JOB_TYPES,
+    OPERATOR,
+    VIEWER,
+    schedule_view,
+)
 from pgsched.app.ui.render import back_to, describe, page
 
 PUBLIC: Final = {"role": "public", "console": "public"}
@@ -238,17 +248,89 @@ def _int_field(form: FormMultiDict, name: str, pattern: re.Pattern[str] = _WHOLE
     return int(raw)
 
 
-def _number_field(form: FormMultiDict, name: str) -> float | None:
+def _number_field(
+    form: FormMultiDict, name: str, hint: str = "must be a number of seconds, e.g. 30 or 2.5"
+) -> float | None:
     raw = _field(form, name)
     if not raw:
         return None
     if not _NUMBER.fullmatch(raw):
-        raise ApiError(422, "must be a number of seconds, e.g. 30 or 2.5", field=name)
+        raise ApiError(422, hint, field=name)
     return float(raw)
 
 
 def _instant_field(form: FormMultiDict, name: str) -> datetime | None:
     return _utc(form, name) if _field(form, name) else None
+
+
+def _names_field(form: FormMultiDict, name: str) -> list[str]:
+    """Comma-separated schedule names (depends_on), each once, in the order typed."""
+    names = (n.strip() for n in _field(form, name).split(","))
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _labels_field(form: FormMultiDict, name: str) -> dict[str, str]:
+    """`key=value` lines, or on one line comma-separated `key:value` pairs (so only a value
+    given on its own line may hold a comma, as the edit form shows labels). The keys' and
+    values' own rules are app.domain.schedule.check_labels'."""
+    labels: dict[str, str] = {}
+    text = _field(form, name)
+    lines = "\n" in str(form.get(name) or "")  # before _field strips a last line break
+    for raw in re.split(r"[\r\n]+" if lines else ",", text):
+        item = raw.strip()
+        if not item:
+            continue
+        # The first of = and : separates, so a value may hold the other (url=http://x).
+        cut = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)
+        key, value = item[:cut].strip(), item[cut + 1 :].strip()
+        if cut < 0 or not key:
+            raise ApiError(422, f"{item[:60]!r} is not key=value or key:value", field=name)
+        if key in labels:
+            raise ApiError(422, f"label {key!r} is given twice", field=name)
+        labels[key] = value
+    return labels
+
+
+# Thresholds whose null means "never", typed as the word; those that take a fraction.
+_NEVER: Final = ("overdue_seconds", "pause_after_failures")
+_FRACTIONAL: Final = ("failure_rate", "overdue_seconds")
+
+
+def _threshold(form: FormMultiDict, name: str, default: object) -> object:
+    """An ASCII number; empty is the default (on create and on edit alike), and `never` is
+    null where null is allowed."""
+    raw = _field(form, name)
+    if not raw:
+        return default
+    if raw.lower() == "never" and name in _NEVER:
+        return None
+    if name in _FRACTIONAL:
+        return _number_field(form, name, "must be a number, e.g. 0.5 or 90")
+    return _int_field(form, name)
+
+
+def _more(form: FormMultiDict) -> dict[str, Any]:
+    """The dependency, health and description fields the form carries (its "More" section),
+    empty meaning the default: no upstreams, labels or text, the built-in thresholds, no
+    circuit breaker. A field the form does not carry is left out (unchanged on edit)."""
+    more: dict[str, Any] = {}
+    if "depends_on" in form:
+        more["depends_on"] = _names_field(form, "depends_on")
+    if "labels" in form:
+        more["labels"] = _labels_field(form, "labels")
+    for text in ("description", "owner"):
+        if text in form:
+            more[text] = _field(form, text) or None
+    for name, default in (
+        ("dependency_timeout_seconds", schedule.DEFAULTS["dependency_timeout_seconds"]),
+        ("pause_after_failures", None),
+    ):
+        if name in form:
+            more[name] = _threshold(form, name, default)
+    policy = {k: _threshold(form, k, d) for k, d in schedule.HEALTH_POLICY.items() if k in form}
+    if policy:
+        more["health_policy"] = policy
+    return more
 
 
 # Fields a form may empty to clear them (the API's null); the others cannot be empty.
@@ -299,7 +381,7 @@ async def create_schedule(
 ) -> Response[Any]:
     form = await _form(request)
     try:
-        data = _as(ScheduleCreate, _definition(form))
+        data = _as(ScheduleCreate, _definition(form) | _more(form))
         actor, meta = _meta(request)
         row = await schedules.create(
             conn, definition.create_fields(data), actor=actor, now=clock_now(request), meta=meta
@@ -324,13 +406,66 @@ def _comparable(value: object) -> object:
     return value
 
 
+async def _upstream_names(conn: Conn, depends_on: list[Any] | None) -> list[str]:
+    """A schedule's upstreams as the form shows them: by name (an id whose schedule is gone
+    as its number)."""
+    ids = [int(u) for u in depends_on or []]
+    found = await store.dependencies.upstream_candidates(conn, ids, [])
+    names = {int(c["id"]): str(c["name"]) for c in found}
+    return [names.get(i, str(i)) for i in ids]
+
+
+async def _more_changed(
+    conn: Conn, current: dict[str, Any], more: dict[str, Any]
+) -> dict[str, Any]:
+    """The "More" fields whose value differs from the schedule's; a column stored before it
+    existed (NULL) reads as its default, and of the health policy only the thresholds that
+    differ are sent."""
+    now: dict[str, Any] = {
+        "depends_on": await _upstream_names(conn, current.get("depends_on")),
+        "labels": current.get("labels") or {},
+        "dependency_timeout_seconds": current.get("dependency_timeout_seconds")
+        or schedule.DEFAULTS["dependency_timeout_seconds"],
+    }
+    changed = {
+        k: v
+        for k, v in more.items()
+        if k != "health_policy" and _comparable(v) != _comparable(now.get(k, current.get(k)))
+    }
+    policy = {**schedule.HEALTH_POLICY, **(current.get("health_policy") or {})}
+    thresholds = {
+        k: v
+        for k, v in more.get("health_policy", {}).items()
+        if _comparable(v) != _comparable(policy[k])
+    }
+    if thresholds:
+        changed["health_policy"] = thresholds
+    return changed
+
+
 @post("/schedules/{schedule_id:str}/edit", opt=ADMIN, include_in_schema=False, status_code=303)
 async def edit_schedule(
     request: Request[Any, Any, Any], schedule_id: PathId, conn: NamedDependency[Conn]
-) -> Redirect:
+) -> Response[Any]:
     """Only the fields whose value differs from the version the form was made from change, and
-    only if that version is still the schedule's (412 otherwise, as the API's If-Match)."""
+    only if that version is still the schedule's (412 otherwise, as the API's If-Match). A
+    refused edit shows the schedule again, its form holding what was typed."""
     form = await _form(request)
+    try:
+        return await _edit(request, schedule_id, conn, form)
+    except NotFound:
+        raise
+    except Exception as exc:  # noqa: BLE001 (shown on the form, which keeps what was typed)
+        status, message = describe(exc)
+        typed = {k: str(form.get(k) or "")[:_MAX_FIELD] for k in form if k != "csrf"}
+        return await schedule_view(
+            request, conn, schedule_id, typed=typed, error=message, status=status
+        )
+
+
+async def _edit(
+    request: Request[Any, Any, Any], schedule_id: int, conn: Conn, form: FormMultiDict
+) -> Redirect:
     version = _version(form)
     current = await schedules.live(conn, schedule_id)
     submitted = _definition(form)
@@ -347,6 +482,7 @@ async def edit_schedule(
     for name in _REQUIRED_ON_EDIT:
         if name in form and not _field(form, name):
             raise ApiError(422, "cannot be emptied: give a value", field=name)
+    changed |= await _more_changed(conn, current, _more(form))
     if not changed:
         return back_to(f"/ui/schedules/{schedule_id}")
     actor, meta = _meta(request)

@@ -28,9 +28,9 @@ from pgsched.app.api.schemas import JobType, RunState, Status
 from pgsched.app.db import store
 from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.db.store import console as console_store
-from pgsched.app.domain.schedule import LABEL_KEY, MAX_LABEL_VALUE
+from pgsched.app.domain.schedule import DEFAULTS, HEALTH_POLICY, LABEL_KEY, MAX_LABEL_VALUE
 from pgsched.app.services import schedules
-from pgsched.app.ui.render import page
+from pgsched.app.ui.render import page, plain
 
 VIEWER: Final = {"role": "public", "console": "viewer"}
 OPERATOR: Final = {"role": "public", "console": "operator"}
@@ -226,6 +226,20 @@ async def schedule_page(
 ) -> Template:
     """A schedule: definition, version (every form sends it back), runs, the occurrences that
     did not run and why (paged), its own event timeline (paged) and the next due times."""
+    return await schedule_view(request, conn, schedule_id)
+
+
+async def schedule_view(
+    request: Request[Any, Any, Any],
+    conn: Conn,
+    schedule_id: int,
+    *,
+    typed: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Template:
+    """The schedule page; after a refused edit, its edit form holds what was `typed` (the
+    version included, so a stale form stays stale) under the `error`."""
     row = await schedules.live(conn, schedule_id)
     runs = await reads.page_runs(conn, limit=20, schedule_id=schedule_id)
     missed_before, timeline_before = _id(request, "missed_before"), _id(request, "timeline_before")
@@ -247,8 +261,12 @@ async def schedule_page(
     return page(
         request,
         "schedule.html",
+        status=status,
         s=row,
         upstreams=upstreams,
+        edit=typed or {},
+        edit_error=error,
+        more={**_more_shown(row, upstreams), **(typed or {})},
         payload=shown(row["payload"]),
         runs=runs,
         missed=[{**e, "due": _due(e["meta"].get("due_at"))} for e in missed[:PAGE]],
@@ -262,6 +280,24 @@ async def schedule_page(
         trigger_key=secrets.token_urlsafe(16),
         notice=notice(request),
     )
+
+
+def _more_shown(row: Row, upstreams: list[tuple[int, str | None]]) -> dict[str, str]:
+    """The edit form's "More" fields as text that reads back as the same values (unchanged,
+    nothing is sent): upstreams by name, labels as key=value lines, null thresholds as never."""
+    policy = {**HEALTH_POLICY, **(row["health_policy"] or {})}
+    timeout = row["dependency_timeout_seconds"] or DEFAULTS["dependency_timeout_seconds"]
+    shown = {
+        "depends_on": ", ".join(name or str(i) for i, name in upstreams),
+        "dependency_timeout_seconds": str(timeout),
+        "labels": "".join(f"{k}={v}\n" for k, v in (row["labels"] or {}).items()),
+        "owner": row["owner"] or "",
+        "description": row["description"] or "",
+        "pause_after_failures": str(row["pause_after_failures"] or "never"),
+    }
+    for name, value in policy.items():
+        shown[name] = "never" if value is None else plain(value)
+    return shown
 
 
 def _run_filters(request: Request[Any, Any, Any], state: str | None) -> dict[str, Any]:

@@ -166,6 +166,9 @@ def describe(exc: Exception) -> tuple[int, str]:
         status, message = 422, "the range reaches a month whose runs are no longer kept"
     elif isinstance(exc, tuple(_STATUS)):
         status, message = _STATUS.get(type(exc), 422), str(exc)
+        field = getattr(exc, "field", None)  # the form's field at fault, named as the API does
+        if isinstance(field, str) and not message.startswith(field):
+            message = f"{field}: {message}"
     else:
         log.error("console: unexpected error", exc_info=exc)
         status, message = 500, "an internal error; the server's log has the details"
