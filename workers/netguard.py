@@ -51,6 +51,7 @@ __all__ = [
     "ResolvedTarget",
     "Resolver",
     "TargetRefused",
+    "Unresolved",
     "check_url",
     "fetch",
     "is_public",
@@ -92,6 +93,11 @@ class TargetRefused(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = " ".join(reason.split())  # one line, whatever the input held
         super().__init__(self.reason)
+
+
+class Unresolved(TargetRefused):
+    """The host's name did not resolve. Not a policy decision: DNS failures are often
+    temporary (a resolver restarting, a record not yet propagated), so a job may try again."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ async def _resolve(host: str, port: int, resolver: Resolver) -> tuple[IPAddress,
     try:
         answers = await resolver(host, port)
     except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-        raise TargetRefused(f"host {host!r} did not resolve ({type(exc).__name__})") from None
+        raise Unresolved(f"host {host!r} did not resolve ({type(exc).__name__})") from None
     ips: list[IPAddress] = []
     for answer in answers:
         try:
@@ -706,6 +712,8 @@ async def fetch(
                 )
                 nxt = await check_url(next_url, policy, resolver)
             except TargetRefused as exc:
+                if isinstance(exc, Unresolved):  # the network's weather: stays retryable
+                    raise Unresolved(f"redirect {redirects + 1}: {exc.reason}") from None
                 raise TargetRefused(f"redirect {redirects + 1} refused: {exc.reason}") from None
             if not _same_origin(target, nxt):
                 # Credentials were written for the first origin, not wherever it points us.

@@ -11,7 +11,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import ParameterKwarg, PathParameter, QueryParameter
 
 from pgsched.app.api.problems import ApiError
 from pgsched.app.api.schemas import BIGINT, Id, Name, QueueName
@@ -108,6 +108,47 @@ def strict_path_ids(
     if "console" in handler.opt:
         return  # the console's guard checks its session first, then ids (app.ui.session)
     check_path_ids(connection, handler)
+    check_query_ints(connection, handler)
+
+
+_WHOLE: Final = re.compile(r"0|[1-9][0-9]{0,39}")  # fullmatch; ASCII digits, no sign or zeros
+
+
+def check_query_ints(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Refuse an integer query filter (`schedule_id`, `limit`, `count`) not written as one.
+
+    msgspec reads `schedule_id=null` as "no filter" for an `int | None` parameter, so a script
+    whose id came out as the text `null` listed every schedule's runs as if they were its own;
+    and `abc` was answered with the validator's own words ("Expected `int | null`, got `str`").
+    Every value that is not a whole number within the parameter's bounds is one plain 422.
+    """
+    for name, declared in handler.parsed_fn_signature.parameters.items():
+        kwarg = declared.kwarg_definition
+        if (
+            declared.annotation not in (int, int | None)
+            or not isinstance(kwarg, ParameterKwarg)
+            or kwarg.header is not None
+            or kwarg.cookie is not None
+            or name in connection.path_params
+        ):
+            continue
+        wire = kwarg.query or kwarg.name or name
+        low = int(kwarg.ge) if kwarg.ge is not None else None
+        high = int(kwarg.le) if kwarg.le is not None else None
+        for raw in connection.query_params.getall(wire, []):
+            if (
+                _WHOLE.fullmatch(raw)
+                and (low is None or int(raw) >= low)
+                and (high is None or int(raw) <= high)
+            ):
+                continue
+            if high is not None and high < BIGINT:
+                message = f"must be a whole number from {low} to {high}"
+            else:
+                message = f"must be a whole number >= {low}"
+            raise ApiError(422, f"{message}; got {raw[:40]!r}", field=wire, source="query")
 
 
 def check_path_ids(

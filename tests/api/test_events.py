@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -140,6 +142,35 @@ async def test_sse_tail_delivers_live_events_and_stops_on_disconnect(
         bad = await client.get("/v1/events/stream?after=bogus", headers=viewer)
         assert bad.status_code == 422
         assert (await client.get("/v1/events/stream")).status_code == 401
+
+
+async def test_a_client_that_hangs_up_mid_stream_is_a_normal_end(
+    live_server: LiveServer, role_tokens: Tokens, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`curl .../v1/events/stream | head -c 1500`: the client closes while the server is still
+    sending a backlog. That used to log ~31 WARNINGs `asyncio: socket.send() raised exception.`
+    naming nothing; a hang-up is a normal end of a stream."""
+    s = await make_schedule(db)
+    for i in range(600):  # a backlog of full batches, sent with no pause between them
+        await _note(db, s["id"], f"n{i}" + "x" * 200)
+    viewer = role_tokens.auth("viewer")
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as client:
+        async with asyncio.timeout(15):
+            baseline = await _open_streams(client)
+            async with client.stream("GET", "/v1/events/stream", headers=viewer) as response:
+                got = b""
+                async for chunk in response.aiter_raw():
+                    got += chunk
+                    if len(got) >= 1500:
+                        break
+            await wait_for(lambda: _stream_closed(client, baseline))
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [(r.name, r.getMessage()) for r in loud]
+    ends = [r for r in caplog.records if r.name == "pgsched.api" and "stream ends" in r.message]
+    assert [(r.levelno, r.getMessage()) for r in ends] == [
+        (logging.DEBUG, "event stream ends: the client disconnected")
+    ]
 
 
 async def _stream_closed(client: httpx.AsyncClient, baseline: float) -> bool:

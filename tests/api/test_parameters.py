@@ -197,3 +197,32 @@ def test_the_openapi_document_carries_the_queue_rules(app: Litestar) -> None:
         assert {"type": "string"} in schema["oneOf"]
         assert (schema["minLength"], schema["maxLength"]) == (1, 100)
         assert schema["pattern"] == r"^[^\x00]*$"
+
+
+INT_FILTERS = [
+    ("/v1/runs?schedule_id={}", "schedule_id", "must be a whole number >= 1"),
+    ("/v1/runs?limit={}", "limit", "must be a whole number >= 1"),
+    ("/v1/schedules?limit={}", "limit", "must be a whole number >= 1"),
+    ("/v1/workers?limit={}", "limit", "must be a whole number >= 1"),
+    ("/v1/events?limit={}", "limit", "must be a whole number >= 1"),
+    ("/v1/runs/{run}/events?limit={}", "limit", "must be a whole number >= 1"),
+    ("/v1/schedules/{schedule}/preview?count={}", "count", "must be a whole number from 1 to"),
+]
+
+
+@pytest.mark.parametrize("case", INT_FILTERS, ids=[f"{_path(u)} {f}" for u, f, _ in INT_FILTERS])
+async def test_an_integer_filter_refuses_null_in_plain_words(
+    api: Client, role_tokens: Tokens, ids: dict[str, int], case: tuple[str, str, str]
+) -> None:
+    """`schedule_id=null` (a script's `jq -r .id` of nothing) listed EVERY schedule's runs as
+    the caller's; `abc` was answered with the validator's "Expected `int | null`, got `str`"."""
+    url, field, words = case
+    viewer = role_tokens.auth("viewer")
+    url = url.replace("{run}", str(ids["run"])).replace("{schedule}", str(ids["schedule"]))
+    for value in ["null", "abc", "", "1.0", "%201", "0"]:
+        doc = problem(await api.get(url.replace("{}", value), headers=viewer), 422, field)
+        message = doc["errors"][0]["message"]
+        assert message.startswith(words), doc
+        assert "Expected" not in doc["detail"] and "`" not in doc["detail"], doc
+        assert doc["errors"][0]["source"] == "query", doc
+    assert (await api.get(url.replace("{}", "1"), headers=viewer)).status_code == 200

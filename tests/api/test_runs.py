@@ -13,6 +13,7 @@ from pgsched.app.db import replay, store
 from pgsched.app.db.store import Conn, Lease
 from pgsched.app.services import schedules
 from tests.api.conftest import Tokens
+from tests.api.test_enqueue_route import define, enqueue
 from tests.api.test_schedules import problem
 from tests.factories import cover_last_month, make_schedule
 from tests.support import store as test_store
@@ -189,4 +190,42 @@ async def test_cancel_waiting_and_running_runs(api: Client, role_tokens: Tokens,
     # A cancelled run can be retried: back to waiting, no longer marked for cancellation.
     retried = (await api.post(f"/v1/runs/{waiting['id']}/retry", headers=op)).json()
     assert (retried["state"], retried["cancel_requested"]) == ("waiting", False)
+    assert await replay.verify(db) == []
+
+
+async def test_retry_of_a_run_for_later_that_never_started_keeps_its_start(
+    api: Client, role_tokens: Tokens, db: Conn
+) -> None:
+    """A run enqueued for later, cancelled while it waited: retry puts it back to waiting for
+    later (ADR 0004), not available at once; a run that did start may start again now."""
+    await define(api, role_tokens)
+    op = role_tokens.auth("operator")
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    created = await enqueue(api, role_tokens, {"job": "mail", "run_at": later.isoformat()})
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    assert (await api.post(f"/v1/runs/{run_id}/cancel", headers=op)).status_code == 200
+    retried = await api.post(f"/v1/runs/{run_id}/retry", headers=op)
+    assert retried.status_code == 200, retried.text
+    run = retried.json()
+    assert (run["state"], run["attempt"]) == ("waiting", 0)
+    assert datetime.fromisoformat(run["available_at"]) == later, run
+    # Nothing claims it before its time.
+    none = await test_store.claim_runs(
+        db,
+        worker_id=await _worker(db),
+        queues=["default"],
+        limit=5,
+        lease_seconds=30,
+        actor="w1",
+        now=None,
+    )
+    assert [r["id"] for r in none if r["id"] == run_id] == []
+
+    # A run that ran and died is available at once on retry, whatever its due time was.
+    dead = await _dead_run(db, max_attempts=1)
+    before = datetime.now(UTC)
+    again = (await api.post(f"/v1/runs/{dead['id']}/retry", headers=op)).json()
+    assert before - timedelta(seconds=5) <= datetime.fromisoformat(again["available_at"])
+    assert datetime.fromisoformat(again["available_at"]) <= datetime.now(UTC) + timedelta(seconds=1)
     assert await replay.verify(db) == []

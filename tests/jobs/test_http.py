@@ -277,6 +277,27 @@ async def test_connection_refused_is_retryable(make_ctx: MakeCtx) -> None:
     assert outcome.error.startswith("ConnectError")
 
 
+async def test_a_host_that_does_not_resolve_is_retryable(
+    server: _Server, make_ctx: MakeCtx, _loopback_traffic_only: list[str]
+) -> None:
+    """DNS failures are often temporary: the run uses its remaining attempts, and the error
+    says what happened ("did not resolve"), not that a policy refused the target."""
+
+    async def nxdomain(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    outcome = await execute("http", {"url": "http://nowhere.test/"}, make_ctx(resolver=nxdomain))
+    assert (outcome.status, outcome.retryable) == ("failed", True)
+    assert outcome.error == "host 'nowhere.test' did not resolve (gaierror)"
+    assert _loopback_traffic_only == []
+
+    # A redirect to a name that does not resolve is the same weather, still retryable.
+    payload = {"url": _url(server, "/redirect?to=http://nowhere.test/"), "max_redirects": 1}
+    outcome = await execute("http", payload, make_ctx(resolver=nxdomain))
+    assert (outcome.status, outcome.retryable) == ("failed", True)
+    assert outcome.error == "redirect 1: host 'nowhere.test' did not resolve (gaierror)"
+
+
 async def test_timeout(server: _Server, make_ctx: MakeCtx) -> None:
     outcome = await execute("http", {"url": _url(server, "/slow")}, make_ctx(timeout_seconds=0.3))
     assert (outcome.status, outcome.retryable) == ("timeout", True)

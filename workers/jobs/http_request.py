@@ -103,6 +103,9 @@ async def run(payload: Mapping[str, object], ctx: JobContext, masker: Masker) ->
             max_body=MAX_OUTPUT_BYTES + masker.margin,
             max_redirects=int(number(payload.get("max_redirects"), 0)),
         )
+    except netguard.Unresolved as exc:
+        # DNS failures are often temporary: the run uses its remaining attempts.
+        return Outcome("failed", retryable=True, error=exc.reason)
     except netguard.TargetRefused as exc:
         # A policy decision, not a fault: it holds until an operator changes the allow-list.
         return Outcome("failed", retryable=False, error=f"target refused: {exc.reason}")

@@ -15,8 +15,9 @@ What a consumer may rely on (ADR 0014, built on ADR 0005):
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -35,7 +36,7 @@ from pgsched.app.api.metrics import EVENT_STREAMS
 from pgsched.app.api.problems import responses
 from pgsched.app.api.routes.runs import event_out
 from pgsched.app.api.schemas import EventPage
-from pgsched.app.db.store import Conn, reads
+from pgsched.app.db.store import Conn, Row, reads
 from pgsched.app.services import tokens
 
 log = logging.getLogger("pgsched.api")
@@ -97,6 +98,43 @@ async def list_events(
     )
 
 
+# Polls whose stream was cancelled mid-query, kept referenced until they finish.
+_FINISHING: set[asyncio.Task[Any]] = set()
+
+
+async def _poll(
+    request: Request[Any, Any, Any], position: tuple[int, int], token_id: int | None
+) -> tuple[list[Row], bool]:
+    """The feed after `position`, and whether the token is still live (checked when given)."""
+    state = request.app.state
+    async with state.pool.connection() as conn:
+        rows = await reads.event_feed(conn, after=position, limit=_STREAM_BATCH)
+        if token_id is None:
+            return rows, True
+        return rows, await tokens.is_live(conn, token_id, now=state.clock.db_now())
+
+
+def _settle(task: asyncio.Task[Any]) -> None:
+    _FINISHING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed orphan poll is nobody's to report
+
+
+async def _uninterrupted(
+    poll: Coroutine[Any, Any, tuple[list[Row], bool]],
+) -> tuple[list[Row], bool]:
+    """Run a poll that a disconnect does not interrupt: the stream ends at once, the query
+    finishes on its own. A query cancelled half-way makes psycopg close the connection (and log
+    two WARNINGs), so every client hanging up during a poll would cost a pooled connection."""
+    task = asyncio.ensure_future(poll)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _FINISHING.add(task)
+        task.add_done_callback(_settle)
+        raise
+
+
 async def _tail(
     request: Request[Any, Any, Any], start: tuple[int, int] | None
 ) -> AsyncIterator[ServerSentEventMessage]:
@@ -129,13 +167,13 @@ async def _tail(
             comment="pgsched event feed", retry=2000, data=None, id=opening
         )
         while True:
-            live = True
+            recheck = clock.monotonic() - checked >= settings.stream_keepalive_seconds
+            if recheck:
+                checked = clock.monotonic()
             try:
-                async with state.pool.connection() as conn:
-                    rows = await reads.event_feed(conn, after=position, limit=_STREAM_BATCH)
-                    if clock.monotonic() - checked >= settings.stream_keepalive_seconds:
-                        checked = clock.monotonic()
-                        live = await tokens.is_live(conn, token_id, now=clock.db_now())
+                rows, live = await _uninterrupted(
+                    _poll(request, position, token_id if recheck else None)
+                )
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("event stream ends: database unavailable: %s", exc)
                 return
@@ -148,6 +186,12 @@ async def _tail(
                 yield ServerSentEventMessage(
                     data=msgspec.json.encode(event).decode(), event=event.type, id=event.cursor
                 )
+                # A send to a client that hung up fails in the transport, but the server learns
+                # of it (connection_lost, then http.disconnect, which cancels this generator)
+                # only when the event loop runs its callbacks. A backlog is sent without any
+                # other pause, so give the loop one turn per message: otherwise a whole batch
+                # goes to a closed socket and asyncio logs a WARNING for each write.
+                await asyncio.sleep(0)
             if len(rows) == _STREAM_BATCH:
                 continue  # catching up: no pause between full batches
             idle = 0.0 if rows else idle + settings.stream_poll_seconds
@@ -157,6 +201,10 @@ async def _tail(
                 # clients whose disconnect never arrived.
                 yield ServerSentEventMessage(comment="keepalive", data=None)
             await clock.sleep(settings.stream_poll_seconds)
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client went away (Litestar cancels the stream on http.disconnect): a normal end.
+        log.debug("event stream ends: the client disconnected")
+        raise
     finally:
         EVENT_STREAMS.dec()
 

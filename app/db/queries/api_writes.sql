@@ -3,8 +3,9 @@
 
 -- name: retry_run
 -- An operator sends a dead or cancelled run back to waiting (ADR 0004: dead --> waiting). It
--- gets the schedule's max_attempts more attempts from where it stopped, may start now, and is
--- no longer marked for cancellation; the last outcome stays as evidence until the next attempt
+-- gets the schedule's max_attempts more attempts from where it stopped, may start now (or at
+-- its due time when it never started and that is still ahead: a run for later stays for later,
+-- ADR 0004), and is no longer marked for cancellation; the last outcome stays as evidence until the next attempt
 -- replaces it. The previous values go in meta.old for the audit trail.
 WITH old AS (
     SELECT r.id, r.due_at, r.state, r.available_at, r.max_attempts, r.finished_at,
@@ -15,7 +16,9 @@ WITH old AS (
 ), r AS (
     UPDATE pgsched.run r
     SET state = 'waiting',
-        available_at = coalesce(%(now)s::timestamptz, now()),
+        available_at = CASE WHEN r.attempt = 0
+                            THEN greatest(coalesce(%(now)s::timestamptz, now()), r.due_at)
+                            ELSE coalesce(%(now)s::timestamptz, now()) END,
         max_attempts = r.attempt + s.max_attempts,
         finished_at = NULL,
         cancel_requested = false
