@@ -118,6 +118,8 @@ _TEXT = st.text(
     min_size=1,
     max_size=40,
 )
+# A valid name holds no control characters (app.domain.schedule.CONTROL); any other text is fair.
+_NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
 _WHEN = st.one_of(
     st.fixed_dictionaries({"interval_seconds": st.integers(1, 2**31 - 1)}),
     st.fixed_dictionaries({"cron": st.sampled_from(["* * * * *", "0 9 * * MON-FRI", "@daily"])}),
@@ -148,7 +150,7 @@ _OPTIONAL = {
 # their responses get checked too.
 VALID_CREATE = st.builds(
     lambda name, when, rest: {"name": name, "job_type": "noop", **when, **rest},
-    _TEXT,
+    _NAME,
     _WHEN,
     st.fixed_dictionaries({}, optional=_OPTIONAL),
 )
