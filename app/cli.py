@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import os
 import signal
 import socket
 import sys
@@ -906,6 +907,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.environ = settings.environment() if environ is None else environ
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, so a reader gone early is caught below, not at exit
     except (CommandError, SettingsError, TelemetryConfigError, outage.DatabaseRefused) as exc:
         print(f"pgsched: {exc}", file=sys.stderr)
         return 2
@@ -914,6 +916,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`pgsched schedules show x | head`): what it wanted it has. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again, and exit quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -90,7 +90,9 @@ def load(path: Path, env: Mapping[str, str]) -> Document:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DeclarationError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        raise DeclarationError(
+            f"cannot read it: {exc.strerror or exc}"
+        ) from None  # callers name the path
     return parse(raw, fmt, manager=path.stem, env=env)
 
 

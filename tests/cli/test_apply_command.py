@@ -82,7 +82,9 @@ def test_a_file_that_cannot_apply_is_one_line_and_applies_nothing(dsn: str, tmp_
         _cli(dsn, "apply", str(path), REPORT_HOST="h.example"),
         "nothing applied: schedule 'third': cron:",
     )
-    _refused(_cli(dsn, "apply", str(tmp_path / "none.yaml")), "cannot read it")
+    missing = _cli(dsn, "apply", str(tmp_path / "none.yaml"))
+    _refused(missing, "cannot read it")
+    assert missing.stderr.count("none.yaml") == 1, missing.stderr  # the path, said once
     loop = tmp_path / "loop.yaml"
     loop.write_text(
         "schedules:\n"
