@@ -543,6 +543,16 @@ def _applier(
             raise CommandError(f"nothing applied: {exc}") from None
         for line in plan.describe(changes, declared, dry_run=dry_run):
             print(line)
+        if not dry_run:  # the queues its enabled schedules make runs in
+            fallback = str(defaults.get("queue") or "default")
+            await base.warn_unserved(
+                conn,
+                (
+                    str(s.get("queue") or fallback)
+                    for s in declared.schedules
+                    if s.get("enabled", True)
+                ),
+            )
         return 0
 
     return work
@@ -613,6 +623,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         row = await runs.set_queue_limit(conn, args.name, limit, actor=base.actor(), now=None)
         shown = row["max_running"] if row["max_running"] is not None else "unlimited"
         print(f"queue {row['name']}: at most {shown} running")
+        await base.warn_unserved(conn, [row["name"]])
         return 0
 
     return asyncio.run(_with_conn(_database_url(args), work))

@@ -405,7 +405,7 @@ def _change(verb: str, act: Callable[..., Any]) -> Callable[[argparse.Namespace]
             if args.json:
                 output.json_out(_json(row))
             elif verb != "deleted" and was == _state(row):
-                # pause/resume of one already so is a no-op (no event): say that, not "paused (paused)".
+                # Pausing a paused one (resuming an enabled one) is a no-op, no event: say so.
                 print(f"schedule {row['id']} {row['name']!r} already {_state(row)}")
             else:
                 print(f"schedule {row['id']} {row['name']!r} {verb} ({_state(row)})")
@@ -435,6 +435,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         else:
             how = "created" if created else "already made by this idempotency key"
             print(f"run {run['id']} of schedule {sid}: {how} ({run['state']})")
+        await base.warn_unserved(conn, [run["queue"]])
         return 0
 
     return _run(args, work)

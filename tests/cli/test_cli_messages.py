@@ -4,13 +4,17 @@ with no match, an unknown run id, a reader that closes the pipe early.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from pgsched.app import cli
+from pgsched.app.db import store
 from tests.cli.test_commands import DEADLINE, main, main_json, one_line_refusal, run_cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, connect
 
 
 async def test_pause_and_resume_say_already_when_nothing_changes(
@@ -66,3 +70,47 @@ def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(dsn: str) -> None
             if proc.poll() is None:
                 proc.kill()
     assert err == "" and code == 0, err
+
+
+async def _stderr(dsn: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`pgsched ARGS` in process, which must succeed: its stderr."""
+    code = await asyncio.to_thread(cli.main, list(args), {"DATABASE_URL": dsn})
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return err
+
+
+async def test_work_put_in_a_queue_no_live_worker_serves_is_warned_about(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ingest.yaml"
+    path.write_text(
+        "manager: ingest\n"
+        "schedules:\n"
+        "  - {name: fetch, job_type: noop, cron: '0 * * * *', queue: ingest}\n"
+        "  - {name: tidy, job_type: noop, cron: '0 * * * *'}\n"
+    )
+    warning = "pgsched: WARNING: no live worker serves queue 'ingest'"
+    applied = run_cli(dsn, "apply", str(path))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stderr.splitlines() == [
+        "pgsched: WARNING: no live worker serves queue 'default': its runs wait until one does "
+        "(`pgsched worker --queues default`, or PGSCHED_QUEUES naming it for `pgsched run`)",
+        warning + ": its runs wait until one does (`pgsched worker --queues ingest`, or "
+        "PGSCHED_QUEUES naming it for `pgsched run`)",
+    ]
+    queued = run_cli(dsn, "queue", "ingest", "--max-running", "3")
+    assert queued.returncode == 0 and queued.stderr.startswith(warning), queued.stderr
+
+    db = await connect(dsn)
+    try:  # a live worker for `default` only: `ingest` is still unserved, `default` is served
+        await store.register_worker(
+            db, name="w", host="h", pid=1, version="t", queues=["default"], slots=1, now=None
+        )
+        assert await _stderr(dsn, capsys, "schedules", "trigger", "tidy") == ""
+        assert (await _stderr(dsn, capsys, "schedules", "trigger", "fetch")).startswith(warning)
+        # A worker that stopped heartbeating 31 s ago (by the database clock) is not live.
+        await db.execute("UPDATE pgsched.worker SET heartbeat_at = now() - interval '31 s'")
+        assert "queue 'default'" in await _stderr(dsn, capsys, "schedules", "trigger", "tidy")
+    finally:
+        await db.close()
