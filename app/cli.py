@@ -576,12 +576,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     defaults = settings.schedule_defaults(env)
 
     async def work(conn: Conn) -> tuple[str, int]:
+        if args.manager is None:
+            # A file is one manager's: applying an export back changes nothing only then. A
+            # file of every schedule would name several managers (refused) or adopt the ones
+            # made outside apply (ADR 0031).
+            managers = sorted({r["managed_by"] for r in await plan.declared(conn, None)} - {None})
+            raise CommandError(
+                "export needs --manager NAME, so that applying the file changes nothing "
+                f"(managers here: {', '.join(managers) or 'none'})"
+            )
         rows = await plan.declared(conn, args.manager)
-        managers = {r["managed_by"] for r in rows}
-        # Without --manager, the file names the one manager all of them share, if they do.
-        manager = args.manager or (managers.pop() if len(managers) == 1 else None)
         try:
-            text = document.render(rows, args.format, manager=manager, defaults=defaults)
+            text = document.render(rows, args.format, manager=args.manager, defaults=defaults)
         except document.DeclarationError as exc:
             raise CommandError(str(exc)) from None
         return text, len(rows)
@@ -797,14 +803,18 @@ def _declare_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     ay.add_argument(
         "--adopt",
         action="store_true",
-        help="take over live schedules of the file's names that were made over the API "
-        "(without it they are refused)",
+        help="take over live schedules of the file's names that were made outside apply "
+        "(API, CLI or console; without it they are refused)",
     )
     ay.set_defaults(func=cmd_apply)
 
     ex = sub.add_parser("export", help="write the live schedules as a schedules file")
     ex.add_argument("--format", choices=["yaml", "toml"], default="yaml")
-    ex.add_argument("--manager", help="only the schedules this manager declares")
+    ex.add_argument(
+        "--manager",
+        help="the manager whose schedules to write (required: applying the file back then "
+        "changes nothing)",
+    )
     ex.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     ex.set_defaults(func=cmd_export)
 
