@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import os
 import signal
 import socket
 import sys
@@ -542,6 +543,16 @@ def _applier(
             raise CommandError(f"nothing applied: {exc}") from None
         for line in plan.describe(changes, declared, dry_run=dry_run):
             print(line)
+        if not dry_run:  # the queues its enabled schedules make runs in
+            fallback = str(defaults.get("queue") or "default")
+            await base.warn_unserved(
+                conn,
+                (
+                    str(s.get("queue") or fallback)
+                    for s in declared.schedules
+                    if s.get("enabled", True)
+                ),
+            )
         return 0
 
     return work
@@ -565,12 +576,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     defaults = settings.schedule_defaults(env)
 
     async def work(conn: Conn) -> tuple[str, int]:
+        if args.manager is None:
+            # A file is one manager's: applying an export back changes nothing only then. A
+            # file of every schedule would name several managers (refused) or adopt the ones
+            # made outside apply (ADR 0031).
+            managers = sorted({r["managed_by"] for r in await plan.declared(conn, None)} - {None})
+            raise CommandError(
+                "export needs --manager NAME, so that applying the file changes nothing "
+                f"(managers here: {', '.join(managers) or 'none'})"
+            )
         rows = await plan.declared(conn, args.manager)
-        managers = {r["managed_by"] for r in rows}
-        # Without --manager, the file names the one manager all of them share, if they do.
-        manager = args.manager or (managers.pop() if len(managers) == 1 else None)
         try:
-            text = document.render(rows, args.format, manager=manager, defaults=defaults)
+            text = document.render(rows, args.format, manager=args.manager, defaults=defaults)
         except document.DeclarationError as exc:
             raise CommandError(str(exc)) from None
         return text, len(rows)
@@ -612,6 +629,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         row = await runs.set_queue_limit(conn, args.name, limit, actor=base.actor(), now=None)
         shown = row["max_running"] if row["max_running"] is not None else "unlimited"
         print(f"queue {row['name']}: at most {shown} running")
+        await base.warn_unserved(conn, [row["name"]])
         return 0
 
     return asyncio.run(_with_conn(_database_url(args), work))
@@ -785,14 +803,18 @@ def _declare_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     ay.add_argument(
         "--adopt",
         action="store_true",
-        help="take over live schedules of the file's names that were made over the API "
-        "(without it they are refused)",
+        help="take over live schedules of the file's names that were made outside apply "
+        "(API, CLI or console; without it they are refused)",
     )
     ay.set_defaults(func=cmd_apply)
 
     ex = sub.add_parser("export", help="write the live schedules as a schedules file")
     ex.add_argument("--format", choices=["yaml", "toml"], default="yaml")
-    ex.add_argument("--manager", help="only the schedules this manager declares")
+    ex.add_argument(
+        "--manager",
+        help="the manager whose schedules to write (required: applying the file back then "
+        "changes nothing)",
+    )
     ex.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     ex.set_defaults(func=cmd_export)
 
@@ -906,6 +928,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.environ = settings.environment() if environ is None else environ
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, so a reader gone early is caught below, not at exit
     except (CommandError, SettingsError, TelemetryConfigError, outage.DatabaseRefused) as exc:
         print(f"pgsched: {exc}", file=sys.stderr)
         return 2
@@ -914,6 +937,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`pgsched schedules show x | head`): what it wanted it has. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again, and exit quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -17,7 +17,7 @@ import pwd
 import re
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,3 +232,25 @@ def actions(
         return p
 
     return add
+
+
+# A worker is live when its last heartbeat is this recent, as /health judges (ApiSettings).
+WORKER_STALE_SECONDS = 30.0
+
+
+async def warn_unserved(conn: Conn, queues: Iterable[str]) -> None:
+    """One WARNING line on stderr per queue in `queues` that no live worker serves: work put
+    there waits, silently, until a worker for it starts (PGSCHED_QUEUES names the queues of
+    the worker `pgsched run` starts; `pgsched worker --queues` another's)."""
+    wanted = sorted(set(queues))
+    if not wanted:
+        return
+    for queue in await store.workers.unserved_queues(
+        conn, wanted, stale_seconds=WORKER_STALE_SECONDS, now=None
+    ):
+        print(
+            f"pgsched: WARNING: no live worker serves queue {queue!r}: its runs wait until one "
+            f"does (`pgsched worker --queues {queue}`, or PGSCHED_QUEUES naming it for "
+            "`pgsched run`)",
+            file=sys.stderr,
+        )

@@ -137,6 +137,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             output.json_out([_run_json(r) for r in rows])
             return 0
+        if not rows:  # a bare header reads as "something is wrong"; --json keeps []
+            print("no run matches")
+            return 0
         output.table(rows, COLUMNS)
         if len(rows) == args.limit:  # said aside, so the table stays a table
             print(f"(the newest {args.limit}; more may match: --limit N)", file=sys.stderr)
@@ -243,6 +246,9 @@ def _bulk(verb: str, allowed: tuple[str, ...]) -> Callable[[argparse.Namespace],
         async def work(conn: Conn) -> int:
             if args.runs:
                 ids = list(args.runs)
+                if len(ids) == 1 and await reads.run_detail(conn, ids[0]) is None:
+                    # One unknown id is a bad argument: one line, exit 2, like every other.
+                    raise CommandError(f"run {ids[0]} does not exist")
             else:
                 rows = await _matching(conn, args, states or list(allowed), None)
                 ids = [r["id"] for r in rows]

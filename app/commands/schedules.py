@@ -121,6 +121,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             output.json_out([_json(r) for r in rows])
             return 0
+        if not rows:  # a bare header reads as "something is wrong"; --json keeps []
+            print("no schedule matches")
+            return 0
         last = {r["id"]: await _last_run_state(conn, r["id"]) for r in rows}
         output.table(
             rows,
@@ -395,9 +398,15 @@ def _change(verb: str, act: Callable[..., Any]) -> Callable[[argparse.Namespace]
                     if not base.confirm(f"delete schedule {sid} {row['name']!r}?", yes=args.yes):
                         print("nothing deleted", file=sys.stderr)
                         return 1
+                    was = None
+                else:
+                    was = _state(await schedules.live(conn, sid))
                 row = await act(conn, sid, actor=base.actor(), now=None, meta=base.audit_meta())
             if args.json:
                 output.json_out(_json(row))
+            elif verb != "deleted" and was == _state(row):
+                # Pausing a paused one (resuming an enabled one) is a no-op, no event: say so.
+                print(f"schedule {row['id']} {row['name']!r} already {_state(row)}")
             else:
                 print(f"schedule {row['id']} {row['name']!r} {verb} ({_state(row)})")
             return 0
@@ -426,6 +435,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         else:
             how = "created" if created else "already made by this idempotency key"
             print(f"run {run['id']} of schedule {sid}: {how} ({run['state']})")
+        await base.warn_unserved(conn, [run["queue"]])
         return 0
 
     return _run(args, work)

@@ -45,7 +45,10 @@ def next_steps(*, local_dsn: str | None, api: str, environ: Mapping[str, str]) -
             f"  # no DATABASE_URL needed here: commands find the PostgreSQL under {LOCAL_DATA_DIR}"
         )
     lines += [
-        "  TOKEN=$(pgsched token create --name me --role admin)   # an API token, shown once",
+        # A fresh name each time the line is typed: token names are unique, and a restart
+        # keeps the tokens made before (an empty TOKEN would make the curl below a 401).
+        '  TOKEN=$(pgsched token create --name "me-$(date +%s)" --role admin)   # shown once',
+        f"  # the console: {api}/ui/ (sign in with the token: echo $TOKEN)",
         "  pgsched status   # health: exit 0 OK, 1 WARNING, 2 CRITICAL",
         "  pgsched schedules list; pgsched runs list --state dead",
         f"  curl -s {api}/health",

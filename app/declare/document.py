@@ -90,7 +90,8 @@ def load(path: Path, env: Mapping[str, str]) -> Document:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DeclarationError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        # Without the path: the caller names it (`pgsched apply` prints "PATH: ...").
+        raise DeclarationError(f"cannot read it: {exc.strerror or exc}") from None
     return parse(raw, fmt, manager=path.stem, env=env)
 
 

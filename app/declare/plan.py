@@ -4,8 +4,9 @@ The plan compares each declared schedule, completed as a create would complete i
 operator's defaults, then the built-in ones) and normalised by app.domain.schedule.check, with
 the live schedule of its name: absent -> create; differing columns -> update (the diff, old and
 new); else unchanged. With `prune`, the live schedules of the file's manager that it no longer
-names are deleted: never a schedule made over the API or declared by another manager; the
-file must name its manager for that. A live schedule of a declared name made over the API is
+names are deleted: never a schedule made outside apply (API, CLI or console) or declared by
+another manager; the file must name its manager for that. A live schedule of a declared name
+made outside apply is
 taken over only with `adopt`. `enabled` is compared only when the file gives it, so a pause
 (the circuit breaker's or an operator's) outlives every apply (ADR 0031).
 
@@ -197,8 +198,9 @@ def _compare(
         )
     if row["managed_by"] is None and not adopt:
         raise DeclarationError(
-            f"schedule {row['name']!r} was made over the API: manager {manager!r} would adopt "
-            "it; pass --adopt to let this file take it over (or name it otherwise in the file)"
+            f"schedule {row['name']!r} was made outside apply (API, CLI or console): manager "
+            f"{manager!r} would adopt it; pass --adopt to let this file take it over (or name it "
+            "otherwise in the file)"
         )
     spec = schedule.check(desired, created_at=row["created_at"])
     # `enabled` only when the file gives it: otherwise a pause (the circuit breaker's or an

@@ -61,6 +61,10 @@ def test_apply_dry_run_then_apply_then_export_round_trip(dsn: str, tmp_path: Pat
     assert _count(dsn, "SELECT count(*) FROM pgsched.schedule WHERE managed_by = 'nightly'") == 2
     assert _cli(dsn, "verify").returncode == 0
 
+    # Without --manager: refused, naming the managers (a file of every schedule would not
+    # apply back unchanged).
+    _refused(_cli(dsn, "export"), "export needs --manager NAME, so that applying the file")
+    assert "(managers here: nightly)" in _cli(dsn, "export").stderr
     exported = tmp_path / "exported.toml"
     out = _cli(dsn, "export", "--manager", "nightly", "--format", "toml", "-o", str(exported))
     assert out.returncode == 0, out.stderr
@@ -82,7 +86,9 @@ def test_a_file_that_cannot_apply_is_one_line_and_applies_nothing(dsn: str, tmp_
         _cli(dsn, "apply", str(path), REPORT_HOST="h.example"),
         "nothing applied: schedule 'third': cron:",
     )
-    _refused(_cli(dsn, "apply", str(tmp_path / "none.yaml")), "cannot read it")
+    missing = _cli(dsn, "apply", str(tmp_path / "none.yaml"))
+    _refused(missing, "cannot read it")
+    assert missing.stderr.count("none.yaml") == 1, missing.stderr  # the path, said once
     loop = tmp_path / "loop.yaml"
     loop.write_text(
         "schedules:\n"
@@ -118,7 +124,8 @@ def test_adopting_an_api_made_schedule_needs_adopt(dsn: str, tmp_path: Path) -> 
         )
     _refused(
         _cli(dsn, "apply", str(path)),
-        "nothing applied: schedule 'mine' was made over the API: manager 'ops' would adopt it",
+        "nothing applied: schedule 'mine' was made outside apply (API, CLI or console): manager "
+        "'ops' would adopt it",
     )
     out = _cli(dsn, "apply", str(path), "--adopt")
     assert out.returncode == 0, out.stderr

@@ -107,6 +107,9 @@ def test_commands_find_the_local_cluster_that_run_started(checkout: Path) -> Non
     assert "alembic" not in started.lower(), "no tool banner"
     assert f"psql '{pg.dsn('pgsched')}'" in started
     assert "no DATABASE_URL needed here" in started
-    assert "pgsched token create --name me --role admin" in started
+    # A token `me` exists already (a restart keeps the data): the suggestion names a new one.
+    suggested = next(line for line in started.splitlines() if "token create" in line)
+    assert '--name "me-$(date +%s)"' in suggested, suggested
+    assert "/ui/" in started, "the console's address"
     assert "activate" in started, "how to reach the venv's pgsched"
     assert localpg.is_running(pg.data_dir), "`run` leaves a cluster it did not start running"

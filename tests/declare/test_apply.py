@@ -587,7 +587,8 @@ async def test_an_api_made_schedule_is_adopted_only_when_asked(conn: Conn) -> No
         with pytest.raises(DeclarationError) as refused:
             await plan.apply(conn, _doc(), dry_run=dry_run)
         assert str(refused.value).startswith(
-            "schedule 'users' was made over the API: manager 'team-a' would adopt it; pass --adopt"
+            "schedule 'users' was made outside apply (API, CLI or console): manager 'team-a' would "
+            "adopt it; pass --adopt"
         )
     assert await _events(conn) == before
     assert await store.schedules.live_schedule_id(conn, "posts") is None  # nothing applied

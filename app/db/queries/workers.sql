@@ -101,3 +101,17 @@ SELECT set_config('idle_in_transaction_session_timeout', '30s', false),
 -- name: listen_for_runs
 -- Wake-ups for idle workers: the channel notify_runs (ticker.sql) sends on.
 LISTEN pgsched_runs;
+
+-- name: unserved_queues
+-- Which of `queues` no live worker serves (active or draining, with a heartbeat within
+-- `stale_seconds` by the database clock): work put there waits until a worker for it starts.
+SELECT q AS queue
+FROM unnest(%(queues)s::text[]) AS q
+WHERE NOT EXISTS (
+    SELECT 1 FROM pgsched.worker w
+    WHERE w.state IN ('active', 'stopping')
+      AND q = ANY(w.queues)
+      AND w.heartbeat_at >= coalesce(%(now)s::timestamptz, now())
+                            - make_interval(secs => %(stale_seconds)s::float8)
+)
+ORDER BY q;

@@ -51,6 +51,18 @@ async def set_worker_state(conn: Conn, worker_id: int, state: str, *, now: datet
     await rows(conn, "set_worker_state", {"id": worker_id, "state": state, "now": now})
 
 
+async def unserved_queues(
+    conn: Conn, queues: Sequence[str], *, stale_seconds: float, now: datetime | None
+) -> list[str]:
+    """Those of `queues` that no live worker serves, sorted."""
+    found = await rows(
+        conn,
+        "unserved_queues",
+        {"queues": sorted(set(queues)), "stale_seconds": stale_seconds, "now": now},
+    )
+    return [str(r["queue"]) for r in found]
+
+
 async def mark_gone_workers(
     conn: Conn, *, after_seconds: float, actor: str, now: datetime | None
 ) -> list[int]:
