@@ -154,6 +154,16 @@ def whole(raw: str, name: str, *, minimum: int = 1, maximum: int = MAX_ID) -> in
     return int(text)
 
 
+def positive(raw: str) -> int:
+    """An argparse type: a count 1..MAX_COUNT (argparse names the option in its one line)."""
+    try:
+        return whole(raw, "it", maximum=MAX_COUNT)
+    except CommandError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number 1..{MAX_COUNT}, got {raw!r}"
+        ) from None
+
+
 def when(raw: str, name: str) -> datetime | timedelta:
     """An instant with a time zone (`2026-12-04T10:00:00Z`), or a span back from now (`90m`,
     `2h`, `7d`, at most a century) that `at` resolves against the database's clock."""

@@ -339,15 +339,6 @@ def _run_id(raw: str) -> int:
         ) from None
 
 
-def _positive(raw: str) -> int:
-    try:
-        return base.whole(raw, "it", maximum=base.MAX_COUNT)
-    except CommandError:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number 1..{base.MAX_COUNT}, got {raw!r}"
-        ) from None
-
-
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `runs` and its actions to the `pgsched` parser's subcommands."""
     add = base.actions(
@@ -359,7 +350,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     ls = add("list", "runs matching the filters, newest occurrence first")
     _filters(ls)
-    ls.add_argument("--limit", type=_positive, default=50, help="at most (default: %(default)s)")
+    ls.add_argument(
+        "--limit", type=base.positive, default=50, help="at most (default: %(default)s)"
+    )
     ls.add_argument("--json", action="store_true", help="print JSON (the API's shape)")
     ls.set_defaults(func=cmd_list)
 

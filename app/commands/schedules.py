@@ -549,7 +549,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="KEY[:VALUE]",
         help="has this label (with this value); repeat for all of several",
     )
-    ls.add_argument("--limit", type=_positive, default=100, help="at most (default: %(default)s)")
+    ls.add_argument(
+        "--limit", type=base.positive, default=100, help="at most (default: %(default)s)"
+    )
     _json_flag(ls)
     ls.set_defaults(func=cmd_list)
 
@@ -592,15 +594,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     pv.add_argument("--count", type=int, default=10, help="how many (default: %(default)s)")
     _json_flag(pv)
     pv.set_defaults(func=cmd_preview)
-
-
-def _positive(raw: str) -> int:
-    try:
-        return base.whole(raw, "it", maximum=base.MAX_COUNT)
-    except CommandError:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number 1..{base.MAX_COUNT}, got {raw!r}"
-        ) from None
 
 
 def _create_parser(cr: argparse.ArgumentParser) -> None:
